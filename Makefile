@@ -1,0 +1,28 @@
+# Two entry points that set themselves up on a fresh machine with only Python 3.10+:
+#   make demo   one training trial of `brain` on its synthetic phantom (the embedded default)
+#   make test   the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m orchestrator.train brain --backbone baseline_cnn --resolution 64 \
+		--schedule full --epochs 4 --output-dir runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/data_cache.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,73 @@
+"""The one data-table shape every reader returns and every later stage reads.
+
+A table is a pandas DataFrame, sorted by `path`, with the columns in `COLUMNS`:
+  path          absolute path of the image file (it may be missing on disk: integrity checks say so)
+  label         the class the image trains as under the task's variant (one of `task.classes`)
+  source_label  the label as the data set names it (dx code, folder name), canonicalised
+  group         what must never straddle two splits (lesion id, patient id); the image's own
+                relative path when the task or the data carry no groups
+  split         "train", "val", "test", or "" where the splitter must decide
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.base import Task
+
+COLUMNS = ("path", "label", "source_label", "group", "split")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+JUNK_DIRS = frozenset({"__macosx", ".ipynb_checkpoints"})
+# Written at the root of every phantom, so synthetic data is labelled as such wherever it goes.
+PHANTOM_MARKER = "MEDSWEEP_SYNTHETIC_PHANTOM.txt"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file or folder a reader saw and did not use, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Scan:
+    """What a reader found under a data folder."""
+
+    task: Task  # resolved: the `folder` task carries the classes it found
+    root: Path
+    table: pd.DataFrame
+    skipped: list[Skipped] = field(default_factory=list)
+    synthetic: bool = False
+    notes: list[str] = field(default_factory=list)  # facts a user should read (e.g. val re-split)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(self.table["label"]))
+
+
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=str) for c in COLUMNS})
+
+
+def make_table(rows: list[dict]) -> pd.DataFrame:
+    """Rows of dicts with `COLUMNS` keys -> a sorted table with string columns."""
+    if not rows:
+        return empty_table()
+    frame = pd.DataFrame(rows, columns=list(COLUMNS)).astype(str)
+    return frame.sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def summarize_skipped(skipped: list[Skipped], show: int = 5) -> list[str]:
+    """One line per reason with a count and the first few paths: what a user needs to act."""
+    by_reason: dict[str, list[str]] = {}
+    for item in skipped:
+        by_reason.setdefault(item.reason, []).append(item.path)
+    lines = []
+    for reason, paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(paths[:show]) + (", ..." if len(paths) > show else "")
+        lines.append(f"skipped {len(paths)} ({reason}): {shown}")
+    return lines

@@ -1,0 +1,18 @@
+"""Errors that reach users as one clear line (CLIs print them without a traceback)."""
+from __future__ import annotations
+
+
+class MedSweepError(Exception):
+    """Base: anything a user can fix by changing input, configuration or environment."""
+
+
+class ConfigError(MedSweepError):
+    """An unknown name, an out-of-range option, a config that cannot run."""
+
+
+class DataError(MedSweepError):
+    """Missing folder, wrong layout, unknown label, too many unreadable images, a leaking split."""
+
+
+class WeightsUnavailable(MedSweepError):
+    """Pretrained weights cannot be found or fetched; the message says which file and where."""
