@@ -1,0 +1,113 @@
+"""The trial config: one flat, JSON-friendly record that Tune samples, MLflow logs and
+`train_trial` runs. Validated once, here, with errors that name the field and the value."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from orchestrator.errors import ConfigError
+from tasks.base import LOSSES
+
+WEIGHTS = ("auto", "imagenet", "none")
+AUGMENTATIONS = ("none", "light", "medium", "heavy")
+PRECISIONS = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one training trial needs; defaults are a small, sane CPU run."""
+
+    task: str = "brain"  # `name` or `name/variant`
+    data_dir: str | None = None  # None: the task's synthetic phantom (announced as such)
+    backbone: str = "baseline_cnn"
+    weights: str = "auto"  # auto: imagenet for pretrained backbones, none for the baseline CNN
+    weights_dir: str | None = None
+    resolution: int = 128
+    schedule: str = "three_phase"
+    epochs: int = 10
+    batch_size: int = 32
+    lr_multiplier: float = 1.0  # scales every phase's learning rate; the schedule keeps its shape
+    loss: str | None = None  # None: the task's default
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # 0 disables MixUp
+    augment: str = "light"
+    dropout: float = 0.5
+    train_batchnorm: bool = False
+    early_stopping_patience: int = 0  # 0 disables; the sweep stops trials with ASHA instead
+    seed: int = 0  # weights init, shuffling, augmentation
+    split_seed: int = 0  # fixed across a sweep so every trial validates on the same images
+    drop_duplicates: bool = False
+    phantom_per_class: int = 40
+    mixed_precision: str = "auto"
+    cpu_threads: int = 0  # 0: TensorFlow's default
+    fail_at_epoch: int = 0  # fault injection for tests: raise once after this epoch (0: never)
+
+    def __post_init__(self) -> None:
+        _check_choice("weights", self.weights, WEIGHTS)
+        _check_choice("augment", self.augment, AUGMENTATIONS)
+        _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        if self.loss is not None:
+            _check_choice("loss", self.loss, LOSSES)
+        _check_range("resolution", self.resolution, 32, 1024)
+        _check_range("epochs", self.epochs, 1, 10_000)
+        _check_range("batch_size", self.batch_size, 1, 4096)
+        _check_range("lr_multiplier", self.lr_multiplier, 1e-4, 1e3)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _check_range("mixup_alpha", self.mixup_alpha, 0.0, 10.0)
+        _check_range("dropout", self.dropout, 0.0, 0.95)
+        _check_range("focal_gamma", self.focal_gamma, 0.0, 10.0)
+        _check_range("phantom_per_class", self.phantom_per_class, 4, 100_000)
+        _check_range("cpu_threads", self.cpu_threads, 0, 1024)
+        _check_range("early_stopping_patience", self.early_stopping_patience, 0, 10_000)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrialConfig":
+        """Build from a flat dict (a Tune sample, a JSON file); unknown keys are refused by name."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown trial config field(s) {unknown}; valid fields: {', '.join(known)}"
+            )
+        return cls(**{k: _coerce(known[k], v) for k, v in values.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    """Tune and JSON hand us numpy scalars and ints for floats; make them the declared type."""
+    kind = str(field.type)
+    if value is None:
+        return None
+    try:
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"trial config field {field.name}: {value!r} is not a {kind}") from None
+    return value
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"trial config field {name}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ConfigError(f"trial config field {name}: {value!r} is outside [{low}, {high}]")
