@@ -1,0 +1,341 @@
+"""Backbones as data, the one classifier every trial trains, and where ImageNet weights come from.
+
+Every model takes float32 RGB pixels in 0..255 and does its backbone's preprocessing itself (the
+`BackbonePreprocess` layer), so a saved `.keras` model carries its preprocessing and serving cannot
+diverge from training. Every model ends in float32 softmax over C classes (binary too), so every
+later stage works on (N, C) probabilities.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+from keras import layers
+
+from orchestrator.errors import ConfigError, WeightsUnavailable
+
+WEIGHT_CHOICES = ("none", "imagenet")
+WEIGHTS_DIR_ENV = "MEDSWEEP_WEIGHTS_DIR"
+OFFLINE_ENV = "MEDSWEEP_OFFLINE"
+# urlretrieve has no timeout of its own: on a cluster whose egress is black-holed it would hang
+# forever instead of failing with the message that says where to put the file by hand.
+DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
+# keras.applications.efficientnet.IMAGENET_STDDEV_RGB (see _efficientnet_b0).
+_IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+Constructor = Callable[[tuple[int, int, int], "str | None"], keras.Model]
+Preprocess = Callable[[object], object]
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Facts about one convolutional base; `weights_*` are Keras's own no-top ImageNet file."""
+
+    name: str
+    constructor: Constructor  # (input_shape, weights path or None) -> base model named "backbone"
+    preprocess: Preprocess  # 0..255 RGB -> what the base expects; runs inside the model
+    weights_file: str | None
+    weights_url: str | None
+    weights_hash: str | None  # md5, as keras.applications passes it to get_file
+    default_resolution: int = 224
+    min_resolution: int = 32
+    pretrainable: bool = True
+
+
+# --- preprocessing (the functions BackbonePreprocess calls) -------------------------------------
+
+
+def _identity(x):
+    """EfficientNet and MobileNetV3 rescale inside the Keras model (include_preprocessing)."""
+    return x
+
+
+def _unit_range(x):
+    """The baseline CNN trains from scratch on 0..1 pixels."""
+    return x / 255.0
+
+
+# --- constructors ---------------------------------------------------------------------------------
+
+
+def _keras_application(factory: Callable[..., keras.Model], **kwargs) -> Constructor:
+    """Build with weights=None, then load_weights(path): the same path works on air-gapped hosts."""
+
+    def construct(input_shape: tuple[int, int, int], weights_path: str | None) -> keras.Model:
+        base = factory(
+            include_top=False, weights=None, input_shape=input_shape, name="backbone", **kwargs
+        )
+        if weights_path is not None:
+            _load_weights(base, weights_path)
+        return base
+
+    return construct
+
+
+def _efficientnet_b0(input_shape: tuple[int, int, int], weights_path: str | None) -> keras.Model:
+    """EfficientNetB0 whose normalisation matches `EfficientNetB0(weights="imagenet")`.
+
+    Keras inserts an extra Rescaling(1/sqrt(stddev)) after the Normalization layer only when
+    weights == "imagenet" (tensorflow issue 49930: the file stores stddev as variance); building
+    with weights=None and loading a path silently skips it. Folding the same factor into the
+    loaded variance gives the identical function without that layer.
+    """
+    base = _keras_application(keras.applications.EfficientNetB0)(input_shape, weights_path)
+    if weights_path is not None:
+        norm = next(layer for layer in base.layers if isinstance(layer, layers.Normalization))
+        stddev = keras.ops.convert_to_tensor(_IMAGENET_STDDEV_RGB)
+        norm.adapt_variance.assign(norm.adapt_variance * stddev)
+        norm.finalize_state()  # the layer computes with a snapshot of its variables
+    return base
+
+
+def _baseline_cnn(input_shape: tuple[int, int, int], weights_path: str | None) -> keras.Model:
+    """Seed 000's from-scratch CNN: Conv-BN-ReLU-MaxPool blocks, 32 -> 256 filters."""
+    if weights_path is not None:
+        raise ConfigError("baseline_cnn has no pretrained weights; use weights='none'")
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    for i, filters in enumerate((32, 64, 128, 256), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.ReLU(name=f"block{i}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    return keras.Model(inputs, x, name="backbone")
+
+
+def _load_weights(base: keras.Model, path: str) -> None:
+    try:
+        base.load_weights(path)
+    except Exception as e:  # wrong file, truncated download, other architecture
+        raise WeightsUnavailable(f"could not load weights {path} into {base.name}: {e}") from e
+
+
+_KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in (
+        Backbone(
+            name="baseline_cnn",
+            constructor=_baseline_cnn,
+            preprocess=_unit_range,
+            weights_file=None,
+            weights_url=None,
+            weights_hash=None,
+            pretrainable=False,
+        ),
+        Backbone(
+            name="resnet50",
+            constructor=_keras_application(keras.applications.ResNet50),
+            preprocess=keras.applications.resnet50.preprocess_input,  # caffe: BGR, mean-centred
+            weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            weights_url=_KERAS_WEIGHTS
+            + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            weights_hash="4d473c1dd8becc155b73f8504c6f6626",
+        ),
+        Backbone(
+            name="densenet121",
+            constructor=_keras_application(keras.applications.DenseNet121),
+            preprocess=keras.applications.densenet.preprocess_input,  # torch: 0..1, mean/std
+            weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            weights_url=_KERAS_WEIGHTS
+            + "densenet/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            weights_hash="30ee3e1110167f948a6b9946edeeb738",
+        ),
+        Backbone(
+            name="efficientnetb0",
+            constructor=_efficientnet_b0,
+            preprocess=_identity,
+            weights_file="efficientnetb0_notop.h5",
+            weights_url="https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
+            weights_hash="50bc09e76180e00e4465e1a485ddc09d",
+        ),
+        Backbone(
+            name="mobilenetv3small",
+            constructor=_keras_application(
+                keras.applications.MobileNetV3Small, minimalistic=False, include_preprocessing=True
+            ),
+            preprocess=_identity,
+            weights_file="weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+            weights_url=_KERAS_WEIGHTS
+            + "mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+            weights_hash="d3e8ec802a04aa4fc771ee12a9a9b836",
+        ),
+    )
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}"
+        ) from None
+
+
+# --- the preprocessing layer ----------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="medsweep")
+class BackbonePreprocess(layers.Layer):
+    """Applies a registered backbone's preprocess_input inside the model (always in float32).
+
+    Float32 even under mixed precision: caffe-mode mean subtraction on 0..255 values loses
+    precision in float16; the base casts to its own compute dtype right after.
+    """
+
+    def __init__(self, backbone_name: str, **kwargs) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        get_backbone(backbone_name)  # fail at construction, not on the first batch
+        self.backbone_name = backbone_name
+
+    def call(self, inputs):
+        return get_backbone(self.backbone_name).preprocess(keras.ops.cast(inputs, "float32"))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone_name": self.backbone_name}
+
+
+def model_backbone(model: keras.Model) -> Backbone:
+    """The Backbone a `build_model` model (or one loaded back from `.keras`) was built on."""
+    for layer in model.layers:
+        if isinstance(layer, BackbonePreprocess):
+            return get_backbone(layer.backbone_name)
+    raise ValueError(f"model {model.name} has no BackbonePreprocess layer; not from build_model")
+
+
+# --- the classifier -------------------------------------------------------------------------------
+
+
+def build_model(
+    backbone: Backbone | str,
+    num_classes: int,
+    resolution: int,
+    weights: str = "none",
+    weights_dir: str | os.PathLike | None = None,
+    dropout: float = 0.5,
+    head_units: int = 512,
+) -> keras.Model:
+    """pixels 0..255 -> preprocess -> "backbone" -> GAP -> Dense/ReLU -> Dropout -> softmax.
+
+    The last Dense and the softmax are float32 even under mixed precision.
+    """
+    bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be >= 2 (binary is 2-way softmax), got {num_classes}")
+    if resolution < bb.min_resolution:
+        raise ConfigError(
+            f"{bb.name} needs resolution >= {bb.min_resolution}, got {resolution}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    shape = (resolution, resolution, 3)
+    base = bb.constructor(shape, resolve_weights(bb, weights, weights_dir))
+
+    inputs = keras.Input(shape=shape, dtype="float32", name="pixels")
+    x = BackbonePreprocess(bb.name, name="preprocess")(inputs)
+    x = base(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dense(head_units, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"medsweep_{bb.name}")
+
+
+# --- weights --------------------------------------------------------------------------------------
+
+
+def keras_cache_dir() -> str:
+    """Where `keras.utils.get_file(..., cache_subdir="models")` puts files, by Keras's own rule.
+
+    $KERAS_HOME, else ~/.keras (/tmp/.keras if home is not writable); get_file then falls back to
+    /tmp/.keras if that directory is not writable. Read at call time, unlike Keras (import time).
+    """
+    base = os.environ.get("KERAS_HOME")
+    if not base:
+        home = os.path.expanduser("~")
+        base = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
+    base = os.path.expanduser(base)
+    if not os.access(base, os.W_OK):
+        base = os.path.join("/tmp", ".keras")
+    return base
+
+
+def resolve_weights(
+    backbone: Backbone | str, weights: str, weights_dir: str | os.PathLike | None = None
+) -> str | None:
+    """A local path to the backbone's ImageNet no-top file (None for weights="none").
+
+    Order: `weights_dir` (else $MEDSWEEP_WEIGHTS_DIR; when set, the file must be there), then the
+    Keras cache, then a download unless MEDSWEEP_OFFLINE=1. Every failure names the file, the URL
+    and where to put the file by hand.
+    """
+    bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    if weights not in WEIGHT_CHOICES:
+        raise ConfigError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
+    if weights == "none":
+        return None
+    if not bb.pretrainable or bb.weights_file is None:
+        raise ConfigError(f"{bb.name} has no pretrained weights; use weights='none'")
+
+    chosen_dir = weights_dir if weights_dir is not None else os.environ.get(WEIGHTS_DIR_ENV) or None
+    if chosen_dir is not None:
+        return _from_weights_dir(bb, os.fspath(chosen_dir), from_env=weights_dir is None)
+
+    cache_root = keras_cache_dir()
+    cached = os.path.join(cache_root, "models", bb.weights_file)
+    if os.path.isfile(cached):
+        return cached
+    if os.environ.get(OFFLINE_ENV) == "1":
+        raise WeightsUnavailable(_by_hand(bb, cache_root, f"{OFFLINE_ENV}=1 forbids downloading"))
+    return _download(bb, cache_root)
+
+
+def _from_weights_dir(bb: Backbone, directory: str, *, from_env: bool) -> str:
+    path = os.path.join(directory, bb.weights_file)
+    if os.path.isfile(path):
+        return path
+    source = f"${WEIGHTS_DIR_ENV}" if from_env else "--weights-dir"
+    state = "is not in" if os.path.isdir(directory) else "cannot be found: no directory"
+    raise WeightsUnavailable(
+        f"{bb.name} ImageNet weights: {bb.weights_file} {state} {directory} (from {source}). "
+        f"On a machine with internet, download {bb.weights_url} (or run python -c \"import keras; "
+        f"keras.utils.get_file('{bb.weights_file}', '{bb.weights_url}', cache_subdir='models')\") "
+        f"and copy the file into {directory}."
+    )
+
+
+def _download(bb: Backbone, cache_root: str) -> str:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
+    try:
+        return keras.utils.get_file(
+            bb.weights_file,
+            bb.weights_url,
+            cache_subdir="models",
+            cache_dir=cache_root,
+            file_hash=bb.weights_hash,
+        )
+    except Exception as e:  # URL failure, timeout, hash mismatch, disk full
+        raise WeightsUnavailable(_by_hand(bb, cache_root, f"downloading it failed ({e})")) from e
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _by_hand(bb: Backbone, cache_root: str, reason: str) -> str:
+    return (
+        f"{bb.name} ImageNet weights: {bb.weights_file} is not in the Keras cache "
+        f"{os.path.join(cache_root, 'models')} and {reason}. Fetch {bb.weights_url} and put it "
+        f"either in that cache directory or in a weights directory passed as --weights-dir "
+        f"or ${WEIGHTS_DIR_ENV}."
+    )
+
