@@ -1,0 +1,1 @@
+"""One reader per real data-set layout; `orchestrator.data.layouts` holds the registry."""
