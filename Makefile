@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(PY) -m orchestrator.train brain --backbone baseline_cnn --resolution 64 \
-		--schedule full --epochs 4 --output-dir runs/demo
+		--schedule full --lr-multiplier 10 --epochs 8 --batch-size 16 \
+		--phantom-per-class 100 --output-dir runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

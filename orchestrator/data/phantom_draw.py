@@ -82,9 +82,11 @@ def paint_brain(rng: Rng, look: str, s: int) -> np.ndarray:
     are the brightest thing in the slice, distractor spots are small and dimmer.
     """
     img = np.zeros((s, s), np.float32)
-    cx, cy = s * (0.5 + rng.uniform(-0.04, 0.04)), s * (0.5 + rng.uniform(-0.04, 0.04))
-    ax, ay = s * rng.uniform(0.36, 0.41), s * rng.uniform(0.41, 0.46)
-    tilt = rng.uniform(-12, 12)
+    # Head position, size and tilt vary as much as real slices do, so two tumour-free slices
+    # are not near-duplicates under the cross-split duplicate check.
+    cx, cy = s * (0.5 + rng.uniform(-0.07, 0.07)), s * (0.5 + rng.uniform(-0.06, 0.06))
+    ax, ay = s * rng.uniform(0.32, 0.41), s * rng.uniform(0.38, 0.46)
+    tilt = rng.uniform(-20, 20)
     head = _ellipse(s, s, (cx, cy), (ax, ay), tilt)
     _blend(img, head, rng.uniform(70, 95))
     img += head * _smooth_field(rng, s, s, 6) * 12
