@@ -42,6 +42,7 @@ class TrialConfig:
     phantom_per_class: int = 40
     mixed_precision: str = "auto"
     cpu_threads: int = 0  # 0: TensorFlow's default
+    gpu_memory_fraction: float = 0.0  # 0 < f < 1: cap TensorFlow at f of the GPU (Ray won't)
     fail_at_epoch: int = 0  # fault injection for tests: raise once after this epoch (0: never)
 
     def __post_init__(self) -> None:
@@ -60,6 +61,7 @@ class TrialConfig:
         _check_range("focal_gamma", self.focal_gamma, 0.0, 10.0)
         _check_range("phantom_per_class", self.phantom_per_class, 4, 100_000)
         _check_range("cpu_threads", self.cpu_threads, 0, 1024)
+        _check_range("gpu_memory_fraction", self.gpu_memory_fraction, 0.0, 1.0)
         _check_range("early_stopping_patience", self.early_stopping_patience, 0, 10_000)
 
     @classmethod

@@ -94,3 +94,26 @@ def _configure_gpu_memory(
             not_applied.append(f"GPU memory {applied} on {gpu.name}: {e}")
             applied = None
     return applied
+
+
+def gpu_memory_limit_for_fraction(fraction: float) -> int | None:
+    """MB of the first GPU that a trial holding `fraction` of it may use (None: whole GPU).
+
+    Ray schedules fractional GPUs but does not enforce them; the trial caps TensorFlow instead.
+    The card's size comes from nvidia-smi, which every NVIDIA driver installs.
+    """
+    if not 0.0 < fraction < 1.0:
+        return None
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    out = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=20, check=False)
+    try:
+        total_mb = int(out.stdout.split()[0])
+    except (IndexError, ValueError):
+        return None
+    return max(1, int(total_mb * fraction))

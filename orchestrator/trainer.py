@@ -18,7 +18,7 @@ import pandas as pd
 
 from orchestrator import metrics as M
 from orchestrator.config import TrialConfig
-from orchestrator.devices import configure_devices
+from orchestrator.devices import configure_devices, gpu_memory_limit_for_fraction
 from orchestrator.models import build_model, get_backbone
 from orchestrator.pipeline import (augmentation_for, balanced_class_weights, make_loss,
                                    training_dataset)
@@ -51,8 +51,9 @@ class Trainer:
     # ------------------------------------------------------------------------------- run
     def run(self, resume_from: Path | None) -> TrialResult:
         self.out.mkdir(parents=True, exist_ok=True)
-        devices = configure_devices(cpu_threads=self.cfg.cpu_threads or None,
-                                    mixed_precision=self.cfg.mixed_precision)
+        devices = configure_devices(
+            cpu_threads=self.cfg.cpu_threads or None, mixed_precision=self.cfg.mixed_precision,
+            gpu_memory_limit_mb=gpu_memory_limit_for_fraction(self.cfg.gpu_memory_fraction))
         for item in devices["not_applied"]:
             self.log(f"warning: device setting not applied: {item}")
         keras.utils.set_random_seed(self.cfg.seed)
