@@ -1,0 +1,216 @@
+"""Sweep parent runs and nested trial runs, through `MlflowClient(uri)` and explicit run ids.
+
+No fluent `mlflow.start_run` state: trial workers are other processes and several runs are
+open at once. Files are logged before the tag or status that says a run is complete, so a
+FINISHED run always has all its artifacts.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TAG_KIND = "medsweep.kind"  # KIND_SWEEP | KIND_TRIAL | KIND_ENSEMBLE
+TAG_TRIAL_ID = "medsweep.trial_id"
+TAG_STATUS = "medsweep.status"  # one of TRIAL_STATUSES
+TAG_SYNTHETIC = "medsweep.synthetic_data"
+TAG_TASK = "medsweep.task"
+TAG_PROFILE = "medsweep.profile"
+PARENT_TAG = "mlflow.parentRunId"
+KIND_SWEEP, KIND_TRIAL, KIND_ENSEMBLE = "sweep", "trial", "ensemble"
+STATUS_RUNNING, STATUS_COMPLETED = "running", "completed"
+STATUS_STOPPED_EARLY, STATUS_ERRORED = "stopped_early", "errored"
+TRIAL_STATUSES = {  # medsweep.status -> the MLflow run status it implies
+    STATUS_RUNNING: "RUNNING",
+    STATUS_COMPLETED: "FINISHED",
+    STATUS_STOPPED_EARLY: "FINISHED",
+    STATUS_ERRORED: "FAILED",
+}
+
+
+# ----------------------------------------------------------------------------- params and tags
+def _param_value(value: Any) -> str:
+    """One spelling per value, so re-logging an unchanged config never trips MLflow's
+    immutable params; cut to MLflow's length limit the same way every time."""
+    if isinstance(value, (Mapping, list, tuple)):
+        text = json.dumps(value, sort_keys=True, default=str)
+    else:
+        text = str(value)
+    return text[:MAX_PARAM_VAL_LENGTH]
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Stringified, truncated and batched within MLflow's limit of params per call."""
+    items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+    for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=items[start:start + MAX_PARAMS_TAGS_PER_BATCH])
+
+
+def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params; re-logging unchanged values (a resumed sweep) is fine, a changed one raises."""
+    _log_params(MlflowClient(uri), run_id, params)
+
+
+def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set (or overwrite) tags in one call; unlike params, tags may change."""
+    _set_tags(MlflowClient(uri), run_id, tags)
+
+
+# ---------------------------------------------------------------------------------- sweep runs
+def start_sweep_run(uri: str, experiment_id: str, *, run_name: str, tags: Mapping[str, Any],
+                    params: Mapping[str, Any], artifacts: Mapping[str, Path]) -> str:
+    """Create the sweep's parent run with its params and input files; returns its run id.
+
+    `artifacts` maps the name in the run (may contain '/') to a local file.
+    """
+    missing = [str(p) for p in artifacts.values() if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"sweep artifacts not found: {', '.join(missing)}")
+    client = MlflowClient(uri)
+    run_tags = {str(k): str(v) for k, v in tags.items()} | {TAG_KIND: KIND_SWEEP}
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=run_tags).info.run_id
+    _log_params(client, run_id, params)
+    for name, path in artifacts.items():
+        _log_file_as(client, run_id, Path(path), name)
+    return run_id
+
+
+def _log_file_as(client: MlflowClient, run_id: str, path: Path, artifact_file: str) -> None:
+    """Log `path` under the name `artifact_file` (MLflow keeps the local file name)."""
+    folder, _, name = artifact_file.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(path, Path(tmp) / name)
+        client.log_artifact(run_id, str(Path(tmp) / name), artifact_path=folder or None)
+
+
+def log_json_artifact(uri: str, run_id: str, obj: Any, artifact_file: str) -> None:
+    """Log `obj` as pretty JSON; paths and numpy scalars are written as strings."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    MlflowClient(uri).log_text(run_id, text + "\n", artifact_file)
+
+
+def log_table_artifact(uri: str, run_id: str, df: pd.DataFrame, artifact_file: str) -> None:
+    """Log a DataFrame as CSV (MLflow's `log_table` writes JSON, which nobody else reads)."""
+    MlflowClient(uri).log_text(run_id, df.to_csv(index=False), artifact_file)
+
+
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Terminate a run: FINISHED, FAILED or KILLED."""
+    MlflowClient(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.from_string(status)))
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Set a terminated run back to RUNNING (a resumed sweep); its end time stays until the
+    next `finish_run`."""
+    MlflowClient(uri).update_run(run_id, status="RUNNING")
+
+
+# ---------------------------------------------------------------------------------- trial runs
+def _filter(tags: Mapping[str, str]) -> str:
+    """An MLflow filter string matching every tag; dotted keys need backticks."""
+    clauses = []
+    for key, value in tags.items():
+        quote = "'" if "'" not in value else '"'
+        if "`" in key or quote in value:
+            raise ValueError(f"cannot search for tag {key!r} = {value!r}")
+        clauses.append(f"tags.`{key}` = {quote}{value}{quote}")
+    return " AND ".join(clauses)
+
+
+def find_runs_by_tag(uri: str, experiment_id: str, tags: Mapping[str, str]) -> list[Run]:
+    """Active runs in the experiment carrying all `tags`, oldest first (all result pages)."""
+    client, runs, token = MlflowClient(uri), [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=_filter(tags),
+                                  run_view_type=ViewType.ACTIVE_ONLY,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def list_trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """The trial runs nested under a sweep's parent run."""
+    return find_runs_by_tag(uri, experiment_id, {PARENT_TAG: parent_run_id, TAG_KIND: KIND_TRIAL})
+
+
+def get_or_create_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
+                            run_name: str, params: Mapping[str, Any]) -> str:
+    """The trial's run id, never a duplicate: a retried or resumed trial continues its own run.
+
+    A found run that had failed or been killed is set RUNNING again; a finished one is left as
+    it is. Params are (re)logged: unchanged values pass, a changed value raises.
+    """
+    client = MlflowClient(uri)
+    found = find_runs_by_tag(uri, experiment_id, {PARENT_TAG: parent_run_id,
+                                                  TAG_TRIAL_ID: trial_id})
+    if found:
+        run = found[0]
+        run_id = run.info.run_id
+        if run.info.status in ("FAILED", "KILLED"):
+            client.update_run(run_id, status="RUNNING")
+            _set_tags(client, run_id, {TAG_STATUS: STATUS_RUNNING})
+    else:
+        tags = {PARENT_TAG: parent_run_id, TAG_KIND: KIND_TRIAL, TAG_TRIAL_ID: trial_id,
+                TAG_STATUS: STATUS_RUNNING}
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    _log_params(client, run_id, params)
+    return run_id
+
+
+def log_epoch_metrics(uri: str, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+    """One batch per epoch (step = epoch); non-numeric, NaN and infinite values are skipped."""
+    now = int(time.time() * 1000)
+    batch = [Metric(str(k), float(v), now, int(step)) for k, v in metrics.items()
+             if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)]
+    if batch:
+        MlflowClient(uri).log_batch(run_id, metrics=batch)
+
+
+def log_trial_files(uri: str, run_id: str, directory: Path, names: Iterable[str],
+                    artifact_path: str | None = None) -> list[str]:
+    """Log those of `names` that exist in `directory`; returns the names logged."""
+    client, logged = MlflowClient(uri), []
+    for name in names:
+        path = Path(directory) / name
+        if path.is_file():
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+            logged.append(name)
+    return logged
+
+
+def set_trial_status(uri: str, run_id: str, status: str,
+                     extra_tags: Mapping[str, Any] | None = None) -> None:
+    """Tag the trial's outcome and set the run status it implies; calling it again is harmless.
+
+    Call after `log_trial_files`: FINISHED must mean every file is in.
+    """
+    if status not in TRIAL_STATUSES:
+        raise ValueError(f"trial status {status!r} is not one of {', '.join(TRIAL_STATUSES)}")
+    client = MlflowClient(uri)
+    _set_tags(client, run_id, {**(extra_tags or {}), TAG_STATUS: status})
+    target = TRIAL_STATUSES[status]
+    if client.get_run(run_id).info.status == target:
+        return
+    if target == "RUNNING":
+        client.update_run(run_id, status=target)
+    else:
+        client.set_terminated(run_id, target)
