@@ -29,8 +29,8 @@ class TrialConfig:
     batch_size: int = 32
     lr_multiplier: float = 1.0  # scales every phase's learning rate; the schedule keeps its shape
     loss: str | None = None  # None: the task's default
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
+    focal_gamma: float | None = None  # None: the task's
+    label_smoothing: float | None = None  # None: the task's
     mixup_alpha: float = 0.0  # 0 disables MixUp
     augment: str = "light"
     dropout: float = 0.5
@@ -55,10 +55,12 @@ class TrialConfig:
         _check_range("epochs", self.epochs, 1, 10_000)
         _check_range("batch_size", self.batch_size, 1, 4096)
         _check_range("lr_multiplier", self.lr_multiplier, 1e-4, 1e3)
-        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        if self.label_smoothing is not None:
+            _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
         _check_range("mixup_alpha", self.mixup_alpha, 0.0, 10.0)
         _check_range("dropout", self.dropout, 0.0, 0.95)
-        _check_range("focal_gamma", self.focal_gamma, 0.0, 10.0)
+        if self.focal_gamma is not None:
+            _check_range("focal_gamma", self.focal_gamma, 0.0, 10.0)
         _check_range("phantom_per_class", self.phantom_per_class, 4, 100_000)
         _check_range("cpu_threads", self.cpu_threads, 0, 1024)
         _check_range("gpu_memory_fraction", self.gpu_memory_fraction, 0.0, 1.0)

@@ -16,3 +16,7 @@ class DataError(MedSweepError):
 
 class WeightsUnavailable(MedSweepError):
     """Pretrained weights cannot be found or fetched; the message says which file and where."""
+
+
+class SweepInterrupted(MedSweepError):
+    """Ctrl+C (SIGINT) stopped a sweep; Tune saved its state, so `--resume` continues it."""

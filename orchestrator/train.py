@@ -143,8 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-multiplier", type=float, default=d.lr_multiplier,
                    help="scales every phase's learning rate")
     p.add_argument("--loss", help="cross_entropy | class_weighted | focal (default: the task's)")
-    p.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--focal-gamma", type=float, help="focal loss gamma (default: the task's)")
+    p.add_argument("--label-smoothing", type=float, help="(default: the task's)")
     p.add_argument("--mixup-alpha", type=float, default=d.mixup_alpha)
     p.add_argument("--augment", default=d.augment, help="none | light | medium | heavy")
     p.add_argument("--dropout", type=float, default=d.dropout)

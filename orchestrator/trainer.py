@@ -72,14 +72,15 @@ class Trainer:
             augmentation=augmentation_for(self.cfg.augment, self.task.tta_kinds),
             mixup_alpha=self.cfg.mixup_alpha, class_weights=class_weights)
         steps = math.ceil(len(self.data.x_train) / self.cfg.batch_size)
-        loss = make_loss(loss_name, label_smoothing=self.cfg.label_smoothing,
-                         focal_gamma=self.cfg.focal_gamma)
+        loss = make_loss(loss_name, label_smoothing=_default(self.cfg.label_smoothing,
+                                                             self.task.label_smoothing),
+                         focal_gamma=_default(self.cfg.focal_gamma, self.task.focal_gamma))
         for index, planned in enumerate(plan):
             if planned.end_epoch <= self.epochs_done or self.stop_all:
                 continue
             if not (resumed and planned.start_epoch < self.epochs_done):
                 trainable, total = set_trainable(model, planned.phase.trainable_fraction,
-                                                 train_batchnorm=self.cfg.train_batchnorm)
+                                                 train_batchnorm=self.train_batchnorm)
                 model.compile(optimizer=make_optimizer(planned.phase, steps,
                                                        planned.end_epoch - planned.start_epoch),
                               loss=loss)
@@ -92,11 +93,19 @@ class Trainer:
                       callbacks=[_EpochCallback(self, index, len(plan))])
         return self._finish()
 
+    @property
+    def weights(self) -> str:
+        if self.cfg.weights != "auto":
+            return self.cfg.weights
+        return "imagenet" if get_backbone(self.cfg.backbone).pretrainable else "none"
+
+    @property
+    def train_batchnorm(self) -> bool:
+        """Frozen BatchNorm keeps ImageNet statistics; without them there is nothing to keep."""
+        return self.cfg.train_batchnorm or self.weights == "none"
+
     def _build(self) -> keras.Model:
-        backbone = get_backbone(self.cfg.backbone)
-        weights = self.cfg.weights
-        if weights == "auto":
-            weights = "imagenet" if backbone.pretrainable else "none"
+        weights = self.weights
         return build_model(self.cfg.backbone, self.task.num_classes, self.cfg.resolution,
                            weights=weights, weights_dir=self.cfg.weights_dir,
                            dropout=self.cfg.dropout)
@@ -219,6 +228,10 @@ class _EpochCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.trainer.end_epoch(self.model, epoch + 1, logs or {}, self.phase, self.phases,
                                time.perf_counter() - self.started)
+
+
+def _default(value: float | None, fallback: float) -> float:
+    return fallback if value is None else value
 
 
 def _as_float(value: float | None) -> float:

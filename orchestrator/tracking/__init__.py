@@ -8,7 +8,8 @@ from __future__ import annotations
 from orchestrator.tracking.runs import (
     KIND_ENSEMBLE, KIND_SWEEP, KIND_TRIAL, PARENT_TAG, STATUS_COMPLETED, STATUS_ERRORED,
     STATUS_RUNNING, STATUS_STOPPED_EARLY, TAG_KIND, TAG_PROFILE, TAG_STATUS, TAG_SYNTHETIC,
-    TAG_TASK, TAG_TRIAL_ID, TRIAL_STATUSES, find_runs_by_tag, finish_run,
+    TAG_BEST_EPOCH, TAG_CHECKPOINT, TAG_EPOCHS_RUN, TAG_NODE, TAG_TASK, TAG_TRIAL_ID,
+    TRIAL_STATUSES, find_runs_by_tag, finish_run,
     get_or_create_trial_run, list_trial_runs, log_epoch_metrics, log_json_artifact, log_params,
     log_table_artifact, log_trial_files, reopen_run, set_tags, set_trial_status,
     start_sweep_run)
@@ -19,7 +20,8 @@ from orchestrator.tracking.store import (
 __all__ = [
     "KIND_ENSEMBLE", "KIND_SWEEP", "KIND_TRIAL", "PARENT_TAG", "STATUS_COMPLETED",
     "STATUS_ERRORED", "STATUS_RUNNING", "STATUS_STOPPED_EARLY", "TAG_KIND", "TAG_PROFILE",
-    "TAG_STATUS", "TAG_SYNTHETIC", "TAG_TASK", "TAG_TRIAL_ID", "TRACKING_URI_ENV",
+    "TAG_STATUS", "TAG_SYNTHETIC", "TAG_TASK", "TAG_BEST_EPOCH", "TAG_CHECKPOINT",
+    "TAG_EPOCHS_RUN", "TAG_NODE", "TAG_TRIAL_ID", "TRACKING_URI_ENV",
     "TRIAL_STATUSES", "check_tracking_uri", "default_artifact_root", "default_tracking_uri",
     "ensure_experiment", "environment_params", "find_runs_by_tag", "finish_run",
     "get_or_create_trial_run", "list_trial_runs", "local_artifact_root", "log_epoch_metrics",

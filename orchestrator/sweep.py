@@ -1,0 +1,198 @@
+"""`python -m orchestrator.sweep TASK`: a Ray Tune sweep over backbones, resolutions and
+unfreezing schedules, stopped early by ASHA, tracked in MLflow, resumable.
+
+`run_sweep(...)` is the API; the CLI is a thin argparse layer over it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
+
+SWEEP_STATE = "medsweep_sweep.json"  # beside Tune's own state: what a resumed sweep continues
+Log = Callable[[str], None]
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    experiment_path: str
+    tracking_uri: str
+    metric: str
+    mode: str
+    leaderboard: pd.DataFrame  # one row per trial, best first
+    ui_command: str
+
+
+def run_sweep(
+    task: str,
+    *,
+    data_dir: str | None = None,
+    profile: str | None = None,
+    num_samples: int | None = None,
+    max_epochs: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    address: str | None = None,
+    storage_path: str | None = None,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    space_overrides: dict | None = None,
+    log: Log = print,
+) -> SweepResult:
+    """Run (or resume) one sweep and return its leaderboard; see `--help` for each argument.
+
+    `space_overrides` fixes search-space keys to constants (tests use it to inject a fault).
+    """
+    from tasks import get_task
+
+    from orchestrator import tracking
+    from search_spaces import get_profile
+
+    task_record = get_task(task)  # unknown task or profile: fail before Ray starts
+    if profile:
+        get_profile(task, profile)
+
+    uri = tracking_uri or tracking.default_tracking_uri()
+    tracking.check_tracking_uri(uri)
+    storage = _storage_path(storage_path)
+    experiment = experiment or f"medsweep-{task_record.name}"
+    previous = _find_resumable(storage, experiment) if resume else None
+    _connect_ray(address, log)
+    from orchestrator.sweep_runner import SweepRunner
+
+    runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
+                         num_samples=num_samples, max_epochs=max_epochs,
+                         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                         storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
+                         space_overrides=space_overrides or {}, log=log)
+    return runner.resume(previous) if previous else runner.start()
+
+
+def _storage_path(storage_path: str | None) -> str:
+    """Tune wants an absolute path or a URI (s3://, gs://) shared by every node."""
+    if storage_path and "://" in storage_path:
+        return storage_path
+    path = Path(storage_path or "runs/sweeps").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _find_resumable(storage: str, experiment: str) -> Path:
+    """The newest sweep of this experiment under a local storage path."""
+    if "://" in storage:
+        raise ConfigError(f"--resume looks for interrupted sweeps in a local --storage-path; "
+                          f"{storage} is remote (resume on the head node with its local path)")
+    candidates = sorted(Path(storage).glob(f"{experiment}-*/{SWEEP_STATE}"),
+                        key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(f"--resume: nothing to resume for experiment {experiment!r} under "
+                          f"{storage} (looked for {experiment}-*/{SWEEP_STATE})")
+    return candidates[-1].parent
+
+
+def _connect_ray(address: str | None, log: Log) -> None:
+    """`--address`, else RAY_ADDRESS, else a local single-node Ray; fail fast if unreachable."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address and address not in ("auto", "local") and "://" not in address:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Ray cluster at --address {address} does not answer ({err}); "
+                              "start it with `ray start --head` or `ray up cluster.yaml`") from None
+    ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
+             logging_level="WARNING", configure_logging=True)
+    resources = ray.cluster_resources()
+    log(f"ray: {'connected to ' + address if address else 'local single-node'}; "
+        f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    from tasks import task_names
+
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep",
+        description="Sweep backbones, resolutions and unfreezing schedules for a medical image "
+        "task with Ray Tune (ASHA early stopping) and record every trial in MLflow. Without "
+        "--data-dir it runs on the task's SYNTHETIC phantom, never on medical data.")
+    p.add_argument("task", help=f"one of {', '.join(task_names())} (or name/variant, e.g. "
+                   "brain/4class)")
+    p.add_argument("--data-dir", help="the data set in its real layout (docs/data.md); "
+                   "omitted: the synthetic phantom")
+    p.add_argument("--profile", help="smoke | cpu | gpu (default: gpu when the cluster has "
+                   "GPUs, else cpu)")
+    p.add_argument("--num-samples", type=int, help="trials to sample (default: the profile's)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial, ASHA's max_t "
+                   "(default: the profile's)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPU slots per trial; TensorFlow in "
+                   "the trial uses that many threads (default: the profile's)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.5) "
+                   "packs trials on one GPU and caps each trial's TensorFlow memory to match")
+    p.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else a local "
+                   "single-node Ray)")
+    p.add_argument("--storage-path", help="where trial checkpoints go: a local folder "
+                   "(default runs/sweeps) or a URI every node reaches (s3://bucket/path)")
+    p.add_argument("--experiment", help="MLflow experiment and sweep folder name "
+                   "(default medsweep-TASK)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI, "
+                   "else sqlite:///mlflow/mlflow.db in the working directory)")
+    p.add_argument("--resume", action="store_true", help="continue the newest interrupted "
+                   "sweep of this experiment: finished trials stay, unfinished ones resume "
+                   "from their last checkpoint, no MLflow run is duplicated")
+    p.add_argument("--seed", type=int, default=0, help="search seed (default %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        result = run_sweep(args.task, data_dir=args.data_dir, profile=args.profile,
+                           num_samples=args.num_samples, max_epochs=args.max_epochs,
+                           cpus_per_trial=args.cpus_per_trial,
+                           gpus_per_trial=args.gpus_per_trial, address=args.address,
+                           storage_path=args.storage_path, experiment=args.experiment,
+                           tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed)
+    except SweepInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 130
+    except MedSweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _print_summary(result, time.perf_counter() - started)
+    return 0
+
+
+def _print_summary(result: SweepResult, seconds: float) -> None:
+    board = result.leaderboard
+    print("\n" + "=" * 78)
+    print(f"sweep finished in {seconds / 60:.1f} min: {len(board)} trials, best first "
+          f"(val {result.metric}, {result.mode})")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(board.head(10).to_string(index=False))
+    print(f"\nMLflow parent run: {result.parent_run_id}  (tracking URI {result.tracking_uri})")
+    print(f"open the MLflow UI: {result.ui_command}")
+    print(f"checkpoints: {result.experiment_path}")
+    print("=" * 78)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The sweep end to end on a real local Ray and a real SQLite MLflow store."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+
+from orchestrator import tracking
+from orchestrator.sweep import run_sweep
+from orchestrator.trainer import FAULT_MARKER
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _sweep_cli(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args], cwd=cwd,
+                          env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _store(cwd: Path):
+    uri = f"sqlite:///{cwd / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("medsweep-brain")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_SWEEP]
+    children = [r for r in runs if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_TRIAL]
+    return client, parents, children
+
+
+@pytest.fixture
+def local_ray():
+    yield
+    ray.shutdown()
+
+
+def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
+    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MLflow parent run:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "Trial status" in proc.stdout + proc.stderr  # Tune's progress table
+    client, parents, children = _store(tmp_path)
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["synthetic_data"] == "True"
+    assert parent.data.params["version.ray"] == ray.__version__
+    assert {"search_space.json", "manifest.csv", "tune_results.csv"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert len(children) == 2  # the smoke profile's two trials
+    for child in children:
+        assert child.data.tags[tracking.PARENT_TAG] == parent.info.run_id
+        assert child.data.tags[tracking.TAG_STATUS] in ("completed", "stopped_early")
+        assert child.data.params["task"] == "brain"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert steps == list(range(1, len(steps) + 1)) and steps
+        assert {"best.keras", "val_probs.npy"} <= {
+            a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "done" not in child.data.metrics  # no Tune bookkeeping in the user's metrics
+
+
+def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path, local_ray):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_sweep("brain", profile="smoke", num_samples=1, max_epochs=3,
+                       storage_path=str(tmp_path / "runs"), tracking_uri=uri,
+                       space_overrides={"fail_at_epoch": 2}, log=lambda _: None)
+    board = result.leaderboard
+    assert len(board) == 1 and board.loc[0, "status"] == "ok" and board.loc[0, "epochs"] == 3
+    markers = list((tmp_path / "runs").rglob(FAULT_MARKER))
+    assert markers, "the injected fault never fired"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    children = tracking.list_trial_runs(uri, client.get_run(result.parent_run_id).info
+                                        .experiment_id, result.parent_run_id)
+    assert len(children) == 1
+    steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "val_loss")]
+    assert steps == [1, 2, 3]  # epochs 1-2 were not retrained after the crash
+    assert children[0].data.tags[tracking.TAG_STATUS] == "completed"
+
+
+def test_an_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
+    args = ["brain", "--profile", "smoke", "--max-epochs", "24", "--num-samples", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "runs").rglob("checkpoint_000003")):
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out[-3000:]
+    assert "--resume" in out
+    resumed = _sweep_cli(tmp_path, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, parents, children = _store(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags[tracking.TAG_TRIAL_ID] for c in children]
+    assert len(trial_ids) == 2 == len(set(trial_ids))
+    assert all(c.data.tags[tracking.TAG_STATUS] in ("completed", "stopped_early")
+               for c in children)
+
+
+def test_two_node_cluster_places_trials_on_both_nodes(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        result = run_sweep("brain", profile="smoke", num_samples=4, address=cluster.address,
+                           storage_path=str(tmp_path / "runs"), tracking_uri=uri,
+                           log=lambda _: None)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment_id = client.get_run(result.parent_run_id).info.experiment_id
+        children = tracking.list_trial_runs(uri, experiment_id, result.parent_run_id)
+        nodes = {c.data.tags[tracking.TAG_NODE] for c in children}
+        assert len(children) == 4 and len(nodes) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["bogus"], "unknown task 'bogus'"),
+    (["brain", "--profile", "huge"], "huge"),
+    (["brain", "--data-dir", "/nonexistent/brain"], "/nonexistent/brain"),
+    (["brain", "--address", "127.0.0.1:1"], "127.0.0.1:1"),
+    (["brain", "--tracking-uri", "http://127.0.0.1:1"], "http://127.0.0.1:1"),
+    (["brain", "--resume"], "nothing to resume"),
+])
+def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path):
+    proc = _sweep_cli(tmp_path, *args, "--profile", "smoke") if "--profile" not in args \
+        else _sweep_cli(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    db = tmp_path / "mlflow" / "mlflow.db"
+    if db.exists():
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+        experiments = client.search_experiments()
+        assert not client.search_runs([e.experiment_id for e in experiments])
