@@ -1,12 +1,12 @@
 # Two entry points that set themselves up on a fresh machine with only Python 3.10+:
-#   make demo   one training trial of `brain` on its synthetic phantom (the embedded default)
+#   make demo   the brain sweep on its synthetic phantom (the embedded default)
 #   make test   the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo trial test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,15 +15,19 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m orchestrator.sweep brain
+
+trial: $(STAMP)
 	$(PY) -m orchestrator.train brain --backbone baseline_cnn --resolution 64 \
 		--schedule full --lr-multiplier 10 --epochs 8 --batch-size 16 \
-		--phantom-per-class 100 --output-dir runs/demo
+		--phantom-per-class 100 --output-dir runs/trial
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) bench/data_cache.py
+	$(PY) bench/sweep_efficiency.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mlflow/mlflow.db mlflow/artifacts

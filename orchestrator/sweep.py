@@ -19,6 +19,7 @@ import pandas as pd
 
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 
+SCHEDULERS = ("asha", "fifo")
 SWEEP_STATE = "medsweep_sweep.json"  # beside Tune's own state: what a resumed sweep continues
 Log = Callable[[str], None]
 
@@ -49,6 +50,7 @@ def run_sweep(
     tracking_uri: str | None = None,
     resume: bool = False,
     seed: int = 0,
+    scheduler: str = "asha",
     space_overrides: dict | None = None,
     log: Log = print,
 ) -> SweepResult:
@@ -62,6 +64,8 @@ def run_sweep(
     from search_spaces import get_profile
 
     task_record = get_task(task)  # unknown task or profile: fail before Ray starts
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
     if profile:
         get_profile(task, profile)
 
@@ -77,7 +81,7 @@ def run_sweep(
                          num_samples=num_samples, max_epochs=max_epochs,
                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                          storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
-                         space_overrides=space_overrides or {}, log=log)
+                         space_overrides=space_overrides or {}, scheduler=scheduler, log=log)
     return runner.resume(previous) if previous else runner.start()
 
 
@@ -157,7 +161,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted "
                    "sweep of this experiment: finished trials stay, unfinished ones resume "
                    "from their last checkpoint, no MLflow run is duplicated")
-    p.add_argument("--seed", type=int, default=0, help="search seed (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="search seed: the same seed samples "
+                   "the same configs (default %(default)s)")
+    p.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="asha stops "
+                   "trailing trials early; fifo runs all to the end (default %(default)s)")
     return p
 
 
@@ -170,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                            cpus_per_trial=args.cpus_per_trial,
                            gpus_per_trial=args.gpus_per_trial, address=args.address,
                            storage_path=args.storage_path, experiment=args.experiment,
-                           tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed)
+                           tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
+                           scheduler=args.scheduler)
     except SweepInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return 130

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from orchestrator import tracking
 from orchestrator.config import TrialConfig
@@ -28,7 +29,7 @@ class SweepRunner:
                  profile: str | None, num_samples: int | None, max_epochs: int | None,
                  cpus_per_trial: float | None, gpus_per_trial: float | None, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
-                 log: Log) -> None:
+                 scheduler: str, log: Log) -> None:
         name = profile or choose_profile(ray.cluster_resources())
         self.profile = with_overrides(get_profile(task, name), num_samples=num_samples,
                                       max_epochs=max_epochs, cpus_per_trial=cpus_per_trial,
@@ -38,6 +39,7 @@ class SweepRunner:
             storage, experiment, tracking_uri, seed, log)
         self.metric = f"val_{task_record.metric}"
         self.space_overrides = space_overrides
+        self.scheduler = scheduler
 
     # --------------------------------------------------------------------------- public
     def start(self) -> SweepResult:
@@ -59,6 +61,7 @@ class SweepRunner:
                     "max_epochs": self.profile.max_epochs, "data_fingerprint": any_data.fingerprint,
                     "synthetic_data": any_data.synthetic, "data_dir": self.data_dir or "phantom",
                     "metric": self.metric, "mode": self.task_record.mode, "seed": self.seed,
+                    "scheduler": self.scheduler,
                     "storage_path": path},
             artifacts={"search_space.json": self._space_file(space),
                        "manifest.csv": Path(any_data.manifest_path)})
@@ -74,10 +77,9 @@ class SweepRunner:
             param_space=space,
             tune_config=tune.TuneConfig(
                 metric=self.metric, mode=self.task_record.mode,
-                num_samples=self.profile.num_samples, search_alg=None,
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=self.profile.max_epochs,
-                                        grace_period=self.profile.grace_period,
-                                        reduction_factor=2)),
+                num_samples=self.profile.num_samples,
+                search_alg=BasicVariantGenerator(random_state=self.seed),
+                scheduler=self._scheduler()),
             run_config=tune.RunConfig(
                 name=name, storage_path=self.storage, callbacks=[TrialRunCloser(context)],
                 checkpoint_config=tune.CheckpointConfig(
@@ -111,6 +113,14 @@ class SweepRunner:
                                       if not isinstance(v, (dict,)) and not _is_domain(v)})
         return {int(r): load_trial_data(base.replace(resolution=int(r)), self.log)
                 for r in resolutions}
+
+    def _scheduler(self):
+        """ASHA stops trials that trail at each rung; FIFO runs every trial to the end (the
+        baseline `bench/sweep_efficiency.py` compares against)."""
+        if self.scheduler == "fifo":
+            return FIFOScheduler()
+        return ASHAScheduler(time_attr="epoch", max_t=self.profile.max_epochs,
+                             grace_period=self.profile.grace_period, reduction_factor=2)
 
     def _trainable(self, datasets: dict[int, TrialData], context: SweepContext):
         resources = {"cpu": self.profile.cpus_per_trial, "gpu": self.profile.gpus_per_trial}
@@ -174,6 +184,7 @@ def _leaderboard(grid, metric: str, mode: str) -> pd.DataFrame:
             else float("nan")
         rows.append({"trial_id": metrics.get("trial_id", ""), f"best_{metric}": best,
                      "epochs": metrics.get("epoch", 0),
+                     "seconds": round(float(metrics.get("time_total_s", float("nan"))), 1),
                      "status": "errored" if result.error else "ok",
                      **{k: config.get(k) for k in LEADERBOARD_COLUMNS if k in config}})
     board = pd.DataFrame(rows)

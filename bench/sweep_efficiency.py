@@ -1,0 +1,69 @@
+"""ASHA vs FIFO on the same search space, and Ray/Tune orchestration overhead.
+
+Prints, for each scheduler: trials, epochs consumed, best validation metric, wall time, the sum
+of the trials' own training times and the overhead (wall time / (trial time / parallel slots)).
+Runs on the brain phantom; the space is the `cpu` profile, shortened to fit a few minutes.
+
+    .venv/bin/python bench/sweep_efficiency.py [--num-samples 6] [--max-epochs 6]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def run(scheduler: str, args: argparse.Namespace, workdir: Path) -> dict:
+    import ray
+
+    from orchestrator.sweep import run_sweep
+
+    started = time.perf_counter()
+    result = run_sweep("brain", profile="cpu", num_samples=args.num_samples,
+                       max_epochs=args.max_epochs, scheduler=scheduler, seed=args.seed,
+                       storage_path=str(workdir / scheduler),
+                       tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+                       space_overrides={"resolution": args.resolution,
+                                        "phantom_per_class": args.per_class},
+                       log=lambda _: None)
+    wall = time.perf_counter() - started
+    slots = ray.cluster_resources().get("CPU", 1)
+    ray.shutdown()
+    board = result.leaderboard
+    trial_seconds = float(board["seconds"].sum())
+    return {"scheduler": scheduler, "trials": len(board), "epochs": int(board["epochs"].sum()),
+            "best": float(board.iloc[0, 1]), "wall_s": wall, "trial_s": trial_seconds,
+            "overhead": wall / (trial_seconds / slots)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-samples", type=int, default=6)
+    parser.add_argument("--max-epochs", type=int, default=6)
+    parser.add_argument("--resolution", type=int, default=48)
+    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="medsweep-bench-") as tmp:
+        rows = [run(s, args, Path(tmp)) for s in ("fifo", "asha")]
+    print(f"\nbrain phantom, cpu profile space, {args.num_samples} samples x "
+          f"{args.max_epochs} epochs at {args.resolution} px, seed {args.seed}, "
+          f"{os.cpu_count()} cores")
+    print(f"{'scheduler':<10}{'trials':>7}{'epochs':>8}{'best val acc':>14}{'wall s':>9}"
+          f"{'sum trial s':>13}{'overhead':>10}")
+    for r in rows:
+        print(f"{r['scheduler']:<10}{r['trials']:>7}{r['epochs']:>8}{r['best']:>14.3f}"
+              f"{r['wall_s']:>9.1f}{r['trial_s']:>13.1f}{r['overhead']:>9.2f}x")
+    fifo, asha = rows
+    print(f"ASHA used {asha['epochs'] / fifo['epochs']:.0%} of FIFO's epochs; best metric "
+          f"{asha['best']:.3f} vs {fifo['best']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
