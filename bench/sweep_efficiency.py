@@ -4,7 +4,7 @@ Prints, for each scheduler: trials, epochs consumed, best validation metric, wal
 of the trials' own training times and the overhead (wall time / (trial time / parallel slots)).
 Runs on the brain phantom; the space is the `cpu` profile, shortened to fit a few minutes.
 
-    .venv/bin/python bench/sweep_efficiency.py [--num-samples 6] [--max-epochs 6]
+    .venv/bin/python bench/sweep_efficiency.py [--num-samples 8] [--max-epochs 8]
 """
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ def run(scheduler: str, args: argparse.Namespace, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-samples", type=int, default=6)
-    parser.add_argument("--max-epochs", type=int, default=6)
-    parser.add_argument("--resolution", type=int, default=48)
-    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--max-epochs", type=int, default=8)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

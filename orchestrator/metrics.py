@@ -77,7 +77,22 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, task: Task) -> dict
 
 
 def primary_metric(y: np.ndarray, probs: np.ndarray, task: Task) -> float:
-    return classification_metrics(y, probs, task)[task.metric]
+    """Only the task's metric: ensemble selection calls this hundreds of times."""
+    y = np.asarray(y, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if task.metric == "accuracy":
+            return float(skm.accuracy_score(y, pred))
+        if task.metric == "balanced_accuracy":
+            return float(skm.balanced_accuracy_score(y, pred))
+        if task.metric == "macro_f1":
+            return float(skm.f1_score(y, pred, labels=np.arange(probs.shape[1]),
+                                      average="macro", zero_division=0))
+        if task.metric == "roc_auc":
+            return _roc_auc(y, probs, task.positive_index)
+        return _pr_auc(y, probs, task.positive_index)
 
 
 def is_better(candidate: float, incumbent: float | None, mode: str) -> bool:

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -33,6 +33,7 @@ class SweepResult:
     mode: str
     leaderboard: pd.DataFrame  # one row per trial, best first
     ui_command: str
+    ensemble: Any = None  # orchestrator.ensemble.build.EnsembleReport, when one was built
 
 
 def run_sweep(
@@ -51,6 +52,7 @@ def run_sweep(
     resume: bool = False,
     seed: int = 0,
     scheduler: str = "asha",
+    ensemble: bool = True,
     space_overrides: dict | None = None,
     log: Log = print,
 ) -> SweepResult:
@@ -74,14 +76,15 @@ def run_sweep(
     storage = _storage_path(storage_path)
     experiment = experiment or f"medsweep-{task_record.name}"
     previous = _find_resumable(storage, experiment) if resume else None
-    _connect_ray(address, log)
+    connect_ray(address, log)
     from orchestrator.sweep_runner import SweepRunner
 
     runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
                          num_samples=num_samples, max_epochs=max_epochs,
                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                          storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
-                         space_overrides=space_overrides or {}, scheduler=scheduler, log=log)
+                         space_overrides=space_overrides or {}, scheduler=scheduler,
+                         build_ensemble=ensemble, log=log)
     return runner.resume(previous) if previous else runner.start()
 
 
@@ -107,7 +110,7 @@ def _find_resumable(storage: str, experiment: str) -> Path:
     return candidates[-1].parent
 
 
-def _connect_ray(address: str | None, log: Log) -> None:
+def connect_ray(address: str | None, log: Log) -> None:
     """`--address`, else RAY_ADDRESS, else a local single-node Ray; fail fast if unreachable."""
     import ray
 
@@ -163,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
                    "from their last checkpoint, no MLflow run is duplicated")
     p.add_argument("--seed", type=int, default=0, help="search seed: the same seed samples "
                    "the same configs (default %(default)s)")
+    p.add_argument("--no-ensemble", action="store_true", help="skip the final TTA ensemble "
+                   "(build it later with python -m orchestrator.ensemble --sweep-run ID)")
     p.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="asha stops "
                    "trailing trials early; fifo runs all to the end (default %(default)s)")
     return p
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                            gpus_per_trial=args.gpus_per_trial, address=args.address,
                            storage_path=args.storage_path, experiment=args.experiment,
                            tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
-                           scheduler=args.scheduler)
+                           scheduler=args.scheduler, ensemble=not args.no_ensemble)
     except SweepInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return 130
@@ -200,6 +205,10 @@ def _print_summary(result: SweepResult, seconds: float) -> None:
     print(f"open the MLflow UI: {result.ui_command}")
     print(f"checkpoints: {result.experiment_path}")
     print("=" * 78)
+    if result.ensemble is not None:
+        from orchestrator.ensemble.build import print_report
+
+        print_report(result.ensemble)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from orchestrator import tracking
+
+# Per-epoch checkpoints are the point; Tune's warning about frequent snapshots is noise here.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 from orchestrator.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
 from orchestrator.sweep import SWEEP_STATE, Log, SweepResult
@@ -29,7 +33,7 @@ class SweepRunner:
                  profile: str | None, num_samples: int | None, max_epochs: int | None,
                  cpus_per_trial: float | None, gpus_per_trial: float | None, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
-                 scheduler: str, log: Log) -> None:
+                 scheduler: str, build_ensemble: bool, log: Log) -> None:
         name = profile or choose_profile(ray.cluster_resources())
         self.profile = with_overrides(get_profile(task, name), num_samples=num_samples,
                                       max_epochs=max_epochs, cpus_per_trial=cpus_per_trial,
@@ -40,6 +44,7 @@ class SweepRunner:
         self.metric = f"val_{task_record.metric}"
         self.space_overrides = space_overrides
         self.scheduler = scheduler
+        self.build_ensemble = build_ensemble
 
     # --------------------------------------------------------------------------- public
     def start(self) -> SweepResult:
@@ -166,12 +171,30 @@ class SweepRunner:
         board = _leaderboard(grid, self.metric, self.task_record.mode)
         tracking.log_table_artifact(self.uri, context.parent_run_id, board, "tune_results.csv")
         errored = sum(1 for r in grid if r.error is not None)
+        ensemble = self._ensemble(context) if self.build_ensemble and errored < len(board) \
+            else None
         tracking.finish_run(self.uri, context.parent_run_id,
                             "FAILED" if errored == len(board) else "FINISHED")
         return SweepResult(parent_run_id=context.parent_run_id, experiment_path=path,
                            tracking_uri=self.uri, metric=self.task_record.metric,
                            mode=self.task_record.mode, leaderboard=board,
-                           ui_command=tracking.ui_command(self.uri, tracking.local_artifact_root(self.uri)))
+                           ui_command=tracking.ui_command(self.uri,
+                                                          tracking.local_artifact_root(self.uri)),
+                           ensemble=ensemble)
+
+    def _ensemble(self, context: SweepContext):
+        """The final ensemble is part of every sweep; its failure is reported, not fatal: the
+        trials stay in MLflow and `python -m orchestrator.ensemble` can redo it."""
+        from orchestrator.ensemble.build import build_ensemble
+        from orchestrator.errors import MedSweepError
+
+        try:
+            return build_ensemble(context.parent_run_id, tracking_uri=self.uri,
+                                  gpus_per_actor=min(self.profile.gpus_per_trial, 1.0),
+                                  log=self.log)
+        except MedSweepError as err:
+            self.log(f"warning: no ensemble built: {err}")
+            return None
 
 
 def _leaderboard(grid, metric: str, mode: str) -> pd.DataFrame:

@@ -66,3 +66,12 @@ def test_is_better_respects_mode_and_nan():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="does not match"):
         classification_metrics(np.zeros(3, int), np.zeros((4, 2)), get_task("pneumonia"))
+
+
+@pytest.mark.parametrize("key", ["brain", "skin", "leukemia", "pneumonia"])
+def test_primary_metric_fast_path_equals_the_full_computation(key):
+    rng = np.random.default_rng(7)
+    task = get_task(key)
+    y = rng.integers(0, task.num_classes, 120)
+    p = _probs(rng, 120, task.num_classes)
+    assert primary_metric(y, p, task) == pytest.approx(classification_metrics(y, p, task)[task.metric])

@@ -218,3 +218,50 @@ def set_trial_status(uri: str, run_id: str, status: str,
         client.update_run(run_id, status=target)
     else:
         client.set_terminated(run_id, target)
+
+
+# ------------------------------------------------------------------------------- reading back
+def get_run(uri: str, run_id: str) -> Run:
+    """The run, or a clear error naming the id and the store."""
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.errors import ConfigError
+
+    try:
+        return MlflowClient(uri).get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"no MLflow run {run_id!r} in {uri}") from None
+
+
+def best_metric(uri: str, run_id: str, key: str, mode: str) -> float:
+    """Best value of a per-epoch metric over the run's history (NaN if never logged)."""
+    values = [m.value for m in MlflowClient(uri).get_metric_history(run_id, key)
+              if not math.isnan(m.value)]
+    if not values:
+        return float("nan")
+    return max(values) if mode == "max" else min(values)
+
+
+def download(uri: str, run_id: str, artifact_path: str, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(MlflowClient(uri).download_artifacts(run_id, artifact_path, str(dst)))
+
+
+def start_child_run(uri: str, experiment_id: str, parent_run_id: str, *, run_name: str,
+                    kind: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
+    """A nested run of another kind (the ensemble) under a sweep's parent run."""
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={PARENT_TAG: parent_run_id, TAG_KIND: kind,
+                                  **{k: str(v) for k, v in tags.items()}})
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, Any]) -> None:
+    """Final figures (no step); NaN and inf skipped as in `log_epoch_metrics`."""
+    log_epoch_metrics(uri, run_id, metrics, step=0)
+
+
+def log_file(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    MlflowClient(uri).log_artifact(run_id, str(path), artifact_path)

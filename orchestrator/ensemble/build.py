@@ -1,0 +1,215 @@
+"""Build the final ensemble of a finished sweep: score the top trials under each TTA policy in a
+Ray actor pool, choose policy, members and weights on validation only, then predict the test
+split once, log it all under the sweep's parent run and register the servable model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from orchestrator import tracking
+from orchestrator.errors import ConfigError
+from orchestrator.metrics import classification_metrics
+from orchestrator.pool import Candidate, score_candidates
+
+DEFAULT_POLICIES = ("none", "standard6", "aggressive17")
+Log = Callable[[str], None]
+
+
+@dataclass
+class EnsembleReport:
+    run_id: str
+    task: str
+    policy: str
+    members: tuple[str, ...]
+    weights: tuple[float, ...]
+    table: pd.DataFrame  # rows: ensemble / best single / top-2; columns: val_* and test_*
+    model_uri: str
+    registered: str  # "name@alias (version N)"
+    tracking_uri: str
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    uri: str
+    parent_run_id: str
+    experiment_id: str
+    task: str
+    data_dir: str | None
+    split_seed: int
+    phantom_per_class: int
+
+
+def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
+                   policies: Sequence[str] = DEFAULT_POLICIES, top_k: int = 8,
+                   max_iterations: int = 25, actors: int | None = None,
+                   gpus_per_actor: float = 0.0, data_dir: str | None = None,
+                   log: Log = print) -> EnsembleReport:
+    """Everything after the sweep; `tracking_uri` defaults as the sweep's does."""
+    from orchestrator.ensemble.choice import choose, comparison_rows
+    from orchestrator.tta import get_policy, policy_for_task, union_of
+    from tasks import get_task
+
+    uri = tracking_uri or tracking.default_tracking_uri()
+    sweep = _sweep_info(uri, sweep_run_id)
+    if data_dir:
+        sweep = dataclasses.replace(sweep, data_dir=data_dir)
+    task = get_task(sweep.task)
+    for name in policies:
+        get_policy(name)  # unknown policy: fail before any work
+    with tempfile.TemporaryDirectory(prefix="medsweep-ensemble-") as tmp:
+        work = Path(tmp)
+        candidates, data = _candidates(sweep, task, top_k, work, log)
+        task = next(iter(data.values())).task
+        by_policy = {p: policy_for_task(p, task.tta_kinds) for p in policies}
+        transforms = union_of(by_policy.values())
+        val_images = {r: d.arrays("val")[0] for r, d in data.items()}
+        y_val = next(iter(data.values())).arrays("val")[1]
+        log(f"scoring {len(candidates)} candidate(s) x {len(transforms)} TTA transforms on "
+            f"{len(y_val)} validation images")
+        scored = score_candidates(candidates, val_images, transforms, actors=actors,
+                                  gpus_per_actor=gpus_per_actor, log=log)
+        usable = [c for c in candidates if scored[c.name].probs is not None]
+        if not usable:
+            raise ConfigError(f"sweep {sweep_run_id}: no candidate model could be loaded")
+        choice = choose({c.name: scored[c.name].probs for c in usable}, transforms, by_policy,
+                        y_val, task, max_iterations=max_iterations)
+        log(f"chosen on validation: TTA {choice.policy}, members "
+            + ", ".join(f"{m} x{w:.2f}" for m, w in zip(choice.ensemble.members,
+                                                      choice.ensemble.weights)))
+        # The test split is touched here, once, after every choice above is fixed.
+        needed = [c for c in usable if c.name in choice.test_members]
+        test_images = {r: d.arrays("test")[0] for r, d in data.items()}
+        y_test = next(iter(data.values())).arrays("test")[1]
+        tested = score_candidates(needed, test_images, by_policy[choice.policy],
+                                  actors=actors, gpus_per_actor=gpus_per_actor, log=log)
+        test_probs = {n: tested[n].probs.mean(axis=0) for n in choice.test_members}
+        table = comparison_rows(choice, y_val, test_probs, y_test, task)
+        return _record(sweep, task, choice, table, test_probs, y_test,
+                       {c.name: c for c in usable}, by_policy[choice.policy], work, log)
+
+
+def _sweep_info(uri: str, run_id: str) -> SweepInfo:
+    run = tracking.get_run(uri, run_id)
+    if run.data.tags.get(tracking.TAG_KIND) != tracking.KIND_SWEEP:
+        raise ConfigError(f"MLflow run {run_id} is not a MedSweep sweep run")
+    params = run.data.params
+    data_dir = params.get("data_dir", "phantom")
+    trials = tracking.list_trial_runs(uri, run.info.experiment_id, run_id)
+    config = trials[0].data.params if trials else {}
+    return SweepInfo(uri=uri, parent_run_id=run_id, experiment_id=run.info.experiment_id,
+                     task=params["task"], data_dir=None if data_dir == "phantom" else data_dir,
+                     split_seed=int(config.get("split_seed", 0)),
+                     phantom_per_class=int(config.get("phantom_per_class", 40)))
+
+
+def _candidates(sweep: SweepInfo, task, top_k: int, work: Path, log: Log):
+    """The top-k finished trials by their best validation metric, their models downloaded and
+    their saved validation labels checked against the data prepared here (same split)."""
+    from orchestrator.data.dataset import prepare_dataset
+
+    finished = [r for r in tracking.list_trial_runs(sweep.uri, sweep.experiment_id,
+                                                    sweep.parent_run_id)
+                if r.data.tags.get(tracking.TAG_STATUS) in (tracking.STATUS_COMPLETED,
+                                                             tracking.STATUS_STOPPED_EARLY)]
+    if not finished:
+        raise ConfigError(f"sweep {sweep.parent_run_id} has no finished trials to ensemble")
+    key = f"val_{task.metric}"
+    ranked = sorted(finished, key=lambda r: tracking.best_metric(sweep.uri, r.info.run_id, key,
+                                                                   task.mode),
+                    reverse=task.mode == "max")
+    data, candidates = {}, []
+    for run in ranked:
+        if len(candidates) >= top_k:
+            break
+        name = run.data.tags[tracking.TAG_TRIAL_ID]
+        resolution = int(run.data.params["resolution"])
+        if resolution not in data:
+            data[resolution] = prepare_dataset(task, sweep.data_dir, resolution,
+                                               split_seed=sweep.split_seed,
+                                               phantom_per_class=sweep.phantom_per_class,
+                                               log=log)
+        try:
+            folder = tracking.download(sweep.uri, run.info.run_id, "", work / name)
+        except Exception as err:  # artifacts gone: named and skipped, the rest go on
+            log(f"skipping trial {name}: artifacts unavailable ({err})")
+            continue
+        labels = folder / "val_labels.npy"
+        if not (folder / "best.keras").exists() or not labels.exists():
+            log(f"skipping trial {name}: no best.keras / val_labels.npy logged")
+            continue
+        if not np.array_equal(np.load(labels), data[resolution].arrays("val")[1]):
+            log(f"skipping trial {name}: its validation labels differ from this split")
+            continue
+        candidates.append(Candidate(name, str(folder / "best.keras"), resolution))
+    if not candidates:
+        raise ConfigError(f"sweep {sweep.parent_run_id}: no finished trial has a usable model")
+    return candidates, data
+
+
+def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_test,
+            candidates: dict, transforms, work: Path, log: Log) -> EnsembleReport:
+    """Metrics, plots and reports first, then the model, its check, its registration; the run
+    is FINISHED only when all of that is in."""
+    from orchestrator.ensemble.report import write_reports
+    from orchestrator.tracking import ensemble_model
+
+    ens = choice.ensemble
+    params = {"members": list(ens.members), "weights": [round(w, 6) for w in ens.weights],
+              "tta_policy": choice.policy, "method": ens.method, "task": task.key,
+              "candidates": len(candidates)}
+    run_id = tracking.start_child_run(sweep.uri, sweep.experiment_id, sweep.parent_run_id,
+                                      run_name="ensemble", kind=tracking.KIND_ENSEMBLE,
+                                      params=params, tags={tracking.TAG_TASK: task.key})
+    try:
+        row = table.set_index("model").loc["ensemble"]
+        tracking.log_metrics(sweep.uri, run_id, {k: v for k, v in row.items()
+                                                  if isinstance(v, (int, float))})
+        probs = ens.predict(test_probs)
+        for path in write_reports(table, y_test, probs, task, choice, work / "reports"):
+            tracking.log_file(sweep.uri, run_id, path)
+        members = {m: ensemble_model.copy_member(Path(candidates[m].model_path),
+                                                 work / "members", m) for m in ens.members}
+        spec = {"task": task.key, "classes": list(task.classes),
+                "preprocessing": dataclasses.asdict(task.preprocessing),
+                "transforms": [dataclasses.asdict(t) for t in transforms],
+                "members": [{"name": m, "weight": w, "resolution": candidates[m].resolution}
+                            for m, w in zip(ens.members, ens.weights)]}
+        model_uri = ensemble_model.log_ensemble_model(sweep.uri, run_id, spec, members, work)
+        name = f"medsweep-{task.name}"
+        version = ensemble_model.register(sweep.uri, model_uri, name, "candidate")
+    except Exception:
+        tracking.finish_run(sweep.uri, run_id, "FAILED")
+        raise
+    tracking.finish_run(sweep.uri, run_id, "FINISHED")
+    log(f"ensemble run {run_id}; model registered as {name}@candidate (version {version})")
+    return EnsembleReport(run_id=run_id, task=task.key, policy=choice.policy,
+                          members=ens.members, weights=ens.weights, table=table,
+                          model_uri=model_uri, registered=f"{name}@candidate (version {version})",
+                          tracking_uri=sweep.uri)
+
+
+def print_report(report: EnsembleReport) -> None:
+    """Validation and test side by side: the choice was made on the first, judged on the second."""
+    import pandas as pd
+
+    print("\n" + "=" * 78)
+    print(f"final ensemble for {report.task}: TTA {report.policy}; members "
+          + ", ".join(f"{m} ({w:.2f})" for m, w in zip(report.members, report.weights)))
+    metrics = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc"]
+    rows = []
+    for _, row in report.table.iterrows():
+        rows.append({"model": row["model"], **{f"{m} val/test": f"{row[f'val_{m}']:.3f} / "
+                                                f"{row[f'test_{m}']:.3f}" for m in metrics}})
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(pd.DataFrame(rows).to_string(index=False))
+    print(f"ensemble run {report.run_id}; model {report.registered}")
+    print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "
+          f"-m models:/{report.registered.split(' ')[0]} --env-manager local")
+    print("=" * 78)
