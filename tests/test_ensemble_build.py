@@ -1,0 +1,180 @@
+"""The final ensemble end to end: actor pool, validation-only choice, MLflow run, pyfunc model,
+registry alias, and `mlflow models serve` answering predictions."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+
+from orchestrator import tracking
+from orchestrator.data.dataset import prepare_dataset
+from orchestrator.data.phantoms import ensure_phantom
+from orchestrator.ensemble.build import build_ensemble
+from orchestrator.errors import ConfigError
+from orchestrator.pool import Candidate, score_candidates
+from orchestrator.sweep import run_sweep
+from orchestrator.tta import get_policy, tta_predict, tta_predict_each
+from tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+QUIET = dict(log=lambda _: None)
+OVERRIDES = {"resolution": 48, "phantom_per_class": 30, "epochs": 3, "lr_multiplier": 10.0}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One small sweep (3 trials) with its ensemble, shared by the tests below."""
+    root = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = run_sweep("brain", profile="smoke", num_samples=3, max_epochs=3,
+                       storage_path=str(root / "runs"), tracking_uri=uri,
+                       space_overrides=OVERRIDES, **QUIET)
+    yield result, uri, root
+    ray.shutdown()
+
+
+def _member_file(uri: str, result, trial_id: str, dst: Path) -> str:
+    """The member's own best model, straight from its trial run (not from the pyfunc)."""
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.get_run(result.parent_run_id).info.experiment_id
+    (run,) = tracking.find_runs_by_tag(uri, experiment_id, {tracking.TAG_TRIAL_ID: trial_id})
+    return client.download_artifacts(run.info.run_id, "best.keras", str(dst))
+
+
+def _prepared():
+    return prepare_dataset(get_task("brain"), None, 48, phantom_per_class=30, **QUIET)
+
+
+def test_the_sweep_ends_with_an_ensemble_run_and_a_registered_model(swept):
+    result, uri, _ = swept
+    report = result.ensemble
+    assert report is not None and report.members
+    assert sum(report.weights) == pytest.approx(1.0)
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(report.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.PARENT_TAG] == result.parent_run_id
+    assert run.data.tags[tracking.TAG_KIND] == tracking.KIND_ENSEMBLE
+    for key in ("val_accuracy", "test_accuracy", "test_balanced_accuracy", "test_macro_f1"):
+        assert key in run.data.metrics
+    files = {a.path for a in client.list_artifacts(report.run_id)}
+    assert {"comparison.csv", "classification_report.csv", "confusion_matrix.png"} <= files
+    assert list(report.table["model"]) == ["ensemble", "best_single", "top2_soft_vote"]
+    version = client.get_model_version_by_alias("medsweep-brain", "candidate")
+    assert version.run_id == report.run_id
+
+
+def test_pyfunc_on_image_paths_equals_the_in_process_ensemble(swept, tmp_path):
+    result, uri, _ = swept
+    report = result.ensemble
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
+    data = _prepared()
+    paths = data.paths("test")[:12]
+    served = model.predict(pd.DataFrame({"path": paths}))
+    assert list(served.columns) == list(get_task("brain").classes)
+    x_test = data.arrays("test")[0][:12]
+    transforms = get_policy(report.policy)
+    expected = 0
+    for i, (member, weight) in enumerate(zip(report.members, report.weights)):
+        keras_file = _member_file(uri, result, member, tmp_path / str(i))
+        expected = expected + weight * tta_predict(keras.models.load_model(keras_file), x_test,
+                                                   transforms)
+    np.testing.assert_allclose(served.to_numpy(), expected, atol=1e-5)
+    raw_rgb = x_test  # uint8 arrays are accepted too
+    np.testing.assert_allclose(model.predict(raw_rgb).to_numpy(), expected, atol=1e-4)
+    with pytest.raises(Exception, match="nope.jpg"):
+        model.predict(pd.DataFrame({"path": ["/nowhere/nope.jpg"]}))
+
+
+def test_actor_pool_probabilities_equal_a_direct_call(swept, tmp_path):
+    result, uri, _ = swept
+    member = result.ensemble.members[0]
+    keras_file = _member_file(uri, result, member, tmp_path)
+    x_val = _prepared().arrays("val")[0]
+    transforms = get_policy("standard6")
+    bogus = Candidate("missing", str(tmp_path / "missing.keras"), 48)
+    scored = score_candidates([Candidate(member, keras_file, 48), bogus], {48: x_val},
+                              transforms, **QUIET)
+    direct = tta_predict_each(keras.models.load_model(keras_file), x_val, transforms)
+    np.testing.assert_allclose(scored[member].probs, direct, atol=1e-5)
+    assert scored["missing"].probs is None and "missing.keras" in scored["missing"].error
+
+
+def test_permuting_the_test_labels_changes_no_choice(swept, tmp_path):
+    result, uri, _ = swept
+    phantom = ensure_phantom(get_task("brain"), per_class=30)
+    copy = tmp_path / "brain"
+    shutil.copytree(phantom, copy)
+    testing = copy / "Testing"
+    classes = sorted(p.name for p in testing.iterdir())
+    rotated = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
+    for cls in classes:  # every test image moves to another class folder
+        (testing / cls).rename(testing / f"tmp-{cls}")
+    for cls in classes:
+        (testing / f"tmp-{cls}").rename(testing / rotated[cls])
+    again = build_ensemble(result.parent_run_id, tracking_uri=uri, data_dir=str(copy), **QUIET)
+    first = result.ensemble
+    assert (again.policy, again.members, again.weights) == (
+        first.policy, first.members, first.weights)
+    # ...while the test figures, which do see the labels, change
+    ens_test = first.table.set_index("model").loc["ensemble", "test_loss"]
+    assert again.table.set_index("model").loc["ensemble", "test_loss"] != pytest.approx(ens_test)
+
+
+def test_unknown_sweep_run_is_a_clear_error(swept):
+    _, uri, _ = swept
+    with pytest.raises(ConfigError, match="deadbeef"):
+        build_ensemble("deadbeef" * 4, tracking_uri=uri, **QUIET)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_predictions(swept):
+    _, uri, _ = swept
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # uvicorn
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m",
+                               "models:/medsweep-brain@candidate", "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        paths = _prepared().paths("test")[:3]
+        body = json.dumps({"dataframe_split": {"columns": ["path"],
+                                               "data": [[p] for p in paths]}}).encode()
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and answer is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                                 {"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        assert answer is not None, "the model server never answered"
+        rows = answer["predictions"]
+        assert len(rows) == 3
+        assert all(abs(sum(r.values()) - 1) < 1e-4 for r in rows)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
