@@ -30,7 +30,7 @@ def run(scheduler: str, args: argparse.Namespace, workdir: Path) -> dict:
                        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
                        space_overrides={"resolution": args.resolution,
                                         "phantom_per_class": args.per_class},
-                       log=lambda _: None)
+                       ensemble=False, log=lambda _: None)
     wall = time.perf_counter() - started
     slots = ray.cluster_resources().get("CPU", 1)
     ray.shutdown()

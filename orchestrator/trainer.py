@@ -142,7 +142,8 @@ class Trainer:
             self.best_metric, self.best_epoch = row[self.metric_key], epoch
             self._save_best(model, probs)
         pd.DataFrame(self.history).to_csv(self.out / "history.csv", index=False)
-        checkpoint = self._checkpoint(model)
+        fault = self.fault_armed and epoch >= self.cfg.fail_at_epoch
+        checkpoint = self._checkpoint(model, fault)
         self.log(self._epoch_line(row, phase, phases, is_best))
         if self.report is not None:
             self.report(EpochReport(epoch, row, is_best, checkpoint))
@@ -150,8 +151,7 @@ class Trainer:
         if patience and epoch - self.best_epoch >= patience:
             self.log(f"early stopping: no better {self.metric_key} for {patience} epochs")
             model.stop_training, self.stop_all = True, True
-        if self.fault_armed and epoch >= self.cfg.fail_at_epoch:
-            (checkpoint / FAULT_MARKER).write_text("injected once\n")
+        if fault:
             raise InjectedFault(f"fault injected after epoch {epoch} (fail_at_epoch)")
 
     def _save_best(self, model: keras.Model, probs: np.ndarray) -> None:
@@ -163,11 +163,15 @@ class Trainer:
         for name in BEST_FILES:
             os.replace(self.out / f"tmp-{name}", self.out / name)
 
-    def _checkpoint(self, model: keras.Model) -> Path:
-        """Write a complete checkpoint beside the old one, then swap: never a half-written one."""
+    def _checkpoint(self, model: keras.Model, fault: bool) -> Path:
+        """Write a complete checkpoint beside the old one, then swap: never a half-written one.
+        A checkpoint taken just before an injected fault says so, and resuming from it disarms
+        the fault (wherever Tune copied it)."""
         final, tmp = self.out / CHECKPOINT_DIR, self.out / f"{CHECKPOINT_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        if fault:
+            (tmp / FAULT_MARKER).write_text("injected once\n")
         model.save(tmp / LAST_MODEL)
         for name in BEST_FILES:
             if (self.out / name).exists():

@@ -42,6 +42,13 @@ def _store(cwd: Path):
     return client, parents, children
 
 
+def _ensembles(cwd: Path):
+    client, _, _ = _store(cwd)
+    experiment = client.get_experiment_by_name("medsweep-brain")
+    return [r for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_ENSEMBLE]
+
+
 @pytest.fixture
 def local_ray():
     yield
@@ -71,13 +78,19 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
         assert {"best.keras", "val_probs.npy"} <= {
             a.path for a in client.list_artifacts(child.info.run_id)}
         assert "done" not in child.data.metrics  # no Tune bookkeeping in the user's metrics
+    (ensemble,) = _ensembles(tmp_path)  # the final ensemble, built at the end of every sweep
+    assert ensemble.data.tags[tracking.PARENT_TAG] == parent.info.run_id
+    assert "final ensemble for brain/3class" in proc.stdout and "val/test" in proc.stdout
+    version = client.get_model_version_by_alias("medsweep-brain", "candidate")
+    assert version.run_id == ensemble.info.run_id
 
 
 def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path, local_ray):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_sweep("brain", profile="smoke", num_samples=1, max_epochs=3,
                        storage_path=str(tmp_path / "runs"), tracking_uri=uri,
-                       space_overrides={"fail_at_epoch": 2}, log=lambda _: None)
+                       space_overrides={"fail_at_epoch": 2}, ensemble=False,
+                       log=lambda _: None)
     board = result.leaderboard
     assert len(board) == 1 and board.loc[0, "status"] == "ok" and board.loc[0, "epochs"] == 3
     markers = list((tmp_path / "runs").rglob(FAULT_MARKER))
@@ -92,7 +105,8 @@ def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path,
 
 
 def test_an_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
-    args = ["brain", "--profile", "smoke", "--max-epochs", "24", "--num-samples", "2"]
+    args = ["brain", "--profile", "smoke", "--max-epochs", "24", "--num-samples", "2",
+            "--no-ensemble"]
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -123,7 +137,7 @@ def test_two_node_cluster_places_trials_on_both_nodes(tmp_path):
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         result = run_sweep("brain", profile="smoke", num_samples=4, address=cluster.address,
                            storage_path=str(tmp_path / "runs"), tracking_uri=uri,
-                           log=lambda _: None)
+                           ensemble=False, log=lambda _: None)
         client = mlflow.MlflowClient(tracking_uri=uri)
         experiment_id = client.get_run(result.parent_run_id).info.experiment_id
         children = tracking.list_trial_runs(uri, experiment_id, result.parent_run_id)
