@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/data_cache.py
 	$(PY) bench/sweep_efficiency.py
+	$(PY) bench/tta.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache mlflow/mlflow.db mlflow/artifacts

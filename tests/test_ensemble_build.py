@@ -178,3 +178,21 @@ def test_mlflow_models_serve_answers_predictions(swept):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_default_policies_are_the_registered_ones_cheapest_first():
+    from orchestrator.ensemble.build import DEFAULT_POLICIES
+    from orchestrator.tta import POLICIES
+
+    assert DEFAULT_POLICIES == tuple(POLICIES)
+    assert [len(POLICIES[p]) for p in DEFAULT_POLICIES] == [1, 6, 17]
+
+
+def test_cli_unknown_sweep_run_is_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run", "nope",
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "'nope'" in proc.stderr and "Traceback" not in proc.stderr

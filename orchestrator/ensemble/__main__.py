@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestrator.ensemble.build import DEFAULT_POLICIES as POLICIES
 from orchestrator.errors import MedSweepError
-
-POLICIES = ("none", "standard6", "aggressive17")
 
 
 def _parser() -> argparse.ArgumentParser:
