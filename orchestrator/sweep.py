@@ -6,7 +6,6 @@ unfreezing schedules, stopped early by ASHA, tracked in MLflow, resumable.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys

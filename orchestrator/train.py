@@ -7,9 +7,7 @@ validation probabilities (ensembling never retrains), the history and a resumabl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping

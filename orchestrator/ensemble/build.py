@@ -15,7 +15,6 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.errors import ConfigError
-from orchestrator.metrics import classification_metrics
 from orchestrator.pool import Candidate, score_candidates
 
 DEFAULT_POLICIES = ("none", "standard6", "aggressive17")
