@@ -43,9 +43,12 @@ class PreparedData:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         rows = self.table[self.table["split"] == split]
-        x = self.images[rows["row"].to_numpy()]
-        y = np.array([self.task.class_index(c) for c in rows["label"]], dtype=np.int64)
-        return x, y
+        return self.images[rows["row"].to_numpy()], self.labels(split)
+
+    def labels(self, split: str) -> np.ndarray:
+        """Class indices of one split, without gathering its images."""
+        rows = self.table[self.table["split"] == split]
+        return np.array([self.task.class_index(c) for c in rows["label"]], dtype=np.int64)
 
     def paths(self, split: str) -> list[str]:
         return self.table.loc[self.table["split"] == split, "path"].tolist()

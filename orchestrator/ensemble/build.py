@@ -69,7 +69,7 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
         by_policy = {p: policy_for_task(p, task.tta_kinds) for p in policies}
         transforms = union_of(by_policy.values())
         val_images = {r: d.arrays("val")[0] for r, d in data.items()}
-        y_val = next(iter(data.values())).arrays("val")[1]
+        y_val = next(iter(data.values())).labels("val")
         log(f"scoring {len(candidates)} candidate(s) x {len(transforms)} TTA transforms on "
             f"{len(y_val)} validation images")
         scored = score_candidates(candidates, val_images, transforms, actors=actors,
@@ -85,7 +85,7 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
         # The test split is touched here, once, after every choice above is fixed.
         needed = [c for c in usable if c.name in choice.test_members]
         test_images = {r: d.arrays("test")[0] for r, d in data.items()}
-        y_test = next(iter(data.values())).arrays("test")[1]
+        y_test = next(iter(data.values())).labels("test")
         tested = score_candidates(needed, test_images, by_policy[choice.policy],
                                   actors=actors, gpus_per_actor=gpus_per_actor, log=log)
         test_probs = {n: tested[n].probs.mean(axis=0) for n in choice.test_members}
@@ -143,7 +143,7 @@ def _candidates(sweep: SweepInfo, task, top_k: int, work: Path, log: Log):
         if not (folder / "best.keras").exists() or not labels.exists():
             log(f"skipping trial {name}: no best.keras / val_labels.npy logged")
             continue
-        if not np.array_equal(np.load(labels), data[resolution].arrays("val")[1]):
+        if not np.array_equal(np.load(labels), data[resolution].labels("val")):
             log(f"skipping trial {name}: its validation labels differ from this split")
             continue
         candidates.append(Candidate(name, str(folder / "best.keras"), resolution))
