@@ -1,11 +1,17 @@
 """A Ray actor pool that scores candidate models under test-time augmentation.
 
 Thin wrapper: each actor loads one model at a time and calls `tta.tta_predict_each`; the images
-go to the object store once and every actor reads them zero-copy.
+go to the object store once and every actor reads them zero-copy. Actors are spread over the
+cluster's nodes. Each loads its model from the trial's checkpoint in the sweep's storage path
+(S3 or a shared folder, reached from any node) when there is one, else from a copy that the
+driver puts in the object store: an actor never reads a path that exists on the driver only.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -13,15 +19,18 @@ import ray
 from ray.util import ActorPool
 
 Log = Callable[[str], None]
+MODEL_FILE = "best.keras"  # in a trial's checkpoint folder (orchestrator.trainer.BEST_MODEL)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A trained model to score: its name (the trial id) and its saved `.keras` file."""
+    """A trained model to score: its name (the trial id), its `.keras` file on the driver and,
+    when the sweep's storage still holds it, the URI of its trial checkpoint."""
 
     name: str
     model_path: str
     resolution: int
+    checkpoint: str | None = None  # a local path or s3:// URI of a folder holding MODEL_FILE
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,8 @@ class Scored:
     name: str
     probs: np.ndarray | None  # (T, N, C) per-transform probabilities; None if it failed
     error: str = ""
+    node: str = ""  # the Ray node id of the actor that scored it
+    source: str = ""  # where the actor read the model from
 
 
 class InferenceWorker:
@@ -38,41 +49,116 @@ class InferenceWorker:
         from orchestrator.devices import configure_devices
 
         configure_devices(cpu_threads=cpu_threads, mixed_precision="off")
+        self.node = ray.get_runtime_context().get_node_id()
 
-    def score(self, candidate: Candidate, images: np.ndarray, transforms: tuple,
-              batch_size: int) -> Scored:
+    def score(self, candidate: Candidate, model_copy: list | None, images: np.ndarray,
+              transforms: tuple, batch_size: int) -> Scored:
+        """`model_copy`: [ObjectRef of the file's bytes], or None to read the checkpoint."""
         import keras
 
-        from orchestrator import models  # noqa: F401  (registers BackbonePreprocess for loading)
         from orchestrator.tta import tta_predict_each
 
         try:
-            model = keras.models.load_model(candidate.model_path)
+            model, source = self._load(candidate, model_copy)
         except Exception as err:  # a missing or corrupt checkpoint is skipped, never fatal
-            return Scored(candidate.name, None, f"cannot load {candidate.model_path}: {err}")
+            where = candidate.checkpoint if model_copy is None and candidate.checkpoint \
+                else candidate.model_path
+            return Scored(candidate.name, None, f"cannot load {where}: {err}", self.node)
         probs = tta_predict_each(model, images, transforms, batch_size=batch_size)
         keras.backend.clear_session()
-        return Scored(candidate.name, np.asarray(probs, dtype=np.float32))
+        return Scored(candidate.name, np.asarray(probs, dtype=np.float32), node=self.node,
+                      source=source)
+
+    @staticmethod
+    def _load(candidate: Candidate, model_copy: list | None):
+        import keras
+        from ray.train import Checkpoint
+
+        from orchestrator import models  # noqa: F401  (registers BackbonePreprocess for loading)
+
+        if model_copy is None:
+            if not candidate.checkpoint:
+                raise FileNotFoundError("no such file, and no checkpoint to read instead")
+            with Checkpoint(candidate.checkpoint).as_directory() as folder:
+                return (keras.models.load_model(Path(folder) / MODEL_FILE),
+                        f"checkpoint {candidate.checkpoint}")
+        with tempfile.TemporaryDirectory(prefix="medsweep-model-") as tmp:
+            path = os.path.join(tmp, MODEL_FILE)
+            Path(path).write_bytes(ray.get(model_copy[0]))
+            return keras.models.load_model(path), "copy from the driver"
+
+
+def checkpoint_reachable(uri: str | None) -> bool:
+    """Whether the checkpoint's model file exists, seen from here (the driver)."""
+    if not uri:
+        return False
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri) if "://" in uri \
+            else (pyarrow.fs.LocalFileSystem(), os.path.abspath(uri))
+        return fs.get_file_info(f"{path.rstrip('/')}/{MODEL_FILE}").type == \
+            pyarrow.fs.FileType.File
+    except Exception:  # unknown scheme, no credentials, bucket gone: use the driver's copy
+        return False
+
+
+class ScoringPool:
+    """Inference actors started once (validation, then test reuse them), spread over nodes.
+
+    Use as a context manager; the actors are killed on exit.
+    """
+
+    def __init__(self, size: int, *, cpus_per_actor: float = 1, gpus_per_actor: float = 0,
+                 batch_size: int = 32, log: Log = print) -> None:
+        remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+                            scheduling_strategy="SPREAD")(InferenceWorker)
+        self.workers = [remote.remote(max(1, int(cpus_per_actor))) for _ in range(size)]
+        self.batch_size, self.log = batch_size, log
+
+    def __enter__(self) -> "ScoringPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+
+    def score(self, candidates: Sequence[Candidate], images_by_resolution: dict[int, np.ndarray],
+              transforms: tuple) -> dict[str, Scored]:
+        """Score every candidate in parallel; results keyed by candidate name."""
+        refs = {r: ray.put(x) for r, x in images_by_resolution.items()}
+
+        def submit(actor, c: Candidate):
+            # Called when an actor is free, so a driver copy enters the object store only then.
+            copy = None
+            if not checkpoint_reachable(c.checkpoint) and os.path.isfile(c.model_path):
+                copy = [ray.put(Path(c.model_path).read_bytes())]
+            return actor.score.remote(c, copy, refs[c.resolution], transforms, self.batch_size)
+
+        out: dict[str, Scored] = {}
+        for scored in ActorPool(self.workers).map_unordered(submit, list(candidates)):
+            out[scored.name] = scored
+            self.log(f"scored {scored.name} on node {scored.node[:8]}"
+                     + (f" from {scored.source}" if scored.source else "")
+                     + (f": SKIPPED ({scored.error})" if scored.error else ""))
+        return out
+
+
+def pool_size(candidates: int, actors: int | None, cpus_per_actor: float) -> int:
+    """`actors` if given, else as many as the cluster's CPUs hold; never more than candidates.
+
+    The cluster's total, not what is free this instant: a trial's actor that is still releasing
+    its CPU would otherwise cost the pool a node (actors wait for their slot anyway)."""
+    slots = int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9))
+    return max(1, min(candidates, actors or slots or 1))
 
 
 def score_candidates(candidates: Sequence[Candidate], images_by_resolution: dict[int, np.ndarray],
                      transforms: tuple, *, actors: int | None = None, cpus_per_actor: float = 1,
                      gpus_per_actor: float = 0, batch_size: int = 32,
                      log: Log = print) -> dict[str, Scored]:
-    """Score every candidate in parallel; results keyed by candidate name."""
-    refs = {r: ray.put(x) for r, x in images_by_resolution.items()}
-    slots = int(ray.available_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9))
-    count = max(1, min(len(candidates), actors or slots or 1))
-    remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(InferenceWorker)
-    workers = [remote.remote(max(1, int(cpus_per_actor))) for _ in range(count)]
-    pool = ActorPool(workers)
-    jobs = pool.map_unordered(
-        lambda actor, c: actor.score.remote(c, refs[c.resolution], transforms, batch_size),
-        list(candidates))
-    out: dict[str, Scored] = {}
-    for scored in jobs:
-        out[scored.name] = scored
-        log(f"scored {scored.name}" + (f": SKIPPED ({scored.error})" if scored.error else ""))
-    for worker in workers:
-        ray.kill(worker)
-    return out
+    """One-shot: a pool for these candidates only, scored, then torn down."""
+    size = pool_size(len(candidates), actors, cpus_per_actor)
+    with ScoringPool(size, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                     batch_size=batch_size, log=log) as pool:
+        return pool.score(candidates, images_by_resolution, transforms)

@@ -20,7 +20,7 @@ from orchestrator.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
 from orchestrator.sweep import SWEEP_STATE, Log, SweepResult
 from orchestrator.train import TrialData, load_trial_data
-from orchestrator.tune_trial import SweepContext, TrialRunCloser, run_tune_trial
+from orchestrator.tune_trial import SweepContext, TrialTracker, run_tune_trial
 from search_spaces import choose_profile, get_profile, space_to_json, with_overrides
 from tasks.base import Task
 
@@ -86,7 +86,7 @@ class SweepRunner:
                 search_alg=BasicVariantGenerator(random_state=self.seed),
                 scheduler=self._scheduler()),
             run_config=tune.RunConfig(
-                name=name, storage_path=self.storage, callbacks=[TrialRunCloser(context)],
+                name=name, storage_path=self.storage, callbacks=[TrialTracker(context)],
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute=self.metric,
                     checkpoint_score_order=self.task_record.mode),

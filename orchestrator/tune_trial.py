@@ -1,6 +1,10 @@
 """The Ray side of a sweep: the Tune trainable around `train_trial`, and the driver callback
-that closes each trial's MLflow run. Thin wrappers: the training and the MLflow calls live in
+that writes each trial's MLflow run. Thin wrappers: the training and the MLflow calls live in
 `train` and `tracking`.
+
+Only the driver talks to MLflow. Trials report their epochs to Tune, and `TrialTracker` (a Tune
+callback, on the driver) logs them. On a cluster the tracking server stays bound to the head
+node's loopback: GPU workers never need to reach it, nor hold its credentials.
 """
 from __future__ import annotations
 
@@ -11,12 +15,17 @@ from typing import Any, Mapping
 
 import ray
 from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestrator import tracking
 from orchestrator.config import TrialConfig
 from orchestrator.train import EpochReport, TrialData, train_trial
 from orchestrator.trainer import BEST_FILES, STATE
 
+NODE_KEY = "node_id"  # reported with every epoch: where the trial's current attempt runs
+# What Tune adds to a reported result besides AUTO_RESULT_KEYS; none of it is a trial's metric.
+_TUNE_KEYS = frozenset({*AUTO_RESULT_KEYS, "epoch", NODE_KEY, "done", "trial_id",
+                        "experiment_tag", "should_checkpoint", "training_iteration"})
 
 
 @dataclass(frozen=True)
@@ -43,23 +52,14 @@ def trial_config(sampled: Mapping[str, Any], context: SweepContext) -> TrialConf
     })
 
 
-def _child_run(context: SweepContext, trial_id: str, trial_name: str, cfg: TrialConfig) -> str:
-    return tracking.get_or_create_trial_run(
-        context.tracking_uri, context.experiment_id, context.parent_run_id, trial_id,
-        trial_name, params=cfg.to_dict())
-
-
 def run_tune_trial(config: dict, datasets: dict[int, TrialData], context: SweepContext) -> None:
     """One Tune trial: train, report each epoch with its checkpoint, resume from the last one."""
     trial = tune.get_context()
     cfg = trial_config(config, context)
-    run_id = _child_run(context, trial.get_trial_id(), trial.get_trial_name(), cfg)
-    tracking.set_tags(context.tracking_uri, run_id,
-                      {tracking.TAG_NODE: ray.get_runtime_context().get_node_id()})
+    node = ray.get_runtime_context().get_node_id()
 
     def report(epoch: EpochReport) -> None:
-        tracking.log_epoch_metrics(context.tracking_uri, run_id, epoch.metrics, epoch.epoch)
-        tune.report({**epoch.metrics, "epoch": epoch.epoch},
+        tune.report({**epoch.metrics, "epoch": epoch.epoch, NODE_KEY: node},
                     checkpoint=tune.Checkpoint.from_directory(str(epoch.checkpoint_dir)))
 
     output_dir = Path(trial.get_trial_dir()) / "trial"
@@ -72,12 +72,41 @@ def run_tune_trial(config: dict, datasets: dict[int, TrialData], context: SweepC
                     resume_from=resume_from)
 
 
-class TrialRunCloser(tune.Callback):
-    """On the driver: when a trial ends (completed, stopped by ASHA, or failed for good), log its
-    best model and validation probabilities from its last checkpoint, then mark its run."""
+def epoch_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A reported result less Tune's bookkeeping: the trial's own figures for that epoch."""
+    return {k: v for k, v in result.items() if k not in _TUNE_KEYS}
+
+
+class TrialTracker(tune.Callback):
+    """On the driver, every MLflow write for the trials: a run per trial (found again, never
+    duplicated, when a trial is retried or the sweep resumed), its epochs as they are reported,
+    the node it runs on; when it ends (completed, stopped by ASHA, or failed for good), its best
+    model and validation probabilities from its last checkpoint, then its status."""
 
     def __init__(self, context: SweepContext) -> None:
         self.context = context
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._nodes: dict[str, str] = {}  # trial id -> node tagged last
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id not in self._runs:
+            ctx = self.context
+            self._runs[trial.trial_id] = tracking.get_or_create_trial_run(
+                ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial.trial_id,
+                str(trial), params=trial_config(trial.config, ctx).to_dict())
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id, uri = self._run_id(trial), self.context.tracking_uri
+        node = result.get(NODE_KEY)
+        if node and self._nodes.get(trial.trial_id) != node:
+            tracking.set_tags(uri, run_id, {tracking.TAG_NODE: node})
+            self._nodes[trial.trial_id] = node
+        if "epoch" in result:
+            tracking.log_epoch_metrics(uri, run_id, epoch_metrics(result), int(result["epoch"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epoch = (trial.last_result or {}).get("epoch", 0)
@@ -89,7 +118,7 @@ class TrialRunCloser(tune.Callback):
 
     def _close(self, trial, status: str) -> None:
         ctx = self.context
-        run_id = _child_run(ctx, trial.trial_id, str(trial), trial_config(trial.config, ctx))
+        run_id = self._run_id(trial)
         checkpoint = trial.checkpoint
         extra = {tracking.TAG_EPOCHS_RUN: str((trial.last_result or {}).get("epoch", 0))}
         if checkpoint is not None:
@@ -98,5 +127,14 @@ class TrialRunCloser(tune.Callback):
                                          BEST_FILES + (STATE,))
                 state = json.loads((Path(directory) / STATE).read_text())
                 extra[tracking.TAG_BEST_EPOCH] = str(state["best_epoch"])
-                extra[tracking.TAG_CHECKPOINT] = checkpoint.path
+                extra[tracking.TAG_CHECKPOINT] = checkpoint_uri(checkpoint)
         tracking.set_trial_status(ctx.tracking_uri, run_id, status, extra_tags=extra)
+
+
+def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
+    """A checkpoint's location that any node can open again: a local (shared) path as it is,
+    anything else as a URI (`Checkpoint.path` drops the scheme: s3://bucket/x is "bucket/x")."""
+    kind = checkpoint.filesystem.type_name if checkpoint.filesystem is not None else "local"
+    if kind == "local":
+        return checkpoint.path
+    return f"{ {'gcs': 'gs'}.get(kind, kind)}://{checkpoint.path}"

@@ -128,21 +128,34 @@ def test_an_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
                for c in children)
 
 
-def test_two_node_cluster_places_trials_on_both_nodes(tmp_path):
+def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_storage(tmp_path):
+    """Trials and TTA actors on both nodes; checkpoints in --storage-path; the ensemble's
+    actors read the models from those checkpoints, not from files on the driver."""
+    import pandas as pd
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
+    storage = tmp_path / "shared-storage"
     try:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         result = run_sweep("brain", profile="smoke", num_samples=4, address=cluster.address,
-                           storage_path=str(tmp_path / "runs"), tracking_uri=uri,
-                           ensemble=False, log=lambda _: None)
+                           storage_path=str(storage), tracking_uri=uri, log=lambda _: None)
         client = mlflow.MlflowClient(tracking_uri=uri)
         experiment_id = client.get_run(result.parent_run_id).info.experiment_id
         children = tracking.list_trial_runs(uri, experiment_id, result.parent_run_id)
         nodes = {c.data.tags[tracking.TAG_NODE] for c in children}
         assert len(children) == 4 and len(nodes) == 2
+        checkpoints = [c.data.tags[tracking.TAG_CHECKPOINT] for c in children]
+        assert all(cp.startswith(str(storage)) and (Path(cp) / "best.keras").is_file()
+                   for cp in checkpoints)
+
+        assert result.ensemble is not None
+        scoring = pd.read_csv(client.download_artifacts(result.ensemble.run_id, "scoring.csv",
+                                                        str(tmp_path)))
+        val = scoring[scoring.split == "val"]
+        assert len(val) == 4 and set(val.node) == nodes
+        assert val.source.str.startswith(f"checkpoint {storage}").all(), val.source.tolist()
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -15,7 +15,7 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.errors import ConfigError
-from orchestrator.pool import Candidate, score_candidates
+from orchestrator.pool import Candidate, ScoringPool, pool_size
 
 DEFAULT_POLICIES = ("none", "standard6", "aggressive17")
 Log = Callable[[str], None]
@@ -72,26 +72,37 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
         y_val = next(iter(data.values())).labels("val")
         log(f"scoring {len(candidates)} candidate(s) x {len(transforms)} TTA transforms on "
             f"{len(y_val)} validation images")
-        scored = score_candidates(candidates, val_images, transforms, actors=actors,
-                                  gpus_per_actor=gpus_per_actor, log=log)
-        usable = [c for c in candidates if scored[c.name].probs is not None]
-        if not usable:
-            raise ConfigError(f"sweep {sweep_run_id}: no candidate model could be loaded")
-        choice = choose({c.name: scored[c.name].probs for c in usable}, transforms, by_policy,
-                        y_val, task, max_iterations=max_iterations)
-        log(f"chosen on validation: TTA {choice.policy}, members "
-            + ", ".join(f"{m} x{w:.2f}" for m, w in zip(choice.ensemble.members,
-                                                      choice.ensemble.weights)))
-        # The test split is touched here, once, after every choice above is fixed.
-        needed = [c for c in usable if c.name in choice.test_members]
-        test_images = {r: d.arrays("test")[0] for r, d in data.items()}
-        y_test = next(iter(data.values())).labels("test")
-        tested = score_candidates(needed, test_images, by_policy[choice.policy],
-                                  actors=actors, gpus_per_actor=gpus_per_actor, log=log)
+        with ScoringPool(pool_size(len(candidates), actors, 1), gpus_per_actor=gpus_per_actor,
+                         log=log) as pool:
+            scored = pool.score(candidates, val_images, transforms)
+            usable = [c for c in candidates if scored[c.name].probs is not None]
+            if not usable:
+                raise ConfigError(f"sweep {sweep_run_id}: no candidate model could be loaded")
+            choice = choose({c.name: scored[c.name].probs for c in usable}, transforms,
+                            by_policy, y_val, task, max_iterations=max_iterations)
+            log(f"chosen on validation: TTA {choice.policy}, members "
+                + ", ".join(f"{m} x{w:.2f}" for m, w in zip(choice.ensemble.members,
+                                                          choice.ensemble.weights)))
+            # The test split is touched here, once, after every choice above is fixed.
+            needed = [c for c in usable if c.name in choice.test_members]
+            test_images = {r: d.arrays("test")[0] for r, d in data.items()}
+            y_test = next(iter(data.values())).labels("test")
+            tested = pool.score(needed, test_images, by_policy[choice.policy])
         test_probs = {n: tested[n].probs.mean(axis=0) for n in choice.test_members}
         table = comparison_rows(choice, y_val, test_probs, y_test, task)
+        scoring = _scoring_table(candidates, scored, tested)
         return _record(sweep, task, choice, table, test_probs, y_test,
-                       {c.name: c for c in usable}, by_policy[choice.policy], work, log)
+                       {c.name: c for c in usable}, by_policy[choice.policy], scoring, work, log)
+
+
+def _scoring_table(candidates, scored: dict, tested: dict) -> pd.DataFrame:
+    """Where each candidate was read from and scored: one row per candidate and split."""
+    rows = [{"trial": c.name, "split": split, "resolution": c.resolution,
+             "node": result[c.name].node, "source": result[c.name].source,
+             "error": result[c.name].error}
+            for split, result in (("val", scored), ("test", tested))
+            for c in candidates if c.name in result]
+    return pd.DataFrame(rows)
 
 
 def _sweep_info(uri: str, run_id: str) -> SweepInfo:
@@ -146,14 +157,16 @@ def _candidates(sweep: SweepInfo, task, top_k: int, work: Path, log: Log):
         if not np.array_equal(np.load(labels), data[resolution].labels("val")):
             log(f"skipping trial {name}: its validation labels differ from this split")
             continue
-        candidates.append(Candidate(name, str(folder / "best.keras"), resolution))
+        candidates.append(Candidate(name, str(folder / "best.keras"), resolution,
+                                    checkpoint=run.data.tags.get(tracking.TAG_CHECKPOINT)))
     if not candidates:
         raise ConfigError(f"sweep {sweep.parent_run_id}: no finished trial has a usable model")
     return candidates, data
 
 
 def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_test,
-            candidates: dict, transforms, work: Path, log: Log) -> EnsembleReport:
+            candidates: dict, transforms, scoring: pd.DataFrame, work: Path,
+            log: Log) -> EnsembleReport:
     """Metrics, plots and reports first, then the model, its check, its registration; the run
     is FINISHED only when all of that is in."""
     from orchestrator.ensemble.report import write_reports
@@ -170,6 +183,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         row = table.set_index("model").loc["ensemble"]
         tracking.log_metrics(sweep.uri, run_id, {k: v for k, v in row.items()
                                                   if isinstance(v, (int, float))})
+        tracking.log_table_artifact(sweep.uri, run_id, scoring, "scoring.csv")
         probs = ens.predict(test_probs)
         for path in write_reports(table, y_test, probs, task, choice, work / "reports"):
             tracking.log_file(sweep.uri, run_id, path)
