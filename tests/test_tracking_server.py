@@ -1,0 +1,104 @@
+"""The tracking server set-up (`mlflow/start-server.sh`) for real: a smoke sweep logs to it over
+HTTP, and everything is read back through the MLflow client."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+
+from orchestrator import tracking
+from orchestrator.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "mlflow" / "start-server.sh"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_env(tmp: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSWEEP_MLFLOW_")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return {**env, "MEDSWEEP_MLFLOW_BACKEND_URI": f"sqlite:///{tmp / 'server' / 'mlflow.db'}",
+            "MEDSWEEP_MLFLOW_ARTIFACTS": str(tmp / "server" / "artifacts"),
+            "MEDSWEEP_MLFLOW_WORKERS": "1", **extra}
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The script on a free loopback port; yields (http URI, artifacts folder)."""
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen([str(SCRIPT)], env=_server_env(tmp_path, MEDSWEEP_MLFLOW_PORT=str(port)),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.time() < deadline, "the server did not answer within 120 s"
+                time.sleep(0.5)
+        yield uri, tmp_path / "server" / "artifacts"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_sweep_over_http_is_read_back_whole(server, tmp_path):
+    uri, artifacts = server
+    result = run_sweep("brain", profile="smoke", num_samples=2, tracking_uri=uri,
+                       storage_path=str(tmp_path / "runs"), log=lambda _: None)
+    assert result.ui_command == uri
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
+    children = tracking.list_trial_runs(uri, experiment.experiment_id, result.parent_run_id)
+    assert len(children) == 2
+    for child in children:
+        assert child.data.tags[tracking.PARENT_TAG] == result.parent_run_id
+        assert child.info.status == "FINISHED"
+        epochs = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.step for m in epochs] == list(range(1, len(epochs) + 1)) and epochs
+        names = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"best.keras", "val_probs.npy", "val_labels.npy"} <= names
+
+    ensemble = client.get_run(result.ensemble.run_id)
+    assert ensemble.data.tags[tracking.PARENT_TAG] == result.parent_run_id
+    assert ensemble.info.status == "FINISHED"
+    version = client.get_model_version_by_alias("medsweep-brain", "candidate")
+    assert version.run_id == ensemble.info.run_id
+    # The files really sit in the server's artifact store, sent there over HTTP.
+    assert list(artifacts.rglob("best.keras")) and list(artifacts.rglob("MLmodel"))
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"MEDSWEEP_MLFLOW_HOST": "0.0.0.0"}, "not a loopback address"),
+    ({"MEDSWEEP_MLFLOW_PORT": "http"}, "MEDSWEEP_MLFLOW_PORT=http"),
+    ({"MEDSWEEP_MLFLOW_BACKEND_URI": "mlflow.db"}, "MEDSWEEP_MLFLOW_BACKEND_URI=mlflow.db"),
+])
+def test_the_script_refuses_unsafe_or_bad_settings_in_one_line(env, needle, tmp_path):
+    proc = subprocess.run([str(SCRIPT)], env=_server_env(tmp_path, **env), capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
