@@ -53,11 +53,14 @@ def run_sweep(
     scheduler: str = "asha",
     ensemble: bool = True,
     space_overrides: dict | None = None,
+    weights_dir: str | os.PathLike | None = None,
     log: Log = print,
 ) -> SweepResult:
     """Run (or resume) one sweep and return its leaderboard; see `--help` for each argument.
 
     `space_overrides` fixes search-space keys to constants (tests use it to inject a fault).
+    `weights_dir` (else $MEDSWEEP_WEIGHTS_DIR read here, on the driver) becomes the constant
+    `weights_dir` of every trial: workers on other nodes do not inherit the driver's environment.
     """
     from tasks import get_task
 
@@ -69,6 +72,9 @@ def run_sweep(
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
     if profile:
         get_profile(task, profile)
+    weights_dir = _weights_dir(weights_dir)
+    if weights_dir is not None:
+        space_overrides = {**(space_overrides or {}), "weights_dir": weights_dir}
 
     uri = tracking_uri or tracking.default_tracking_uri()
     tracking.check_tracking_uri(uri)
@@ -85,6 +91,21 @@ def run_sweep(
                          space_overrides=space_overrides or {}, scheduler=scheduler,
                          build_ensemble=ensemble, log=log)
     return runner.resume(previous) if previous else runner.start()
+
+
+def _weights_dir(weights_dir: str | os.PathLike | None) -> str | None:
+    """The absolute weights folder every trial reads, or None (each node's own lookup)."""
+    env = "MEDSWEEP_WEIGHTS_DIR"  # models.WEIGHTS_DIR_ENV; importing models loads TensorFlow
+    source = "--weights-dir"
+    if weights_dir is None or str(weights_dir) == "":
+        weights_dir, source = os.environ.get(env) or None, f"${env}"
+    if weights_dir is None:
+        return None
+    path = Path(weights_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"weights directory {path} (from {source}) does not exist; fetch the "
+                          f"files with: python -m orchestrator.weights fetch {path}")
+    return str(path)
 
 
 def _storage_path(storage_path: str | None) -> str:
@@ -169,6 +190,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(build it later with python -m orchestrator.ensemble --sweep-run ID)")
     p.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="asha stops "
                    "trailing trials early; fifo runs all to the end (default %(default)s)")
+    p.add_argument("--weights-dir", help="folder holding the ImageNet weight files (python -m "
+                   "orchestrator.weights fetch DIR), at the same path on every node (else "
+                   "MEDSWEEP_WEIGHTS_DIR on this machine, else each node's Keras cache)")
     return p
 
 
@@ -182,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                            gpus_per_trial=args.gpus_per_trial, address=args.address,
                            storage_path=args.storage_path, experiment=args.experiment,
                            tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
-                           scheduler=args.scheduler, ensemble=not args.no_ensemble)
+                           scheduler=args.scheduler, ensemble=not args.no_ensemble,
+                           weights_dir=args.weights_dir)
     except SweepInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return 130
