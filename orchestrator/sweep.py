@@ -6,11 +6,13 @@ unfreezing schedules, stopped early by ASHA, tracked in MLflow, resumable.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,17 +119,72 @@ def _storage_path(storage_path: str | None) -> str:
     return str(path)
 
 
-def _find_resumable(storage: str, experiment: str) -> Path:
-    """The newest sweep of this experiment under a local storage path."""
-    if "://" in storage:
-        raise ConfigError(f"--resume looks for interrupted sweeps in a local --storage-path; "
-                          f"{storage} is remote (resume on the head node with its local path)")
-    candidates = sorted(Path(storage).glob(f"{experiment}-*/{SWEEP_STATE}"),
-                        key=lambda p: p.stat().st_mtime)
-    if not candidates:
+def _find_resumable(storage: str, experiment: str) -> str:
+    """The newest sweep of this experiment under the storage path (a folder or a URI): the path
+    or URI of its folder, the one `Tuner.restore` takes."""
+    if is_uri(storage):
+        found = _newest_remote_sweep(storage, experiment)
+    else:
+        candidates = sorted(Path(storage).glob(f"{experiment}-*/{SWEEP_STATE}"),
+                            key=lambda p: p.stat().st_mtime)
+        found = str(candidates[-1].parent) if candidates else None
+    if found is None:
         raise ConfigError(f"--resume: nothing to resume for experiment {experiment!r} under "
                           f"{storage} (looked for {experiment}-*/{SWEEP_STATE})")
-    return candidates[-1].parent
+    return found
+
+
+def _newest_remote_sweep(storage: str, experiment: str) -> str | None:
+    """`{storage}/{experiment}-*/medsweep_sweep.json` listed through pyarrow.fs (what Tune itself
+    uses for URIs); newest by the state file's mtime where the filesystem gives one, else by the
+    `%Y%m%d-%H%M%S` stamp in the folder name."""
+    import pyarrow.fs
+
+    fs, root = storage_filesystem(storage)
+    try:
+        folders = [info for info in fs.get_file_info(
+                       pyarrow.fs.FileSelector(root.rstrip("/") or "/", allow_not_found=True))
+                   if info.type == pyarrow.fs.FileType.Directory
+                   and info.base_name.startswith(f"{experiment}-")]
+        states = fs.get_file_info([f"{info.path}/{SWEEP_STATE}" for info in folders])
+    except OSError as err:
+        raise ConfigError(f"--resume: cannot list --storage-path {storage} ({err})") from None
+    found = [(_sweep_age(folder.base_name, experiment, state), folder.base_name)
+             for folder, state in zip(folders, states) if state.type == pyarrow.fs.FileType.File]
+    return f"{storage.rstrip('/')}/{max(found)[1]}" if found else None
+
+
+def _sweep_age(name: str, experiment: str, state) -> float:
+    if state.mtime is not None:
+        return state.mtime.timestamp()
+    try:
+        return datetime.strptime(name[len(experiment) + 1:], "%Y%m%d-%H%M%S").timestamp()
+    except ValueError:
+        return float("-inf")
+
+
+def is_uri(path: str) -> bool:
+    """A storage path like s3://bucket/prefix or file:///abs/path, as opposed to a folder."""
+    return "://" in path
+
+
+def storage_filesystem(uri: str):
+    """(pyarrow filesystem, path inside it) for a storage URI, as Tune resolves it."""
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise ConfigError(f"--storage-path {uri}: pyarrow.fs cannot open it ({err})") from None
+
+
+def read_sweep_state(sweep: str) -> dict:
+    """The SWEEP_STATE of the sweep folder `sweep` (a local path or a URI)."""
+    if not is_uri(sweep):
+        return json.loads((Path(sweep) / SWEEP_STATE).read_text())
+    fs, path = storage_filesystem(sweep)
+    with fs.open_input_stream(f"{path.rstrip('/')}/{SWEEP_STATE}") as stream:
+        return json.loads(stream.read().decode())
 
 
 def connect_ray(address: str | None, log: Log) -> None:

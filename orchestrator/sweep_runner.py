@@ -1,8 +1,10 @@
 """Assembles one sweep: data on the driver, the MLflow parent run, the Tuner, the leaderboard."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from orchestrator import tracking
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 from orchestrator.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
-from orchestrator.sweep import SWEEP_STATE, Log, SweepResult
+from orchestrator.sweep import (SWEEP_STATE, Log, SweepResult, is_uri, read_sweep_state,
+                                 storage_filesystem)
 from orchestrator.train import TrialData, load_trial_data
 from orchestrator.tune_trial import SweepContext, TrialTracker, run_tune_trial
 from search_spaces import choose_profile, get_profile, space_to_json, with_overrides
@@ -94,8 +97,9 @@ class SweepRunner:
         self._write_state(path, state)
         return self._fit(tuner, context, path)
 
-    def resume(self, previous: Path) -> SweepResult:
-        state = json.loads((previous / SWEEP_STATE).read_text())
+    def resume(self, previous: str) -> SweepResult:
+        """Continue the sweep in `previous`, its folder's local path or URI."""
+        state = read_sweep_state(previous)
         self.log(f"resuming sweep {state['name']} (MLflow parent run {state['parent_run_id']})")
         self.data_dir = state["data_dir"]
         self.profile = with_overrides(
@@ -105,9 +109,9 @@ class SweepRunner:
         datasets = self._prepare_data({**self.profile.space, "data_dir": self.data_dir})
         tracking.reopen_run(self.uri, state["parent_run_id"])
         context = self._context(state["experiment_id"], state["parent_run_id"])
-        tuner = tune.Tuner.restore(str(previous), trainable=self._trainable(datasets, context),
+        tuner = tune.Tuner.restore(previous, trainable=self._trainable(datasets, context),
                                    resume_unfinished=True, resume_errored=True)
-        return self._fit(tuner, context, str(previous))
+        return self._fit(tuner, context, previous)
 
     # -------------------------------------------------------------------------- helpers
     def _prepare_data(self, space: dict) -> dict[int, TrialData]:
@@ -143,15 +147,28 @@ class SweepRunner:
         return f"{self.storage.rstrip('/')}/{name}"
 
     def _space_file(self, space: dict) -> Path:
-        path = Path(self.storage if "://" not in self.storage else "/tmp") / "search_space.json"
-        path.write_text(json.dumps(space_to_json(space), indent=1, default=str))
-        return path
+        text = json.dumps(space_to_json(space), indent=1, default=str)
+        if not is_uri(self.storage):
+            path = Path(self.storage) / "search_space.json"
+            path.write_text(text)
+            return path
+        # remote storage: a private local copy for MLflow to upload, gone when the driver exits
+        with tempfile.NamedTemporaryFile("w", prefix="medsweep-search_space-", suffix=".json",
+                                         delete=False) as file:
+            file.write(text)
+        atexit.register(Path(file.name).unlink, missing_ok=True)
+        return Path(file.name)
 
     def _write_state(self, path: str, state: dict) -> None:
-        if "://" in path:
-            return  # remote storage: resume is driven from the head node's local path
-        Path(path).mkdir(parents=True, exist_ok=True)
-        (Path(path) / SWEEP_STATE).write_text(json.dumps(state, indent=1))
+        text = json.dumps(state, indent=1)
+        if not is_uri(path):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            (Path(path) / SWEEP_STATE).write_text(text)
+            return
+        fs, fs_path = storage_filesystem(path)  # the filesystem Tune writes the sweep to
+        fs.create_dir(fs_path, recursive=True)
+        with fs.open_output_stream(f"{fs_path.rstrip('/')}/{SWEEP_STATE}") as stream:
+            stream.write(text.encode())
 
     def _fit(self, tuner: tune.Tuner, context: SweepContext, path: str) -> SweepResult:
         grid = tuner.fit()

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from orchestrator import tracking
-from orchestrator.sweep import run_sweep
+from orchestrator.sweep import SWEEP_STATE, run_sweep
 from orchestrator.trainer import FAULT_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,22 +104,32 @@ def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path,
     assert children[0].data.tags[tracking.TAG_STATUS] == "completed"
 
 
-def test_an_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
+@pytest.mark.parametrize("storage", ["local", "uri"])
+def test_an_interrupted_sweep_resumes_without_duplicate_runs(storage, tmp_path):
+    # "uri": --storage-path file:///..., which goes through pyarrow.fs as s3:// does
     args = ["brain", "--profile", "smoke", "--max-epochs", "24", "--num-samples", "2",
             "--no-ensemble"]
+    checkpoints = tmp_path / "runs"  # the default --storage-path, runs/sweeps
+    if storage == "uri":
+        checkpoints = tmp_path / "remote-storage"
+        args += ["--storage-path", checkpoints.as_uri()]
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "runs").rglob("checkpoint_000003")):
+    while time.time() < deadline and not list(checkpoints.rglob("checkpoint_000003")):
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, out[-3000:]
     assert "--resume" in out
+    (state,) = checkpoints.rglob(SWEEP_STATE)
     resumed = _sweep_cli(tmp_path, *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming sweep {state.parent.name}" in resumed.stdout
+    if storage == "uri":
+        assert not (tmp_path / "runs").exists()  # nothing fell back to the local default
     _, parents, children = _store(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trial_ids = [c.data.tags[tracking.TAG_TRIAL_ID] for c in children]
@@ -168,6 +178,8 @@ def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_stora
     (["brain", "--address", "127.0.0.1:1"], "127.0.0.1:1"),
     (["brain", "--tracking-uri", "http://127.0.0.1:1"], "http://127.0.0.1:1"),
     (["brain", "--resume"], "nothing to resume"),
+    (["brain", "--resume", "--storage-path", "file:///nonexistent/medsweep"],
+     "nothing to resume for experiment 'medsweep-brain' under file:///nonexistent/medsweep"),
 ])
 def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path):
     proc = _sweep_cli(tmp_path, *args, "--profile", "smoke") if "--profile" not in args \
