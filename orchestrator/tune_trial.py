@@ -128,7 +128,27 @@ class TrialTracker(tune.Callback):
                 state = json.loads((Path(directory) / STATE).read_text())
                 extra[tracking.TAG_BEST_EPOCH] = str(state["best_epoch"])
                 extra[tracking.TAG_CHECKPOINT] = checkpoint_uri(checkpoint)
+        self._log_curves(run_id, str(trial))
         tracking.set_trial_status(ctx.tracking_uri, run_id, status, extra_tags=extra)
+
+    def _log_curves(self, run_id: str, name: str) -> None:
+        """training_curves.png in the trial's run; a figure is never worth failing a sweep."""
+        import tempfile
+
+        from orchestrator.clinical.plots import training_curves
+
+        uri = self.context.tracking_uri
+        try:
+            history = tracking.metric_history(uri, run_id, ("loss", "val_loss",
+                                                             self.context.metric))
+            if history.empty:
+                return
+            with tempfile.TemporaryDirectory() as tmp:
+                path = training_curves(history, self.context.metric,
+                                       Path(tmp) / "training_curves.png", name)
+                tracking.log_file(uri, run_id, path)
+        except Exception as err:  # noqa: BLE001
+            print(f"warning: no training curves for trial {name}: {err}")
 
 
 def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:

@@ -72,8 +72,21 @@ def test_the_sweep_ends_with_an_ensemble_run_and_a_registered_model(swept):
     for key in ("val_accuracy", "test_accuracy", "test_balanced_accuracy", "test_macro_f1"):
         assert key in run.data.metrics
     files = {a.path for a in client.list_artifacts(report.run_id)}
-    assert {"comparison.csv", "classification_report.csv", "confusion_matrix.png"} <= files
+    assert {"comparison.csv", "classification_report.csv", "confusion_matrix.png",
+            "report.html", "roc_pr_curves.png", "reliability_diagram.png",
+            "trial_comparison.png", "test_metrics_with_ci.csv",
+            "review_low_confidence.csv"} <= files
+    assert any(f.startswith("gradcam_") for f in files)
+    for key in ("test_accuracy_ci_low", "test_accuracy_ci_high", "temperature",
+                "test_ece_calibrated"):
+        assert key in run.data.metrics
+    low, high = run.data.metrics["test_accuracy_ci_low"], run.data.metrics["test_accuracy_ci_high"]
+    assert low <= run.data.metrics["test_accuracy"] <= high
     assert list(report.table["model"]) == ["ensemble", "best_single", "top2_soft_vote"]
+    # every trial's run carries its training curves
+    for trial in tracking.list_trial_runs(uri, run.info.experiment_id, result.parent_run_id):
+        assert "training_curves.png" in {a.path for a in client.list_artifacts(
+            trial.info.run_id)}
     version = client.get_model_version_by_alias("medsweep-brain", "candidate")
     assert version.run_id == report.run_id
 
@@ -196,3 +209,30 @@ def test_cli_unknown_sweep_run_is_one_line_and_exit_2(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_bad_clinical_option_is_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run", "x",
+                           "--resamples", "100"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and ">= 1000" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
+    """Last in this module: it registers a new version under the same alias."""
+    result, uri, root = swept
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run",
+                           result.parent_run_id, "--tracking-uri", uri, "--tta", "none",
+                           "--top-k", "2", "--mc-dropout", "3"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test [95% CI]" in proc.stdout and "temperature (fitted on validation)" in proc.stdout
+    client = mlflow.MlflowClient(uri)
+    version = client.get_model_version_by_alias("medsweep-brain", "candidate")
+    run = client.get_run(version.run_id)
+    assert version.run_id != result.ensemble.run_id
+    assert run.data.params["tta_policy"] == "none"
+    assert "test_mc_dropout_mean_entropy" in run.data.metrics

@@ -64,7 +64,8 @@ def server(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_over_http_is_read_back_whole(server, tmp_path):
     uri, artifacts = server
-    result = run_sweep("brain", profile="smoke", num_samples=2, tracking_uri=uri,
+    # pneumonia: a binary task, so the clinical report's operating point is covered end to end
+    result = run_sweep("pneumonia", profile="smoke", num_samples=2, tracking_uri=uri,
                        storage_path=str(tmp_path / "runs"), log=lambda _: None)
     assert result.ui_command == uri
 
@@ -86,8 +87,12 @@ def test_a_sweep_over_http_is_read_back_whole(server, tmp_path):
     ensemble = client.get_run(result.ensemble.run_id)
     assert ensemble.data.tags[tracking.PARENT_TAG] == result.parent_run_id
     assert ensemble.info.status == "FINISHED"
-    version = client.get_model_version_by_alias("medsweep-brain", "candidate")
+    version = client.get_model_version_by_alias("medsweep-pneumonia", "candidate")
     assert version.run_id == ensemble.info.run_id
+    assert {"threshold", "test_sensitivity_at_threshold_ci_low", "temperature"} <= set(
+        ensemble.data.metrics)
+    names = {a.path for a in client.list_artifacts(ensemble.info.run_id)}
+    assert {"report.html", "threshold_table.csv", "roc_pr_curves.png"} <= names
     # The files really sit in the server's artifact store, sent there over HTTP.
     assert list(artifacts.rglob("best.keras")) and list(artifacts.rglob("MLmodel"))
 

@@ -27,20 +27,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else local)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPU share of each "
                    "inference actor on a cluster (default: CPU)")
+    c = p.add_argument_group("clinical report (docs/clinical_report.md)")
+    c.add_argument("--threshold-rule", default="sensitivity", choices=("sensitivity", "youden"),
+                   help="binary tasks: the most specific threshold with validation sensitivity "
+                   ">= --target-sensitivity, or Youden's J (default %(default)s)")
+    c.add_argument("--target-sensitivity", type=float, default=0.90,
+                   help="default %(default)s")
+    c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the "
+                   "95%% intervals (>= 1000; default %(default)s)")
+    c.add_argument("--mc-dropout", type=int, default=0, metavar="PASSES",
+                   help="MC-dropout passes for predictive entropy (0: off, the default)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from orchestrator.clinical.evaluate import ClinicalOptions
         from orchestrator.ensemble.build import build_ensemble, print_report
         from orchestrator.sweep import connect_ray
 
+        clinical = ClinicalOptions(threshold_rule=args.threshold_rule,
+                                   target_sensitivity=args.target_sensitivity,
+                                   resamples=args.resamples, mc_dropout_passes=args.mc_dropout)
         connect_ray(args.address, print)
         report = build_ensemble(args.sweep_run, tracking_uri=args.tracking_uri,
                                 policies=args.tta, top_k=args.top_k,
                                 max_iterations=args.iterations, data_dir=args.data_dir,
-                                gpus_per_actor=args.gpus_per_actor)
+                                gpus_per_actor=args.gpus_per_actor, clinical=clinical)
     except MedSweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -32,6 +32,9 @@ class EnsembleReport:
     model_uri: str
     registered: str  # "name@alias (version N)"
     tracking_uri: str
+    intervals: pd.DataFrame | None = None  # test metrics with 95% bootstrap intervals
+    temperature: float | None = None
+    threshold: float | None = None  # binary tasks: the operating point chosen on validation
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,18 @@ class SweepInfo:
     data_dir: str | None
     split_seed: int
     phantom_per_class: int
+    synthetic: bool = False
 
 
 def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
                    policies: Sequence[str] = DEFAULT_POLICIES, top_k: int = 8,
                    max_iterations: int = 25, actors: int | None = None,
                    gpus_per_actor: float = 0.0, data_dir: str | None = None,
+                   clinical: "ClinicalOptions | None" = None,
                    log: Log = print) -> EnsembleReport:
-    """Everything after the sweep; `tracking_uri` defaults as the sweep's does."""
+    """Everything after the sweep; `tracking_uri` defaults as the sweep's does; `clinical`
+    configures the report (threshold rule, resamples, MC dropout; defaults otherwise)."""
+    from orchestrator.clinical.evaluate import ClinicalOptions
     from orchestrator.ensemble.choice import choose, comparison_rows
     from orchestrator.tta import get_policy, policy_for_task, union_of
     from tasks import get_task
@@ -62,6 +69,7 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
     task = get_task(sweep.task)
     for name in policies:
         get_policy(name)  # unknown policy: fail before any work
+    clinical = clinical or ClinicalOptions()
     with tempfile.TemporaryDirectory(prefix="medsweep-ensemble-") as tmp:
         work = Path(tmp)
         candidates, data = _candidates(sweep, task, top_k, work, log)
@@ -91,8 +99,53 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
         test_probs = {n: tested[n].probs.mean(axis=0) for n in choice.test_members}
         table = comparison_rows(choice, y_val, test_probs, y_test, task)
         scoring = _scoring_table(candidates, scored, tested)
+        prepared = next(iter(data.values()))
+        rows = {"ensemble": choice.ensemble, "best_single": choice.best_single,
+                "top2_soft_vote": choice.top2}
+        inputs = _clinical_inputs(sweep, task, choice, rows, y_val, y_test, test_probs,
+                                  prepared, test_images, {c.name: c for c in usable})
         return _record(sweep, task, choice, table, test_probs, y_test,
-                       {c.name: c for c in usable}, by_policy[choice.policy], scoring, work, log)
+                       {c.name: c for c in usable}, by_policy[choice.policy], scoring,
+                       (inputs, clinical), work, log)
+
+
+def _clinical_inputs(sweep: SweepInfo, task, choice, rows: dict, y_val, y_test, test_probs,
+                     prepared, test_images, candidates: dict):
+    from orchestrator.clinical.evaluate import ClinicalInputs, Member
+
+    test_rows = prepared.table[prepared.table["split"] == "test"]
+    ens = choice.ensemble
+    return ClinicalInputs(
+        task=task, y_val=y_val, y_test=y_test,
+        val_probs={k: e.predict(choice.val_probs) for k, e in rows.items()},
+        test_probs={k: e.predict(test_probs) for k, e in rows.items()},
+        test_groups=test_rows["group"].to_numpy(), test_paths=test_rows["path"].tolist(),
+        test_images=test_images,
+        members=[Member(m, w, candidates[m].model_path, candidates[m].resolution)
+                 for m, w in zip(ens.members, ens.weights)],
+        policy=choice.policy, leaderboard=_trial_board(sweep, task), synthetic=sweep.synthetic,
+        title=f"MedSweep clinical evaluation: {task.key}, sweep {sweep.parent_run_id}")
+
+
+def _trial_board(sweep: SweepInfo, task) -> pd.DataFrame:
+    """Every trial of the sweep with its best validation metric, best first."""
+    key = f"val_{task.metric}"
+    rows = []
+    for run in tracking.list_trial_runs(sweep.uri, sweep.experiment_id, sweep.parent_run_id):
+        params, tags = run.data.params, run.data.tags
+        trial = tags.get(tracking.TAG_TRIAL_ID, run.info.run_id)
+        rows.append({"trial": trial, f"best_{key}": tracking.best_metric(sweep.uri,
+                                                                         run.info.run_id, key,
+                                                                         task.mode),
+                     "status": tags.get(tracking.TAG_STATUS, ""),
+                     "epochs": tags.get(tracking.TAG_EPOCHS_RUN, ""),
+                     **{k: params.get(k, "") for k in ("backbone", "resolution", "schedule",
+                                                        "lr_multiplier", "loss", "augment")},
+                     "label": f"{trial} {params.get('backbone', '')} "
+                              f"{params.get('resolution', '')}px"})
+    board = pd.DataFrame(rows)
+    return board.sort_values(f"best_{key}", ascending=task.mode == "min",
+                             na_position="last").reset_index(drop=True)
 
 
 def _scoring_table(candidates, scored: dict, tested: dict) -> pd.DataFrame:
@@ -116,7 +169,8 @@ def _sweep_info(uri: str, run_id: str) -> SweepInfo:
     return SweepInfo(uri=uri, parent_run_id=run_id, experiment_id=run.info.experiment_id,
                      task=params["task"], data_dir=None if data_dir == "phantom" else data_dir,
                      split_seed=int(config.get("split_seed", 0)),
-                     phantom_per_class=int(config.get("phantom_per_class", 40)))
+                     phantom_per_class=int(config.get("phantom_per_class", 40)),
+                     synthetic=run.data.tags.get(tracking.TAG_SYNTHETIC, "true") != "false")
 
 
 def _candidates(sweep: SweepInfo, task, top_k: int, work: Path, log: Log):
@@ -165,11 +219,12 @@ def _candidates(sweep: SweepInfo, task, top_k: int, work: Path, log: Log):
 
 
 def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_test,
-            candidates: dict, transforms, scoring: pd.DataFrame, work: Path,
+            candidates: dict, transforms, scoring: pd.DataFrame, clinical: tuple, work: Path,
             log: Log) -> EnsembleReport:
     """Metrics, plots and reports first, then the model, its check, its registration; the run
     is FINISHED only when all of that is in."""
     from orchestrator.ensemble.report import write_reports
+    from orchestrator.clinical.evaluate import evaluate
     from orchestrator.tracking import ensemble_model
 
     ens = choice.ensemble
@@ -186,6 +241,11 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         tracking.log_table_artifact(sweep.uri, run_id, scoring, "scoring.csv")
         probs = ens.predict(test_probs)
         for path in write_reports(table, y_test, probs, task, choice, work / "reports"):
+            tracking.log_file(sweep.uri, run_id, path)
+        result = evaluate(*clinical, work / "clinical", log=log)
+        tracking.log_metrics(sweep.uri, run_id, {k: v for k, v in result.metrics.items()
+                                                  if k not in row.index})  # no duplicates
+        for path in result.files:
             tracking.log_file(sweep.uri, run_id, path)
         members = {m: ensemble_model.copy_member(Path(candidates[m].model_path),
                                                  work / "members", m) for m in ens.members}
@@ -205,12 +265,27 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
     return EnsembleReport(run_id=run_id, task=task.key, policy=choice.policy,
                           members=ens.members, weights=ens.weights, table=table,
                           model_uri=model_uri, registered=f"{name}@candidate (version {version})",
-                          tracking_uri=sweep.uri)
+                          tracking_uri=sweep.uri, intervals=result.intervals,
+                          temperature=result.temperature,
+                          threshold=result.operating_point.threshold
+                          if result.operating_point else None)
 
 
 def print_report(report: EnsembleReport) -> None:
-    """Validation and test side by side: the choice was made on the first, judged on the second."""
+    """Validation and test side by side: the choice was made on the first, judged on the second
+    (test figures with their 95% bootstrap intervals)."""
     import pandas as pd
+
+    from orchestrator.clinical.bootstrap import format_interval
+
+    def test_value(model: str, metric: str, point: float) -> str:
+        if report.intervals is None:
+            return f"{point:.3f}"
+        found = report.intervals[(report.intervals.model == model)
+                                 & (report.intervals.metric == metric)]
+        if found.empty:
+            return f"{point:.3f}"
+        return format_interval(point, found.low.iloc[0], found.high.iloc[0])
 
     print("\n" + "=" * 78)
     print(f"final ensemble for {report.task}: TTA {report.policy}; members "
@@ -218,11 +293,24 @@ def print_report(report: EnsembleReport) -> None:
     metrics = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc"]
     rows = []
     for _, row in report.table.iterrows():
-        rows.append({"model": row["model"], **{f"{m} val/test": f"{row[f'val_{m}']:.3f} / "
-                                                f"{row[f'test_{m}']:.3f}" for m in metrics}})
+        for m in metrics:
+            rows.append({"model": row["model"], "metric": m, "validation": f"{row[f'val_{m}']:.3f}",
+                         "test [95% CI]": test_value(row["model"], m, row[f"test_{m}"])})
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(pd.DataFrame(rows).to_string(index=False))
-    print(f"ensemble run {report.run_id}; model {report.registered}")
+    if report.intervals is not None:
+        ens = report.intervals[report.intervals.model == "ensemble"].set_index("metric")
+        extra = [m for m in ("sensitivity_at_threshold", "specificity_at_threshold",
+                             "ppv_at_threshold", "npv_at_threshold", "brier", "brier_calibrated",
+                             "ece", "ece_calibrated") if m in ens.index]
+        if report.threshold is not None:
+            print(f"operating point (chosen on validation): threshold {report.threshold:.4f}")
+        if report.temperature is not None:
+            print(f"temperature (fitted on validation): {report.temperature:.3f}")
+        for m in extra:
+            print(f"  ensemble test {m}: {format_interval(*ens.loc[m, ['point', 'low', 'high']])}")
+    print(f"ensemble run {report.run_id}; model {report.registered}; report.html in its "
+          "artifacts")
     print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "
           f"-m models:/{report.registered.split(' ')[0]} --env-manager local")
     print("=" * 78)

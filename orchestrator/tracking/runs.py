@@ -242,6 +242,16 @@ def best_metric(uri: str, run_id: str, key: str, mode: str) -> float:
     return max(values) if mode == "max" else min(values)
 
 
+def metric_history(uri: str, run_id: str, keys: Iterable[str]) -> pd.DataFrame:
+    """Every logged point of `keys`: columns step, key, value (for training curves)."""
+    import pandas as pd
+
+    client = MlflowClient(uri)
+    rows = [{"step": m.step, "key": key, "value": m.value}
+            for key in keys for m in client.get_metric_history(run_id, key)]
+    return pd.DataFrame(rows, columns=["step", "key", "value"])
+
+
 def download(uri: str, run_id: str, artifact_path: str, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     return Path(MlflowClient(uri).download_artifacts(run_id, artifact_path, str(dst)))

@@ -1,0 +1,70 @@
+"""95% bootstrap intervals for test metrics: stratified by class, whole groups resampled.
+
+A group (patient, lesion) is what must not be split: when one patient has several images, they
+are drawn together or not at all, else the interval is too narrow. Each group belongs to the
+stratum of its most frequent class; each stratum keeps its number of groups in every resample,
+so a rare class is never missing from a resample by chance. Percentile intervals.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_RESAMPLES = 1000
+
+
+def resample_indices(labels: np.ndarray, groups: np.ndarray | None, n_resamples: int,
+                     seed: int = 0) -> list[np.ndarray]:
+    """`n_resamples` arrays of case indices; `groups` None: every case is its own group."""
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    labels = np.asarray(labels)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    if len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} cases")
+    codes, group_of_case = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(group_of_case == g) for g in range(len(codes))]
+    stratum = np.array([pd.Series(labels[m]).mode().iloc[0] for m in members])
+    by_stratum = [np.flatnonzero(stratum == s) for s in np.unique(stratum)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_resamples):
+        chosen = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in by_stratum])
+        out.append(np.concatenate([members[g] for g in chosen]))
+    return out
+
+
+def bootstrap_intervals(metrics: Callable[[np.ndarray], Mapping[str, float]], n_cases: int,
+                        resamples: Sequence[np.ndarray], *, level: float = 0.95) -> pd.DataFrame:
+    """`metrics(indices)` -> {name: value}; one row per metric: point (on all `n_cases`), low,
+    high (percentiles of the resampled values, NaNs dropped), resamples used.
+
+    Pass the same `resamples` (from `resample_indices`) for every model compared: paired
+    intervals, and the resampling is paid once."""
+    if not resamples:
+        raise ValueError("no resamples")
+    point = dict(metrics(np.arange(n_cases)))
+    draws = {k: [] for k in point}
+    for idx in resamples:
+        for k, v in metrics(idx).items():
+            if k in draws:
+                draws[k].append(v)
+    alpha = (1.0 - level) / 2.0
+    rows = []
+    for name, value in point.items():
+        values = np.asarray(draws[name], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        low, high = (np.quantile(values, [alpha, 1.0 - alpha]) if len(values)
+                     else (np.nan, np.nan))
+        rows.append({"metric": name, "point": float(value), "low": float(low),
+                     "high": float(high), "resamples": int(len(values))})
+    return pd.DataFrame(rows)
+
+
+def format_interval(point: float, low: float, high: float, digits: int = 3) -> str:
+    """'0.912 [0.874, 0.945]' (or just the point when there is no interval)."""
+    if not np.isfinite(low) or not np.isfinite(high):
+        return f"{point:.{digits}f}"
+    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

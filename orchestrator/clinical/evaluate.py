@@ -1,0 +1,291 @@
+"""The clinical evaluation of a final ensemble: fit on validation (threshold, temperature),
+measure on test with bootstrap intervals, draw, explain, list the cases to review, write
+report.html. Called by `orchestrator.ensemble.build` after every choice is fixed; returns the
+files to log and the figures to record."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.clinical import plots
+from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, bootstrap_intervals,
+                                             format_interval, resample_indices)
+from orchestrator.clinical.calibration import (apply_temperature, brier_score,
+                                               expected_calibration_error, fit_temperature, nll)
+from orchestrator.clinical.html import Section, write_report
+from orchestrator.clinical.operating_point import (RULES, OperatingPoint, binary_figures,
+                                                   choose_threshold, threshold_table)
+from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.uncertainty import (ensemble_mc, mc_dropout_probs, mc_summary,
+                                               review_table)
+from orchestrator.errors import ConfigError
+from tasks.base import Task
+
+Log = Callable[[str], None]
+ENSEMBLE = "ensemble"
+
+
+@dataclass(frozen=True)
+class ClinicalOptions:
+    threshold_rule: str = "sensitivity"  # or "youden"
+    target_sensitivity: float = 0.90
+    resamples: int = DEFAULT_RESAMPLES
+    mc_dropout_passes: int = 0  # 0: off
+    gradcam_per_group: int = 3  # images per class, correct and wrong each
+    review_cases: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.threshold_rule not in RULES:
+            raise ConfigError(f"threshold rule {self.threshold_rule!r}: valid {', '.join(RULES)}")
+        if not 0.0 < self.target_sensitivity <= 1.0:
+            raise ConfigError(f"target sensitivity must be in (0, 1], got "
+                              f"{self.target_sensitivity}")
+        if self.resamples < 1000:
+            raise ConfigError(f"bootstrap resamples must be >= 1000, got {self.resamples}")
+        if self.mc_dropout_passes < 0:
+            raise ConfigError(f"MC-dropout passes must be >= 0, got {self.mc_dropout_passes}")
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    weight: float
+    model_path: str
+    resolution: int
+
+
+@dataclass
+class ClinicalInputs:
+    task: Task
+    y_val: np.ndarray
+    y_test: np.ndarray
+    val_probs: Mapping[str, np.ndarray]  # model row ("ensemble", "best_single", ...) -> (N, C)
+    test_probs: Mapping[str, np.ndarray]
+    test_groups: np.ndarray
+    test_paths: Sequence[str]
+    test_images: Mapping[int, np.ndarray]  # resolution -> (N, R, R, 3) uint8
+    members: Sequence[Member]
+    policy: str
+    leaderboard: pd.DataFrame  # trial, label, best_<metric>, status, ...
+    synthetic: bool
+    title: str
+
+
+@dataclass
+class ClinicalResult:
+    files: list[Path]
+    metrics: dict[str, float]  # flat, for MLflow
+    intervals: pd.DataFrame  # model, metric, point, low, high, resamples
+    temperature: float
+    operating_point: OperatingPoint | None
+    notes: list[str] = field(default_factory=list)
+
+
+def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
+             log: Log = print) -> ClinicalResult:
+    task, y_val, y_test = inputs.task, inputs.y_val, inputs.y_test
+    ens_val, ens_test = inputs.val_probs[ENSEMBLE], inputs.test_probs[ENSEMBLE]
+    pos = (1 if task.positive_index is None else task.positive_index) if task.is_binary else None
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+
+    # --- fitted on validation only -------------------------------------------------------------
+    op = None
+    if task.is_binary:
+        op = choose_threshold(y_val == pos, ens_val[:, pos], rule=options.threshold_rule,
+                              target_sensitivity=options.target_sensitivity)
+        log(f"operating point chosen on validation: threshold {op.threshold:.4f} ({op.rule}; "
+            f"val sensitivity {op.val_sensitivity:.3f}, specificity {op.val_specificity:.3f})")
+        table = threshold_table(y_val == pos, ens_val[:, pos], y_test == pos, ens_test[:, pos],
+                                chosen=op.threshold)
+        files.append(out / "threshold_table.csv")
+        table.to_csv(files[-1], index=False)
+    temperature = fit_temperature(y_val, ens_val)
+    calibrated = apply_temperature(ens_test, temperature)
+    log(f"temperature fitted on validation: T = {temperature:.3f}")
+
+    # --- measured on test, with intervals ----------------------------------------------------------
+    resamples = resample_indices(y_test, inputs.test_groups, options.resamples, options.seed)
+
+    def ensemble_metrics(idx: np.ndarray) -> dict[str, float]:
+        y, p, c = y_test[idx], ens_test[idx], calibrated[idx]
+        out_ = fast_metrics(y, p, task.positive_index)
+        if op is not None:
+            out_.update({f"{k}_at_threshold": v for k, v in
+                         binary_figures(y == pos, p[:, pos], op.threshold).items()})
+        out_.update({"brier": brier_score(y, p), "ece": expected_calibration_error(y, p),
+                     "nll": nll(y, p), "brier_calibrated": brier_score(y, c),
+                     "ece_calibrated": expected_calibration_error(y, c),
+                     "nll_calibrated": nll(y, c)})
+        return out_
+
+    frames = []
+    for name, probs in inputs.test_probs.items():
+        fn = ensemble_metrics if name == ENSEMBLE else (
+            lambda idx, p=probs: fast_metrics(y_test[idx], p[idx], task.positive_index))
+        frame = bootstrap_intervals(fn, len(y_test), resamples)
+        frame.insert(0, "model", name)
+        frames.append(frame)
+    intervals = pd.concat(frames, ignore_index=True)
+    files.append(out / "test_metrics_with_ci.csv")
+    intervals.to_csv(files[-1], index=False)
+    groups_note = ("whole groups (patient / lesion) resampled" if len(np.unique(
+        inputs.test_groups)) < len(y_test) else "each image its own group")
+    log(f"bootstrap: {options.resamples} stratified resamples of the test split, {groups_note}")
+
+    # --- figures ------------------------------------------------------------------------------
+    classes = list(task.classes)
+    decision = np.where(ens_test[:, pos] >= op.threshold, pos, 1 - pos) if op is not None \
+        else ens_test.argmax(axis=1)
+    figures = [
+        plots.confusion_matrices(y_test, decision, classes, out / "confusion_matrix.png",
+                                 "test" + (" at the operating point" if op else "")),
+        plots.roc_pr_curves(y_test, ens_test, classes, out / "roc_pr_curves.png",
+                            positive_index=task.positive_index,
+                            threshold=op.threshold if op else None, title="test"),
+        plots.reliability_diagram(y_test, ens_test, calibrated, out / "reliability_diagram.png",
+                                  temperature=temperature, title="test"),
+    ]
+    metric = next(c for c in inputs.leaderboard.columns if c.startswith("best_"))
+    figures.append(plots.trial_comparison(inputs.leaderboard, metric,
+                                          out / "trial_comparison.png",
+                                          [m.name for m in inputs.members]))
+    best = max(inputs.members, key=lambda m: m.weight)
+    figures += _gradcam_figures(best, inputs, options, out)
+
+    # --- uncertainty and cases to review -----------------------------------------------------
+    mc_entropy = None
+    metrics: dict[str, float] = {}
+    if options.mc_dropout_passes:
+        samples = _mc_dropout(inputs, options, log)
+        summary = mc_summary(samples)
+        mc_entropy = summary["predictive_entropy"]
+        metrics["test_mc_dropout_mean_entropy"] = float(mc_entropy.mean())
+        metrics["test_mc_dropout_mean_mutual_information"] = float(
+            summary["mutual_information"].mean())
+    review = review_table(inputs.test_paths, y_test, calibrated, classes,
+                          options.review_cases, mc_entropy)
+    files.append(out / "review_low_confidence.csv")
+    review.to_csv(files[-1], index=False)
+    files += figures
+
+    for _, row in intervals[intervals.model == ENSEMBLE].iterrows():
+        metrics[f"test_{row.metric}"] = row.point
+        metrics[f"test_{row.metric}_ci_low"] = row.low
+        metrics[f"test_{row.metric}_ci_high"] = row.high
+    metrics["temperature"] = temperature
+    if op is not None:
+        metrics.update({"threshold": op.threshold, "val_sensitivity_at_threshold":
+                        op.val_sensitivity, "val_specificity_at_threshold": op.val_specificity})
+
+    sections = _sections(inputs, options, op, temperature, intervals, figures, review,
+                         groups_note, metric)
+    banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
+              "real patients.") if inputs.synthetic else None
+    files.append(write_report(out / "report.html", inputs.title, sections, banner))
+    return ClinicalResult(files, metrics, intervals, temperature, op)
+
+
+def _load(path: str):
+    import keras
+
+    from orchestrator import models  # noqa: F401  (registers BackbonePreprocess)
+
+    return keras.models.load_model(path)
+
+
+def _gradcam_figures(member: Member, inputs: ClinicalInputs, options: ClinicalOptions,
+                     out: Path) -> list[Path]:
+    """Per class: up to n correctly and n wrongly classified test images, with the best
+    member's Grad-CAM for the class it predicted."""
+    from orchestrator.clinical.gradcam import gradcam, overlay
+
+    model = _load(member.model_path)
+    images = inputs.test_images[member.resolution]
+    probs = model.predict(images.astype(np.float32), batch_size=64, verbose=0)
+    pred = probs.argmax(axis=1)
+    paths = []
+    for k, name in enumerate(inputs.task.classes):
+        picked, captions = [], []
+        for correct in (True, False):
+            idx = np.flatnonzero((inputs.y_test == k) & ((pred == k) == correct))
+            for i in idx[:options.gradcam_per_group]:
+                picked.append(i)
+                captions.append(f"{'correct' if correct else 'WRONG'}: true {name}\npredicted "
+                                f"{inputs.task.classes[pred[i]]} ({probs[i, pred[i]]:.2f})")
+        if not picked:
+            continue
+        maps = gradcam(model, images[picked], pred[picked])
+        safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+        paths.append(plots.image_grid(
+            [overlay(images[i], m) for i, m in zip(picked, maps)], captions,
+            out / f"gradcam_{safe}.png",
+            f"Grad-CAM, best member {member.name}: true class {name}",
+            columns=max(1, options.gradcam_per_group)))
+    return paths
+
+
+def _mc_dropout(inputs: ClinicalInputs, options: ClinicalOptions, log: Log) -> np.ndarray:
+    per_member = {}
+    for m in inputs.members:
+        log(f"MC dropout: {options.mc_dropout_passes} passes of {m.name} over the test split")
+        per_member[m.name] = mc_dropout_probs(_load(m.model_path), inputs.test_images[m.resolution],
+                                              options.mc_dropout_passes, seed=options.seed)
+    return ensemble_mc(per_member, {m.name: m.weight for m in inputs.members})
+
+
+def _interval_table(intervals: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    shown = intervals[intervals.metric.isin(names)]
+    table = shown.assign(value=[format_interval(r.point, r.low, r.high)
+                                for r in shown.itertuples()])
+    return table.pivot(index="metric", columns="model", values="value").reindex(
+        [n for n in names if n in set(shown.metric)]).reset_index()
+
+
+def _sections(inputs, options, op, temperature, intervals, figures, review, groups_note,
+              metric) -> list[Section]:
+    names = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc"]
+    val_rows = pd.DataFrame([{"model": name, **fast_metrics(inputs.y_val, probs,
+                                                            inputs.task.positive_index)}
+                             for name, probs in inputs.val_probs.items()])
+    composition = pd.DataFrame([{"member": m.name, "weight": m.weight,
+                                 "resolution": m.resolution} for m in inputs.members])
+    sections = [
+        Section("Ensemble", [f"Task {inputs.task.key}; TTA policy {inputs.policy}; members and "
+                             "weights chosen on the validation split only (Caruana selection)."],
+                tables=[composition]),
+        Section("Validation (where every choice was made)", tables=[val_rows]),
+        Section("Test, with 95% bootstrap intervals",
+                [f"{options.resamples} resamples, stratified by class, {groups_note}. "
+                 "The test split was predicted once, after every choice was fixed."],
+                tables=[_interval_table(intervals, names)]),
+    ]
+    if op is not None:
+        figures_at = [f"{k}_at_threshold" for k in ("sensitivity", "specificity", "ppv", "npv",
+                                                     "f1", "predicted_positive_rate")]
+        sections.append(Section(
+            "Operating point",
+            [f"Threshold {op.threshold:.4f} on the positive-class probability, chosen on "
+             f"validation by {op.rule} (validation sensitivity {op.val_sensitivity:.3f}, "
+             f"specificity {op.val_specificity:.3f}); threshold_table.csv lists the trade-off."],
+            tables=[_interval_table(intervals[intervals.model == ENSEMBLE], figures_at)]))
+    sections.append(Section(
+        "Calibration",
+        [f"Temperature scaling fitted on validation: T = {temperature:.3f} (T > 1: the "
+         "ensemble was over-confident). Test figures before and after."],
+        tables=[_interval_table(intervals[intervals.model == ENSEMBLE],
+                                ["brier", "brier_calibrated", "ece", "ece_calibrated", "nll",
+                                 "nll_calibrated"])]))
+    sections.append(Section("Figures", figures=figures))
+    board = inputs.leaderboard.drop(columns=["label"], errors="ignore")
+    sections.append(Section(f"Trials (by {metric})", tables=[board]))
+    sections.append(Section(
+        "Cases to review",
+        ["The test cases the ensemble is least sure about (calibrated probabilities), for a "
+         "person to look at: review_low_confidence.csv."], tables=[review]))
+    return sections

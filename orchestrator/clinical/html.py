@@ -1,0 +1,68 @@
+"""report.html: one self-contained file (figures embedded as base64 PNG), so it opens as it is
+from the MLflow UI's artifact view, where links to sibling files would not resolve."""
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+.banner { background: #b00020; color: white; padding: 0.8em; font-weight: bold; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figure img { max-width: 560px; border: 1px solid #eee; }
+figcaption { font-size: 0.8em; color: #555; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+@dataclass
+class Section:
+    heading: str
+    paragraphs: Sequence[str] = ()  # plain text, escaped
+    tables: Sequence[pd.DataFrame] = ()
+    figures: Sequence[Path] = ()
+    extra: list[str] = field(default_factory=list)  # pre-escaped HTML
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, escape=True, na_rep="", border=0,
+                         float_format=lambda v: f"{v:.4g}")
+
+
+def figure_html(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    name = html.escape(Path(path).name)
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{name}" data-file="{name}">'
+            f"<figcaption>{name}</figcaption></figure>")
+
+
+def render(title: str, sections: Sequence[Section], banner: str | None = None) -> str:
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             f"</title><style>{STYLE}</style></head><body>"]
+    if banner:
+        parts.append(f"<div class='banner'>{html.escape(banner)}</div>")
+    parts.append(f"<h1>{html.escape(title)}</h1>")
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
+        parts += [f"<p class='note'>{html.escape(p)}</p>" for p in section.paragraphs]
+        parts += [table_html(t) for t in section.tables]
+        parts += [figure_html(f) for f in section.figures]
+        parts += section.extra
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: Path, title: str, sections: Sequence[Section],
+                 banner: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(title, sections, banner), encoding="utf-8")
+    return path

@@ -1,0 +1,82 @@
+"""How unsure the ensemble is about each case: predictive entropy, optionally under Monte Carlo
+dropout (Gal and Ghahramani 2016), and the least confident test cases for a person to review
+(seed 000's human in the loop).
+
+MC dropout here keeps every normalisation layer in inference mode and samples only the head's
+dropout: the backbone's features are computed once, then the small head runs `passes` times.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+EPS = 1e-12
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row of (N, C) probabilities."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0)
+    return -np.sum(p * np.log(p), axis=-1)
+
+
+def mc_dropout_probs(model, images: np.ndarray, passes: int, *, batch_size: int = 64,
+                     seed: int = 0) -> np.ndarray:
+    """(passes, N, C) probabilities with the head's dropout on (backbone in inference mode).
+
+    The dropout masks are drawn from a stateless generator keyed by (seed, batch, pass), so the
+    same call gives the same samples (a Keras Dropout layer's own generator keeps its state)."""
+    import tensorflow as tf
+
+    if passes < 1:
+        raise ValueError(f"MC-dropout passes must be >= 1, got {passes}")
+    rate = float(model.get_layer("head_dropout").rate)
+    out = []
+    for b, start in enumerate(range(0, len(images), batch_size)):
+        x = tf.convert_to_tensor(np.asarray(images[start:start + batch_size], dtype=np.float32))
+        features = model.get_layer("backbone")(model.get_layer("preprocess")(x), training=False)
+        dense = model.get_layer("head_dense")(model.get_layer("pool")(features))
+        samples = []
+        for k in range(passes):
+            keep = tf.random.stateless_uniform(tf.shape(dense), seed=(seed, b * passes + k)) \
+                >= rate
+            dropped = tf.where(keep, dense / (1.0 - rate), tf.zeros_like(dense))
+            logits = model.get_layer("logits")(dropped)
+            samples.append(tf.nn.softmax(tf.cast(logits, tf.float32)).numpy())
+        out.append(np.stack(samples))
+    return np.concatenate(out, axis=1)
+
+
+def ensemble_mc(per_member: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """Weighted mean over members of (passes, N, C) samples, pass by pass."""
+    return sum(weights[m] * p for m, p in per_member.items())
+
+
+def mc_summary(samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Predictive entropy of the mean, expected entropy, and their difference (the mutual
+    information: the part of the uncertainty that is the model's, not the data's)."""
+    mean = samples.mean(axis=0)
+    predictive = entropy(mean)
+    expected = entropy(samples).mean(axis=0)
+    return {"mean": mean, "predictive_entropy": predictive,
+            "mutual_information": np.maximum(predictive - expected, 0.0)}
+
+
+def review_table(paths: Sequence[str], y: np.ndarray, probs: np.ndarray,
+                 classes: Sequence[str], n: int = 20,
+                 mc_entropy: np.ndarray | None = None) -> pd.DataFrame:
+    """The `n` test cases the ensemble is least sure about (lowest top probability; MC-dropout
+    predictive entropy, when given, is shown and breaks ties), for a person to look at."""
+    pred = probs.argmax(axis=1)
+    frame = pd.DataFrame({
+        "path": list(paths), "true": [classes[k] for k in y],
+        "predicted": [classes[k] for k in pred], "correct": pred == y,
+        "confidence": probs.max(axis=1), "entropy": entropy(probs)})
+    order = ["confidence"]
+    if mc_entropy is not None:
+        frame["mc_dropout_entropy"] = mc_entropy
+        order.append("mc_dropout_entropy")
+    frame = frame.sort_values(order, ascending=[True] + [False] * (len(order) - 1),
+                              kind="mergesort")
+    return frame.head(n).reset_index(drop=True)

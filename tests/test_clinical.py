@@ -1,0 +1,287 @@
+"""The clinical evaluation: metrics against scikit-learn, the threshold search, temperature
+scaling, bootstrap intervals and group resampling, Grad-CAM on a planted feature, MC dropout and
+report.html, on constructed arrays and a tiny CNN trained here."""
+from __future__ import annotations
+
+import re
+import warnings
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from orchestrator.clinical.bootstrap import (bootstrap_intervals, format_interval,
+                                             resample_indices)
+from orchestrator.clinical.calibration import (apply_temperature, binary_brier, brier_score,
+                                               expected_calibration_error, fit_temperature, nll,
+                                               reliability_bins)
+from orchestrator.clinical.evaluate import (ClinicalInputs, ClinicalOptions, Member, evaluate)
+from orchestrator.clinical.gradcam import gradcam, overlay
+from orchestrator.clinical.operating_point import (binary_figures, choose_threshold,
+                                                   threshold_table)
+from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.uncertainty import (entropy, mc_dropout_probs, mc_summary,
+                                               review_table)
+from orchestrator.errors import ConfigError
+from orchestrator.models import build_model
+from tasks import get_task
+
+RNG = np.random.default_rng(7)
+
+
+def _probs(n: int, c: int, rng=RNG) -> tuple[np.ndarray, np.ndarray]:
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[y]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, np.round(p, 2) / np.round(p, 2).sum(axis=1, keepdims=True)  # ties included
+
+
+# --- metrics against scikit-learn ----------------------------------------------------------------
+@pytest.mark.parametrize("c", [2, 3, 4])
+def test_fast_metrics_agree_with_scikit_learn(c):
+    y, p = _probs(500, c)
+    got = fast_metrics(y, p)
+    pred = p.argmax(axis=1)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert got["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert got["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    if c == 2:
+        assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p[:, 1]))
+        assert got["pr_auc"] == pytest.approx(skm.average_precision_score(y, p[:, 1]))
+    else:
+        assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
+        assert got["pr_auc"] == pytest.approx(
+            skm.average_precision_score(np.eye(c)[y], p, average="macro"))
+
+
+def test_binary_figures_agree_with_scikit_learn():
+    y, p = _probs(400, 2)
+    f = binary_figures(y == 1, p[:, 1], 0.4)
+    pred = p[:, 1] >= 0.4
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
+    assert f["sensitivity"] == pytest.approx(skm.recall_score(y, pred))
+    assert f["specificity"] == pytest.approx(tn / (tn + fp))
+    assert f["ppv"] == pytest.approx(skm.precision_score(y, pred))
+    assert f["npv"] == pytest.approx(tn / (tn + fn))
+    assert f["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert f["predicted_positive_rate"] == pytest.approx(pred.mean())
+
+
+def test_calibration_figures_agree_with_scikit_learn_and_by_hand():
+    y, p = _probs(300, 3)
+    assert brier_score(y, p) == pytest.approx(skm.brier_score_loss(y, p, labels=[0, 1, 2]))
+    yb, pb = _probs(300, 2)
+    assert brier_score(yb, pb) == pytest.approx(skm.brier_score_loss(yb, pb[:, 1]))
+    assert binary_brier(yb, pb[:, 1]) == pytest.approx(np.mean((pb[:, 1] - yb) ** 2))
+    assert nll(y, p) == pytest.approx(skm.log_loss(y, p, labels=[0, 1, 2]))
+    # ECE by hand on a case small enough to do on paper: two bins used
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    labels = np.array([0, 1, 1, 1])  # bin (0.8, 0.867]: conf .8 acc 0; (0.867, 0.933]: .9 acc 1
+    # (0.667, 0.733]: conf .7, acc 1; (0.533, 0.6]: .6, acc 1
+    expected = (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.7) + abs(1 - 0.6)) / 4
+    assert expected_calibration_error(labels, probs) == pytest.approx(expected)
+    bins = reliability_bins(labels, probs)
+    assert bins["count"].sum() == 4
+
+
+# --- the operating point -------------------------------------------------------------------------
+def test_threshold_search_picks_the_most_specific_point_with_enough_sensitivity():
+    # 10 positives, 10 negatives; scores constructed so that the answer is known:
+    pos = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.2])
+    neg = np.array([0.7, 0.5, 0.45, 0.4, 0.3, 0.25, 0.15, 0.1, 0.05, 0.01])
+    y = np.r_[np.ones(10), np.zeros(10)].astype(bool)
+    s = np.r_[pos, neg]
+    op = choose_threshold(y, s, target_sensitivity=0.9)
+    # sensitivity 0.9 needs threshold <= 0.55 (9 of 10 positives); at 0.55 one negative (0.7)
+    # is above: specificity 0.9; any lower threshold only loses specificity.
+    assert op.threshold == pytest.approx(0.55)
+    assert (op.val_sensitivity, op.val_specificity) == (pytest.approx(0.9), pytest.approx(0.9))
+    full = choose_threshold(y, s, target_sensitivity=1.0)
+    assert full.threshold == pytest.approx(0.2) and full.val_sensitivity == 1.0
+    assert full.val_specificity == pytest.approx(0.4)  # 0.7, 0.5, 0.45, 0.4, 0.3, 0.25 above
+    youden = choose_threshold(y, s, rule="youden")
+    f = binary_figures(y, s, youden.threshold)
+    j = f["sensitivity"] + f["specificity"] - 1
+    for t in np.unique(s):
+        g = binary_figures(y, s, t)
+        assert g["sensitivity"] + g["specificity"] - 1 <= j + 1e-12
+
+
+def test_threshold_table_marks_the_chosen_point_and_bad_input_is_named():
+    y, p = _probs(200, 2)
+    op = choose_threshold(y == 1, p[:, 1])
+    table = threshold_table(y == 1, p[:, 1], y == 1, p[:, 1], chosen=op.threshold)
+    assert table["chosen"].sum() == 1
+    assert table.loc[table.chosen, "val_sensitivity"].iloc[0] >= 0.9
+    assert table["val_sensitivity"].is_monotonic_decreasing
+    with pytest.raises(ValueError, match="both positive and negative"):
+        choose_threshold(np.ones(5, bool), np.linspace(0, 1, 5))
+    with pytest.raises(ValueError, match="unknown threshold rule 'best'"):
+        choose_threshold(y == 1, p[:, 1], rule="best")
+    with pytest.raises(ConfigError, match="target sensitivity"):
+        ClinicalOptions(target_sensitivity=1.5)
+    with pytest.raises(ConfigError, match=">= 1000"):
+        ClinicalOptions(resamples=200)
+
+
+# --- calibration ---------------------------------------------------------------------------------
+def test_temperature_scaling_lowers_the_nll_of_an_over_confident_model():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 2000)
+    honest = np.exp(rng.normal(size=(2000, 3)) + 1.0 * np.eye(3)[y])
+    honest /= honest.sum(axis=1, keepdims=True)
+    over = apply_temperature(honest, 0.4)  # same ranking, far too sure
+    t = fit_temperature(y[:1000], over[:1000])
+    assert t == pytest.approx(2.5, rel=0.15)  # undoes the 0.4
+    fixed = apply_temperature(over[1000:], t)
+    assert nll(y[1000:], fixed) < nll(y[1000:], over[1000:]) - 0.1
+    assert expected_calibration_error(y[1000:], fixed) < expected_calibration_error(
+        y[1000:], over[1000:])
+    assert (fixed.argmax(axis=1) == over[1000:].argmax(axis=1)).all()  # decisions unchanged
+    np.testing.assert_allclose(apply_temperature(honest, 1.0), honest, atol=1e-9)
+
+
+# --- bootstrap -----------------------------------------------------------------------------------
+def _accuracy_interval(n: int, seed: int = 0) -> pd.Series:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    correct = rng.random(n) < 0.8
+    pred = np.where(correct, y, 1 - y)
+    resamples = resample_indices(y, None, 1000, seed)
+    frame = bootstrap_intervals(lambda idx: {"accuracy": float(np.mean(pred[idx] == y[idx]))},
+                                n, resamples)
+    return frame.set_index("metric").loc["accuracy"]
+
+
+def test_interval_contains_the_point_and_narrows_as_n_grows():
+    small, large = _accuracy_interval(100), _accuracy_interval(2000)
+    for row in (small, large):
+        assert row.low <= row.point <= row.high and row.resamples == 1000
+    assert (large.high - large.low) < 0.5 * (small.high - small.low)
+    assert format_interval(0.9123, 0.88, 0.94) == "0.912 [0.880, 0.940]"
+
+
+def test_group_resampling_keeps_groups_whole_and_strata_sized():
+    labels = np.repeat([0, 0, 1, 1, 1, 0, 1, 0], 3)  # 8 groups of 3 images
+    groups = np.repeat(np.arange(8), 3)
+    for idx in resample_indices(labels, groups, 200, seed=1):
+        counts = np.bincount(groups[idx], minlength=8)
+        assert (counts % 3 == 0).all()  # a group is drawn whole or not at all
+        per_stratum = np.bincount(labels[idx], minlength=2)
+        assert (per_stratum == [12, 12]).all()  # 4 groups of each class, every time
+    plain = resample_indices(labels, None, 50, seed=1)
+    assert any((np.bincount(groups[idx], minlength=8) % 3 != 0).any() for idx in plain)
+
+
+# --- a tiny CNN with a planted feature -----------------------------------------------------------
+SIZE, SQUARE = 64, 10
+
+
+def _planted(n: int, seed: int):
+    """Class 1: a bright square at a random place on noise; class 0: noise only."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(60, 140, (n, SIZE, SIZE, 3)).astype(np.uint8)
+    y = np.arange(n) % 2
+    boxes = np.zeros((n, 2), int)
+    for i in np.flatnonzero(y == 1):
+        r, c = rng.integers(0, SIZE - SQUARE, 2)
+        x[i, r:r + SQUARE, c:c + SQUARE] = 235
+        boxes[i] = r, c
+    return x, y, boxes
+
+
+@pytest.fixture(scope="module")
+def planted_model(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    x, y, _ = _planted(320, 0)
+    model = build_model("baseline_cnn", 2, SIZE, weights="none", head_units=32, dropout=0.3)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(x.astype(np.float32), y, epochs=8, batch_size=32, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "planted.keras"
+    model.save(path)
+    return model, str(path)
+
+
+@pytest.mark.slow
+def test_gradcam_peaks_on_the_planted_feature(planted_model):
+    model, _ = planted_model
+    x, y, boxes = _planted(60, 1)
+    positive = np.flatnonzero(y == 1)
+    assert model.predict(x[positive].astype(np.float32), verbose=0).argmax(1).mean() > 0.9
+    maps = gradcam(model, x[positive], 1)
+    assert maps.shape == (len(positive), SIZE, SIZE) and maps.min() >= 0 and maps.max() <= 1
+    hits, contrast = 0, []
+    margin = SIZE // 8  # the map comes from a 4x4 feature grid: half a cell of slack
+    for m, (r, c) in zip(maps, boxes[positive]):
+        pr, pc = np.unravel_index(m.argmax(), m.shape)
+        hits += (r - margin <= pr < r + SQUARE + margin) and (c - margin <= pc < c + SQUARE + margin)
+        inside = np.zeros_like(m, bool)
+        inside[r:r + SQUARE, c:c + SQUARE] = True
+        contrast.append(m[inside].mean() / max(m[~inside].mean(), 1e-9))
+    assert hits >= 0.8 * len(positive), f"{hits} of {len(positive)} maps peak on the square"
+    assert np.mean(np.array(contrast) > 2) >= 0.9, contrast  # the square, not the background
+    assert overlay(x[positive[0]], maps[0]).shape == (SIZE, SIZE, 3)
+
+
+@pytest.mark.slow
+def test_mc_dropout_samples_vary_and_entropy_is_a_real_entropy(planted_model):
+    model, _ = planted_model
+    x, _, _ = _planted(20, 2)
+    samples = mc_dropout_probs(model, x, passes=8, seed=0)
+    assert samples.shape == (8, 20, 2)
+    np.testing.assert_allclose(samples.sum(axis=-1), 1.0, atol=1e-5)
+    assert samples.std(axis=0).max() > 1e-4  # dropout is on
+    again = mc_dropout_probs(model, x, passes=8, seed=0)
+    np.testing.assert_allclose(samples, again, atol=1e-6)  # seeded
+    summary = mc_summary(samples)
+    assert (summary["predictive_entropy"] <= np.log(2) + 1e-9).all()
+    assert (summary["mutual_information"] >= 0).all()
+    assert entropy(np.array([[0.5, 0.5]]))[0] == pytest.approx(np.log(2))
+
+
+def test_review_table_lists_the_least_confident_cases_first():
+    probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.51, 0.49]])
+    table = review_table(["a", "b", "c", "d"], np.array([0, 1, 1, 0]), probs, ["neg", "pos"], 3)
+    assert table["path"].tolist() == ["d", "b", "c"]
+    assert table.loc[1, "correct"] == False  # noqa: E712  (b: true pos, predicted neg)
+
+
+# --- the whole report ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_path):
+    _, model_path = planted_model
+    task = get_task("pneumonia")
+    x_val, y_val, _ = _planted(60, 3)
+    x_test, y_test, _ = _planted(80, 4)
+    model = keras.models.load_model(model_path)
+    val = model.predict(x_val.astype(np.float32), verbose=0)
+    test = model.predict(x_test.astype(np.float32), verbose=0)
+    board = pd.DataFrame({"trial": ["t1", "t2"], "best_val_roc_auc": [0.9, 0.8],
+                          "status": ["completed", "stopped_early"], "label": ["t1", "t2"]})
+    inputs = ClinicalInputs(
+        task=task, y_val=y_val, y_test=y_test, val_probs={"ensemble": val, "best_single": val},
+        test_probs={"ensemble": test, "best_single": test},
+        test_groups=np.arange(len(y_test)) // 2, test_paths=[f"img{i}.png" for i in range(80)],
+        test_images={SIZE: x_test}, members=[Member("t1", 1.0, model_path, SIZE)],
+        policy="none", leaderboard=board, synthetic=True, title="test report")
+    result = evaluate(inputs, ClinicalOptions(mc_dropout_passes=4, gradcam_per_group=2), tmp_path,
+                      log=lambda _: None)
+    names = {p.name for p in result.files}
+    assert {"report.html", "threshold_table.csv", "test_metrics_with_ci.csv",
+            "review_low_confidence.csv", "confusion_matrix.png", "roc_pr_curves.png",
+            "reliability_diagram.png", "trial_comparison.png"} <= names
+    assert any(n.startswith("gradcam_") for n in names)
+    html = (tmp_path / "report.html").read_text()
+    for png in [n for n in names if n.endswith(".png")]:
+        assert f'data-file="{png}"' in html, png
+    assert "SYNTHETIC" in html and html.count("data:image/png;base64,") == sum(
+        n.endswith(".png") for n in names)
+    assert result.operating_point is not None and "threshold" in result.metrics
+    assert "test_mc_dropout_mean_entropy" in result.metrics
+    ci = result.intervals.set_index(["model", "metric"])
+    row = ci.loc[("ensemble", "sensitivity_at_threshold")]
+    assert row.low <= row.point <= row.high
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", html)
