@@ -25,6 +25,7 @@ from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.uncertainty import (entropy, mc_dropout_probs, mc_summary,
                                                review_table)
 from orchestrator.errors import ConfigError
+from orchestrator.metrics import classification_metrics
 from orchestrator.models import build_model
 from tasks import get_task
 
@@ -43,6 +44,11 @@ def _probs(n: int, c: int, rng=RNG) -> tuple[np.ndarray, np.ndarray]:
 def test_fast_metrics_agree_with_scikit_learn(c):
     y, p = _probs(500, c)
     got = fast_metrics(y, p)
+    task = get_task("pneumonia" if c == 2 else "brain/3class" if c == 3 else "brain/4class")
+    reference = classification_metrics(y, p, task)  # the trainer's own (scikit-learn) figures
+    assert set(got) == set(reference)
+    for key, value in reference.items():
+        assert got[key] == pytest.approx(value), key
     pred = p.argmax(axis=1)
     assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert got["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))

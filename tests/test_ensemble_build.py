@@ -83,6 +83,10 @@ def test_the_sweep_ends_with_an_ensemble_run_and_a_registered_model(swept):
     low, high = run.data.metrics["test_accuracy_ci_low"], run.data.metrics["test_accuracy_ci_high"]
     assert low <= run.data.metrics["test_accuracy"] <= high
     assert list(report.table["model"]) == ["ensemble", "best_single", "top2_soft_vote"]
+    for metric in ("accuracy", "macro_f1", "loss"):  # every reported test figure has its interval
+        t = report.table
+        assert (t[f"test_{metric}_ci_low"] <= t[f"test_{metric}"] + 1e-12).all()
+        assert (t[f"test_{metric}"] <= t[f"test_{metric}_ci_high"] + 1e-12).all()
     # every trial's run carries its training curves
     for trial in tracking.list_trial_runs(uri, run.info.experiment_id, result.parent_run_id):
         assert "training_curves.png" in {a.path for a in client.list_artifacts(

@@ -24,13 +24,8 @@ BATCH = 2
 
 
 @pytest.fixture(autouse=True)
-def _never_download(tmp_path, monkeypatch):
-    home = tmp_path / "keras_home"
-    home.mkdir()
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    monkeypatch.setenv("MEDSWEEP_OFFLINE", "1")
-    monkeypatch.delenv("MEDSWEEP_WEIGHTS_DIR", raising=False)
-    return home
+def _never_download(private_keras_home):
+    return private_keras_home
 
 
 def _pixels(resolution: int, seed: int = 0) -> np.ndarray:

@@ -80,7 +80,8 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
         assert "done" not in child.data.metrics  # no Tune bookkeeping in the user's metrics
     (ensemble,) = _ensembles(tmp_path)  # the final ensemble, built at the end of every sweep
     assert ensemble.data.tags[tracking.PARENT_TAG] == parent.info.run_id
-    assert "final ensemble for brain/3class" in proc.stdout and "val/test" in proc.stdout
+    assert "final ensemble for brain/3class" in proc.stdout and "test [95% CI]" in proc.stdout
+    assert "report.html" in proc.stdout
     version = client.get_model_version_by_alias("medsweep-brain", "candidate")
     assert version.run_id == ensemble.info.run_id
 

@@ -31,12 +31,8 @@ FAKE_MD5 = hashlib.md5(FAKE).hexdigest()
 
 
 @pytest.fixture(autouse=True)
-def _never_download(tmp_path, monkeypatch):
-    home = tmp_path / "keras_home"
-    home.mkdir()
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    monkeypatch.setenv("MEDSWEEP_OFFLINE", "1")
-    monkeypatch.delenv("MEDSWEEP_WEIGHTS_DIR", raising=False)
+def _never_download(private_keras_home):
+    return private_keras_home
 
 
 def _backbone_weights(model: keras.Model) -> list[np.ndarray]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from orchestrator.metrics import log_loss
+
 
 def confusion(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) counts, rows true, columns predicted."""
@@ -43,7 +45,9 @@ def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
 
 def fast_metrics(y: np.ndarray, probs: np.ndarray, positive_index: int | None = None,
                  ) -> dict[str, float]:
-    """accuracy, balanced_accuracy, macro_f1, roc_auc, pr_auc of (N, C) probabilities."""
+    """Every figure `orchestrator.metrics.classification_metrics` gives, the same values:
+    accuracy, balanced_accuracy, macro_f1, roc_auc, pr_auc, loss, and for two classes the
+    predicted positive rate (argmax)."""
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     c = probs.shape[1]
@@ -67,4 +71,7 @@ def fast_metrics(y: np.ndarray, probs: np.ndarray, positive_index: int | None = 
         out["roc_auc"] = float(np.mean([binary_roc_auc(y == k, probs[:, k]) for k in range(c)]))
         out["pr_auc"] = float(np.mean([average_precision(y == k, probs[:, k])
                                        for k in range(c)]))
+    out["loss"] = log_loss(y, probs)
+    if c == 2:
+        out["predicted_positive_rate"] = float(np.mean(pred == pos))
     return out

@@ -148,6 +148,17 @@ def _trial_board(sweep: SweepInfo, task) -> pd.DataFrame:
                              na_position="last").reset_index(drop=True)
 
 
+def with_intervals(table: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """The comparison rows with `test_<metric>_ci_low/_ci_high` beside each test figure."""
+    out = table.copy()
+    for (model, metric), row in intervals.set_index(["model", "metric"]).iterrows():
+        if f"test_{metric}" in out.columns and model in set(out["model"]):
+            at = out["model"] == model
+            out.loc[at, f"test_{metric}_ci_low"] = row["low"]
+            out.loc[at, f"test_{metric}_ci_high"] = row["high"]
+    return out
+
+
 def _scoring_table(candidates, scored: dict, tested: dict) -> pd.DataFrame:
     """Where each candidate was read from and scored: one row per candidate and split."""
     rows = [{"trial": c.name, "split": split, "resolution": c.resolution,
@@ -240,12 +251,13 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                                                   if isinstance(v, (int, float))})
         tracking.log_table_artifact(sweep.uri, run_id, scoring, "scoring.csv")
         probs = ens.predict(test_probs)
-        for path in write_reports(table, y_test, probs, task, choice, work / "reports"):
-            tracking.log_file(sweep.uri, run_id, path)
         result = evaluate(*clinical, work / "clinical", log=log)
         tracking.log_metrics(sweep.uri, run_id, {k: v for k, v in result.metrics.items()
                                                   if k not in row.index})  # no duplicates
         for path in result.files:
+            tracking.log_file(sweep.uri, run_id, path)
+        table = with_intervals(table, result.intervals)
+        for path in write_reports(table, y_test, probs, task, choice, work / "reports"):
             tracking.log_file(sweep.uri, run_id, path)
         members = {m: ensemble_model.copy_member(Path(candidates[m].model_path),
                                                  work / "members", m) for m in ens.members}
