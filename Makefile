@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(PY) bench/data_cache.py
 	$(PY) bench/sweep_efficiency.py
 	$(PY) bench/tta.py
+	$(PY) bench/data_memory.py
+	$(PY) bench/bootstrap.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache mlflow/mlflow.db mlflow/artifacts
