@@ -291,3 +291,30 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
     row = ci.loc[("ensemble", "sensitivity_at_threshold")]
     assert row.low <= row.point <= row.high
     assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", html)
+
+
+@pytest.mark.slow
+def test_threshold_and_temperature_ignore_the_test_labels(planted_model, tmp_path):
+    _, model_path = planted_model
+    model = keras.models.load_model(model_path)
+    x_val, y_val, _ = _planted(40, 5)
+    x_test, y_test, _ = _planted(40, 6)
+    val = model.predict(x_val.astype(np.float32), verbose=0)
+    val[:, 1] = np.clip(val[:, 1] + RNG.normal(0, 0.2, len(val)), 0, 1)  # an imperfect model
+    val[:, 0] = 1 - val[:, 1]
+    test = model.predict(x_test.astype(np.float32), verbose=0)
+    board = pd.DataFrame({"trial": ["t1"], "best_val_roc_auc": [0.9], "label": ["t1"]})
+    results = []
+    for labels in (y_test, np.random.default_rng(0).permutation(y_test)):
+        inputs = ClinicalInputs(
+            task=get_task("pneumonia"), y_val=y_val, y_test=labels,
+            val_probs={"ensemble": val}, test_probs={"ensemble": test},
+            test_groups=np.arange(len(labels)), test_paths=[str(i) for i in range(len(labels))],
+            test_images={SIZE: x_test}, members=[Member("t1", 1.0, model_path, SIZE)],
+            policy="none", leaderboard=board, synthetic=True, title="permuted")
+        results.append(evaluate(inputs, ClinicalOptions(gradcam_per_group=1),
+                                tmp_path / str(len(results)), log=lambda _: None))
+    first, permuted = results
+    assert first.operating_point == permuted.operating_point
+    assert first.temperature == permuted.temperature
+    assert first.metrics["test_accuracy"] != permuted.metrics["test_accuracy"]

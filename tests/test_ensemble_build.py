@@ -148,6 +148,7 @@ def test_permuting_the_test_labels_changes_no_choice(swept, tmp_path):
     first = result.ensemble
     assert (again.policy, again.members, again.weights) == (
         first.policy, first.members, first.weights)
+    assert again.temperature == first.temperature  # fitted on validation only
     # ...while the test figures, which do see the labels, change
     ens_test = first.table.set_index("model").loc["ensemble", "test_loss"]
     assert again.table.set_index("model").loc["ensemble", "test_loss"] != pytest.approx(ens_test)
