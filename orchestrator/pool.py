@@ -151,14 +151,3 @@ def pool_size(candidates: int, actors: int | None, cpus_per_actor: float) -> int
     its CPU would otherwise cost the pool a node (actors wait for their slot anyway)."""
     slots = int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9))
     return max(1, min(candidates, actors or slots or 1))
-
-
-def score_candidates(candidates: Sequence[Candidate], images_by_resolution: dict[int, np.ndarray],
-                     transforms: tuple, *, actors: int | None = None, cpus_per_actor: float = 1,
-                     gpus_per_actor: float = 0, batch_size: int = 32,
-                     log: Log = print) -> dict[str, Scored]:
-    """One-shot: a pool for these candidates only, scored, then torn down."""
-    size = pool_size(len(candidates), actors, cpus_per_actor)
-    with ScoringPool(size, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                     batch_size=batch_size, log=log) as pool:
-        return pool.score(candidates, images_by_resolution, transforms)

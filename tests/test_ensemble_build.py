@@ -24,7 +24,7 @@ from orchestrator.data.dataset import prepare_dataset
 from orchestrator.data.phantoms import ensure_phantom
 from orchestrator.ensemble.build import build_ensemble
 from orchestrator.errors import ConfigError
-from orchestrator.pool import Candidate, score_candidates
+from orchestrator.pool import Candidate, ScoringPool
 from orchestrator.sweep import run_sweep
 from orchestrator.tta import get_policy, tta_predict, tta_predict_each
 from tasks import get_task
@@ -125,8 +125,8 @@ def test_actor_pool_probabilities_equal_a_direct_call(swept, tmp_path):
     x_val = _prepared().arrays("val")[0]
     transforms = get_policy("standard6")
     bogus = Candidate("missing", str(tmp_path / "missing.keras"), 48)
-    scored = score_candidates([Candidate(member, keras_file, 48), bogus], {48: x_val},
-                              transforms, **QUIET)
+    with ScoringPool(2, **QUIET) as pool:
+        scored = pool.score([Candidate(member, keras_file, 48), bogus], {48: x_val}, transforms)
     direct = tta_predict_each(keras.models.load_model(keras_file), x_val, transforms)
     np.testing.assert_allclose(scored[member].probs, direct, atol=1e-5)
     assert scored["missing"].probs is None and "missing.keras" in scored["missing"].error

@@ -72,7 +72,8 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
     clinical = clinical or ClinicalOptions()
     with tempfile.TemporaryDirectory(prefix="medsweep-ensemble-") as tmp:
         work = Path(tmp)
-        candidates, data = _candidates(sweep, task, top_k, work, log)
+        ranked, board = _ranked_trials(sweep, task)
+        candidates, data = _candidates(sweep, task, ranked, top_k, work, log)
         task = next(iter(data.values())).task
         by_policy = {p: policy_for_task(p, task.tta_kinds) for p in policies}
         transforms = union_of(by_policy.values())
@@ -103,14 +104,14 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
         rows = {"ensemble": choice.ensemble, "best_single": choice.best_single,
                 "top2_soft_vote": choice.top2}
         inputs = _clinical_inputs(sweep, task, choice, rows, y_val, y_test, test_probs,
-                                  prepared, test_images, {c.name: c for c in usable})
+                                  prepared, test_images, {c.name: c for c in usable}, board)
         return _record(sweep, task, choice, table, test_probs, y_test,
                        {c.name: c for c in usable}, by_policy[choice.policy], scoring,
                        (inputs, clinical), work, log)
 
 
 def _clinical_inputs(sweep: SweepInfo, task, choice, rows: dict, y_val, y_test, test_probs,
-                     prepared, test_images, candidates: dict):
+                     prepared, test_images, candidates: dict, board: pd.DataFrame):
     from orchestrator.clinical.evaluate import ClinicalInputs, Member
 
     test_rows = prepared.table[prepared.table["split"] == "test"]
@@ -123,29 +124,32 @@ def _clinical_inputs(sweep: SweepInfo, task, choice, rows: dict, y_val, y_test, 
         test_images=test_images,
         members=[Member(m, w, candidates[m].model_path, candidates[m].resolution)
                  for m, w in zip(ens.members, ens.weights)],
-        policy=choice.policy, leaderboard=_trial_board(sweep, task), synthetic=sweep.synthetic,
+        policy=choice.policy, leaderboard=board, synthetic=sweep.synthetic,
         title=f"MedSweep clinical evaluation: {task.key}, sweep {sweep.parent_run_id}")
 
 
-def _trial_board(sweep: SweepInfo, task) -> pd.DataFrame:
-    """Every trial of the sweep with its best validation metric, best first."""
+def _ranked_trials(sweep: SweepInfo, task) -> tuple[list, pd.DataFrame]:
+    """Every trial run of the sweep, best validation metric first, and the same as a table
+    for the report (each run's metric history read once)."""
     key = f"val_{task.metric}"
+    runs = tracking.list_trial_runs(sweep.uri, sweep.experiment_id, sweep.parent_run_id)
+    best = {r.info.run_id: tracking.best_metric(sweep.uri, r.info.run_id, key, task.mode)
+            for r in runs}
+    nan_last = float("-inf") if task.mode == "max" else float("inf")
+    runs.sort(key=lambda r: nan_last if np.isnan(best[r.info.run_id]) else best[r.info.run_id],
+              reverse=task.mode == "max")
     rows = []
-    for run in tracking.list_trial_runs(sweep.uri, sweep.experiment_id, sweep.parent_run_id):
+    for run in runs:
         params, tags = run.data.params, run.data.tags
         trial = tags.get(tracking.TAG_TRIAL_ID, run.info.run_id)
-        rows.append({"trial": trial, f"best_{key}": tracking.best_metric(sweep.uri,
-                                                                         run.info.run_id, key,
-                                                                         task.mode),
+        rows.append({"trial": trial, f"best_{key}": best[run.info.run_id],
                      "status": tags.get(tracking.TAG_STATUS, ""),
                      "epochs": tags.get(tracking.TAG_EPOCHS_RUN, ""),
                      **{k: params.get(k, "") for k in ("backbone", "resolution", "schedule",
                                                         "lr_multiplier", "loss", "augment")},
                      "label": f"{trial} {params.get('backbone', '')} "
                               f"{params.get('resolution', '')}px"})
-    board = pd.DataFrame(rows)
-    return board.sort_values(f"best_{key}", ascending=task.mode == "min",
-                             na_position="last").reset_index(drop=True)
+    return runs, pd.DataFrame(rows)
 
 
 def with_intervals(table: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
@@ -184,23 +188,19 @@ def _sweep_info(uri: str, run_id: str) -> SweepInfo:
                      synthetic=run.data.tags.get(tracking.TAG_SYNTHETIC, "true") != "false")
 
 
-def _candidates(sweep: SweepInfo, task, top_k: int, work: Path, log: Log):
-    """The top-k finished trials by their best validation metric, their models downloaded and
-    their saved validation labels checked against the data prepared here (same split)."""
+def _candidates(sweep: SweepInfo, task, ranked: list, top_k: int, work: Path,
+                log: Log):
+    """The top-k finished trials of `ranked` (best first), their models downloaded and their
+    saved validation labels checked against the data prepared here (same split)."""
     from orchestrator.data.dataset import prepare_dataset
 
-    finished = [r for r in tracking.list_trial_runs(sweep.uri, sweep.experiment_id,
-                                                    sweep.parent_run_id)
+    finished = [r for r in ranked
                 if r.data.tags.get(tracking.TAG_STATUS) in (tracking.STATUS_COMPLETED,
                                                              tracking.STATUS_STOPPED_EARLY)]
     if not finished:
         raise ConfigError(f"sweep {sweep.parent_run_id} has no finished trials to ensemble")
-    key = f"val_{task.metric}"
-    ranked = sorted(finished, key=lambda r: tracking.best_metric(sweep.uri, r.info.run_id, key,
-                                                                   task.mode),
-                    reverse=task.mode == "max")
     data, candidates = {}, []
-    for run in ranked:
+    for run in finished:
         if len(candidates) >= top_k:
             break
         name = run.data.tags[tracking.TAG_TRIAL_ID]
