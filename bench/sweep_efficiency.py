@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def run(scheduler: str, args: argparse.Namespace, workdir: Path) -> dict:
     import ray
 
-    from orchestrator.sweep import run_sweep
+    from orchestrator.sweep.runner import run_sweep
 
     started = time.perf_counter()
     result = run_sweep("brain", profile="cpu", num_samples=args.num_samples,

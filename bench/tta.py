@@ -1,4 +1,4 @@
-"""Benchmark of test-time augmentation: batched on-device TTA against the seeds' loops.
+"""Benchmark of test-time augmentation: batched on-device TTA against host-side loops.
 
     .venv/bin/python bench/tta.py [--backbone mobilenetv3small] [--resolution 96] [--images 256]
 
@@ -11,7 +11,7 @@ uint8 images, 17-way TTA (aggressive17), the same --batch-size for every stage:
    best of a few short runs finds a quiet moment that a long run cannot, which would bias the
    efficiency figure against TTA.
 2. `tta_predict` under aggressive17: the 17 variants made on the device, one pass per batch.
-3. seed style: the 17 augmentations made on the host (numpy/cv2, as a notebook would), then one
+3. notebook style: the 17 augmentations made on the host (numpy/cv2, as a notebook would), then one
    `model.predict` over the whole set per augmentation.
 4. per image: for each image and augmentation, `model.predict` on that one image. Only
    --per-image images are timed; the time is extrapolated linearly to N.
@@ -40,10 +40,9 @@ import cv2  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from orchestrator.models import build_model  # noqa: E402
-from orchestrator.tta import (  # noqa: E402
-    NamedTransform,
+from orchestrator.tta.policies import NamedTransform, get_policy  # noqa: E402
+from orchestrator.tta.predict import (  # noqa: E402
     apply_transforms,
-    get_policy,
     images_per_pass,
     tta_predict,
     tta_predict_each,
@@ -69,7 +68,7 @@ def best_of_rounds(repeat: int, stages: dict) -> dict[str, float]:
 
 def host_augment(image: np.ndarray, t: NamedTransform) -> np.ndarray:
     """One image the notebook way: numpy flips, cv2 rotation (reflected border), numpy brightness;
-    the same transform `orchestrator.tta` makes on the device."""
+    the same transform `orchestrator.tta.predict` makes on the device."""
     x = image.astype(np.float32)
     if t.hflip:
         x = x[:, ::-1]
@@ -90,13 +89,13 @@ def host_augmented(images: np.ndarray, t: NamedTransform) -> np.ndarray:
 
 
 def per_augmentation_loop(model, images, transforms, batch_size) -> np.ndarray:
-    """Seed style: augment the whole set on the host, then one model.predict per augmentation."""
+    """Notebook style: augment the whole set on the host, then one model.predict per augmentation."""
     return np.stack([model.predict(host_augmented(images, t), batch_size=batch_size, verbose=0)
                      for t in transforms])
 
 
 def per_image_loop(model, images, transforms) -> np.ndarray:
-    """The slowest seed pattern: one model.predict call per image and augmentation."""
+    """The slowest notebook pattern: one model.predict call per image and augmentation."""
     return np.stack([
         np.stack([model.predict(host_augment(img, t)[None], verbose=0)[0] for img in images])
         for t in transforms

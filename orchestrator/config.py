@@ -1,16 +1,24 @@
 """The trial config: one flat, JSON-friendly record that Tune samples, MLflow logs and
-`train_trial` runs. Validated once, here, with errors that name the field and the value."""
+`train_trial` runs. Validated once, here, with errors that name the field and the value.
+
+Every name (task, backbone, schedule, augmentation, loss) is checked against its registry when a
+config is built. The registries import no TensorFlow, so a bad name fails on the driver, before
+Ray starts, with the list of valid names.
+"""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from orchestrator.augmentations import get_augmentation
+from orchestrator.backbones import get_backbone
 from orchestrator.errors import ConfigError
+from orchestrator.schedules import get_schedule
+from tasks import get_task
 from tasks.base import LOSSES
 
 WEIGHTS = ("auto", "imagenet", "none")
-AUGMENTATIONS = ("none", "light", "medium", "heavy")
 PRECISIONS = ("auto", "on", "off")
 
 
@@ -46,12 +54,15 @@ class TrialConfig:
     fail_at_epoch: int = 0  # fault injection for tests: raise once after this epoch (0: never)
 
     def __post_init__(self) -> None:
+        _check_name("task", self.task, get_task)
+        backbone = _check_name("backbone", self.backbone, get_backbone)
+        _check_name("schedule", self.schedule, get_schedule)
+        _check_name("augment", self.augment, get_augmentation)
         _check_choice("weights", self.weights, WEIGHTS)
-        _check_choice("augment", self.augment, AUGMENTATIONS)
         _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
         if self.loss is not None:
             _check_choice("loss", self.loss, LOSSES)
-        _check_range("resolution", self.resolution, 32, 1024)
+        _check_range("resolution", self.resolution, backbone.min_resolution, 1024)
         _check_range("epochs", self.epochs, 1, 10_000)
         _check_range("batch_size", self.batch_size, 1, 4096)
         _check_range("lr_multiplier", self.lr_multiplier, 1e-4, 1e3)
@@ -105,6 +116,16 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"trial config field {field.name}: {value!r} is not a {kind}") from None
     return value
+
+
+def _check_name(field: str, value: Any, lookup: Callable[[str], Any]) -> Any:
+    """The registry's record for `value`; its error (which lists the valid names) names the field."""
+    if not isinstance(value, str):
+        raise ConfigError(f"trial config field {field}: {value!r} is not a name")
+    try:
+        return lookup(value)
+    except ConfigError as err:
+        raise ConfigError(f"trial config field {field}: {err}") from None
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -20,3 +20,8 @@ class WeightsUnavailable(MedSweepError):
 
 class SweepInterrupted(MedSweepError):
     """Ctrl+C (SIGINT) stopped a sweep; Tune saved its state, so `--resume` continues it."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised once by a trial's `fail_at_epoch`, so tests can prove a crashed trial resumes.
+    Deliberately not a MedSweepError: it must crash the trial like a real fault would."""

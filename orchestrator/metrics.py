@@ -52,7 +52,7 @@ def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray, task: Task) -> dict[str, float]:
-    """Every metric the trainer logs; `predicted_positive_rate` only for binary tasks (seed 001)."""
+    """Every metric the trainer logs; `predicted_positive_rate` only for binary tasks."""
     y = np.asarray(y, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or len(probs) != len(y):

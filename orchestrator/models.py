@@ -1,4 +1,4 @@
-"""Backbones as data, the one classifier every trial trains, and where ImageNet weights come from.
+"""The Keras side of the backbones, the classifier every trial trains, where weights come from.
 
 Every model takes float32 RGB pixels in 0..255 and does its backbone's preprocessing itself (the
 `BackbonePreprocess` layer), so a saved `.keras` model carries its preprocessing and serving cannot
@@ -15,6 +15,7 @@ from typing import Callable
 import keras
 from keras import layers
 
+from orchestrator.backbones import BACKBONES, Backbone, get_backbone
 from orchestrator.errors import ConfigError, WeightsUnavailable
 
 WEIGHT_CHOICES = ("none", "imagenet")
@@ -31,18 +32,11 @@ Preprocess = Callable[[object], object]
 
 
 @dataclass(frozen=True)
-class Backbone:
-    """Facts about one convolutional base; `weights_*` are Keras's own no-top ImageNet file."""
+class KerasBackbone:
+    """The Keras side of a registered backbone (`orchestrator.backbones`), under the same name."""
 
-    name: str
     constructor: Constructor  # (input_shape, weights path or None) -> base model named "backbone"
     preprocess: Preprocess  # 0..255 RGB -> what the base expects; runs inside the model
-    weights_file: str | None
-    weights_url: str | None
-    weights_hash: str | None  # md5, as keras.applications passes it to get_file
-    default_resolution: int = 224
-    min_resolution: int = 32
-    pretrainable: bool = True
 
 
 # --- preprocessing (the functions BackbonePreprocess calls) -------------------------------------
@@ -93,7 +87,7 @@ def _efficientnet_b0(input_shape: tuple[int, int, int], weights_path: str | None
 
 
 def _baseline_cnn(input_shape: tuple[int, int, int], weights_path: str | None) -> keras.Model:
-    """Seed 000's from-scratch CNN: Conv-BN-ReLU-MaxPool blocks, 32 -> 256 filters."""
+    """The from-scratch baseline: Conv-BN-ReLU-MaxPool blocks, 32 -> 256 filters."""
     if weights_path is not None:
         raise ConfigError("baseline_cnn has no pretrained weights; use weights='none'")
     inputs = keras.Input(shape=input_shape)
@@ -114,68 +108,29 @@ def _load_weights(base: keras.Model, path: str) -> None:
         raise WeightsUnavailable(f"could not load weights {path} into {base.name}: {e}") from e
 
 
-_KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"
-
-BACKBONES: dict[str, Backbone] = {
-    b.name: b
-    for b in (
-        Backbone(
-            name="baseline_cnn",
-            constructor=_baseline_cnn,
-            preprocess=_unit_range,
-            weights_file=None,
-            weights_url=None,
-            weights_hash=None,
-            pretrainable=False,
-        ),
-        Backbone(
-            name="resnet50",
-            constructor=_keras_application(keras.applications.ResNet50),
-            preprocess=keras.applications.resnet50.preprocess_input,  # caffe: BGR, mean-centred
-            weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            weights_url=_KERAS_WEIGHTS
-            + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            weights_hash="4d473c1dd8becc155b73f8504c6f6626",
-        ),
-        Backbone(
-            name="densenet121",
-            constructor=_keras_application(keras.applications.DenseNet121),
-            preprocess=keras.applications.densenet.preprocess_input,  # torch: 0..1, mean/std
-            weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            weights_url=_KERAS_WEIGHTS
-            + "densenet/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            weights_hash="30ee3e1110167f948a6b9946edeeb738",
-        ),
-        Backbone(
-            name="efficientnetb0",
-            constructor=_efficientnet_b0,
-            preprocess=_identity,
-            weights_file="efficientnetb0_notop.h5",
-            weights_url="https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
-            weights_hash="50bc09e76180e00e4465e1a485ddc09d",
-        ),
-        Backbone(
-            name="mobilenetv3small",
-            constructor=_keras_application(
-                keras.applications.MobileNetV3Small, minimalistic=False, include_preprocessing=True
-            ),
-            preprocess=_identity,
-            weights_file="weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
-            weights_url=_KERAS_WEIGHTS
-            + "mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
-            weights_hash="d3e8ec802a04aa4fc771ee12a9a9b836",
-        ),
-    )
+KERAS_BACKBONES: dict[str, KerasBackbone] = {
+    "baseline_cnn": KerasBackbone(_baseline_cnn, _unit_range),
+    # caffe mode: BGR, mean-centred
+    "resnet50": KerasBackbone(_keras_application(keras.applications.ResNet50),
+                              keras.applications.resnet50.preprocess_input),
+    # torch mode: 0..1, then mean/std
+    "densenet121": KerasBackbone(_keras_application(keras.applications.DenseNet121),
+                                 keras.applications.densenet.preprocess_input),
+    "efficientnetb0": KerasBackbone(_efficientnet_b0, _identity),
+    "mobilenetv3small": KerasBackbone(
+        _keras_application(keras.applications.MobileNetV3Small, minimalistic=False,
+                           include_preprocessing=True),
+        _identity),
 }
+if set(KERAS_BACKBONES) != set(BACKBONES):  # one name, two records: never let them drift
+    raise RuntimeError(f"orchestrator.models: Keras backbones {sorted(KERAS_BACKBONES)} differ "
+                       f"from the registry {sorted(BACKBONES)}")
 
 
-def get_backbone(name: str) -> Backbone:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}"
-        ) from None
+def keras_backbone(backbone: Backbone | str) -> KerasBackbone:
+    """The constructor and preprocessing of a registered backbone (unknown name: ConfigError)."""
+    name = backbone if isinstance(backbone, str) else backbone.name
+    return KERAS_BACKBONES[get_backbone(name).name]
 
 
 # --- the preprocessing layer ----------------------------------------------------------------------
@@ -196,7 +151,7 @@ class BackbonePreprocess(layers.Layer):
         self.backbone_name = backbone_name
 
     def call(self, inputs):
-        return get_backbone(self.backbone_name).preprocess(keras.ops.cast(inputs, "float32"))
+        return keras_backbone(self.backbone_name).preprocess(keras.ops.cast(inputs, "float32"))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -239,7 +194,7 @@ def build_model(
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     shape = (resolution, resolution, 3)
-    base = bb.constructor(shape, resolve_weights(bb, weights, weights_dir))
+    base = keras_backbone(bb).constructor(shape, resolve_weights(bb, weights, weights_dir))
 
     inputs = keras.Input(shape=shape, dtype="float32", name="pixels")
     x = BackbonePreprocess(bb.name, name="preprocess")(inputs)

@@ -6,46 +6,12 @@ inside the pipeline, so they run in TensorFlow's threads and never touch validat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Random training-time transforms; factors follow the Keras preprocessing layers."""
-
-    rotation: float = 0.0  # fraction of a full turn (0.05 = +-18 degrees)
-    shift: float = 0.0  # fraction of height/width
-    zoom: float = 0.0
-    brightness: float = 0.0  # fraction of the 0..255 range
-    hflip: bool = False
-    vflip: bool = False
-
-
-AUGMENTATIONS = {
-    "none": Augmentation(),
-    "light": Augmentation(rotation=0.03, shift=0.05, zoom=0.05, brightness=0.1, hflip=True),
-    "medium": Augmentation(rotation=0.05, shift=0.1, zoom=0.1, brightness=0.15, hflip=True),
-    "heavy": Augmentation(rotation=0.1, shift=0.15, zoom=0.15, brightness=0.2, hflip=True,
-                          vflip=True),
-}
-
-
-def augmentation_for(name: str, allowed_kinds: tuple[str, ...]) -> Augmentation:
-    """The named preset, minus flips the task forbids (a mirrored chest X-ray is not anatomy)."""
-    preset = AUGMENTATIONS[name]
-    return Augmentation(
-        rotation=preset.rotation if "rotate" in allowed_kinds else 0.0,
-        shift=preset.shift,
-        zoom=preset.zoom,
-        brightness=preset.brightness if "brightness" in allowed_kinds else 0.0,
-        hflip=preset.hflip and "hflip" in allowed_kinds,
-        vflip=preset.vflip and "vflip" in allowed_kinds,
-    )
+from orchestrator.augmentations import Augmentation
 
 
 def augmentation_layers(aug: Augmentation, seed: int) -> keras.Sequential | None:
@@ -87,7 +53,7 @@ def training_dataset(
 ) -> tf.data.Dataset:
     """(images float32 0..255, one-hot labels, sample weights) batches, reshuffled every epoch.
 
-    Class weights travel as per-sample weights (seed 001's path): Keras's `class_weight` argument
+    Class weights travel as per-sample weights: Keras's `class_weight` argument
     is ignored for some dataset/label combinations, sample weights never are, and they mix
     correctly under MixUp.
     """

@@ -1,7 +1,8 @@
 """Unfreezing schedules as data: phases of (share of epochs, share of backbone trainable, LR).
 
 A trial's `lr_multiplier` rescales every phase's learning rate (`scale_schedule`), so Tune can
-search the learning rate while a schedule keeps its shape.
+search the learning rate while a schedule keeps its shape. Pure data, importable without
+TensorFlow; `train/phases.py` applies a phase to a Keras model.
 """
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ import math
 import warnings
 from dataclasses import dataclass, replace
 
-import keras
-
 from orchestrator.errors import ConfigError
-from orchestrator.models import model_backbone
 
 DECAYS = ("constant", "cosine")
 COSINE_ALPHA = 0.1  # cosine phases end at 10% of their starting learning rate
@@ -75,13 +73,13 @@ SCHEDULES: dict[str, Schedule] = {
         Schedule(
             "two_phase",
             (Phase(0.5, 0.0, 1e-3), Phase(0.5, 0.43, 1e-5)),
-            "seed 004: head on a frozen backbone at 1e-3, then the top 43% of the backbone at "
-            "1e-5 (ResNet50's layers 100+)",
+            "the chest X-ray recipe: head on a frozen backbone at 1e-3, then the top 43% of the "
+            "backbone at 1e-5 (ResNet50's layers 100+)",
         ),
         Schedule(
             "three_phase",
             (Phase(_THIRD, 0.0, 1e-3), Phase(_THIRD, 0.2, 1e-4), Phase(_THIRD, 1.0, 1e-4)),
-            "seed 000: frozen backbone at 1e-3, top 20% at 1e-4, everything at 1e-4",
+            "the brain MRI recipe: frozen backbone at 1e-3, top 20% at 1e-4, everything at 1e-4",
         ),
         Schedule(
             "three_phase_continued",
@@ -100,6 +98,10 @@ SCHEDULES: dict[str, Schedule] = {
         ),
     )
 }
+
+
+def schedule_names() -> list[str]:
+    return list(SCHEDULES)
 
 
 def get_schedule(name: str) -> Schedule:
@@ -164,60 +166,6 @@ def _place(phases: tuple[Phase, ...], counts: list[int]) -> list[PlannedPhase]:
     return planned
 
 
-def set_trainable(
-    model: keras.Model, fraction: float, *, train_batchnorm: bool = False
-) -> tuple[int, int]:
-    """Unfreeze the top ceil(fraction x n) layers of `model.get_layer("backbone")`; returns
-    (trainable backbone layers, n), n excluding the InputLayer.
-
-    BatchNormalization layers stay frozen unless `train_batchnorm` (Keras 3 runs a non-trainable
-    BN in inference mode, so small fine-tuning batches cannot wreck ImageNet statistics). The head
-    is always trainable. A backbone that is not `pretrainable` (baseline CNN) is made fully
-    trainable, BN included, whatever `fraction` says: freezing random features is pointless.
-    Compile the model (again) afterwards: Keras fixes the trainable set when it compiles.
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"trainable fraction must be in [0, 1], got {fraction}")
-    base = model.get_layer("backbone")
-    base_layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
-    # Every flag is set explicitly: on the TF backend `x.trainable = True` is a no-op when x is
-    # already trainable (KerasAutoTrackable.__setattr__ short-circuits an unchanged value), so it
-    # does not reach sublayers that an earlier call froze.
-    for layer in (model, *model.layers):
-        layer.trainable = True
-    pretrainable = model_backbone(model).pretrainable
-    first_unfrozen = len(base_layers) - unfrozen_count(fraction, len(base_layers))
-    for i, layer in enumerate(base_layers):
-        is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        unfrozen = i >= first_unfrozen and (train_batchnorm or not is_bn)
-        layer.trainable = unfrozen or not pretrainable
-    return sum(layer.trainable for layer in base_layers), len(base_layers)
-
-
 def unfrozen_count(fraction: float, n_layers: int) -> int:
     """ceil(fraction x n_layers), immune to float noise (0.07 x 100 is 7.000000000000001)."""
     return math.ceil(round(fraction * n_layers, 9))
-
-
-def make_optimizer(
-    phase: Phase, steps_per_epoch: int, phase_epochs: int
-) -> keras.optimizers.Optimizer:
-    """Adam at the phase's LR; a cosine phase decays to COSINE_ALPHA x LR over its own steps."""
-    if steps_per_epoch < 1 or phase_epochs < 1:
-        raise ConfigError(
-            f"steps_per_epoch and phase_epochs must be >= 1, got {steps_per_epoch}, {phase_epochs}"
-        )
-    lr: float | keras.optimizers.schedules.LearningRateSchedule = phase.learning_rate
-    if phase.decay == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=phase.learning_rate,
-            decay_steps=steps_per_epoch * phase_epochs,
-            alpha=COSINE_ALPHA,
-        )
-    return keras.optimizers.Adam(learning_rate=lr)
-
-
-def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
-    """The LR the next step will use (a schedule is evaluated at the optimizer's iteration);
-    works on the LossScaleOptimizer that compile wraps around it under mixed precision."""
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

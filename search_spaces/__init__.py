@@ -8,26 +8,30 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import itertools
-from types import ModuleType
 from typing import Any, Mapping
 
 import numpy as np
+from ray import tune
 from ray.tune.search import sample as _sample
 
 from orchestrator.errors import ConfigError
-from search_spaces import brain, folder, leukemia, pneumonia, skin
-from search_spaces._common import PROFILES, Profile, TaskSpace, build_profile, grid_values, is_grid
-from tasks import get_task
+from search_spaces._common import (PROFILES, Profile, TaskSpace, build_profile, check_space,
+                                   grid_values, is_grid)
+from tasks import get_task, task_names
 
-_MODULES: dict[str, ModuleType] = {
-    "brain": brain,
-    "skin": skin,
-    "leukemia": leukemia,
-    "pneumonia": pneumonia,
-    "folder": folder,
-}
-SPACES: dict[str, TaskSpace] = {name: m.SPACE for name, m in _MODULES.items()}
+
+def _task_space(name: str) -> TaskSpace:
+    """`search_spaces/<task>.py`'s SPACE: one module per registered task, named alike."""
+    try:
+        return importlib.import_module(f"search_spaces.{name}").SPACE
+    except (ModuleNotFoundError, AttributeError) as err:
+        raise ConfigError(f"task {name!r} is registered in tasks/ but search_spaces/{name}.py "
+                          f"defines no SPACE ({err})") from None
+
+
+SPACES: dict[str, TaskSpace] = {name: _task_space(name) for name in task_names()}
 
 
 def get_profile(task_name: str, profile: str) -> Profile:
@@ -69,6 +73,13 @@ def with_overrides(
     if gpus_per_trial is not None:
         changes["gpus_per_trial"] = float(gpus_per_trial)
     return dataclasses.replace(profile, **changes)
+
+
+def overrides_space(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain override values (the CLI's `--set KEY=VALUE`, JSON-friendly) as space entries: a
+    list becomes a `tune.choice` over its items, anything else a constant."""
+    return {key: tune.choice(list(value)) if isinstance(value, (list, tuple)) else value
+            for key, value in overrides.items()}
 
 
 def sample_configs(profile: Profile, n: int, seed: int) -> list[dict[str, Any]]:
@@ -147,4 +158,4 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = ["PROFILES", "Profile", "TaskSpace", "SPACES", "get_profile", "choose_profile",
-           "with_overrides", "sample_configs", "space_to_json"]
+           "with_overrides", "overrides_space", "check_space", "sample_configs", "space_to_json"]

@@ -4,10 +4,9 @@ A task module declares only what differs (its loss choices, an augmentation rang
 cap); everything else is here, once. Facts that a task record already holds (resolutions,
 default loss, focal gamma) are read from it, never restated.
 
-Names of schedules, backbones and augmentations are spelled out here instead of imported:
-importing `orchestrator.models` / `orchestrator.schedules` pulls in TensorFlow, and a dry run or
-`--help` should not pay seconds for a list of strings. `tests/test_search_spaces.py` checks
-them against `SCHEDULES`, `BACKBONES` and `AUGMENTATIONS`.
+Every value a space can take is checked against `TrialConfig` (so against the backbone,
+schedule, augmentation, loss and task registries, none of which imports TensorFlow) when a
+profile is built, and `check_space` does the same for a user's overrides before Ray starts.
 """
 from __future__ import annotations
 
@@ -20,11 +19,13 @@ from ray import tune
 
 from orchestrator.config import TrialConfig
 from orchestrator.errors import ConfigError
+from orchestrator.schedules import SCHEDULES
 from tasks import get_task
 
 PROFILES = ("smoke", "cpu", "gpu")
 
-ALL_SCHEDULES = ("two_phase", "three_phase", "three_phase_continued", "full")
+ALL_SCHEDULES = tuple(SCHEDULES)
+# The backbones of the brain MRI recipe's comparison (MobileNetV3-Small is for quick CPU runs).
 GPU_BACKBONES = ("baseline_cnn", "resnet50", "densenet121", "efficientnetb0")
 _FIELDS = frozenset(f.name for f in dataclasses.fields(TrialConfig))
 
@@ -65,6 +66,7 @@ class Profile:
             raise ConfigError(f"profile {self.name}: cpus_per_trial must be > 0 and "
                               f"gpus_per_trial >= 0, got {self.cpus_per_trial}, "
                               f"{self.gpus_per_trial}")
+        check_space(self.space, f"profile {self.name}")
 
     @property
     def grid_size(self) -> int:
@@ -107,6 +109,40 @@ def is_grid(value: Any) -> bool:
 
 def grid_values(value: Any) -> list[Any]:
     return list(value["grid_search"]) if isinstance(value, dict) else list(value.categories)
+
+
+def candidate_values(value: Any) -> list[Any]:
+    """The values of one search dimension worth checking: a constant, every choice or grid
+    point, a numeric range's two ends; [] for `sample_from` (its values exist only per trial)."""
+    if is_grid(value):
+        return grid_values(value)
+    if not isinstance(value, tune.search.sample.Domain):
+        return [value]
+    if isinstance(value, tune.search.sample.Categorical):
+        return list(value.categories)
+    if isinstance(value, tune.search.sample.Function):
+        return []
+    if isinstance(value, tune.search.sample.Integer):
+        return [value.lower, value.upper - 1]  # Tune's integer upper bound is exclusive
+    return [value.lower, value.upper]
+
+
+def check_space(space: Mapping[str, Any], where: str) -> None:
+    """Refuse a key that is no trial config field, or any value a trial could not run with,
+    naming `where` it came from, the field, the value and (for names) the valid ones."""
+    unknown = sorted(set(space) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: {unknown} are not trial config fields; valid fields: "
+                          f"{', '.join(sorted(_FIELDS))}")
+    constants = {k: v for k, v in space.items()
+                 if not (is_grid(v) or isinstance(v, tune.search.sample.Domain))}
+    try:
+        TrialConfig.from_dict(constants)
+        for key in space.keys() - constants.keys():
+            for candidate in candidate_values(space[key]):
+                TrialConfig.from_dict({**constants, key: candidate})
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------- profiles

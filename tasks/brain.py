@@ -1,7 +1,7 @@
-"""Brain tumour MRI (Kaggle Brain Tumor MRI Dataset; seed 000).
+"""Brain tumour MRI (Kaggle Brain Tumor MRI Dataset).
 
-Three tumour classes by default, as seed 000 trained them (its test split 300/306/300); the
-`4class` variant keeps the data set's `notumor` class.
+Three tumour classes by default, as the reference recipe trains them (test split 300/306/300);
+the `4class` variant keeps the data set's `notumor` class.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ THREE_CLASS = Task(
     metric="accuracy",
     group_key=None,  # the Kaggle release carries no patient ids
     preprocessing=Preprocessing(grayscale=True),
-    tta_kinds=("hflip", "vflip", "rotate", "brightness"),  # seed 000's 17-way set uses all
+    tta_kinds=("hflip", "vflip", "rotate", "brightness"),  # the 17-way set uses all
     loss="cross_entropy",
     synthetic_note="a bright lesion whose position and shape depend on the tumour type",
 )

@@ -1,7 +1,7 @@
-"""Acute lymphoblastic leukaemia blood smears (Blood Cell Cancer [ALL]; seed 002).
+"""Acute lymphoblastic leukaemia blood smears (Blood Cell Cancer [ALL]).
 
 Four classes (Benign and the malignant Early Pre-B, Pre-B, Pro-B) by default; the `binary`
-variant is seed 002's benign vs ALL.
+variant is benign vs ALL.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ FOUR_CLASS = Task(
     metric="balanced_accuracy",
     group_key="patient_id",  # used where file names carry one; else stratified by image
     tta_kinds=("hflip", "vflip", "rotate", "brightness"),  # cells have no orientation
-    loss="focal",  # seed 002
+    loss="focal",  # Benign is the small class
     synthetic_note="cell nucleus size, count and texture depend on the subtype",
 )
 

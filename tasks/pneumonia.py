@@ -1,6 +1,6 @@
-"""Paediatric chest X-ray pneumonia (chest_xray; seed 004).
+"""Paediatric chest X-ray pneumonia (chest_xray).
 
-CLAHE (clip 2.0, 8x8 tiles) as seed 004 trained, applied identically when serving. The shipped
+CLAHE (clip 2.0, 8x8 tiles) as in training, applied identically when serving. The shipped
 16-image `val` is too small to select on: validation is re-split from train, grouped by the
 patient id in the file name. Flips are not allowed at test time: a mirrored chest X-ray puts the
 heart on the wrong side.
@@ -24,7 +24,7 @@ BINARY = Task(
     group_key="patient_id",
     preprocessing=Preprocessing(grayscale=True, clahe=True, clahe_clip=2.0, clahe_tiles=8),
     tta_kinds=("rotate", "brightness"),
-    loss="class_weighted",  # seed 004
+    loss="class_weighted",  # about 3 pneumonia to 1 normal
     synthetic_note="patchy bright opacities in the lung fields for pneumonia",
 )
 

@@ -1,8 +1,8 @@
-"""Skin lesions, benign vs malignant (HAM10000; seed 001).
+"""Skin lesions, benign vs malignant (HAM10000).
 
 Malignant = melanoma, basal cell carcinoma, actinic keratosis / Bowen's (mel, bcc, akiec).
 Splits are grouped by `lesion_id`: HAM10000 holds several images of one lesion, and a lesion in
-both train and test is the leak seed 001 fixed by hand.
+both train and test would leak.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ BINARY = Task(
     metric="pr_auc",
     group_key="lesion_id",
     tta_kinds=("hflip", "vflip", "rotate", "brightness"),  # dermoscopy has no up or left
-    loss="class_weighted",  # seed 001: pos_weight about 4.1
+    loss="class_weighted",  # malignant pos_weight about 4.1
     synthetic_note="a dark irregular, multi-coloured lesion for malignant codes; round and even for benign",
 )
 

@@ -24,9 +24,10 @@ from orchestrator.data.dataset import prepare_dataset
 from orchestrator.data.phantoms import ensure_phantom
 from orchestrator.ensemble.build import build_ensemble
 from orchestrator.errors import ConfigError
-from orchestrator.pool import Candidate, ScoringPool
-from orchestrator.sweep import run_sweep
-from orchestrator.tta import get_policy, tta_predict, tta_predict_each
+from orchestrator.sweep.runner import run_sweep
+from orchestrator.tta.policies import get_policy
+from orchestrator.tta.pool import Candidate, ScoringPool
+from orchestrator.tta.predict import tta_predict, tta_predict_each
 from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +201,7 @@ def test_mlflow_models_serve_answers_predictions(swept):
 
 def test_default_policies_are_the_registered_ones_cheapest_first():
     from orchestrator.ensemble.build import DEFAULT_POLICIES
-    from orchestrator.tta import POLICIES
+    from orchestrator.tta.policies import POLICIES
 
     assert DEFAULT_POLICIES == tuple(POLICIES)
     assert [len(POLICIES[p]) for p in DEFAULT_POLICIES] == [1, 6, 17]

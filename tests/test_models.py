@@ -12,9 +12,11 @@ from keras.src.applications import densenet, efficientnet, mobilenet_v3, resnet
 from orchestrator.errors import ConfigError, WeightsUnavailable
 from orchestrator.models import (
     BACKBONES,
+    KERAS_BACKBONES,
     BackbonePreprocess,
     build_model,
     get_backbone,
+    keras_backbone,
     keras_cache_dir,
     model_backbone,
     resolve_weights,
@@ -41,6 +43,12 @@ def _save_legacy_h5(base: keras.Model, path) -> None:
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(ConfigError, match="resnet50.*densenet121"):
         get_backbone("resnet5O")
+    with pytest.raises(ConfigError, match="resnet50.*densenet121"):
+        keras_backbone("resnet5O")
+
+
+def test_every_registered_backbone_has_its_keras_side_under_the_same_name():
+    assert list(KERAS_BACKBONES) == list(BACKBONES)
 
 
 def test_weights_metadata_matches_installed_keras():
@@ -199,7 +207,7 @@ def test_file_in_keras_cache_is_used_without_download(_never_download):
 def test_file_in_weights_dir_is_the_one_loaded(tmp_path):
     bb = BACKBONES["mobilenetv3small"]
     keras.utils.set_random_seed(7)
-    donor = bb.constructor((32, 32, 3), None)
+    donor = keras_backbone(bb).constructor((32, 32, 3), None)
     _save_legacy_h5(donor, tmp_path / bb.weights_file)
     expected = keras.ops.convert_to_numpy(donor.get_layer("conv").kernel)
 
@@ -214,7 +222,7 @@ def test_file_in_weights_dir_is_the_one_loaded(tmp_path):
 
 def test_unloadable_weights_file_is_reported(tmp_path):
     bb = BACKBONES["mobilenetv3small"]
-    other_architecture = BACKBONES["baseline_cnn"].constructor((32, 32, 3), None)
+    other_architecture = keras_backbone("baseline_cnn").constructor((32, 32, 3), None)
     _save_legacy_h5(other_architecture, tmp_path / bb.weights_file)
     with pytest.raises(WeightsUnavailable, match="could not load weights"):
         build_model(bb.name, 2, 32, weights="imagenet", weights_dir=tmp_path)
@@ -223,8 +231,8 @@ def test_unloadable_weights_file_is_reported(tmp_path):
 def test_efficientnet_loaded_from_path_normalises_like_keras_imagenet(tmp_path):
     """Keras adds Rescaling(1/sqrt(stddev)) only for weights="imagenet"; a path must match it."""
     bb = BACKBONES["efficientnetb0"]
-    _save_legacy_h5(bb.constructor((32, 32, 3), None), tmp_path / bb.weights_file)
-    base = bb.constructor((32, 32, 3), str(tmp_path / bb.weights_file))
+    _save_legacy_h5(keras_backbone(bb).constructor((32, 32, 3), None), tmp_path / bb.weights_file)
+    base = keras_backbone(bb).constructor((32, 32, 3), str(tmp_path / bb.weights_file))
     norm = next(layer for layer in base.layers if isinstance(layer, keras.layers.Normalization))
     stddev = np.array(efficientnet.IMAGENET_STDDEV_RGB)
     probe = keras.Model(base.input, norm.output)

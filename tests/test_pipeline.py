@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.pipeline import (AUGMENTATIONS, augmentation_for, balanced_class_weights,
+from orchestrator.augmentations import AUGMENTATIONS, augmentation_for
+from orchestrator.pipeline import (balanced_class_weights,
                                    training_dataset)
 
 

@@ -13,14 +13,12 @@ from orchestrator.schedules import (
     SCHEDULES,
     Phase,
     Schedule,
-    current_learning_rate,
     get_schedule,
-    make_optimizer,
     plan_epochs,
     scale_schedule,
-    set_trainable,
     unfrozen_count,
 )
+from orchestrator.train.phases import current_learning_rate, make_optimizer, set_trainable
 
 HEAD = ("head_dense", "logits")
 

@@ -11,15 +11,12 @@ import pytest
 from ray import tune
 
 import search_spaces
-from orchestrator.config import AUGMENTATIONS as CONFIG_AUGMENTATIONS
+from orchestrator.backbones import BACKBONES
 from orchestrator.config import TrialConfig
 from orchestrator.errors import ConfigError
-from orchestrator.models import BACKBONES
-from orchestrator.pipeline import AUGMENTATIONS
 from orchestrator.schedules import SCHEDULES
-from orchestrator.train import check_names
-from search_spaces import (PROFILES, Profile, choose_profile, get_profile, sample_configs,
-                           space_to_json, with_overrides)
+from search_spaces import (PROFILES, Profile, check_space, choose_profile, get_profile,
+                           overrides_space, sample_configs, space_to_json, with_overrides)
 from search_spaces._common import ALL_SCHEDULES, GPU_BACKBONES
 from tasks import TASKS, get_task, task_names
 
@@ -42,11 +39,9 @@ def test_registry_covers_every_task() -> None:
     assert PROFILES == ("smoke", "cpu", "gpu")
 
 
-def test_hard_coded_names_match_the_registries() -> None:
-    """_common spells names out to keep TensorFlow out of the import; they must stay real."""
-    assert set(ALL_SCHEDULES) == set(SCHEDULES)
+def test_profile_names_come_from_the_registries() -> None:
+    assert ALL_SCHEDULES == tuple(SCHEDULES)
     assert set(GPU_BACKBONES) <= set(BACKBONES)
-    assert set(AUGMENTATIONS) == set(CONFIG_AUGMENTATIONS)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -60,8 +55,7 @@ def test_every_sample_is_a_runnable_trial_config(task_key: str, profile: str) ->
     configs = sample_configs(prof, DRAWS, seed=0)
     assert len(configs) == DRAWS
     for values in configs:
-        cfg = TrialConfig.from_dict(values)
-        check_names(cfg)
+        cfg = TrialConfig.from_dict(values)  # checks every name against its registry
         assert cfg.task == task_key
         assert cfg.epochs == prof.max_epochs
         assert get_task(cfg.task).key == get_task(task_key).key
@@ -200,6 +194,33 @@ def test_profile_refuses_fields_trial_config_does_not_know() -> None:
         Profile("x", {"epochs": 1, "learning_rate": 0.1}, 1, 1, 1, 1.0, 0.0, "")
     with pytest.raises(ConfigError, match="epochs"):
         Profile("x", {"epochs": 5}, 1, 4, 1, 1.0, 0.0, "")
+
+
+@pytest.mark.parametrize("key,domain,needle", [
+    ("backbone", tune.choice(["resnet50", "resnet5O"]), "unknown backbone 'resnet5O'"),
+    ("schedule", tune.grid_search(["full", "one_phase"]), "unknown schedule 'one_phase'"),
+    ("augment", "wild", "unknown augmentation 'wild'"),
+    ("lr_multiplier", tune.loguniform(1e-6, 1.0), "lr_multiplier"),
+    ("resolution", tune.randint(8, 64), "resolution: 8"),
+])
+def test_a_profile_with_a_value_no_trial_could_run_is_refused(key, domain, needle) -> None:
+    """Every value a space can take is checked when the profile is built, not on a worker."""
+    with pytest.raises(ConfigError, match=needle) as err:
+        Profile("x", {"epochs": 1, key: domain}, 1, 1, 1, 1.0, 0.0, "")
+    assert "profile x" in str(err.value)
+
+
+def test_overrides_become_constants_or_choices_and_are_checked() -> None:
+    space = overrides_space({"backbone": ["resnet50", "densenet121"], "resolution": 64})
+    assert isinstance(space["backbone"], tune.search.sample.Categorical)
+    assert space["backbone"].categories == ["resnet50", "densenet121"]
+    assert space["resolution"] == 64
+    check_space({**get_profile("brain", "gpu").space, **space}, "--set")  # valid: no error
+    with pytest.raises(ConfigError, match="--set: trial config field backbone: unknown "
+                       "backbone 'resnet5O'; valid backbones: baseline_cnn, resnet50"):
+        check_space(overrides_space({"backbone": ["resnet50", "resnet5O"]}), "--set")
+    with pytest.raises(ConfigError, match=r"\['lr'\] are not trial config fields"):
+        check_space(overrides_space({"lr": 0.1}), "--set")
 
 
 @pytest.mark.parametrize("profile", PROFILES)

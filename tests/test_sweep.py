@@ -13,8 +13,9 @@ import pytest
 import ray
 
 from orchestrator import tracking
-from orchestrator.sweep import SWEEP_STATE, run_sweep
-from orchestrator.trainer import FAULT_MARKER
+from orchestrator.sweep.runner import run_sweep
+from orchestrator.sweep.state import SWEEP_STATE
+from orchestrator.train.artifacts import FAULT_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -56,7 +57,8 @@ def local_ray():
 
 
 def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
-    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke")
+    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--set", "dropout=0.3",
+                      "--set", "label_smoothing=[0.05]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MLflow parent run:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     assert "Trial status" in proc.stdout + proc.stderr  # Tune's progress table
@@ -73,6 +75,9 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
         assert child.data.tags[tracking.PARENT_TAG] == parent.info.run_id
         assert child.data.tags[tracking.TAG_STATUS] in ("completed", "stopped_early")
         assert child.data.params["task"] == "brain"
+        # --set reached every trial: a constant, and a one-value choice
+        assert (child.data.params["dropout"], child.data.params["label_smoothing"]) == (
+            "0.3", "0.05")
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
         assert steps == list(range(1, len(steps) + 1)) and steps
         assert {"best.keras", "val_probs.npy"} <= {
@@ -192,3 +197,19 @@ def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path)
         client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
         experiments = client.search_experiments()
         assert not client.search_runs([e.experiment_id for e in experiments])
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("backbone=resnet5O", "--set: trial config field backbone: unknown backbone 'resnet5O'; "
+     "valid backbones: baseline_cnn, resnet50, densenet121, efficientnetb0, mobilenetv3small"),
+    ('schedule=["full", "one_phase"]', "unknown schedule 'one_phase'; valid schedules: "),
+    ("learning_rate=0.1", "['learning_rate'] are not trial config fields"),
+    ("backbone", "--set 'backbone': expected KEY=VALUE"),
+])
+def test_cli_refuses_a_bad_override_before_ray_starts(override, needle, tmp_path):
+    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--set", override, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    assert "ray:" not in proc.stdout  # connect_ray announces the cluster it joined or started
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no runs/, no mlflow/

@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from orchestrator import tracking
-from orchestrator.sweep import run_sweep
+from orchestrator.sweep.runner import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "mlflow" / "start-server.sh"

@@ -13,8 +13,9 @@ import pytest
 
 from orchestrator.config import TrialConfig
 from orchestrator.data.dataset import prepare_dataset
-from orchestrator.train import (BEST_MODEL, CHECKPOINT_DIR, VAL_PROBS, InjectedFault,
-                                load_trial_data, train_trial)
+from orchestrator.errors import InjectedFault
+from orchestrator.train.artifacts import BEST_MODEL, CHECKPOINT_DIR, VAL_PROBS
+from orchestrator.train.trial import load_trial_data, train_trial
 from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,21 +9,18 @@ import keras
 import numpy as np
 import pytest
 
-from orchestrator import tta
 from orchestrator.errors import ConfigError
 from orchestrator.models import build_model
-from orchestrator.tta import (
+from orchestrator.tta import predict as tta_predict_module
+from orchestrator.tta.policies import (
     POLICIES,
     NamedTransform,
-    apply_transforms,
     get_policy,
-    images_per_pass,
     policy_for_task,
     policy_mean,
-    tta_predict,
-    tta_predict_each,
     union_of,
 )
+from orchestrator.tta.predict import apply_transforms, images_per_pass, tta_predict, tta_predict_each
 from tasks import get_task
 
 ALL_TRANSFORMS = union_of(POLICIES.values())
@@ -239,7 +236,7 @@ def test_one_trace_per_model_and_policy(model, images):
     for batch_size in (4, 8, 32):  # short last passes of several sizes
         tta_predict_each(model, images, transforms, batch_size=batch_size)
     tta_predict_each(model, images[:5], transforms)
-    compiled = [p for key, p in tta._PREDICTORS[model].items()
+    compiled = [p for key, p in tta_predict_module._PREDICTORS[model].items()
                 if key[:2] == (transforms, "uint8")]  # one predictor per input dtype
     assert [(p.make.experimental_get_tracing_count(), p.step.experimental_get_tracing_count())
             for p in compiled] == [(1, 1)]

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-from orchestrator import models, sweep, weights
+from orchestrator import models, weights
+from orchestrator.sweep import __main__ as sweep_cli
+from orchestrator.sweep import runner as sweep_runner
 from orchestrator.errors import ConfigError, WeightsUnavailable
 from orchestrator.models import BACKBONES, build_model
 
@@ -44,7 +46,7 @@ def donor(tmp_path_factory):
     """A weights dir holding BB's file, in the legacy weights-only HDF5 layout of Keras's own
     ImageNet files, with seeded random values no initialiser produces; and those values."""
     directory = tmp_path_factory.mktemp("weights")
-    base = BB.constructor((RES, RES, 3), None)
+    base = models.keras_backbone(BB).constructor((RES, RES, 3), None)
     rng = np.random.default_rng(1234)
     values = [rng.uniform(0.5, 1.5, w.shape).astype(w.dtype) for w in base.get_weights()]
     base.set_weights(values)
@@ -267,7 +269,7 @@ def test_sweep_cli_refuses_a_missing_weights_dir_before_ray_starts(tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     missing = tmp_path / "no-such-weights"
-    assert sweep.main(["brain", "--profile", "smoke", "--weights-dir", str(missing)]) == 2
+    assert sweep_cli.main(["brain", "--profile", "smoke", "--weights-dir", str(missing)]) == 2
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert line.startswith("error: weights directory") and str(missing) in line
     assert not ray.is_initialized()
@@ -275,15 +277,15 @@ def test_sweep_cli_refuses_a_missing_weights_dir_before_ray_starts(tmp_path, mon
 
     monkeypatch.setenv("MEDSWEEP_WEIGHTS_DIR", str(missing))
     with pytest.raises(ConfigError, match=r"\$MEDSWEEP_WEIGHTS_DIR"):
-        sweep.run_sweep("brain", profile="smoke", log=lambda _: None)
+        sweep_runner.run_sweep("brain", profile="smoke", log=lambda _: None)
     assert not ray.is_initialized()
 
 
 def test_sweep_weights_dir_is_absolute_and_falls_back_to_the_drivers_env(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w").mkdir()
-    assert sweep._weights_dir("w") == str(tmp_path / "w")
-    assert sweep._weights_dir(None) is None
+    assert sweep_runner._weights_dir("w") == str(tmp_path / "w")
+    assert sweep_runner._weights_dir(None) is None
     monkeypatch.setenv("MEDSWEEP_WEIGHTS_DIR", "w")
-    assert sweep._weights_dir(None) == str(tmp_path / "w")
-    assert sweep._parser().parse_args(["brain", "--weights-dir", "w"]).weights_dir == "w"
+    assert sweep_runner._weights_dir(None) == str(tmp_path / "w")
+    assert sweep_cli._parser().parse_args(["brain", "--weights-dir", "w"]).weights_dir == "w"

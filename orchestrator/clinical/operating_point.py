@@ -1,7 +1,7 @@
 """The decision threshold of a binary task, chosen on validation, and the figures at it.
 
 A case is called positive when its positive-class probability is >= the threshold (scikit-learn's
-`roc_curve` convention). The default rule is seed 001's: the highest specificity whose
+`roc_curve` convention). The default rule: the highest specificity whose
 sensitivity is at least the target (0.90); Youden's J (sensitivity + specificity - 1) is the
 alternative.
 """

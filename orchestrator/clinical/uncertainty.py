@@ -1,6 +1,6 @@
 """How unsure the ensemble is about each case: predictive entropy, optionally under Monte Carlo
 dropout (Gal and Ghahramani 2016), and the least confident test cases for a person to review
-(seed 000's human in the loop).
+(a human in the loop).
 
 MC dropout here keeps every normalisation layer in inference mode and samples only the head's
 dropout: the backbone's features are computed once, then the small head runs `passes` times.

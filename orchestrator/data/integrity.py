@@ -1,4 +1,4 @@
-"""Are all the images a split expects really there and readable? (As seed 001 wished.)
+"""Are all the images a split expects really there and readable?
 
 A few lost images are reported and left out; more than a few in any split usually means a folder
 is not mounted or a download was cut short, and a score on what is left would mislead: that is a

@@ -1,9 +1,9 @@
 """Seeded, stratified, group-aware train/val/test splits, and the fingerprints and manifest that
 record exactly which image went where.
 
-A group (lesion, patient) never straddles two splits: a lesion in both train and test is the leak
-seed 001 fixed by hand. Splits given by the layout (an official `test/`) or by a user CSV are kept
-and checked, never silently rewritten.
+A group (lesion, patient) never straddles two splits: a lesion in both train and test is a leak
+(HAM10000 holds several images of many lesions). Splits given by the layout (an official `test/`)
+or by a user CSV are kept and checked, never silently rewritten.
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from orchestrator.clinical.evaluate import ClinicalOptions
         from orchestrator.ensemble.build import build_ensemble, print_report
-        from orchestrator.sweep import connect_ray
+        from orchestrator.sweep.state import connect_ray
 
         clinical = ClinicalOptions(threshold_rule=args.threshold_rule,
                                    target_sensitivity=args.target_sensitivity,

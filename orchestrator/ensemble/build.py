@@ -15,7 +15,8 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.errors import ConfigError
-from orchestrator.pool import Candidate, ScoringPool, pool_size
+from orchestrator.train.artifacts import BEST_MODEL, VAL_LABELS
+from orchestrator.tta.pool import Candidate, ScoringPool, pool_size
 
 DEFAULT_POLICIES = ("none", "standard6", "aggressive17")
 Log = Callable[[str], None]
@@ -59,7 +60,7 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
     configures the report (threshold rule, resamples, MC dropout; defaults otherwise)."""
     from orchestrator.clinical.evaluate import ClinicalOptions
     from orchestrator.ensemble.choice import choose, comparison_rows
-    from orchestrator.tta import get_policy, policy_for_task, union_of
+    from orchestrator.tta.policies import get_policy, policy_for_task, union_of
     from tasks import get_task
 
     uri = tracking_uri or tracking.default_tracking_uri()
@@ -215,14 +216,14 @@ def _candidates(sweep: SweepInfo, task, ranked: list, top_k: int, work: Path,
         except Exception as err:  # artifacts gone: named and skipped, the rest go on
             log(f"skipping trial {name}: artifacts unavailable ({err})")
             continue
-        labels = folder / "val_labels.npy"
-        if not (folder / "best.keras").exists() or not labels.exists():
-            log(f"skipping trial {name}: no best.keras / val_labels.npy logged")
+        labels = folder / VAL_LABELS
+        if not (folder / BEST_MODEL).exists() or not labels.exists():
+            log(f"skipping trial {name}: no {BEST_MODEL} / {VAL_LABELS} logged")
             continue
         if not np.array_equal(np.load(labels), data[resolution].labels("val")):
             log(f"skipping trial {name}: its validation labels differ from this split")
             continue
-        candidates.append(Candidate(name, str(folder / "best.keras"), resolution,
+        candidates.append(Candidate(name, str(folder / BEST_MODEL), resolution,
                                     checkpoint=run.data.tags.get(tracking.TAG_CHECKPOINT)))
     if not candidates:
         raise ConfigError(f"sweep {sweep.parent_run_id}: no finished trial has a usable model")

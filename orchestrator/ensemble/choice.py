@@ -14,7 +14,7 @@ import pandas as pd
 from orchestrator.ensemble.selection import (Ensemble, best_single, caruana_select, task_scorer,
                                               top_k_soft_vote)
 from orchestrator.metrics import classification_metrics, is_better
-from orchestrator.tta import NamedTransform, policy_mean
+from orchestrator.tta.policies import NamedTransform, policy_mean
 from tasks.base import Task
 
 
@@ -58,7 +58,7 @@ def choose(per_transform: Mapping[str, np.ndarray], transforms: Sequence[NamedTr
 
 def comparison_rows(choice: Choice, y_val: np.ndarray, test_probs: Mapping[str, np.ndarray],
                     y_test: np.ndarray, task: Task) -> pd.DataFrame:
-    """Validation and test figures, side by side, for the ensemble and the seeds' baselines."""
+    """Validation and test figures, side by side, for the ensemble and its baselines."""
     rows = []
     for label, ens in (("ensemble", choice.ensemble), ("best_single", choice.best_single),
                        ("top2_soft_vote", choice.top2)):

@@ -1,6 +1,6 @@
 """Choose ensemble members and weights from validation probabilities only.
 
-The seeds picked their ensembles by looking at the test set; here every choice is made on
+Ensembles are often picked by looking at the test set; here every choice is made on
 validation (N, C) probabilities, and nothing in this module ever sees test data. Pure numpy:
 the caller scores the candidates (Ray, TTA) and records the result (MLflow).
 """
@@ -69,7 +69,7 @@ def best_single(probs_by_name: Mapping[str, np.ndarray], y: np.ndarray, scorer: 
 
 def top_k_soft_vote(probs_by_name: Mapping[str, np.ndarray], y: np.ndarray, scorer: Scorer,
                     mode: str, k: int = 2) -> Ensemble:
-    """Equal-weight mean of the k best singles (seed 000's top-2 soft voting), as a baseline."""
+    """Equal-weight mean of the k best singles (top-2 soft voting for k=2), as a baseline."""
     ranked, _ = _ranked_candidates(probs_by_name, y, scorer, mode)
     if not 1 <= k <= len(ranked):
         raise ValueError(f"k={k} must be between 1 and the {len(ranked)} usable candidate(s)")

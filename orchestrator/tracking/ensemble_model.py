@@ -32,7 +32,8 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
                          int(m["resolution"]), float(m["weight"])) for m in self.spec["members"]]
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
-        from orchestrator.tta import NamedTransform, tta_predict
+        from orchestrator.tta.policies import NamedTransform
+        from orchestrator.tta.predict import tta_predict
 
         images = _decoded_images(model_input)
         transforms = tuple(NamedTransform(**t) for t in self.spec["transforms"])

@@ -1,12 +1,17 @@
-"""Assembles one sweep: data on the driver, the MLflow parent run, the Tuner, the leaderboard."""
+"""A sweep from start to finish: `run_sweep` checks everything on the driver, then `SweepRunner`
+prepares the data once, opens the MLflow parent run, assembles and runs the Tuner, writes the
+leaderboard and builds the final ensemble.
+"""
 from __future__ import annotations
 
 import atexit
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import ray
@@ -18,17 +23,109 @@ from orchestrator import tracking
 
 # Per-epoch checkpoints are the point; Tune's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-from orchestrator.config import TrialConfig
-from orchestrator.errors import SweepInterrupted
-from orchestrator.sweep import (SWEEP_STATE, Log, SweepResult, is_uri, read_sweep_state,
-                                 storage_filesystem)
-from orchestrator.train import TrialData, load_trial_data
-from orchestrator.tune_trial import SweepContext, TrialTracker, run_tune_trial
-from search_spaces import choose_profile, get_profile, space_to_json, with_overrides
-from tasks.base import Task
+from orchestrator.config import TrialConfig  # noqa: E402
+from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
+from orchestrator.sweep.state import (Log, connect_ray, find_resumable, is_uri,  # noqa: E402
+                                      read_sweep_state, write_sweep_state)
+from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
+from orchestrator.sweep.trainable import (SweepContext, TrialTracker,  # noqa: E402
+                                          run_tune_trial)
+from orchestrator.train.artifacts import TrialData  # noqa: E402
+from orchestrator.train.trial import load_trial_data  # noqa: E402
+from search_spaces import (check_space, choose_profile, get_profile,  # noqa: E402
+                           overrides_space, space_to_json, with_overrides)
+from tasks import get_task  # noqa: E402
+from tasks.base import Task  # noqa: E402
 
+SCHEDULERS = ("asha", "fifo")
 LEADERBOARD_COLUMNS = ("backbone", "resolution", "schedule", "lr_multiplier", "loss",
                        "augment", "mixup_alpha", "label_smoothing", "batch_size")
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    experiment_path: str
+    tracking_uri: str
+    metric: str
+    mode: str
+    leaderboard: pd.DataFrame  # one row per trial, best first
+    ui_command: str
+    ensemble: Any = None  # orchestrator.ensemble.build.EnsembleReport, when one was built
+
+
+def run_sweep(
+    task: str,
+    *,
+    data_dir: str | None = None,
+    profile: str | None = None,
+    num_samples: int | None = None,
+    max_epochs: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    address: str | None = None,
+    storage_path: str | None = None,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    scheduler: str = "asha",
+    ensemble: bool = True,
+    space_overrides: dict | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    log: Log = print,
+) -> SweepResult:
+    """Run (or resume) one sweep and return its leaderboard; see `--help` for each argument.
+
+    `space_overrides` replaces search-space keys: a constant fixes the key, a list makes it a
+    choice (`--set backbone=resnet50`, `--set 'resolution=[128,224]'`; tests inject faults so).
+    `weights_dir` (else $MEDSWEEP_WEIGHTS_DIR read here, on the driver) becomes the constant
+    `weights_dir` of every trial: workers on other nodes do not inherit the driver's environment.
+
+    Every name and value (task, profile, scheduler, each override, the profile's whole space) is
+    checked here, on the driver, before Ray starts: a typo fails in a second with the valid names,
+    not in a worker once trials run.
+    """
+    task_record = get_task(task)
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+    space_overrides = dict(space_overrides or {})
+    check_space(overrides_space(space_overrides), "--set")
+    if profile:
+        check_space({**get_profile(task, profile).space, **overrides_space(space_overrides)},
+                    f"profile {profile} with --set")
+    weights_dir = _weights_dir(weights_dir)
+    if weights_dir is not None:
+        space_overrides["weights_dir"] = weights_dir
+
+    uri = tracking_uri or tracking.default_tracking_uri()
+    tracking.check_tracking_uri(uri)
+    storage = storage_path_for(storage_path)
+    experiment = experiment or f"medsweep-{task_record.name}"
+    previous = find_resumable(storage, experiment) if resume else None
+    connect_ray(address, log)
+    runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
+                         num_samples=num_samples, max_epochs=max_epochs,
+                         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                         storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
+                         space_overrides=space_overrides or {}, scheduler=scheduler,
+                         build_ensemble=ensemble, log=log)
+    return runner.resume(previous) if previous else runner.start()
+
+
+def _weights_dir(weights_dir: str | os.PathLike | None) -> str | None:
+    """The absolute weights folder every trial reads, or None (each node's own lookup)."""
+    env = "MEDSWEEP_WEIGHTS_DIR"  # models.WEIGHTS_DIR_ENV; importing models loads TensorFlow
+    source = "--weights-dir"
+    if weights_dir is None or str(weights_dir) == "":
+        weights_dir, source = os.environ.get(env) or None, f"${env}"
+    if weights_dir is None:
+        return None
+    path = Path(weights_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"weights directory {path} (from {source}) does not exist; fetch the "
+                          f"files with: python -m orchestrator.weights fetch {path}")
+    return str(path)
 
 
 class SweepRunner:
@@ -46,12 +143,13 @@ class SweepRunner:
             storage, experiment, tracking_uri, seed, log)
         self.metric = f"val_{task_record.metric}"
         self.space_overrides = space_overrides
+        check_space(self._space(), f"profile {self.profile.name} with --set")
         self.scheduler = scheduler
         self.build_ensemble = build_ensemble
 
     # --------------------------------------------------------------------------- public
     def start(self) -> SweepResult:
-        space = {**self.profile.space, **self.space_overrides, "data_dir": self.data_dir}
+        space = self._space()
         datasets = self._prepare_data(space)
         any_data = next(iter(datasets.values()))
         name = f"{self.experiment}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -79,7 +177,8 @@ class SweepRunner:
                  "name": name, "path": path, "num_samples": self.profile.num_samples,
                  "max_epochs": self.profile.max_epochs,
                  "cpus_per_trial": self.profile.cpus_per_trial,
-                 "gpus_per_trial": self.profile.gpus_per_trial}
+                 "gpus_per_trial": self.profile.gpus_per_trial,
+                 "space_overrides": self.space_overrides}
         tuner = tune.Tuner(
             self._trainable(datasets, context),
             param_space=space,
@@ -94,7 +193,7 @@ class SweepRunner:
                     num_to_keep=2, checkpoint_score_attribute=self.metric,
                     checkpoint_score_order=self.task_record.mode),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1))
-        self._write_state(path, state)
+        write_sweep_state(path, state)
         return self._fit(tuner, context, path)
 
     def resume(self, previous: str) -> SweepResult:
@@ -106,7 +205,8 @@ class SweepRunner:
             get_profile(state["task"], state["profile"]), num_samples=state["num_samples"],
             max_epochs=state["max_epochs"], cpus_per_trial=state["cpus_per_trial"],
             gpus_per_trial=state["gpus_per_trial"])
-        datasets = self._prepare_data({**self.profile.space, "data_dir": self.data_dir})
+        self.space_overrides = state.get("space_overrides", {})
+        datasets = self._prepare_data(self._space())
         tracking.reopen_run(self.uri, state["parent_run_id"])
         context = self._context(state["experiment_id"], state["parent_run_id"])
         tuner = tune.Tuner.restore(previous, trainable=self._trainable(datasets, context),
@@ -114,6 +214,11 @@ class SweepRunner:
         return self._fit(tuner, context, previous)
 
     # -------------------------------------------------------------------------- helpers
+    def _space(self) -> dict:
+        """The profile's space with the overrides laid over it: what Tune samples."""
+        return {**self.profile.space, **overrides_space(self.space_overrides),
+                "data_dir": self.data_dir}
+
     def _prepare_data(self, space: dict) -> dict[int, TrialData]:
         """Decode each resolution once on the driver; Tune ships the arrays to the object store
         once (`tune.with_parameters`), never re-decoded or re-pickled per trial."""
@@ -159,17 +264,6 @@ class SweepRunner:
         atexit.register(Path(file.name).unlink, missing_ok=True)
         return Path(file.name)
 
-    def _write_state(self, path: str, state: dict) -> None:
-        text = json.dumps(state, indent=1)
-        if not is_uri(path):
-            Path(path).mkdir(parents=True, exist_ok=True)
-            (Path(path) / SWEEP_STATE).write_text(text)
-            return
-        fs, fs_path = storage_filesystem(path)  # the filesystem Tune writes the sweep to
-        fs.create_dir(fs_path, recursive=True)
-        with fs.open_output_stream(f"{fs_path.rstrip('/')}/{SWEEP_STATE}") as stream:
-            stream.write(text.encode())
-
     def _fit(self, tuner: tune.Tuner, context: SweepContext, path: str) -> SweepResult:
         grid = tuner.fit()
         # Tune marks trials it stopped for Ctrl+C as TERMINATED too; only the runs our callback
@@ -203,7 +297,6 @@ class SweepRunner:
         """The final ensemble is part of every sweep; its failure is reported, not fatal: the
         trials stay in MLflow and `python -m orchestrator.ensemble` can redo it."""
         from orchestrator.ensemble.build import build_ensemble
-        from orchestrator.errors import MedSweepError
 
         try:
             return build_ensemble(context.parent_run_id, tracking_uri=self.uri,

@@ -1,6 +1,6 @@
 """A Ray actor pool that scores candidate models under test-time augmentation.
 
-Thin wrapper: each actor loads one model at a time and calls `tta.tta_predict_each`; the images
+Thin wrapper: each actor loads one model at a time and calls `predict.tta_predict_each`; the images
 go to the object store once and every actor reads them zero-copy. Actors are spread over the
 cluster's nodes. Each loads its model from the trial's checkpoint in the sweep's storage path
 (S3 or a shared folder, reached from any node) when there is one, else from a copy that the
@@ -18,8 +18,10 @@ import numpy as np
 import ray
 from ray.util import ActorPool
 
+from orchestrator.train.artifacts import BEST_MODEL
+
 Log = Callable[[str], None]
-MODEL_FILE = "best.keras"  # in a trial's checkpoint folder (orchestrator.trainer.BEST_MODEL)
+MODEL_FILE = BEST_MODEL  # what an actor loads from a trial's checkpoint folder
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class InferenceWorker:
         """`model_copy`: [ObjectRef of the file's bytes], or None to read the checkpoint."""
         import keras
 
-        from orchestrator.tta import tta_predict_each
+        from orchestrator.tta.predict import tta_predict_each
 
         try:
             model, source = self._load(candidate, model_copy)

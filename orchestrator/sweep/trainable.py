@@ -19,8 +19,8 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestrator import tracking
 from orchestrator.config import TrialConfig
-from orchestrator.train import EpochReport, TrialData, train_trial
-from orchestrator.trainer import BEST_FILES, STATE
+from orchestrator.train.artifacts import BEST_FILES, STATE, EpochReport, TrialData
+from orchestrator.train.trial import train_trial
 
 NODE_KEY = "node_id"  # reported with every epoch: where the trial's current attempt runs
 # What Tune adds to a reported result besides AUTO_RESULT_KEYS; none of it is a trial's metric.

@@ -1,6 +1,6 @@
 """The Keras side of `train_trial`: build, phase through the unfreezing schedule, checkpoint.
 
-Kept apart from `train.py` so importing the CLI or the config never imports TensorFlow.
+Kept apart from `trial.py` so importing the CLI or the config never imports TensorFlow.
 """
 from __future__ import annotations
 
@@ -19,18 +19,17 @@ import pandas as pd
 from orchestrator import metrics as M
 from orchestrator.config import TrialConfig
 from orchestrator.devices import configure_devices, gpu_memory_limit_for_fraction
-from orchestrator.models import build_model, get_backbone
-from orchestrator.pipeline import (augmentation_for, balanced_class_weights, make_loss,
-                                   training_dataset)
-from orchestrator.schedules import (current_learning_rate, get_schedule, make_optimizer,
-                                    plan_epochs, scale_schedule, set_trainable)
-from orchestrator.train import (BEST_MODEL, CHECKPOINT_DIR, RESULT, VAL_LABELS, VAL_PROBS,
-                                EpochReport, InjectedFault, Reporter, TrialData, TrialResult)
-
-LAST_MODEL = "last.keras"
-STATE = "state.json"
-FAULT_MARKER = "fault_injected"
-BEST_FILES = (BEST_MODEL, VAL_PROBS, VAL_LABELS)
+from orchestrator.augmentations import augmentation_for
+from orchestrator.backbones import get_backbone
+from orchestrator.errors import InjectedFault
+from orchestrator.models import build_model
+from orchestrator.pipeline import balanced_class_weights, make_loss, training_dataset
+from orchestrator.schedules import get_schedule, plan_epochs, scale_schedule
+from orchestrator.train.artifacts import (BEST_FILES, BEST_MODEL, CHECKPOINT_DIR, CONFIG,
+                                          FAULT_MARKER, HISTORY, INPUTS, LAST_MODEL, RESULT,
+                                          STATE, VAL_LABELS, VAL_PATHS, VAL_PROBS, EpochReport,
+                                          Reporter, TrialData, TrialResult)
+from orchestrator.train.phases import current_learning_rate, make_optimizer, set_trainable
 
 
 class Trainer:
@@ -141,7 +140,7 @@ class Trainer:
         if is_best:
             self.best_metric, self.best_epoch = row[self.metric_key], epoch
             self._save_best(model, probs)
-        pd.DataFrame(self.history).to_csv(self.out / "history.csv", index=False)
+        pd.DataFrame(self.history).to_csv(self.out / HISTORY, index=False)
         fault = self.fault_armed and epoch >= self.cfg.fail_at_epoch
         checkpoint = self._checkpoint(model, fault)
         self.log(self._epoch_line(row, phase, phases, is_best))
@@ -198,15 +197,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ end
     def _write_inputs(self, loss_name: str, class_weights: np.ndarray | None) -> None:
-        (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
+        (self.out / CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=1))
         weights = None if class_weights is None else dict(zip(self.task.classes,
                                                                map(float, class_weights)))
         meta = {"task": self.task.summary(), "loss": loss_name, "class_weights": weights,
                 "train_size": len(self.data.y_train), "val_size": len(self.data.y_val),
                 "data_fingerprint": self.data.fingerprint, "synthetic": self.data.synthetic,
                 "manifest": self.data.manifest_path}
-        (self.out / "inputs.json").write_text(json.dumps(meta, indent=1))
-        (self.out / "val_paths.txt").write_text("\n".join(self.data.val_paths) + "\n")
+        (self.out / INPUTS).write_text(json.dumps(meta, indent=1))
+        (self.out / VAL_PATHS).write_text("\n".join(self.data.val_paths) + "\n")
 
     def _finish(self) -> TrialResult:
         result = TrialResult(config=self.cfg.to_dict(), metric=self.task.metric,

@@ -1,0 +1,2 @@
+"""The Ray Tune sweep: `runner.run_sweep` (the API), `trainable` (the Ray side of a trial),
+`state` (storage path, resume, connecting to Ray), the CLI in `__main__`."""

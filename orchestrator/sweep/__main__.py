@@ -1,0 +1,122 @@
+"""`python -m orchestrator.sweep TASK`: a Ray Tune sweep over backbones, resolutions and
+unfreezing schedules, stopped early by ASHA, tracked in MLflow, resumable.
+
+A thin argparse layer over `runner.run_sweep`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
+from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
+from tasks import task_names
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep",
+        description="Sweep backbones, resolutions and unfreezing schedules for a medical image "
+        "task with Ray Tune (ASHA early stopping) and record every trial in MLflow. Without "
+        "--data-dir it runs on the task's SYNTHETIC phantom, never on medical data.")
+    p.add_argument("task", help=f"one of {', '.join(task_names())} (or name/variant, e.g. "
+                   "brain/4class)")
+    p.add_argument("--data-dir", help="the data set in its real layout (docs/data.md); "
+                   "omitted: the synthetic phantom")
+    p.add_argument("--profile", help="smoke | cpu | gpu (default: gpu when the cluster has "
+                   "GPUs, else cpu)")
+    p.add_argument("--num-samples", type=int, help="trials to sample (default: the profile's)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial, ASHA's max_t "
+                   "(default: the profile's)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPU slots per trial; TensorFlow in "
+                   "the trial uses that many threads (default: the profile's)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.5) "
+                   "packs trials on one GPU and caps each trial's TensorFlow memory to match")
+    p.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else a local "
+                   "single-node Ray)")
+    p.add_argument("--storage-path", help="where trial checkpoints go: a local folder "
+                   "(default runs/sweeps) or a URI every node reaches (s3://bucket/path)")
+    p.add_argument("--experiment", help="MLflow experiment and sweep folder name "
+                   "(default medsweep-TASK)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI, "
+                   "else sqlite:///mlflow/mlflow.db in the working directory)")
+    p.add_argument("--resume", action="store_true", help="continue the newest interrupted "
+                   "sweep of this experiment: finished trials stay, unfinished ones resume "
+                   "from their last checkpoint, no MLflow run is duplicated")
+    p.add_argument("--seed", type=int, default=0, help="search seed: the same seed samples "
+                   "the same configs (default %(default)s)")
+    p.add_argument("--no-ensemble", action="store_true", help="skip the final TTA ensemble "
+                   "(build it later with python -m orchestrator.ensemble --sweep-run ID)")
+    p.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="asha stops "
+                   "trailing trials early; fifo runs all to the end (default %(default)s)")
+    p.add_argument("--weights-dir", help="folder holding the ImageNet weight files (python -m "
+                   "orchestrator.weights fetch DIR), at the same path on every node (else "
+                   "MEDSWEEP_WEIGHTS_DIR on this machine, else each node's Keras cache)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="replace one key of the profile's search space (repeatable): "
+                   "--set backbone=resnet50 fixes it, --set 'resolution=[128,224]' makes it a "
+                   "choice; VALUE is read as JSON, else as a string. Checked before Ray starts")
+    return p
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> {key: value}; VALUE as JSON (numbers, lists, true/null), else str."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set backbone=resnet50")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides[key.strip()] = value
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        result = run_sweep(args.task, space_overrides=parse_overrides(args.overrides), data_dir=args.data_dir, profile=args.profile,
+                           num_samples=args.num_samples, max_epochs=args.max_epochs,
+                           cpus_per_trial=args.cpus_per_trial,
+                           gpus_per_trial=args.gpus_per_trial, address=args.address,
+                           storage_path=args.storage_path, experiment=args.experiment,
+                           tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
+                           scheduler=args.scheduler, ensemble=not args.no_ensemble,
+                           weights_dir=args.weights_dir)
+    except SweepInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 130
+    except MedSweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _print_summary(result, time.perf_counter() - started)
+    return 0
+
+
+def _print_summary(result: SweepResult, seconds: float) -> None:
+    board = result.leaderboard
+    print("\n" + "=" * 78)
+    print(f"sweep finished in {seconds / 60:.1f} min: {len(board)} trials, best first "
+          f"(val {result.metric}, {result.mode})")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(board.head(10).to_string(index=False))
+    print(f"\nMLflow parent run: {result.parent_run_id}  (tracking URI {result.tracking_uri})")
+    print(f"open the MLflow UI: {result.ui_command}")
+    print(f"checkpoints: {result.experiment_path}")
+    print("=" * 78)
+    if result.ensemble is not None:
+        from orchestrator.ensemble.build import print_report
+
+        print_report(result.ensemble)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

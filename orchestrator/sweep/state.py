@@ -1,0 +1,129 @@
+"""Where a sweep lives and how one is found again: the storage path (a folder or a URI every
+node reaches), the sweep state file beside Tune's own, finding the sweep to resume, and connecting
+to Ray. Imports Ray and pyarrow only inside the functions that need them, so a CLI's `--help` and
+its argument checks stay fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.errors import ConfigError
+
+SWEEP_STATE = "medsweep_sweep.json"  # beside Tune's own state: what a resumed sweep continues
+Log = Callable[[str], None]
+
+
+def storage_path(storage_path: str | None) -> str:
+    """Tune wants an absolute path or a URI (s3://, gs://) shared by every node."""
+    if storage_path and "://" in storage_path:
+        return storage_path
+    path = Path(storage_path or "runs/sweeps").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def find_resumable(storage: str, experiment: str) -> str:
+    """The newest sweep of this experiment under the storage path (a folder or a URI): the path
+    or URI of its folder, the one `Tuner.restore` takes."""
+    if is_uri(storage):
+        found = _newest_remote_sweep(storage, experiment)
+    else:
+        candidates = sorted(Path(storage).glob(f"{experiment}-*/{SWEEP_STATE}"),
+                            key=lambda p: p.stat().st_mtime)
+        found = str(candidates[-1].parent) if candidates else None
+    if found is None:
+        raise ConfigError(f"--resume: nothing to resume for experiment {experiment!r} under "
+                          f"{storage} (looked for {experiment}-*/{SWEEP_STATE})")
+    return found
+
+
+def _newest_remote_sweep(storage: str, experiment: str) -> str | None:
+    """`{storage}/{experiment}-*/medsweep_sweep.json` listed through pyarrow.fs (what Tune itself
+    uses for URIs); newest by the state file's mtime where the filesystem gives one, else by the
+    `%Y%m%d-%H%M%S` stamp in the folder name."""
+    import pyarrow.fs
+
+    fs, root = storage_filesystem(storage)
+    try:
+        folders = [info for info in fs.get_file_info(
+                       pyarrow.fs.FileSelector(root.rstrip("/") or "/", allow_not_found=True))
+                   if info.type == pyarrow.fs.FileType.Directory
+                   and info.base_name.startswith(f"{experiment}-")]
+        states = fs.get_file_info([f"{info.path}/{SWEEP_STATE}" for info in folders])
+    except OSError as err:
+        raise ConfigError(f"--resume: cannot list --storage-path {storage} ({err})") from None
+    found = [(_sweep_age(folder.base_name, experiment, state), folder.base_name)
+             for folder, state in zip(folders, states) if state.type == pyarrow.fs.FileType.File]
+    return f"{storage.rstrip('/')}/{max(found)[1]}" if found else None
+
+
+def _sweep_age(name: str, experiment: str, state) -> float:
+    if state.mtime is not None:
+        return state.mtime.timestamp()
+    try:
+        return datetime.strptime(name[len(experiment) + 1:], "%Y%m%d-%H%M%S").timestamp()
+    except ValueError:
+        return float("-inf")
+
+
+def is_uri(path: str) -> bool:
+    """A storage path like s3://bucket/prefix or file:///abs/path, as opposed to a folder."""
+    return "://" in path
+
+
+def storage_filesystem(uri: str):
+    """(pyarrow filesystem, path inside it) for a storage URI, as Tune resolves it."""
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise ConfigError(f"--storage-path {uri}: pyarrow.fs cannot open it ({err})") from None
+
+
+def read_sweep_state(sweep: str) -> dict:
+    """The SWEEP_STATE of the sweep folder `sweep` (a local path or a URI)."""
+    if not is_uri(sweep):
+        return json.loads((Path(sweep) / SWEEP_STATE).read_text())
+    fs, path = storage_filesystem(sweep)
+    with fs.open_input_stream(f"{path.rstrip('/')}/{SWEEP_STATE}") as stream:
+        return json.loads(stream.read().decode())
+
+
+def write_sweep_state(sweep: str, state: dict) -> None:
+    """Write SWEEP_STATE into the sweep folder `sweep` (a local path or a URI)."""
+    text = json.dumps(state, indent=1)
+    if not is_uri(sweep):
+        Path(sweep).mkdir(parents=True, exist_ok=True)
+        (Path(sweep) / SWEEP_STATE).write_text(text)
+        return
+    fs, fs_path = storage_filesystem(sweep)  # the filesystem Tune writes the sweep to
+    fs.create_dir(fs_path, recursive=True)
+    with fs.open_output_stream(f"{fs_path.rstrip('/')}/{SWEEP_STATE}") as stream:
+        stream.write(text.encode())
+
+
+def connect_ray(address: str | None, log: Log) -> None:
+    """`--address`, else RAY_ADDRESS, else a local single-node Ray; fail fast if unreachable."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address and address not in ("auto", "local") and "://" not in address:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Ray cluster at --address {address} does not answer ({err}); "
+                              "start it with `ray start --head` or `ray up cluster.yaml`") from None
+    ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
+             logging_level="WARNING", configure_logging=True)
+    resources = ray.cluster_resources()
+    log(f"ray: {'connected to ' + address if address else 'local single-node'}; "
+        f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")

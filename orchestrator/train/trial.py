@@ -1,0 +1,52 @@
+"""One training trial, end to end, without Ray: `train_trial(config)`.
+
+The sweep calls the same function inside each Tune trial and plugs its reporter into the
+per-epoch callback. Everything a later stage needs lands in `output_dir` (`artifacts.py` lists
+it): the best model, its validation probabilities (ensembling never retrains), the history and a
+resumable checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from orchestrator.config import TrialConfig
+from orchestrator.train.artifacts import Reporter, TrialData, TrialResult
+from tasks import get_task
+
+
+def load_trial_data(config: TrialConfig, log: Callable[[str], None] = print) -> TrialData:
+    """Prepare (or load from cache) the task's data at the trial's resolution."""
+    from orchestrator.data.dataset import prepare_dataset
+
+    prepared = prepare_dataset(get_task(config.task), config.data_dir, config.resolution,
+                               split_seed=config.split_seed,
+                               drop_duplicates=config.drop_duplicates,
+                               phantom_per_class=config.phantom_per_class, log=log)
+    x_train, y_train = prepared.arrays("train")
+    x_val, y_val = prepared.arrays("val")
+    return TrialData(task=prepared.task, x_train=x_train, y_train=y_train, x_val=x_val,
+                     y_val=y_val, val_paths=tuple(prepared.paths("val")),
+                     fingerprint=prepared.fingerprint, synthetic=prepared.synthetic,
+                     manifest_path=str(prepared.manifest_path))
+
+
+def train_trial(
+    config: TrialConfig | Mapping[str, Any],
+    data: TrialData | None = None,
+    *,
+    output_dir: str | Path,
+    report: Reporter | None = None,
+    resume_from: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> TrialResult:
+    """Train one config; resume from a checkpoint directory written by an earlier attempt.
+
+    Every name in the config (task, backbone, schedule, ...) was checked when the TrialConfig
+    was built, so a bad one fails here before any data is read."""
+    from orchestrator.train.trainer import Trainer  # TensorFlow loads only when a trial runs
+
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    data = data if data is not None else load_trial_data(cfg, log)
+    trainer = Trainer(cfg, data, Path(output_dir), report=report, log=log)
+    return trainer.run(Path(resume_from) if resume_from else None)

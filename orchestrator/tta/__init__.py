@@ -1,0 +1,1 @@
+"""Test-time augmentation: `policies` (pure data), `predict` (TensorFlow), `pool` (Ray actors)."""
