@@ -46,7 +46,8 @@ class TrialConfig:
     early_stopping_patience: int = 0  # 0 disables; the sweep stops trials with ASHA instead
     seed: int = 0  # weights init, shuffling, augmentation
     split_seed: int = 0  # fixed across a sweep so every trial validates on the same images
-    drop_duplicates: bool = False
+    keep_duplicates: bool = False  # True: copies of an image are not grouped before splitting
+    positive_class: str | None = None  # your own folders/CSV: the class binary metrics call positive
     phantom_per_class: int = 40
     mixed_precision: str = "auto"
     cpu_threads: int = 0  # 0: TensorFlow's default

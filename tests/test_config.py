@@ -24,9 +24,9 @@ def test_round_trips_through_json():
 
 def test_coerces_numpy_and_int_values_like_a_tune_sample():
     cfg = TrialConfig.from_dict({"resolution": np.int64(64), "lr_multiplier": 1,
-                                 "label_smoothing": np.float32(0.1), "drop_duplicates": "true"})
+                                 "label_smoothing": np.float32(0.1), "keep_duplicates": "true"})
     assert cfg.resolution == 64 and isinstance(cfg.lr_multiplier, float)
-    assert cfg.drop_duplicates is True
+    assert cfg.keep_duplicates is True
 
 
 @pytest.mark.parametrize("values,needle", [

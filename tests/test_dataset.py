@@ -10,7 +10,7 @@ import pytest
 from orchestrator.data.dataset import prepare_dataset
 from orchestrator.data.phantoms import write_phantom
 from orchestrator.data.splits import read_manifest
-from orchestrator.errors import DataError
+from orchestrator.errors import ConfigError, DataError
 from tasks import TASKS, get_task
 
 ALL = [f"{name}/{variant}" for name, variants in TASKS.items() for variant in variants]
@@ -43,42 +43,80 @@ def test_same_seed_same_manifest_other_seed_other_split_same_cache(tmp_path):
     assert a.fingerprint == b.fingerprint != c.fingerprint
     pd.testing.assert_frame_equal(a.table, b.table)
     assert not a.table["split"].equals(c.table["split"])
-    assert sum("decoded" in line for line in logs) == 1  # the re-split decoded nothing
+    # the first call decodes twice (the hashing size, 32 px); the re-split decodes nothing
+    assert sum("decoded" in line for line in logs) == 2
 
 
-def test_a_few_unreadable_images_warn_and_are_left_out(tmp_path):
+def test_two_and_a_half_percent_broken_files_run_listed_and_out_before_splitting(tmp_path):
+    """4 broken of 160 (2.5%): the run goes on, the files are named and in unreadable.csv."""
     task = get_task("leukemia")
-    root = write_phantom(task, tmp_path / "leuk", per_class=60, seed=0)
-    victim = sorted((root / "Original" / "Pro").glob("*.jpg"))[0]
-    victim.write_bytes(b"not a jpeg")
+    root = write_phantom(task, tmp_path / "leuk", per_class=40, seed=0)
+    victims = [sorted((root / "Original" / c).glob("*.jpg"))[i]
+               for c, i in (("Pro", 0), ("Pro", 1), ("Benign", 0), ("Early", 3))]
+    for victim in victims:
+        victim.write_bytes(b"not a jpeg")
     logs: list[str] = []
     data = prepare_dataset(task, root, 32, log=logs.append)
-    assert str(victim) not in set(data.table["path"])
-    assert any(victim.name in line for line in logs if line.startswith("warning"))
+    assert not set(map(str, victims)) & set(data.table["path"])
+    (line,) = [ln for ln in logs if ln.startswith("warning: 4 of 160 images left out")]
+    assert all(v.name in line for v in victims[:4])
+    listed = pd.read_csv(data.manifest_path.parent / "unreadable.csv")
+    assert sorted(listed["path"]) == sorted(v.relative_to(root).as_posix() for v in victims)
+    assert set(listed["reason"]) == {"unreadable"}
 
 
-def test_many_unreadable_images_abort_naming_the_folder(tmp_path):
+def test_many_unreadable_images_abort_naming_the_class_and_files(tmp_path):
     task = get_task("leukemia")
     root = write_phantom(task, tmp_path / "leuk", per_class=10, seed=0)
-    for path in (root / "Original" / "Early").glob("*.jpg"):
+    broken = sorted((root / "Original" / "Early").glob("*.jpg"))
+    for path in broken:
         path.write_bytes(b"")
-    with pytest.raises(DataError, match="Early"):
+    with pytest.raises(DataError, match="class Early") as err:
         prepare_dataset(task, root, 32, **QUIET)
+    assert broken[0].relative_to(root).as_posix() in str(err.value)
 
 
-def test_cross_split_duplicates_are_reported_and_dropped_from_the_later_split(tmp_path):
+def test_copies_across_training_and_testing_are_dropped_from_training_by_default(tmp_path):
     task = get_task("brain/4class")
     root = write_phantom(task, tmp_path / "brain", per_class=10, seed=0)
     train_img = sorted((root / "Training" / "glioma").glob("*.jpg"))[0]
     copy = root / "Testing" / "glioma" / "Te-gl_copy.jpg"
     shutil.copy(train_img, copy)
-    kept = prepare_dataset(task, root, 32, **QUIET)
-    pairs = kept.duplicates
-    assert ((pairs["path_a"] == str(train_img)) & (pairs["path_b"] == str(copy))).any()
-    assert str(copy) in set(kept.table["path"])
-    dropped = prepare_dataset(task, root, 32, drop_duplicates=True, **QUIET)
-    assert str(copy) not in set(dropped.table["path"])
-    assert str(train_img) in set(dropped.table["path"])
+    data = prepare_dataset(task, root, 32, **QUIET)
+    pair = data.duplicates[(data.duplicates["path_a"] == str(train_img))
+                           & (data.duplicates["path_b"] == str(copy))]
+    assert pair[["final_split_a", "final_split_b"]].values.tolist() == [["dropped", "test"]]
+    assert str(copy) in set(data.table["path"])  # the official test split stays as published
+    assert str(train_img) not in set(data.table["path"])
+    assert data.leaking_pairs.empty
+    recorded = pd.read_csv(data.manifest_path.parent / "duplicates.csv")
+    assert len(recorded) == len(data.duplicates) >= 1
+
+    kept = prepare_dataset(task, root, 32, keep_duplicates=True, **QUIET)
+    assert {str(copy), str(train_img)} <= set(kept.table["path"])
+    assert len(kept.leaking_pairs) >= 1
+
+
+def test_the_split_does_not_depend_on_the_trial_resolution(tmp_path):
+    task = get_task("skin")
+    root = write_phantom(task, tmp_path / "skin", per_class=12, seed=2)
+    a, b = (prepare_dataset(task, root, r, **QUIET) for r in (32, 48))
+    assert a.fingerprint == b.fingerprint
+    pd.testing.assert_frame_equal(a.table, b.table)
+
+
+def test_positive_class_for_your_own_folders(tmp_path):
+    task = get_task("folder")
+    data = prepare_dataset(task, None, 32, phantom_per_class=8, **QUIET)
+    classes = data.task.classes
+    chosen = prepare_dataset(task, None, 32, phantom_per_class=8, positive_class=classes[0],
+                             **QUIET)
+    assert chosen.task.positive_class == classes[0] and chosen.task.positive_index == 0
+    with pytest.raises(ConfigError, match="its classes: " + ", ".join(classes)):
+        prepare_dataset(task, None, 32, phantom_per_class=8, positive_class="nope", **QUIET)
+    with pytest.raises(ConfigError, match="defines its own positive class"):
+        prepare_dataset(get_task("skin"), None, 32, phantom_per_class=8, positive_class="benign",
+                        **QUIET)
 
 
 def test_missing_folder_is_one_clear_error(tmp_path):

@@ -1,17 +1,23 @@
-"""Cross-split duplicates: copies and re-encodings are found, distinct images are not."""
+"""Duplicates: copies and re-encodings are found and grouped, distinct images are not; the
+near-duplicate threshold is validated on phantom images of four tasks."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
-from orchestrator.data.cache import load_or_build
-from orchestrator.data.duplicates import (drop_later_duplicates, find_cross_split_duplicates,
-                                          perceptual_hashes)
+from orchestrator.data.cache import decode_image, load_or_build, preprocess_image
+from orchestrator.data.duplicates import (HASH_PREPROCESSING, HASH_RESOLUTION, HASH_WORDS,
+                                          MAX_DISTANCE,
+                                          duplicate_pairs, group_duplicates, hash_distance,
+                                          pairs_outcome, perceptual_hashes)
+from orchestrator.data.layouts import read_layout
+from orchestrator.data.phantoms import write_phantom
 from orchestrator.data.splits import content_fingerprint
 from orchestrator.data.table import make_table
-from tasks.base import Preprocessing
+from tasks import get_task
 
 
 def phantom(seed: int, size: int = 256) -> np.ndarray:
@@ -27,8 +33,8 @@ def phantom(seed: int, size: int = 256) -> np.ndarray:
 
 
 def dataset(tmp_path: Path, n: int = 40):
-    """`n` distinct phantoms over train/val/test, plus a copy of #0 in test and a brightened
-    JPEG re-encoding of #1 in val."""
+    """`n` distinct phantoms over train/val/test, plus a copy of #0 in test and a 10% brighter
+    JPEG re-encoding of #1 in train."""
     root = tmp_path / "data"
     root.mkdir()
     rows = []
@@ -39,34 +45,38 @@ def dataset(tmp_path: Path, n: int = 40):
         rows.append({"path": str(path), "split": split})
     copy = root / "test_copy_of_000.png"
     copy.write_bytes((root / "train_000.png").read_bytes())
-    brighter = cv2.convertScaleAbs(phantom(1), alpha=1.0, beta=12)
+    brighter = cv2.convertScaleAbs(phantom(1), alpha=1.1, beta=0)  # 10% brighter
     cv2.imwrite(str(root / "train_recompressed_001.jpg"), brighter,
-                [cv2.IMWRITE_JPEG_QUALITY, 70])
+                [cv2.IMWRITE_JPEG_QUALITY, 85])
     rows += [{"path": str(copy), "split": "test"},
              {"path": str(root / "train_recompressed_001.jpg"), "split": "train"}]
     table = make_table([dict(r, label="a", source_label="a", group=Path(r["path"]).name)
                         for r in rows])
     paths = table["path"].tolist()
-    cached = load_or_build(paths, Preprocessing(), 224, content_fingerprint(paths),
+    cached = load_or_build(paths, HASH_PREPROCESSING, HASH_RESOLUTION, content_fingerprint(paths),
                            root=tmp_path / "cache", log=lambda _: None)
     return table, perceptual_hashes(cached.images), root
 
 
-def test_hashes_are_64_bit_and_stable_under_jpeg_and_brightness():
+def names(frame, column):
+    return sorted(Path(p).name for p in frame[column])
+
+
+def test_hashes_are_256_bit_and_stable_under_jpeg_and_brightness():
     img = cv2.cvtColor(phantom(5, 224), cv2.COLOR_BGR2RGB)
     _, jpeg = cv2.imencode(".jpg", cv2.convertScaleAbs(img, alpha=1.05, beta=8),
                            [cv2.IMWRITE_JPEG_QUALITY, 60])
     altered = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
-    hashes = perceptual_hashes(np.stack([img, altered, cv2.cvtColor(phantom(6, 224),
-                                                                    cv2.COLOR_BGR2RGB)]))
-    assert hashes.dtype == np.uint64
-    assert np.bitwise_count(hashes[0] ^ hashes[1]) <= 4
-    assert np.bitwise_count(hashes[0] ^ hashes[2]) > 10
+    other = cv2.cvtColor(phantom(6, 224), cv2.COLOR_BGR2RGB)
+    hashes = perceptual_hashes(np.stack([img, altered, other]))
+    assert hashes.dtype == np.uint64 and hashes.shape == (3, HASH_WORDS) == (3, 4)
+    assert hash_distance(hashes[0], hashes[1]) <= MAX_DISTANCE
+    assert hash_distance(hashes[0], hashes[2]) > 2 * MAX_DISTANCE
 
 
-def test_copies_across_splits_are_found_and_distinct_images_are_not(tmp_path):
-    table, hashes, root = dataset(tmp_path)
-    pairs = find_cross_split_duplicates(table, hashes)
+def test_copies_are_found_within_and_across_splits(tmp_path):
+    table, hashes, _ = dataset(tmp_path)
+    pairs = duplicate_pairs(table, hashes)
     assert list(pairs.columns) == ["path_a", "split_a", "path_b", "split_b", "distance"]
     found = {(Path(a).name, sa, Path(b).name, sb) for a, sa, b, sb in
              pairs[["path_a", "split_a", "path_b", "split_b"]].itertuples(index=False)}
@@ -74,37 +84,110 @@ def test_copies_across_splits_are_found_and_distinct_images_are_not(tmp_path):
                      ("train_recompressed_001.jpg", "train", "val_001.png", "val")}
     exact = pairs[pairs["path_b"].str.endswith("test_copy_of_000.png")]
     assert exact["distance"].tolist() == [0]
+    same_split = duplicate_pairs(table.assign(split="train"), hashes)
+    assert len(same_split) == 2  # grouping needs them too: a fold must not separate copies
 
 
-def test_duplicates_within_one_split_are_not_reported(tmp_path):
-    table, hashes, _ = dataset(tmp_path)
-    table = table.assign(split="train")
-    assert find_cross_split_duplicates(table, hashes).empty
-
-
-def test_dropping_removes_the_later_split_copy(tmp_path):
+def test_copies_become_one_group_and_a_given_test_copy_wins(tmp_path):
     table, hashes, root = dataset(tmp_path)
-    pairs = find_cross_split_duplicates(table, hashes)
-    kept, dropped = drop_later_duplicates(table, pairs)
-    assert sorted(Path(p).name for p in dropped["path"]) == ["test_copy_of_000.png",
-                                                             "val_001.png"]
-    assert len(kept) == len(table) - 2
-    assert {str(root / "train_000.png"), str(root / "train_recompressed_001.jpg")} <= set(
-        kept["path"])
-    assert list(kept.columns) == list(table.columns)
+    pairs = duplicate_pairs(table, hashes)
+    kept, dropped = group_duplicates(table, pairs)
+    # the held-out copies stay where the layout put them; the training copies leave
+    assert names(dropped, "path") == ["train_000.png", "train_recompressed_001.jpg"]
+    assert len(kept) == len(table) - 2 and list(kept.columns) == list(table.columns)
+    outcome = pairs_outcome(pairs, kept)
+    assert set(outcome["final_split_a"]) == {"dropped"}
+    assert sorted(outcome["final_split_b"]) == ["test", "val"]
+
+
+def test_groups_merge_transitively_and_undecided_copies_share_one_group():
+    rows = [{"path": f"/d/{name}.png", "label": "a", "source_label": "a", "group": group,
+             "split": ""} for name, group in
+            [("x1", "lesion1"), ("x2", "lesion1"), ("y", "lesion2"), ("z", "lesion3"),
+             ("w", "lesion4")]]
+    table = make_table(rows)
+    words = {"x1": (0, 0, 0), "y": (1, 0, 0), "z": (3, 0, 0),  # x1 ~ y ~ z: 1-2 bits apart
+             "x2": (2**40, 2**40 - 1, 0), "w": (2**63, 0, 2**64 - 1)}  # far from every other
+    hashes = np.zeros((len(table), HASH_WORDS), np.uint64)
+    for i, path in enumerate(table["path"]):  # the table is sorted by path
+        hashes[i, :3] = words[Path(path).stem]
+    kept, dropped = group_duplicates(table, duplicate_pairs(table, hashes))
+    assert dropped.empty
+    by_path = dict(zip(kept["path"], kept["group"]))
+    # x2 joins through its lesion; every copy's group becomes the first name, sorted
+    assert {by_path[f"/d/{n}.png"] for n in ("x1", "x2", "y", "z")} == {"lesion1"}
+    assert by_path["/d/w.png"] == "lesion4"
 
 
 def test_many_hashes_with_planted_near_duplicates():
     rng = np.random.default_rng(0)
-    n = 5000
-    hashes = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2)
-    hashes[10] = hashes[4000] ^ np.uint64(0b10110)  # 3 bits apart
-    hashes[11] = hashes[4001] ^ np.uint64(0b11111)  # 5 bits: too far
-    hashes[12] = hashes[4002]
+    n = 3000
+    hashes = rng.integers(0, 2**63, (n, HASH_WORDS), dtype=np.int64).astype(np.uint64)
+    hashes[10] = hashes[2000]
+    hashes[10, 1] ^= np.uint64(2**MAX_DISTANCE - 1)  # MAX_DISTANCE bits apart
+    hashes[11] = hashes[2001]
+    hashes[11, 2] ^= np.uint64(2**(MAX_DISTANCE + 1) - 1)  # one bit too far
+    hashes[12] = hashes[2002]
     table = make_table([{"path": f"/d/{i:05d}.png", "label": "a", "source_label": "a",
-                         "group": str(i), "split": "train" if i < 4000 else "test"}
+                         "group": str(i), "split": "train" if i < 2000 else "test"}
                         for i in range(n)])
-    pairs = find_cross_split_duplicates(table, hashes)
+    pairs = duplicate_pairs(table, hashes)
     assert pairs[["path_a", "path_b", "distance"]].values.tolist() == [
-        ["/d/00012.png", "/d/04002.png", 0], ["/d/00010.png", "/d/04000.png", 3]]
-    assert find_cross_split_duplicates(table, hashes, max_distance=5).shape[0] == 3
+        ["/d/00012.png", "/d/02002.png", 0], ["/d/00010.png", "/d/02000.png", MAX_DISTANCE]]
+
+
+# --- the threshold, validated --------------------------------------------------------------------
+VARIANTS = {
+    "jpeg70": lambda x: _jpeg(x, 70), "jpeg95": lambda x: _jpeg(x, 95),
+    "resize90": lambda x: cv2.resize(x, None, fx=0.9, fy=0.9, interpolation=cv2.INTER_AREA),
+    "resize110": lambda x: cv2.resize(x, None, fx=1.1, fy=1.1, interpolation=cv2.INTER_LINEAR),
+    "darker10": lambda x: np.clip(x.astype(np.float32) * 0.9, 0, 255).astype(np.uint8),
+    "brighter10": lambda x: np.clip(x.astype(np.float32) * 1.1, 0, 255).astype(np.uint8),
+}
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    _, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+
+
+@pytest.fixture(scope="module")
+def phantom_hashes(tmp_path_factory):
+    """Every image of four task phantoms (>= 500 distinct images), hashed as prepare_dataset
+    hashes them, plus each image's label and file."""
+    out = []
+    for key, per_class in (("brain", 45), ("skin", 45), ("leukemia", 40), ("pneumonia", 60)):
+        task = get_task(key)
+        scan = read_layout(task, write_phantom(task, tmp_path_factory.mktemp(key),
+                                               per_class=per_class, seed=0))
+        images = np.stack([preprocess_image(decode_image(p), HASH_PREPROCESSING, HASH_RESOLUTION)
+                           for p in scan.table["path"]])
+        out.append((scan.task, scan.table, perceptual_hashes(images)))
+    return out
+
+
+def test_threshold_finds_reencoded_resized_and_reexposed_copies(phantom_hashes):
+    found, total = 0, 0
+    for task, table, hashes in phantom_hashes:
+        rng = np.random.default_rng(1)
+        for i in rng.choice(len(table), 25, replace=False):
+            raw = decode_image(table["path"].iloc[i])
+            copies = [preprocess_image(make(raw), HASH_PREPROCESSING, HASH_RESOLUTION)
+                      for make in VARIANTS.values()]
+            distance = hash_distance(perceptual_hashes(np.stack(copies)), hashes[i])
+            found += int((distance <= MAX_DISTANCE).sum())
+            total += len(copies)
+    assert total == 4 * 25 * len(VARIANTS)
+    assert found / total >= 0.95, f"recall {found / total:.3f}"
+
+
+def test_threshold_merges_distinct_images_of_one_class_rarely(phantom_hashes):
+    merged, total = 0, 0
+    for _, table, hashes in phantom_hashes:
+        pairs = duplicate_pairs(table, hashes)
+        label = dict(zip(table["path"], table["label"]))
+        same_class = pairs[pairs["path_a"].map(label) == pairs["path_b"].map(label)]
+        merged += len(set(same_class["path_a"]) | set(same_class["path_b"]))
+        total += len(table)
+    assert total >= 500
+    assert merged / total <= 0.01, f"{merged} of {total} distinct images merged"

@@ -1,10 +1,12 @@
-"""Integrity: per-split expected/found/lost, a clear refusal when a split lost too many."""
+"""Integrity before splitting: lost files listed by name, refused over 5% of the whole set or of
+any class, never because a split happened to draw them."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from orchestrator.data.cache import load_or_build
@@ -15,17 +17,17 @@ from orchestrator.errors import DataError
 from tasks.base import Preprocessing
 
 
-def build(tmp_path: Path, layout: dict[str, list[str]], missing=(), corrupt=()):
-    """Write real images for `layout` (split -> relative names); then break some on disk."""
+def build(tmp_path: Path, layout: dict[str, list[str]], missing=(), corrupt=(), split=""):
+    """Write real images for `layout` (class -> relative names); then break some on disk."""
     root = tmp_path / "data"
     rows = []
-    for split, names in layout.items():
-        for i, name in enumerate(names):
+    for label, files in layout.items():
+        for i, name in enumerate(files):
             path = root / name
             path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(path), np.full((12, 12, 3), i % 250, np.uint8))
-            rows.append({"path": str(path), "label": "a", "source_label": "a", "group": name,
-                         "split": split})
+            rows.append({"path": str(path), "label": label, "source_label": label,
+                         "group": name, "split": split})
     for name in missing:
         (root / name).unlink()
     for name in corrupt:
@@ -41,60 +43,59 @@ def names(prefix, n):
     return [f"{prefix}/{i:03d}.png" for i in range(n)]
 
 
-def test_clean_data_reports_every_split(tmp_path):
-    table, ok, root = build(tmp_path, {"train": names("tr", 30), "val": names("va", 10),
-                                       "test": names("te", 10)})
+def test_clean_data_reports_every_class(tmp_path):
+    table, ok, root = build(tmp_path, {"a": names("a", 30), "b": names("b", 10)})
     report = check_integrity(table, ok, root)
-    assert [s.split for s in report.splits] == ["train", "val", "test"]
-    assert [(s.expected, s.found, s.lost) for s in report.splits] == [(30, 30, 0), (10, 10, 0),
-                                                                      (10, 10, 0)]
-    assert report.warnings() == []
-    assert report.lines()[0].split() == ["split", "expected", "found", "lost"]
-    assert report.lines()[2].split() == ["val", "10", "10", "0"]
+    assert report.expected == 40 and report.lost.empty and report.summary() == ""
+    assert report.lines()[0].split() == ["class", "expected", "lost"]
+    assert report.lines()[1].split() == ["a", "30", "0"]
+    assert report.lines()[-1].split() == ["total", "40", "0"]
 
 
-def test_a_few_lost_images_are_listed_by_name(tmp_path):
-    train = names("train", 60)
-    table, ok, root = build(tmp_path, {"train": train, "val": names("val", 20)},
-                            missing=[train[3]], corrupt=[train[7], train[9]])
+def test_two_and_a_half_percent_broken_runs_with_every_file_listed(tmp_path):
+    """4 of 163 (2.5%): a split of 18 could draw 1 of them (5.6%), which must not matter."""
+    a, b = names("a", 100), names("b", 63)
+    table, ok, root = build(tmp_path, {"a": a, "b": b}, missing=[a[3]],
+                            corrupt=[a[7], b[1], b[2]])
     report = check_integrity(table, ok, root)
-    split = report.splits[0]
-    assert (split.expected, split.found, split.lost) == (60, 59, 3)
-    assert split.missing == (train[3],) and split.unreadable == (train[7], train[9])
-    [warning] = report.warnings()
-    assert warning.startswith("train: 3 of 60 images lost")
-    assert train[3] in warning and train[9] in warning
-    assert report.lines()[1].split() == ["train", "60", "59", "3"]
+    assert len(report.lost) == 4 and report.lost_fraction == pytest.approx(4 / 163)
+    assert sorted(report.lost["path"]) == sorted([a[3], a[7], b[1], b[2]])
+    assert dict(zip(report.lost["path"], report.lost["reason"]))[a[3]] == "missing"
+    assert dict(zip(report.lost["path"], report.lost["reason"]))[b[1]] == "unreadable"
+    assert report.summary().startswith("4 of 163 images left out before splitting "
+                                       "(1 missing, 3 unreadable): ")
+    csv = pd.read_csv(report.write_csv(tmp_path / "lost.csv"))
+    assert list(csv.columns) == ["path", "label", "split", "reason"] and len(csv) == 4
 
 
-def test_a_split_that_lost_too_many_is_refused_with_its_folder(tmp_path):
-    val = names("HAM10000_images_part_2", 33) + names("HAM10000_images_part_1", 7)
-    lost = val[:7]  # 17.5% of val, all under part_2
-    table, ok, root = build(tmp_path, {"train": names("HAM10000_images_part_1x", 100),
-                                       "val": val}, missing=lost)
+def test_over_five_percent_of_the_whole_set_is_refused_listing_the_files(tmp_path):
+    a = names("part_2", 40)
+    table, ok, root = build(tmp_path, {"a": a, "b": names("part_1", 40)}, missing=a[:5])
     with pytest.raises(DataError) as err:
-        check_integrity(table, ok, root)
+        check_integrity(table, ok, root, listing=tmp_path / "out" / "unreadable.csv")
     message = str(err.value)
-    assert "val: 7 of 40 images (17.5%) missing or unreadable" in message
-    assert f"mostly under {root / 'HAM10000_images_part_2'};" in message
-    assert "mounted" in message and "train" not in message
+    assert "the whole data set: 5 of 80 (6.2%)" in message and "class a: 5 of 40" in message
+    assert all(name in message for name in a[:5]) and "mounted" in message
+    assert str(tmp_path / "out" / "unreadable.csv") in message
+    assert len(pd.read_csv(tmp_path / "out" / "unreadable.csv")) == 5
 
 
-def test_unreadable_files_get_a_different_hint(tmp_path):
-    test = names("te", 10)
-    table, ok, root = build(tmp_path, {"test": test}, corrupt=test[:2])
-    with pytest.raises(DataError, match=r"test: 2 of 10 images \(20.0%\).*whole images"):
+def test_one_class_over_five_percent_is_refused_even_when_the_whole_set_is_not(tmp_path):
+    rare = names("rare", 10)
+    table, ok, root = build(tmp_path, {"common": names("common", 200), "rare": rare},
+                            corrupt=rare[:1])
+    with pytest.raises(DataError, match=r"class rare: 1 of 10 \(10.0%\).*whole images") as err:
         check_integrity(table, ok, root)
+    assert "the whole data set" not in str(err.value)
 
 
 def test_threshold_is_a_parameter(tmp_path):
-    test = names("te", 10)
-    table, ok, root = build(tmp_path, {"test": test}, missing=test[:2])
-    report = check_integrity(table, ok, root, max_bad_fraction=0.25)
-    assert report.splits[0].lost == 2
+    files = names("x", 10)
+    table, ok, root = build(tmp_path, {"x": files, "y": names("y", 10)}, missing=files[:2])
+    assert len(check_integrity(table, ok, root, max_bad_fraction=0.25).lost) == 2
 
 
 def test_ok_must_match_the_table(tmp_path):
-    table, ok, root = build(tmp_path, {"train": names("tr", 3)})
+    table, ok, root = build(tmp_path, {"a": names("tr", 3)})
     with pytest.raises(ValueError, match="3 rows"):
         check_integrity(table, ok[:2], root)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,13 +10,16 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import ray
 
 from orchestrator import tracking
+from orchestrator.data.phantoms import write_phantom
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.sweep.state import SWEEP_STATE
 from orchestrator.train.artifacts import FAULT_MARKER
+from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -57,8 +61,12 @@ def local_ray():
 
 
 def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
-    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--set", "dropout=0.3",
-                      "--set", "label_smoothing=[0.05]")
+    # the brain phantom in the real layout, with a training image copied into Testing/
+    data = write_phantom(get_task("brain"), tmp_path / "brain", per_class=16, seed=0)
+    train_img = sorted((data / "Training" / "glioma").glob("*.jpg"))[0]
+    shutil.copy(train_img, data / "Testing" / "glioma" / "Te-gl_copy.jpg")
+    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--data-dir", str(data),
+                      "--set", "dropout=0.3", "--set", "label_smoothing=[0.05]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MLflow parent run:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     assert "Trial status" in proc.stdout + proc.stderr  # Tune's progress table
@@ -68,8 +76,18 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
     assert parent.info.status == "FINISHED"
     assert parent.data.params["synthetic_data"] == "True"
     assert parent.data.params["version.ray"] == ray.__version__
-    assert {"search_space.json", "manifest.csv", "tune_results.csv"} <= {
+    assert {"search_space.json", "manifest.csv", "manifest.json", "tune_results.csv",
+            "unreadable.csv", "duplicates.csv", "duplicates_left_out.csv"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
+    # the copy was grouped before splitting and its training twin left out, by default
+    pairs = pd.read_csv(client.download_artifacts(parent.info.run_id, "duplicates.csv",
+                                                  str(tmp_path / "dl")))
+    planted = pairs[(pairs["path_a"] == "Training/glioma/" + train_img.name)
+                    & (pairs["path_b"] == "Testing/glioma/Te-gl_copy.jpg")]
+    assert planted[["final_split_a", "final_split_b"]].values.tolist() == [["dropped", "test"]]
+    assert int(parent.data.params["duplicate_pairs"]) == len(pairs) >= 1
+    assert int(parent.data.params["duplicates_left_out"]) >= 1
+    assert f"{len(pairs)} duplicate pair(s) grouped" in proc.stdout
     assert len(children) == 2  # the smoke profile's two trials
     for child in children:
         assert child.data.tags[tracking.PARENT_TAG] == parent.info.run_id

@@ -74,6 +74,7 @@ class ClinicalInputs:
     leaderboard: pd.DataFrame  # trial, label, best_<metric>, status, ...
     synthetic: bool
     title: str
+    data_notes: Sequence[str] = ()  # what was left out or grouped before splitting
 
 
 @dataclass
@@ -259,6 +260,7 @@ def _sections(inputs, options, op, temperature, intervals, figures, review, grou
         Section("Ensemble", [f"Task {inputs.task.key}; TTA policy {inputs.policy}; members and "
                              "weights chosen on the validation split only (Caruana selection)."],
                 tables=[composition]),
+        *([Section("Data", list(inputs.data_notes))] if inputs.data_notes else []),
         Section("Validation (where every choice was made)", tables=[val_rows]),
         Section("Test, with 95% bootstrap intervals",
                 [f"{options.resamples} resamples, stratified by class, {groups_note}. "

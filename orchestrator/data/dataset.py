@@ -1,11 +1,15 @@
-"""From a data folder (or the embedded phantom) to cached, split, integrity-checked arrays.
+"""From a data folder (or the embedded phantom) to cached, integrity-checked, split arrays.
 
-The one path every trial takes: read the layout -> split (group-aware, seeded) -> decode once into
-the cache -> check integrity -> find cross-split duplicates -> write the manifest. The test split
-is held here and handed out only by `arrays("test")`; trials never ask for it.
+The one path every trial takes: read the layout -> decode once at the hashing resolution ->
+leave out missing and unreadable files (refusing when too many are) -> make copies of an image
+one group (dropping copies that would straddle a given held-out split) -> split, group-aware and
+seeded -> decode at the trial's resolution -> write the manifest. Nothing here depends on the
+trial's resolution but the pixels, so every resolution of a sweep gets the same split. The test
+split is held here and handed out only by `arrays("test")`; trials never ask for it.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,11 +20,14 @@ import pandas as pd
 from orchestrator.data import cache, duplicates, integrity, splits
 from orchestrator.data.layouts import read_layout
 from orchestrator.data.phantoms import ensure_phantom
-from orchestrator.data.table import summarize_skipped
-from orchestrator.errors import DataError
+from orchestrator.data.table import COLUMNS, summarize_skipped
+from orchestrator.errors import ConfigError, DataError
 from tasks.base import SPLITS, Task
 
 Log = Callable[[str], None]
+UNREADABLE_CSV = "unreadable.csv"  # files left out before splitting: missing or not an image
+DUPLICATES_CSV = "duplicates.csv"  # every pair of copies, with where each copy went
+LEFT_OUT_CSV = "duplicates_left_out.csv"  # copies left out: a copy sits in a held-out split
 
 
 @dataclass
@@ -29,13 +36,15 @@ class PreparedData:
 
     task: Task
     root: Path
-    table: pd.DataFrame  # usable rows only, in cache order of `row`; columns + `row`
+    table: pd.DataFrame  # usable rows only; columns + `row` (index into `images`)
     images: np.ndarray  # (N, R, R, 3) uint8 memmap, indexed by table["row"]
     resolution: int
     fingerprint: str
     synthetic: bool
     manifest_path: Path
-    duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)
+    duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # every pair + outcome
+    dropped: pd.DataFrame = field(default_factory=pd.DataFrame)  # copies left out
+    integrity: integrity.IntegrityReport | None = None
     notes: list[str] = field(default_factory=list)
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +65,15 @@ class PreparedData:
     def counts(self) -> pd.DataFrame:
         return pd.crosstab(self.table["split"], self.table["label"])
 
+    @property
+    def leaking_pairs(self) -> pd.DataFrame:
+        """Duplicate pairs whose copies still sit in two different splits (kept on purpose)."""
+        pairs = self.duplicates
+        if pairs.empty:
+            return pairs
+        a, b = pairs["final_split_a"], pairs["final_split_b"]
+        return pairs[(a != b) & (a != "dropped") & (b != "dropped")]
+
 
 def prepare_dataset(
     task: Task,
@@ -63,7 +81,8 @@ def prepare_dataset(
     resolution: int,
     *,
     split_seed: int = 0,
-    drop_duplicates: bool = False,
+    keep_duplicates: bool = False,
+    positive_class: str | None = None,
     phantom_per_class: int = 40,
     manifest_dir: str | Path | None = None,
     log: Log = print,
@@ -73,33 +92,79 @@ def prepare_dataset(
     scan = read_layout(task, root)
     for line in summarize_skipped(scan.skipped) + scan.notes:
         log(line)
-    task = scan.task
+    task = with_positive_class(scan.task, positive_class)
     if scan.table.empty:
         raise DataError(f"no usable images for task {task.key} under {root}")
-    table = splits.assign_splits(scan.table, task, split_seed)
+    listed = scan.table
+    paths = listed["path"].tolist()
+    content_fp = splits.content_fingerprint(paths)
+    reports = cache.cache_root() / "reports" / content_fp[:16]
 
-    content_fp = splits.content_fingerprint(table["path"].tolist())
-    cached = cache.load_or_build(table["path"].tolist(), task.preprocessing, resolution,
-                                 content_fp, log=log)
-    report = integrity.check_integrity(table, cached.ok, scan.root)
-    for line in report.warnings():
-        log(f"warning: {line}")
-    table = table.assign(row=np.arange(len(table)))[cached.ok].reset_index(drop=True)
+    small = cache.load_or_build(paths, duplicates.HASH_PREPROCESSING,
+                                duplicates.HASH_RESOLUTION, content_fp, log=log)
+    report = integrity.check_integrity(listed, small.ok, scan.root,
+                                       listing=reports / UNREADABLE_CSV)
+    if len(report.lost):
+        log(f"warning: {report.summary()}")
+    table = listed.assign(row=np.arange(len(listed)))[small.ok].reset_index(drop=True)
 
-    hashes = duplicates.perceptual_hashes(cached.images)[table["row"].to_numpy()]
-    dups = duplicates.find_cross_split_duplicates(table, hashes)
-    if len(dups):
-        log(f"warning: {len(dups)} image pair(s) are duplicates across splits, e.g. "
-            f"{dups.iloc[0]['path_a']} ~ {dups.iloc[0]['path_b']}")
-        if drop_duplicates:
-            table, dropped = duplicates.drop_later_duplicates(table, dups)
-            log(f"dropped {len(dropped)} duplicate(s) from their later split")
-        else:
-            log("  (drop them from the later split with --drop-duplicates)")
+    hashes = duplicates.perceptual_hashes(small.images)[table["row"].to_numpy()]
+    pairs = duplicates.duplicate_pairs(table, hashes)
+    dropped = table.iloc[0:0]
+    if not keep_duplicates:
+        table, dropped = duplicates.group_duplicates(table, pairs)
+    table = splits.assign_splits(table, task, split_seed)
+    pairs = duplicates.pairs_outcome(pairs, table)
+    _log_duplicates(pairs, dropped, keep_duplicates, log)
 
+    cached = cache.load_or_build(paths, task.preprocessing, resolution, content_fp, log=log)
+    table = table[cached.ok[table["row"].to_numpy()]].reset_index(drop=True)
     fingerprint = splits.data_fingerprint(table, content_fp)
     out = Path(manifest_dir) if manifest_dir else cache.cache_root() / "manifests" / fingerprint[:16]
-    manifest = splits.write_manifest(table, out, scan.root, fingerprint, scan.synthetic)
+    manifest = splits.write_manifest(table, out, scan.root, fingerprint, scan.synthetic,
+                                     digests=splits.file_digests(table["path"].tolist()))
+    report.write_csv(out / UNREADABLE_CSV)
+    _relative(pairs, scan.root, "path_a", "path_b").to_csv(out / DUPLICATES_CSV, index=False)
+    _relative(dropped[list(COLUMNS)], scan.root, "path").to_csv(out / LEFT_OUT_CSV, index=False)
     return PreparedData(task=task, root=scan.root, table=table, images=cached.images,
                         resolution=resolution, fingerprint=fingerprint, synthetic=scan.synthetic,
-                        manifest_path=manifest, duplicates=dups, notes=list(scan.notes))
+                        manifest_path=manifest, duplicates=pairs, dropped=dropped,
+                        integrity=report, notes=list(scan.notes))
+
+
+def with_positive_class(task: Task, positive_class: str | None) -> Task:
+    """The task with the class that binary metrics, the threshold and the report call positive.
+
+    Only tasks whose classes come from the data (the `folder` layout) take one from the user;
+    the medical tasks' positive class is part of their definition."""
+    if positive_class is None or positive_class == task.positive_class:
+        return task
+    if task.layout != "folder":
+        raise ConfigError(f"--positive-class: task {task.key} defines its own positive class "
+                          f"({task.positive_class!r}); the option is for your own folders or CSV")
+    if positive_class not in task.classes:
+        raise ConfigError(f"--positive-class {positive_class!r} is not a class of this data "
+                          f"set; its classes: {', '.join(task.classes)}")
+    return task.with_classes(task.classes, positive_class=positive_class)
+
+
+def _relative(frame: pd.DataFrame, root: Path, *columns: str) -> pd.DataFrame:
+    """Paths relative to the data root: the CSVs read the same wherever the data is mounted."""
+    return frame.assign(**{c: [Path(os.path.relpath(p, root)).as_posix() for p in frame[c]]
+                           for c in columns})
+
+
+def _log_duplicates(pairs: pd.DataFrame, dropped: pd.DataFrame, kept: bool, log: Log) -> None:
+    if pairs.empty:
+        return
+    log(f"{len(pairs)} duplicate image pair(s) found (exact or near copies), e.g. "
+        f"{pairs.iloc[0]['path_a']} ~ {pairs.iloc[0]['path_b']}")
+    if kept:
+        straddle = (pairs["final_split_a"] != pairs["final_split_b"]).sum()
+        log(f"warning: --keep-duplicates: {straddle} pair(s) straddle two splits; their test "
+            "figures can be inflated")
+    elif len(dropped):
+        log(f"  copies grouped before splitting; {len(dropped)} image(s) left out because a "
+            "copy sits in a given held-out split (e.g. an official test folder)")
+    else:
+        log("  copies grouped before splitting: no split separates them")

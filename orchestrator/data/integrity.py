@@ -1,13 +1,14 @@
-"""Are all the images a split expects really there and readable?
+"""Are all the images a data set lists really there and readable? Checked before any split.
 
-A few lost images are reported and left out; more than a few in any split usually means a folder
+Unreadable and missing files (a metadata row with no image, as HAM10000 has) are found when the
+images are decoded, listed by name, and left out before splitting, so no split inherits a hole.
+More than `max_bad_fraction` of the whole data set, or of any one class, usually means a folder
 is not mounted or a download was cut short, and a score on what is left would mislead: that is a
-`DataError` naming the split, the share lost and the folder(s) to look at, never a traceback.
+`DataError` listing the files, never a traceback.
 """
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,100 +16,97 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.errors import DataError
-from tasks.base import SPLITS
 
-SHOW = 5  # file names listed per warning
-
-
-@dataclass(frozen=True)
-class SplitIntegrity:
-    """What one split expected and what it lost, by file name (relative to the data root)."""
-
-    split: str
-    expected: int
-    missing: tuple[str, ...]  # not on disk
-    unreadable: tuple[str, ...]  # on disk, did not decode
-
-    @property
-    def found(self) -> int:
-        return self.expected - len(self.missing)
-
-    @property
-    def lost(self) -> int:
-        return len(self.missing) + len(self.unreadable)
-
-    @property
-    def lost_fraction(self) -> float:
-        return self.lost / self.expected if self.expected else 0.0
+SHOW = 5  # file names named in a printed line
+REFUSAL_SHOW = 20  # file names named in a refusal (the CSV holds them all)
+MAX_BAD_FRACTION = 0.05
+LOST_COLUMNS = ["path", "label", "split", "reason"]
 
 
 @dataclass(frozen=True)
 class IntegrityReport:
-    splits: tuple[SplitIntegrity, ...]
+    """What the data set listed and what of it could not be used, by file (relative to root)."""
 
-    def warnings(self) -> list[str]:
-        """One line per split that lost images, naming the first few."""
-        return [_describe(s) for s in self.splits if s.lost]
+    expected: int
+    lost: pd.DataFrame  # LOST_COLUMNS; reason is "missing" (not on disk) or "unreadable"
+    by_class: pd.DataFrame  # index label; columns expected, lost, lost_fraction
+
+    @property
+    def lost_fraction(self) -> float:
+        return len(self.lost) / self.expected if self.expected else 0.0
+
+    def summary(self) -> str:
+        """One line for the console: the count and the first few names ('' when none)."""
+        if self.lost.empty:
+            return ""
+        kinds = ", ".join(f"{n} {reason}" for reason, n in
+                          self.lost["reason"].value_counts().sort_index().items())
+        return (f"{len(self.lost)} of {self.expected} images left out before splitting "
+                f"({kinds}): {_first(self.lost['path'].tolist(), SHOW)}")
 
     def lines(self) -> list[str]:
-        """A printable table: split, expected, found, lost."""
-        rows = [("split", "expected", "found", "lost")]
-        rows += [(s.split or "(none)", str(s.expected), str(s.found), str(s.lost))
-                 for s in self.splits]
-        return ["  ".join([r[0].ljust(8)] + [c.rjust(8) for c in r[1:]]) for r in rows]
+        """A printable table: class, expected, lost."""
+        rows = [("class", "expected", "lost")]
+        rows += [(str(label), str(int(r.expected)), str(int(r.lost)))
+                 for label, r in self.by_class.iterrows()]
+        rows.append(("total", str(self.expected), str(len(self.lost))))
+        return ["  ".join([r[0].ljust(12)] + [c.rjust(8) for c in r[1:]]) for r in rows]
+
+    def write_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.lost.to_csv(path, index=False)
+        return path
 
 
 def check_integrity(table: pd.DataFrame, ok: np.ndarray, root: str | Path,
-                    max_bad_fraction: float = 0.05) -> IntegrityReport:
-    """Count missing and unreadable images per split; refuse a split that lost too many.
+                    max_bad_fraction: float = MAX_BAD_FRACTION,
+                    listing: str | Path | None = None) -> IntegrityReport:
+    """Find the rows of `table` that are missing or did not decode (`ok`: the cache's per-row
+    decode flag, aligned with `table`); refuse when the whole set or a class lost too many.
 
-    `ok` is the cache's per-row decode flag, aligned with `table`.
-    """
+    `listing`: where the refusal writes the full list of lost files (a CSV), so the error can
+    name the first few and point at the rest."""
     ok = np.asarray(ok, dtype=bool)
     if len(ok) != len(table):
         raise ValueError(f"ok has {len(ok)} entries for a table of {len(table)} rows")
     paths = table["path"].to_numpy()
     on_disk = np.array([os.path.isfile(p) for p in paths], dtype=bool)
-    order = {s: i for i, s in enumerate(SPLITS)}
-    report = IntegrityReport(tuple(
-        _split_integrity(split, paths[rows], on_disk[rows], ok[rows], root)
-        for split, rows in sorted(table.groupby("split").indices.items(),
-                                  key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
-    ))
-    too_many = [s for s in report.splits if s.lost_fraction > max_bad_fraction]
-    if too_many:
-        details = "; ".join(_refusal(s, paths, table, on_disk, ok) for s in too_many)
-        raise DataError(f"too many images lost (more than {max_bad_fraction:.0%} of a split): "
-                        f"{details}")
+    bad = ~(on_disk & ok)
+    lost = pd.DataFrame({
+        "path": [Path(os.path.relpath(p, root)).as_posix() for p in paths[bad]],
+        "label": table["label"].to_numpy()[bad],
+        "split": table["split"].to_numpy()[bad],
+        "reason": np.where(on_disk[bad], "unreadable", "missing"),
+    }, columns=LOST_COLUMNS)
+    by_class = pd.DataFrame({"expected": table.groupby("label").size(),
+                             "lost": pd.Series(bad, index=table.index).groupby(
+                                 table["label"]).sum()}).astype(int)
+    by_class["lost_fraction"] = by_class["lost"] / by_class["expected"]
+    report = IntegrityReport(expected=len(table), lost=lost, by_class=by_class)
+    _refuse_if_too_many(report, max_bad_fraction, root, listing)
     return report
 
 
-def _split_integrity(split: str, paths: np.ndarray, on_disk: np.ndarray, ok: np.ndarray,
-                     root: str | Path) -> SplitIntegrity:
-    def names(mask: np.ndarray) -> tuple[str, ...]:
-        return tuple(os.path.relpath(p, root) for p in paths[mask])
-
-    return SplitIntegrity(split=split, expected=len(paths), missing=names(~on_disk),
-                          unreadable=names(on_disk & ~ok))
-
-
-def _refusal(s: SplitIntegrity, paths: np.ndarray, table: pd.DataFrame, on_disk: np.ndarray,
-             ok: np.ndarray) -> str:
-    """'val: 7 of 40 images (17.5%) missing or unreadable, mostly under DIR; what to check'."""
-    bad = (table["split"].to_numpy() == s.split) & ~(on_disk & ok)
-    folders = Counter(os.path.dirname(p) for p in paths[bad]).most_common(2)
-    where = ", ".join(folder for folder, _ in folders)
-    hint = ("check the folder is mounted and complete" if s.missing
+def _refuse_if_too_many(report: IntegrityReport, limit: float, root: str | Path,
+                        listing: str | Path | None) -> None:
+    over = [f"the whole data set: {len(report.lost)} of {report.expected} "
+            f"({100 * report.lost_fraction:.1f}%)"] if report.lost_fraction > limit else []
+    over += [f"class {label}: {int(r.lost)} of {int(r.expected)} ({100 * r.lost_fraction:.1f}%)"
+             for label, r in report.by_class.iterrows() if r.lost_fraction > limit]
+    if not over:
+        return
+    missing = (report.lost["reason"] == "missing").any()
+    hint = ("check the folder is mounted and complete" if missing
             else "check the files are whole images (a cut-short download or copy?)")
-    return (f"{s.split}: {s.lost} of {s.expected} images ({100 * s.lost_fraction:.1f}%) "
-            f"missing or unreadable, mostly under {where}; {hint}")
+    where = ""
+    if listing is not None:
+        where = f"; every file is listed in {report.write_csv(listing)}"
+    raise DataError(f"too many images missing or unreadable under {root} (more than "
+                    f"{limit:.0%}): {'; '.join(over)}; {hint}. Files: "
+                    f"{_first(report.lost['path'].tolist(), REFUSAL_SHOW)}{where}")
 
 
-def _describe(s: SplitIntegrity) -> str:
-    parts = [f"{len(files)} {kind} ({_first(files)})"
-             for kind, files in (("missing", s.missing), ("unreadable", s.unreadable)) if files]
-    return f"{s.split}: {s.lost} of {s.expected} images lost: " + ", ".join(parts)
-
-
-def _first(names: tuple[str, ...]) -> str:
-    return ", ".join(names[:SHOW]) + (", ..." if len(names) > SHOW else "")
+def _first(names: list[str], show: int) -> str:
+    more = f", ... ({len(names) - show} more)" if len(names) > show else ""
+    return ", ".join(names[:show]) + more

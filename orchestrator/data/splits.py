@@ -28,6 +28,7 @@ MAX_FOLDS = 20  # grouped splits take m of k folds per split (cost grows with k)
 FRACTION_TOLERANCE = 0.01  # fewest folds whose m/k is this close to each asked fraction
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_JSON = "manifest.json"
+MISSING = "missing"  # the digest of a file that could not be read
 
 
 class SplitWarning(UserWarning):
@@ -188,8 +189,8 @@ def content_fingerprint(paths: list[str], workers: int | None = None) -> str:
     if not paths:
         return hashlib.blake2b(b"empty", digest_size=16).hexdigest()
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        digests = list(pool.map(_file_digest, paths))
+    digests = [bytes.fromhex(d) if d != MISSING else MISSING.encode()
+               for d in file_digests(paths, workers)]
     h = hashlib.blake2b(digest_size=16)
     for path, digest in zip(paths, digests):
         rel = Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
@@ -197,11 +198,18 @@ def content_fingerprint(paths: list[str], workers: int | None = None) -> str:
     return h.hexdigest()
 
 
-def _file_digest(path: str) -> bytes:
+def file_digests(paths: list[str], workers: int | None = None) -> list[str]:
+    """Each file's content hash (hex), or MISSING: what the manifest records per image, so a
+    later stage can prove it reads the very bytes the sweep split."""
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        return list(pool.map(_file_digest, paths))
+
+
+def _file_digest(path: str) -> str:
     try:
-        return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).digest()
+        return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
     except OSError:
-        return b"missing"
+        return MISSING
 
 
 def data_fingerprint(table: pd.DataFrame, content_fp: str) -> str:
@@ -213,13 +221,16 @@ def data_fingerprint(table: pd.DataFrame, content_fp: str) -> str:
 
 
 def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, fingerprint: str,
-                   synthetic: bool) -> Path:
-    """`manifest.csv` (paths relative to root) and `manifest.json` (fingerprint, counts)."""
+                   synthetic: bool, digests: list[str] | None = None) -> Path:
+    """`manifest.csv` (paths relative to root; each file's content hash when `digests` is given)
+    and `manifest.json` (fingerprint, counts)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(os.path.abspath(root))
     frame = table[list(COLUMNS)].copy()
     frame["path"] = [Path(os.path.relpath(p, root)).as_posix() for p in frame["path"]]
+    if digests is not None:
+        frame["hash"] = digests
     _write_atomic(out / MANIFEST_CSV, frame.to_csv(index=False))
     counts = pd.crosstab(table["split"], table["label"])
     meta = {

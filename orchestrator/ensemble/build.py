@@ -47,6 +47,9 @@ class SweepInfo:
     data_dir: str | None
     split_seed: int
     phantom_per_class: int
+    keep_duplicates: bool = False
+    positive_class: str | None = None
+    data_notes: tuple[str, ...] = ()
     synthetic: bool = False
 
 
@@ -126,6 +129,7 @@ def _clinical_inputs(sweep: SweepInfo, task, choice, rows: dict, y_val, y_test, 
         members=[Member(m, w, candidates[m].model_path, candidates[m].resolution)
                  for m, w in zip(ens.members, ens.weights)],
         policy=choice.policy, leaderboard=board, synthetic=sweep.synthetic,
+        data_notes=sweep.data_notes,
         title=f"MedSweep clinical evaluation: {task.key}, sweep {sweep.parent_run_id}")
 
 
@@ -186,7 +190,26 @@ def _sweep_info(uri: str, run_id: str) -> SweepInfo:
                      task=params["task"], data_dir=None if data_dir == "phantom" else data_dir,
                      split_seed=int(config.get("split_seed", 0)),
                      phantom_per_class=int(config.get("phantom_per_class", 40)),
-                     synthetic=run.data.tags.get(tracking.TAG_SYNTHETIC, "true") != "false")
+                     keep_duplicates=config.get("keep_duplicates", "False") == "True",
+                     positive_class=None if config.get("positive_class", "None") in ("None", "")
+                     else config["positive_class"],
+                     synthetic=run.data.tags.get(tracking.TAG_SYNTHETIC, "true") != "false",
+                     data_notes=_data_notes(params))
+
+
+def _data_notes(params: dict) -> tuple[str, ...]:
+    """The sweep's data facts (parent-run params) as sentences for the report."""
+    if "images" not in params:
+        return ()
+    grouping = ("copies were kept apart (--keep-duplicates): test figures can be inflated"
+                if params.get("keep_duplicates") == "True" else
+                "copies share a group, so no split separates them")
+    return (f"{params['images']} images used; {params.get('images_unreadable', 0)} missing or "
+            "unreadable file(s) were left out before splitting (unreadable.csv in the sweep run).",
+            f"{params.get('duplicate_pairs', 0)} duplicate image pair(s) (exact or near copies) "
+            f"were found before splitting; {grouping}; "
+            f"{params.get('duplicates_left_out', 0)} copy(ies) left out because a copy sits in a "
+            "held-out split (duplicates.csv, duplicates_left_out.csv).")
 
 
 def _candidates(sweep: SweepInfo, task, ranked: list, top_k: int, work: Path,
@@ -209,6 +232,8 @@ def _candidates(sweep: SweepInfo, task, ranked: list, top_k: int, work: Path,
         if resolution not in data:
             data[resolution] = prepare_dataset(task, sweep.data_dir, resolution,
                                                split_seed=sweep.split_seed,
+                                               keep_duplicates=sweep.keep_duplicates,
+                                               positive_class=sweep.positive_class,
                                                phantom_per_class=sweep.phantom_per_class,
                                                log=log)
         try:

@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", help="folder holding the ImageNet weight files (python -m "
                    "orchestrator.weights fetch DIR), at the same path on every node (else "
                    "MEDSWEEP_WEIGHTS_DIR on this machine, else each node's Keras cache)")
+    p.add_argument("--keep-duplicates", action="store_true", help="do not group copies of an "
+                   "image before splitting (by default exact and near copies share a group, and "
+                   "copies of a given test image leave training; the pairs are logged either way)")
+    p.add_argument("--positive-class", help="your own folders or CSV: the class that binary "
+                   "metrics, the threshold and the report call positive")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="replace one key of the profile's search space (repeatable): "
                    "--set backbone=resnet50 fixes it, --set 'resolution=[128,224]' makes it a "
@@ -83,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.perf_counter()
     try:
-        result = run_sweep(args.task, space_overrides=parse_overrides(args.overrides), data_dir=args.data_dir, profile=args.profile,
+        overrides = parse_overrides(args.overrides)
+        if args.keep_duplicates:
+            overrides["keep_duplicates"] = True
+        if args.positive_class:
+            overrides["positive_class"] = args.positive_class
+        result = run_sweep(args.task, space_overrides=overrides, data_dir=args.data_dir, profile=args.profile,
                            num_samples=args.num_samples, max_epochs=args.max_epochs,
                            cpus_per_trial=args.cpus_per_trial,
                            gpus_per_trial=args.gpus_per_trial, address=args.address,
@@ -108,6 +118,11 @@ def _print_summary(result: SweepResult, seconds: float) -> None:
           f"(val {result.metric}, {result.mode})")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(board.head(10).to_string(index=False))
+    if result.data_facts:
+        facts = result.data_facts
+        print(f"\ndata: {facts['images']} images; {facts['images_unreadable']} missing or "
+              f"unreadable left out; {facts['duplicate_pairs']} duplicate pair(s) grouped, "
+              f"{facts['duplicates_left_out']} copy(ies) left out (files in the parent run)")
     print(f"\nMLflow parent run: {result.parent_run_id}  (tracking URI {result.tracking_uri})")
     print(f"open the MLflow UI: {result.ui_command}")
     print(f"checkpoints: {result.experiment_path}")

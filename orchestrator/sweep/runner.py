@@ -8,7 +8,7 @@ import atexit
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ class SweepResult:
     leaderboard: pd.DataFrame  # one row per trial, best first
     ui_command: str
     ensemble: Any = None  # orchestrator.ensemble.build.EnsembleReport, when one was built
+    data_facts: dict = field(default_factory=dict)  # images used, left out, duplicate pairs
 
 
 def run_sweep(
@@ -146,12 +147,16 @@ class SweepRunner:
         check_space(self._space(), f"profile {self.profile.name} with --set")
         self.scheduler = scheduler
         self.build_ensemble = build_ensemble
+        self.data_facts: dict[str, int] = {}
 
     # --------------------------------------------------------------------------- public
     def start(self) -> SweepResult:
         space = self._space()
         datasets = self._prepare_data(space)
         any_data = next(iter(datasets.values()))
+        records = data_records(Path(any_data.manifest_path))
+        facts = self.data_facts = data_facts(records)
+        self.log("data: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items()))
         name = f"{self.experiment}-{datetime.now():%Y%m%d-%H%M%S}"
         path = self._experiment_path(name)
         experiment_id = tracking.ensure_experiment(self.uri, self.experiment,
@@ -168,9 +173,11 @@ class SweepRunner:
                     "synthetic_data": any_data.synthetic, "data_dir": self.data_dir or "phantom",
                     "metric": self.metric, "mode": self.task_record.mode, "seed": self.seed,
                     "scheduler": self.scheduler,
-                    "storage_path": path},
-            artifacts={"search_space.json": self._space_file(space),
-                       "manifest.csv": Path(any_data.manifest_path)})
+                    "storage_path": path, **facts,
+                    "keep_duplicates": bool(space.get("keep_duplicates", False)),
+                    **({"positive_class": space["positive_class"]}
+                       if space.get("positive_class") else {})},
+            artifacts={"search_space.json": self._space_file(space), **records})
         context = self._context(experiment_id, parent)
         state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": self.uri,
                  "task": self.task, "profile": self.profile.name, "data_dir": self.data_dir,
@@ -207,6 +214,7 @@ class SweepRunner:
             gpus_per_trial=state["gpus_per_trial"])
         self.space_overrides = state.get("space_overrides", {})
         datasets = self._prepare_data(self._space())
+        self.data_facts = data_facts(data_records(Path(next(iter(datasets.values())).manifest_path)))
         tracking.reopen_run(self.uri, state["parent_run_id"])
         context = self._context(state["experiment_id"], state["parent_run_id"])
         tuner = tune.Tuner.restore(previous, trainable=self._trainable(datasets, context),
@@ -291,7 +299,7 @@ class SweepRunner:
                            mode=self.task_record.mode, leaderboard=board,
                            ui_command=tracking.ui_command(self.uri,
                                                           tracking.local_artifact_root(self.uri)),
-                           ensemble=ensemble)
+                           ensemble=ensemble, data_facts=self.data_facts)
 
     def _ensemble(self, context: SweepContext):
         """The final ensemble is part of every sweep; its failure is reported, not fatal: the
@@ -305,6 +313,32 @@ class SweepRunner:
         except MedSweepError as err:
             self.log(f"warning: no ensemble built: {err}")
             return None
+
+
+def data_records(manifest: Path) -> dict[str, Path]:
+    """The files that record the data a sweep saw, written beside its manifest: the manifest
+    (every image's class, group, split and content hash), what was left out unreadable, and
+    every duplicate pair with where each copy went. Logged in the parent run."""
+    from orchestrator.data.dataset import DUPLICATES_CSV, LEFT_OUT_CSV, UNREADABLE_CSV
+    from orchestrator.data.splits import MANIFEST_JSON
+
+    folder = manifest.parent
+    names = (manifest.name, MANIFEST_JSON, UNREADABLE_CSV, DUPLICATES_CSV, LEFT_OUT_CSV)
+    return {name: folder / name for name in names if (folder / name).is_file()}
+
+
+def data_facts(records: dict[str, Path]) -> dict[str, int]:
+    """Counts for the parent run's params and the console: images used, left out, duplicates."""
+    def rows(name: str) -> pd.DataFrame:
+        path = records.get(name)
+        return pd.read_csv(path, dtype=str, keep_default_na=False) if path else pd.DataFrame()
+
+    from orchestrator.data.dataset import DUPLICATES_CSV, LEFT_OUT_CSV, UNREADABLE_CSV
+    from orchestrator.data.splits import MANIFEST_CSV
+
+    return {"images": len(rows(MANIFEST_CSV)), "images_unreadable": len(rows(UNREADABLE_CSV)),
+            "duplicate_pairs": len(rows(DUPLICATES_CSV)),
+            "duplicates_left_out": len(rows(LEFT_OUT_CSV))}
 
 
 def _leaderboard(grid, metric: str, mode: str) -> pd.DataFrame:

@@ -47,8 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping-patience", type=int, default=d.early_stopping_patience)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--split-seed", type=int, default=d.split_seed)
-    p.add_argument("--drop-duplicates", action="store_true",
-                   help="drop images duplicated across splits from the later split")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="do not group copies of an image before splitting (by default exact "
+                   "and near copies share a group, and copies of a given test image leave "
+                   "training)")
+    p.add_argument("--positive-class", help="your own folders or CSV: the class that binary "
+                   "metrics, the threshold and the report call positive (default: the "
+                   "alphabetically second)")
     p.add_argument("--phantom-per-class", type=int, default=d.phantom_per_class)
     p.add_argument("--mixed-precision", default=d.mixed_precision, help=" | ".join(PRECISIONS))
     p.add_argument("--cpu-threads", type=int, default=d.cpu_threads)

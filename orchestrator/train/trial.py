@@ -21,7 +21,8 @@ def load_trial_data(config: TrialConfig, log: Callable[[str], None] = print) -> 
 
     prepared = prepare_dataset(get_task(config.task), config.data_dir, config.resolution,
                                split_seed=config.split_seed,
-                               drop_duplicates=config.drop_duplicates,
+                               keep_duplicates=config.keep_duplicates,
+                               positive_class=config.positive_class,
                                phantom_per_class=config.phantom_per_class, log=log)
     x_train, y_train = prepared.arrays("train")
     x_val, y_val = prepared.arrays("val")
