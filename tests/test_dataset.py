@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.data.dataset import prepare_dataset
+from orchestrator.data.dataset import load_recorded, prepare_dataset
 from orchestrator.data.phantoms import write_phantom
 from orchestrator.data.splits import read_manifest
 from orchestrator.errors import ConfigError, DataError
@@ -122,3 +123,38 @@ def test_positive_class_for_your_own_folders(tmp_path):
 def test_missing_folder_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
         prepare_dataset(get_task("brain"), tmp_path / "nowhere", 32, **QUIET)
+
+
+def test_the_recorded_split_is_reloaded_as_it_was_and_a_changed_file_is_refused(tmp_path):
+    task = get_task("brain/4class")
+    root = write_phantom(task, tmp_path / "brain", per_class=10, seed=0)
+    original = prepare_dataset(task, root, 32, split_seed=3, manifest_dir=tmp_path / "m",
+                               **QUIET)
+    recorded = load_recorded(task, original.manifest_path, 48, **QUIET)
+    assert recorded.fingerprint == original.fingerprint and recorded.resolution == 48
+    pd.testing.assert_frame_equal(recorded.table.drop(columns="row"),
+                                  original.table.drop(columns="row"))
+    for split in ("train", "val", "test"):
+        assert recorded.arrays(split)[0].shape[0] == len(original.paths(split))
+    # the data mounted elsewhere: the same files under another root still match
+    moved = shutil.copytree(root, tmp_path / "moved")
+    again = load_recorded(task, original.manifest_path, 32, data_dir=moved, **QUIET)
+    assert again.paths("test")[0].startswith(str(moved))
+
+    victim = Path(original.paths("val")[0])
+    victim.write_bytes(victim.read_bytes()[:-40] + b"\0" * 40)  # same name, other bytes
+    with pytest.raises(DataError, match="the data changed since the sweep recorded it") as err:
+        load_recorded(task, original.manifest_path, 32, **QUIET)
+    assert victim.relative_to(root).as_posix() in str(err.value)
+    victim.unlink()
+    with pytest.raises(DataError, match="1 file\\(s\\) are missing or hold other bytes"):
+        load_recorded(task, original.manifest_path, 32, **QUIET)
+
+
+def test_a_manifest_without_content_hashes_is_refused(tmp_path):
+    task = get_task("brain")
+    data = prepare_dataset(task, None, 32, phantom_per_class=8, manifest_dir=tmp_path, **QUIET)
+    old = pd.read_csv(data.manifest_path, dtype=str).drop(columns="hash")
+    old.to_csv(data.manifest_path, index=False)
+    with pytest.raises(DataError, match="records no content hashes"):
+        load_recorded(task, data.manifest_path, 32, **QUIET)

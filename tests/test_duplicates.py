@@ -6,7 +6,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.data.cache import decode_image, load_or_build, preprocess_image
 from orchestrator.data.duplicates import (HASH_PREPROCESSING, HASH_RESOLUTION, HASH_WORDS,
@@ -15,8 +18,9 @@ from orchestrator.data.duplicates import (HASH_PREPROCESSING, HASH_RESOLUTION, H
                                           pairs_outcome, perceptual_hashes)
 from orchestrator.data.layouts import read_layout
 from orchestrator.data.phantoms import write_phantom
-from orchestrator.data.splits import content_fingerprint
+from orchestrator.data.splits import assign_splits, content_fingerprint
 from orchestrator.data.table import make_table
+from orchestrator.errors import DataError
 from tasks import get_task
 
 
@@ -191,3 +195,39 @@ def test_threshold_merges_distinct_images_of_one_class_rarely(phantom_hashes):
         total += len(table)
     assert total >= 500
     assert merged / total <= 0.01, f"{merged} of {total} distinct images merged"
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(6, 40), groups=st.integers(2, 12), seed=st.integers(0, 10_000),
+       given_test=st.floats(0.0, 0.5), pair_count=st.integers(0, 15))
+def test_property_copies_never_straddle_splits(n, groups, seed, given_test, pair_count):
+    """Whatever the groups, the given test images and the copies, after grouping and splitting
+    both images of every duplicate pair sit in one split, or one of them was left out."""
+    rng = np.random.default_rng(seed)
+    group_of = rng.integers(0, groups, n)
+    test_groups = set(np.flatnonzero(rng.random(groups) < given_test))
+    table = make_table([{"path": f"/d/{i:03d}.png", "label": "ab"[i % 2],
+                         "source_label": "ab"[i % 2], "group": f"g{group_of[i]}",
+                         "split": "test" if group_of[i] in test_groups else ""}
+                        for i in range(n)])
+    a = rng.integers(0, n, pair_count)
+    b = rng.integers(0, n, pair_count)
+    keep = a != b
+    path = table["path"].to_numpy()
+    pairs = pd.DataFrame({"path_a": path[a[keep]], "split_a": "", "path_b": path[b[keep]],
+                          "split_b": "", "distance": 0})
+    kept, dropped = group_duplicates(table, pairs)
+    assert len(kept) + len(dropped) == n
+    if not (kept["split"] == "").any() or kept.empty:
+        return  # nothing left to split
+    try:
+        final = assign_splits(kept, get_task("folder").with_classes(("a", "b")), seed)
+    except DataError:
+        return  # too few groups to split: refused, never a leak
+    where = dict(zip(final["path"], final["split"]))
+    for pa, pb in zip(pairs["path_a"], pairs["path_b"]):
+        if pa in where and pb in where:
+            assert where[pa] == where[pb], (pa, pb)
+    # a given test image is never moved, and never dropped for a copy of it
+    given = set(table.loc[table["split"] == "test", "path"])
+    assert all(where.get(p) == "test" for p in given)

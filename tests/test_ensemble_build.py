@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import keras
 import mlflow
 import numpy as np
@@ -21,7 +22,7 @@ import ray
 
 from orchestrator import tracking
 from orchestrator.data.dataset import prepare_dataset
-from orchestrator.data.phantoms import ensure_phantom
+from orchestrator.data.phantoms import ensure_phantom, write_phantom
 from orchestrator.ensemble.build import build_ensemble
 from orchestrator.errors import ConfigError
 from orchestrator.sweep.runner import run_sweep
@@ -134,18 +135,24 @@ def test_actor_pool_probabilities_equal_a_direct_call(swept, tmp_path):
 
 
 def test_permuting_the_test_labels_changes_no_choice(swept, tmp_path):
+    """The recorded split is the only source of labels: permute the test labels in the sweep's
+    manifest (the files stay as they are), and no choice moves."""
     result, uri, _ = swept
-    phantom = ensure_phantom(get_task("brain"), per_class=30)
-    copy = tmp_path / "brain"
-    shutil.copytree(phantom, copy)
-    testing = copy / "Testing"
-    classes = sorted(p.name for p in testing.iterdir())
+    client = mlflow.MlflowClient(uri)
+    original = Path(client.download_artifacts(result.parent_run_id, "manifest.csv",
+                                              str(tmp_path / "original")))
+    frame = pd.read_csv(original, dtype=str, keep_default_na=False)
+    test = frame["split"] == "test"
+    classes = sorted(frame.loc[test, "label"].unique())
     rotated = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
-    for cls in classes:  # every test image moves to another class folder
-        (testing / cls).rename(testing / f"tmp-{cls}")
-    for cls in classes:
-        (testing / f"tmp-{cls}").rename(testing / rotated[cls])
-    again = build_ensemble(result.parent_run_id, tracking_uri=uri, data_dir=str(copy), **QUIET)
+    frame.loc[test, "label"] = frame.loc[test, "label"].map(rotated)  # every test label moves
+    (tmp_path / "permuted").mkdir()
+    frame.to_csv(tmp_path / "permuted" / "manifest.csv", index=False)
+    client.log_artifact(result.parent_run_id, str(tmp_path / "permuted" / "manifest.csv"))
+    try:
+        again = build_ensemble(result.parent_run_id, tracking_uri=uri, **QUIET)
+    finally:
+        client.log_artifact(result.parent_run_id, str(original))
     first = result.ensemble
     assert (again.policy, again.members, again.weights) == (
         first.policy, first.members, first.weights)
@@ -242,3 +249,28 @@ def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
     assert version.run_id != result.ensemble.run_id
     assert run.data.params["tta_policy"] == "none"
     assert "test_mc_dropout_mean_entropy" in run.data.metrics
+
+
+def test_the_ensemble_refuses_data_that_changed_after_the_sweep(tmp_path):
+    """The ensemble rebuilds the split from the sweep's recorded manifest, never re-splits, and
+    one changed image is enough to refuse: a clear line, no ensemble run."""
+    data = write_phantom(get_task("brain"), tmp_path / "brain", per_class=12, seed=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_sweep("brain", profile="smoke", data_dir=str(data), num_samples=1,
+                       max_epochs=1, storage_path=str(tmp_path / "runs"), tracking_uri=uri,
+                       ensemble=False, **QUIET)
+    victim = sorted((data / "Testing" / "glioma").glob("*.jpg"))[0]
+    image = cv2.imread(str(victim))
+    cv2.imwrite(str(victim), 255 - image)  # the same name, another picture
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run",
+                           result.parent_run_id, "--tracking-uri", uri], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert "the data changed since the sweep recorded it" in line
+    assert "Testing/glioma/" + victim.name in line and "Traceback" not in proc.stderr
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id])
+    assert not [r for r in runs if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_ENSEMBLE]

@@ -122,7 +122,8 @@ def prepare_dataset(
     fingerprint = splits.data_fingerprint(table, content_fp)
     out = Path(manifest_dir) if manifest_dir else cache.cache_root() / "manifests" / fingerprint[:16]
     manifest = splits.write_manifest(table, out, scan.root, fingerprint, scan.synthetic,
-                                     digests=splits.file_digests(table["path"].tolist()))
+                                     digests=splits.file_digests(table["path"].tolist()),
+                                     task=task)
     report.write_csv(out / UNREADABLE_CSV)
     _relative(pairs, scan.root, "path_a", "path_b").to_csv(out / DUPLICATES_CSV, index=False)
     _relative(dropped[list(COLUMNS)], scan.root, "path").to_csv(out / LEFT_OUT_CSV, index=False)
@@ -130,6 +131,56 @@ def prepare_dataset(
                         resolution=resolution, fingerprint=fingerprint, synthetic=scan.synthetic,
                         manifest_path=manifest, duplicates=pairs, dropped=dropped,
                         integrity=report, notes=list(scan.notes))
+
+
+def load_recorded(
+    task: Task,
+    manifest: str | Path,
+    resolution: int,
+    *,
+    data_dir: str | Path | None = None,
+    log: Log = print,
+) -> PreparedData:
+    """The data exactly as a sweep recorded it: the manifest's rows, classes, groups and splits,
+    never split again. Every file's bytes must still hash to what the manifest recorded, else a
+    `DataError` names the files that changed: a changed image could carry a member's training
+    image into the test split, unnoticed.
+
+    `data_dir` replaces the recorded root (the data mounted elsewhere than during the sweep)."""
+    manifest = Path(manifest)
+    table, meta = splits.read_manifest(manifest, root=data_dir)
+    root = Path(data_dir or meta["root"])
+    if "hash" not in table or "classes" not in meta:
+        raise DataError(f"{manifest} records no content hashes; it was written before MedSweep "
+                        "recorded them: run the sweep again to ensemble it")
+    if not root.is_dir():
+        raise DataError(f"the data this sweep recorded is not at {root}; pass the folder where "
+                        "it is now (--data-dir)")
+    if task.layout == "folder":
+        task = task.with_classes(tuple(meta["classes"]), meta.get("positive_class"))
+    _check_unchanged(table, splits.file_digests(table["path"].tolist()), root, manifest)
+    paths = table["path"].tolist()
+    cached = cache.load_or_build(paths, task.preprocessing, resolution,
+                                 splits.content_fingerprint(paths), log=log)
+    if not cached.ok.all():
+        raise DataError(f"recorded images no longer decode: {', '.join(cached.failed[:5])}")
+    table = table.drop(columns="hash").assign(row=np.arange(len(table)))
+    log(f"data as recorded by the sweep ({meta['fingerprint'][:12]}): {len(table)} images, "
+        "every file unchanged")
+    return PreparedData(task=task, root=root, table=table, images=cached.images,
+                        resolution=resolution, fingerprint=meta["fingerprint"],
+                        synthetic=bool(meta.get("synthetic")), manifest_path=manifest)
+
+
+def _check_unchanged(table: pd.DataFrame, digests: list[str], root: Path, manifest: Path) -> None:
+    changed = table.loc[table["hash"].to_numpy() != np.asarray(digests, dtype=object), "path"]
+    if len(changed):
+        names = [Path(os.path.relpath(p, root)).as_posix() for p in changed]
+        more = f" (and {len(names) - 10} more)" if len(names) > 10 else ""
+        raise DataError(f"the data changed since the sweep recorded it ({manifest}): "
+                        f"{len(names)} file(s) are missing or hold other bytes: "
+                        f"{', '.join(names[:10])}{more}. Its split, and every choice made on "
+                        "it, no longer hold: restore those files or run a new sweep")
 
 
 def with_positive_class(task: Task, positive_class: str | None) -> Task:

@@ -221,9 +221,10 @@ def data_fingerprint(table: pd.DataFrame, content_fp: str) -> str:
 
 
 def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, fingerprint: str,
-                   synthetic: bool, digests: list[str] | None = None) -> Path:
+                   synthetic: bool, digests: list[str] | None = None,
+                   task: Task | None = None) -> Path:
     """`manifest.csv` (paths relative to root; each file's content hash when `digests` is given)
-    and `manifest.json` (fingerprint, counts)."""
+    and `manifest.json` (fingerprint, root, counts; the task's classes and positive class)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(os.path.abspath(root))
@@ -240,6 +241,8 @@ def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, f
         "images": len(table),
         "counts": {s: {c: int(n) for c, n in row.items()} for s, row in counts.iterrows()},
     }
+    if task is not None:
+        meta.update(task=task.key, classes=list(task.classes), positive_class=task.positive_class)
     _write_atomic(out / MANIFEST_JSON, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out / MANIFEST_CSV
 
@@ -251,12 +254,16 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """The table (absolute paths again) and the metadata a manifest was written with."""
+def read_manifest(path: str | Path, root: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """The table (absolute paths again, under `root` if given, else the recorded root; with the
+    recorded `hash` column when there is one) and the metadata it was written with."""
     path = Path(path)
     csv = path / MANIFEST_CSV if path.is_dir() else path
     meta = json.loads((csv.parent / MANIFEST_JSON).read_text())
     frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    root = Path(meta["root"])
-    frame["path"] = [os.path.normpath(root / p) for p in frame["path"]]
-    return make_table(frame.to_dict("records")), meta
+    base = Path(root if root is not None else meta["root"])
+    frame["path"] = [os.path.normpath(base / p) for p in frame["path"]]
+    table = make_table(frame.to_dict("records"))
+    if "hash" in frame:
+        table["hash"] = table["path"].map(dict(zip(frame["path"], frame["hash"])))
+    return table, meta

@@ -44,11 +44,6 @@ class SweepInfo:
     parent_run_id: str
     experiment_id: str
     task: str
-    data_dir: str | None
-    split_seed: int
-    phantom_per_class: int
-    keep_duplicates: bool = False
-    positive_class: str | None = None
     data_notes: tuple[str, ...] = ()
     synthetic: bool = False
 
@@ -68,8 +63,6 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
 
     uri = tracking_uri or tracking.default_tracking_uri()
     sweep = _sweep_info(uri, sweep_run_id)
-    if data_dir:
-        sweep = dataclasses.replace(sweep, data_dir=data_dir)
     task = get_task(sweep.task)
     for name in policies:
         get_policy(name)  # unknown policy: fail before any work
@@ -77,7 +70,7 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
     with tempfile.TemporaryDirectory(prefix="medsweep-ensemble-") as tmp:
         work = Path(tmp)
         ranked, board = _ranked_trials(sweep, task)
-        candidates, data = _candidates(sweep, task, ranked, top_k, work, log)
+        candidates, data = _candidates(sweep, task, ranked, top_k, work, log, data_dir)
         task = next(iter(data.values())).task
         by_policy = {p: policy_for_task(p, task.tta_kinds) for p in policies}
         transforms = union_of(by_policy.values())
@@ -183,18 +176,26 @@ def _sweep_info(uri: str, run_id: str) -> SweepInfo:
     if run.data.tags.get(tracking.TAG_KIND) != tracking.KIND_SWEEP:
         raise ConfigError(f"MLflow run {run_id} is not a MedSweep sweep run")
     params = run.data.params
-    data_dir = params.get("data_dir", "phantom")
-    trials = tracking.list_trial_runs(uri, run.info.experiment_id, run_id)
-    config = trials[0].data.params if trials else {}
     return SweepInfo(uri=uri, parent_run_id=run_id, experiment_id=run.info.experiment_id,
-                     task=params["task"], data_dir=None if data_dir == "phantom" else data_dir,
-                     split_seed=int(config.get("split_seed", 0)),
-                     phantom_per_class=int(config.get("phantom_per_class", 40)),
-                     keep_duplicates=config.get("keep_duplicates", "False") == "True",
-                     positive_class=None if config.get("positive_class", "None") in ("None", "")
-                     else config["positive_class"],
+                     task=params["task"],
                      synthetic=run.data.tags.get(tracking.TAG_SYNTHETIC, "true") != "false",
                      data_notes=_data_notes(params))
+
+
+def _manifest(sweep: SweepInfo, work: Path) -> Path:
+    """The sweep's recorded manifest (csv + json), downloaded from its parent run once."""
+    from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
+
+    folder = work / "recorded-data"
+    if not (folder / MANIFEST_JSON).is_file():
+        try:
+            for name in (MANIFEST_CSV, MANIFEST_JSON):
+                tracking.download(sweep.uri, sweep.parent_run_id, name, folder)
+        except Exception as err:  # an older sweep, or its artifacts gone
+            raise ConfigError(f"sweep {sweep.parent_run_id} has no recorded manifest "
+                              f"({MANIFEST_CSV} and {MANIFEST_JSON}) to rebuild its split from: "
+                              f"{err}") from None
+    return folder / MANIFEST_CSV
 
 
 def _data_notes(params: dict) -> tuple[str, ...]:
@@ -213,10 +214,11 @@ def _data_notes(params: dict) -> tuple[str, ...]:
 
 
 def _candidates(sweep: SweepInfo, task, ranked: list, top_k: int, work: Path,
-                log: Log):
+                log: Log, data_dir: str | None = None):
     """The top-k finished trials of `ranked` (best first), their models downloaded and their
-    saved validation labels checked against the data prepared here (same split)."""
-    from orchestrator.data.dataset import prepare_dataset
+    saved validation labels checked against the data as the sweep recorded it (its manifest:
+    never split again; every file must still hold the recorded bytes)."""
+    from orchestrator.data.dataset import load_recorded
 
     finished = [r for r in ranked
                 if r.data.tags.get(tracking.TAG_STATUS) in (tracking.STATUS_COMPLETED,
@@ -230,12 +232,8 @@ def _candidates(sweep: SweepInfo, task, ranked: list, top_k: int, work: Path,
         name = run.data.tags[tracking.TAG_TRIAL_ID]
         resolution = int(run.data.params["resolution"])
         if resolution not in data:
-            data[resolution] = prepare_dataset(task, sweep.data_dir, resolution,
-                                               split_seed=sweep.split_seed,
-                                               keep_duplicates=sweep.keep_duplicates,
-                                               positive_class=sweep.positive_class,
-                                               phantom_per_class=sweep.phantom_per_class,
-                                               log=log)
+            data[resolution] = load_recorded(task, _manifest(sweep, work), resolution,
+                                             data_dir=data_dir, log=log)
         try:
             folder = tracking.download(sweep.uri, run.info.run_id, "", work / name)
         except Exception as err:  # artifacts gone: named and skipped, the rest go on

@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,8 +26,11 @@ from orchestrator import tracking
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
-from orchestrator.sweep.state import (Log, connect_ray, find_resumable, is_uri,  # noqa: E402
-                                      read_sweep_state, write_sweep_state)
+from orchestrator.data.dataset import DUPLICATES_CSV, LEFT_OUT_CSV, UNREADABLE_CSV  # noqa: E402
+from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
+from orchestrator.sweep.state import (Log, connect_ray, fetch_recorded_data,  # noqa: E402
+                                      find_resumable, is_uri, read_sweep_state,
+                                      save_recorded_data, write_sweep_state)
 from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
 from orchestrator.sweep.trainable import (SweepContext, TrialTracker,  # noqa: E402
                                           run_tune_trial)
@@ -38,6 +42,7 @@ from tasks import get_task  # noqa: E402
 from tasks.base import Task  # noqa: E402
 
 SCHEDULERS = ("asha", "fifo")
+DATA_FACTS = ("images", "images_unreadable", "duplicate_pairs", "duplicates_left_out")
 LEADERBOARD_COLUMNS = ("backbone", "resolution", "schedule", "lr_multiplier", "loss",
                        "augment", "mixup_alpha", "label_smoothing", "batch_size")
 
@@ -201,6 +206,7 @@ class SweepRunner:
                     checkpoint_score_order=self.task_record.mode),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1))
         write_sweep_state(path, state)
+        save_recorded_data(path, records)
         return self._fit(tuner, context, path)
 
     def resume(self, previous: str) -> SweepResult:
@@ -213,8 +219,15 @@ class SweepRunner:
             max_epochs=state["max_epochs"], cpus_per_trial=state["cpus_per_trial"],
             gpus_per_trial=state["gpus_per_trial"])
         self.space_overrides = state.get("space_overrides", {})
-        datasets = self._prepare_data(self._space())
-        self.data_facts = data_facts(data_records(Path(next(iter(datasets.values())).manifest_path)))
+        scratch = tempfile.mkdtemp(prefix="medsweep-recorded-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        recorded = fetch_recorded_data(previous, (MANIFEST_CSV, MANIFEST_JSON), Path(scratch))
+        if recorded is None:
+            self.log("warning: this sweep recorded no manifest; splitting its data again")
+        datasets = self._prepare_data(self._space(),
+                                      recorded / MANIFEST_CSV if recorded else None)
+        self.data_facts = {k: int(v) for k, v in tracking.get_run(
+            self.uri, state["parent_run_id"]).data.params.items() if k in DATA_FACTS}
         tracking.reopen_run(self.uri, state["parent_run_id"])
         context = self._context(state["experiment_id"], state["parent_run_id"])
         tuner = tune.Tuner.restore(previous, trainable=self._trainable(datasets, context),
@@ -227,14 +240,20 @@ class SweepRunner:
         return {**self.profile.space, **overrides_space(self.space_overrides),
                 "data_dir": self.data_dir}
 
-    def _prepare_data(self, space: dict) -> dict[int, TrialData]:
+    def _prepare_data(self, space: dict, manifest: Path | None = None) -> dict[int, TrialData]:
         """Decode each resolution once on the driver; Tune ships the arrays to the object store
-        once (`tune.with_parameters`), never re-decoded or re-pickled per trial."""
+        once (`tune.with_parameters`), never re-decoded or re-pickled per trial. The first
+        resolution splits (unless `manifest` holds a recorded split); every other one loads
+        that split from its manifest: one recorded split is the only source."""
         resolutions = _values(space["resolution"])
         base = TrialConfig.from_dict({k: v for k, v in space.items()
                                       if not isinstance(v, (dict,)) and not _is_domain(v)})
-        return {int(r): load_trial_data(base.replace(resolution=int(r)), self.log)
-                for r in resolutions}
+        datasets = {}
+        for r in resolutions:
+            datasets[int(r)] = load_trial_data(base.replace(resolution=int(r)), self.log,
+                                               manifest=manifest)
+            manifest = manifest or Path(datasets[int(r)].manifest_path)
+        return datasets
 
     def _scheduler(self):
         """ASHA stops trials that trail at each rung; FIFO runs every trial to the end (the
@@ -319,9 +338,6 @@ def data_records(manifest: Path) -> dict[str, Path]:
     """The files that record the data a sweep saw, written beside its manifest: the manifest
     (every image's class, group, split and content hash), what was left out unreadable, and
     every duplicate pair with where each copy went. Logged in the parent run."""
-    from orchestrator.data.dataset import DUPLICATES_CSV, LEFT_OUT_CSV, UNREADABLE_CSV
-    from orchestrator.data.splits import MANIFEST_JSON
-
     folder = manifest.parent
     names = (manifest.name, MANIFEST_JSON, UNREADABLE_CSV, DUPLICATES_CSV, LEFT_OUT_CSV)
     return {name: folder / name for name in names if (folder / name).is_file()}
@@ -332,9 +348,6 @@ def data_facts(records: dict[str, Path]) -> dict[str, int]:
     def rows(name: str) -> pd.DataFrame:
         path = records.get(name)
         return pd.read_csv(path, dtype=str, keep_default_na=False) if path else pd.DataFrame()
-
-    from orchestrator.data.dataset import DUPLICATES_CSV, LEFT_OUT_CSV, UNREADABLE_CSV
-    from orchestrator.data.splits import MANIFEST_CSV
 
     return {"images": len(rows(MANIFEST_CSV)), "images_unreadable": len(rows(UNREADABLE_CSV)),
             "duplicate_pairs": len(rows(DUPLICATES_CSV)),

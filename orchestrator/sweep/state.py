@@ -15,6 +15,7 @@ from typing import Callable
 from orchestrator.errors import ConfigError
 
 SWEEP_STATE = "medsweep_sweep.json"  # beside Tune's own state: what a resumed sweep continues
+RECORDED_DATA = "recorded_data"  # the sweep's manifest, in its folder: what a resume reloads
 Log = Callable[[str], None]
 
 
@@ -127,3 +128,38 @@ def connect_ray(address: str | None, log: Log) -> None:
     resources = ray.cluster_resources()
     log(f"ray: {'connected to ' + address if address else 'local single-node'}; "
         f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
+
+
+def save_recorded_data(sweep: str, files: dict[str, Path]) -> None:
+    """Copy the data records (manifest and its companions) into the sweep folder (a local
+    path or a URI), so that a resumed sweep reloads the very split, wherever it runs."""
+    for name, source in files.items():
+        _write_bytes(f"{sweep.rstrip('/')}/{RECORDED_DATA}/{name}", Path(source).read_bytes())
+
+
+def fetch_recorded_data(sweep: str, names: tuple[str, ...], dst: Path) -> Path | None:
+    """The recorded files of a sweep copied into `dst` (None when the sweep recorded none)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        location = f"{sweep.rstrip('/')}/{RECORDED_DATA}/{name}"
+        try:
+            if is_uri(sweep):
+                fs, path = storage_filesystem(location)
+                with fs.open_input_stream(path) as stream:
+                    (dst / name).write_bytes(stream.read())
+            else:
+                (dst / name).write_bytes(Path(location).read_bytes())
+        except (OSError, FileNotFoundError):
+            return None
+    return dst
+
+
+def _write_bytes(location: str, data: bytes) -> None:
+    if not is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_bytes(data)
+        return
+    fs, path = storage_filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)

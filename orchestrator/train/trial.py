@@ -15,15 +15,20 @@ from orchestrator.train.artifacts import Reporter, TrialData, TrialResult
 from tasks import get_task
 
 
-def load_trial_data(config: TrialConfig, log: Callable[[str], None] = print) -> TrialData:
-    """Prepare (or load from cache) the task's data at the trial's resolution."""
-    from orchestrator.data.dataset import prepare_dataset
+def load_trial_data(config: TrialConfig, log: Callable[[str], None] = print,
+                    manifest: str | Path | None = None) -> TrialData:
+    """Prepare (or load from cache) the task's data at the trial's resolution; with `manifest`,
+    the data exactly as recorded there (never split again, every file checked unchanged)."""
+    from orchestrator.data.dataset import load_recorded, prepare_dataset
 
-    prepared = prepare_dataset(get_task(config.task), config.data_dir, config.resolution,
-                               split_seed=config.split_seed,
-                               keep_duplicates=config.keep_duplicates,
-                               positive_class=config.positive_class,
-                               phantom_per_class=config.phantom_per_class, log=log)
+    if manifest is not None:
+        prepared = load_recorded(get_task(config.task), manifest, config.resolution, log=log)
+    else:
+        prepared = prepare_dataset(get_task(config.task), config.data_dir, config.resolution,
+                                   split_seed=config.split_seed,
+                                   keep_duplicates=config.keep_duplicates,
+                                   positive_class=config.positive_class,
+                                   phantom_per_class=config.phantom_per_class, log=log)
     x_train, y_train = prepared.arrays("train")
     x_val, y_val = prepared.arrays("val")
     return TrialData(task=prepared.task, x_train=x_train, y_train=y_train, x_val=x_val,
