@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.data.splits import (SplitWarning, assign_splits, check_group_leaks,
+from orchestrator.data.splits import (SplitWarning, assign_folds, assign_splits,
+                                      check_group_leaks,
                                       content_fingerprint, data_fingerprint, read_manifest,
                                       write_manifest)
 from orchestrator.data.table import make_table
@@ -158,6 +159,32 @@ def test_property_groups_never_straddle_and_every_row_is_assigned(sizes, n_class
     assert out["split"].isin(["train", "val", "test"]).all()
     assert out.groupby("group")["split"].nunique().max() == 1
     assert out["split"].equals(again["split"])
+
+
+@QUIET
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(1, 4), min_size=30, max_size=120),
+    folds=st.integers(2, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_folds_hold_whole_groups_and_every_non_test_row_once(sizes, folds, seed):
+    labels = ["abc"[i % 3] for i, size in enumerate(sizes) for _ in range(size)]
+    groups = [f"g{i}" for i, size in enumerate(sizes) for _ in range(size)]
+    out = assign_folds(assign_splits(table_of(labels, groups), TASK, seed), folds, seed)
+    pool = out[out["split"] != "test"]
+    assert set(pool["fold"]) == {str(k) for k in range(folds)}  # each row exactly one fold
+    assert (out.loc[out["split"] == "test", "fold"] == "").all()  # test never in a fold
+    assert pool.groupby("group")["fold"].nunique().max() == 1  # groups never straddle folds
+    again = assign_folds(assign_splits(table_of(labels, groups), TASK, seed), folds, seed)
+    assert out["fold"].equals(again["fold"])
+
+
+def test_more_folds_than_groups_is_a_clear_error():
+    out = assign_splits(table_of(list("ab" * 5)), TASK, 0)
+    with pytest.raises(DataError, match="cannot make 20 folds"):
+        assign_folds(out, 20, 0)
+    assert (assign_folds(out, 0, 0)["fold"] == "").all()
 
 
 @QUIET

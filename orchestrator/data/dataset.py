@@ -66,6 +66,24 @@ class PreparedData:
         return pd.crosstab(self.table["split"], self.table["label"])
 
     @property
+    def folds(self) -> int:
+        """How many cross-validation folds the non-test rows carry (0: none made)."""
+        made = self.table.get("fold", pd.Series(dtype=str))
+        return int(made[made != ""].nunique())
+
+    def fold_rows(self, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(training rows, held-out rows) of one fold: every non-test row is in one of the two."""
+        if not 0 <= fold < self.folds:
+            raise ValueError(f"fold {fold} of {self.folds}")
+        pool = self.table[self.table["split"] != "test"]
+        return pool[pool["fold"] != str(fold)], pool[pool["fold"] == str(fold)]
+
+    def rows_arrays(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(images, class indices) of some rows of `table`, in their order."""
+        labels = np.array([self.task.class_index(c) for c in rows["label"]], dtype=np.int64)
+        return self.images[rows["row"].to_numpy()], labels
+
+    @property
     def leaking_pairs(self) -> pd.DataFrame:
         """Duplicate pairs whose copies still sit in two different splits (kept on purpose)."""
         pairs = self.duplicates
@@ -83,6 +101,7 @@ def prepare_dataset(
     split_seed: int = 0,
     keep_duplicates: bool = False,
     positive_class: str | None = None,
+    cv_folds: int = 0,
     phantom_per_class: int = 40,
     manifest_dir: str | Path | None = None,
     log: Log = print,
@@ -114,6 +133,7 @@ def prepare_dataset(
     if not keep_duplicates:
         table, dropped = duplicates.group_duplicates(table, pairs)
     table = splits.assign_splits(table, task, split_seed)
+    table = splits.assign_folds(table, cv_folds, split_seed)
     pairs = duplicates.pairs_outcome(pairs, table)
     _log_duplicates(pairs, dropped, keep_duplicates, log)
 

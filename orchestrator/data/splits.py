@@ -180,6 +180,28 @@ def _check_sizes(table: pd.DataFrame, made_test: bool) -> None:
                           "will not cover them", SplitWarning, stacklevel=3)
 
 
+def assign_folds(table: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
+    """A copy with a `fold` column: "0".."folds-1" for every non-test row, whole groups per fold,
+    classes balanced (StratifiedGroupKFold); "" for test rows, which no fold ever sees."""
+    out = table.assign(fold="")
+    if folds == 0:
+        return out
+    pool = out["split"] != "test"
+    groups = out.loc[pool, "group"].nunique()
+    if folds < 2 or folds > groups:
+        raise DataError(f"cannot make {folds} folds of {groups} group(s) outside the test "
+                        "split; use 2 or more folds, at most one per group (or --cv-folds 0)")
+    labels, group_ids = out.loc[pool, "label"].to_numpy(), out.loc[pool, "group"].to_numpy()
+    fold = np.empty(len(labels), dtype=object)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "least populated class" is the data's fact, not ours
+        warnings.simplefilter("ignore", UserWarning)
+        for k, (_, held) in enumerate(splitter.split(labels, labels, group_ids)):
+            fold[held] = str(k)
+    out.loc[pool, "fold"] = fold
+    return out
+
+
 def content_fingerprint(paths: list[str], workers: int | None = None) -> str:
     """Hash of file names (relative to their common root) and bytes: the image-cache key.
 
@@ -215,7 +237,9 @@ def _file_digest(path: str) -> str:
 def data_fingerprint(table: pd.DataFrame, content_fp: str) -> str:
     """Content plus labels, groups and splits: what a run trained and was scored on."""
     h = hashlib.blake2b(content_fp.encode(), digest_size=16)
-    for row in table[["label", "group", "split"]].itertuples(index=False):
+    folds = "fold" in table and bool((table["fold"] != "").any())
+    columns = ["label", "group", "split"] + (["fold"] if folds else [])
+    for row in table[columns].itertuples(index=False):
         h.update("\x1f".join(row).encode("utf-8", "surrogateescape") + b"\n")
     return h.hexdigest()
 
@@ -230,6 +254,8 @@ def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, f
     root = Path(os.path.abspath(root))
     frame = table[list(COLUMNS)].copy()
     frame["path"] = [Path(os.path.relpath(p, root)).as_posix() for p in frame["path"]]
+    if "fold" in table:
+        frame["fold"] = table["fold"].to_numpy()
     if digests is not None:
         frame["hash"] = digests
     _write_atomic(out / MANIFEST_CSV, frame.to_csv(index=False))
@@ -264,6 +290,7 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> tuple[pd.
     base = Path(root if root is not None else meta["root"])
     frame["path"] = [os.path.normpath(base / p) for p in frame["path"]]
     table = make_table(frame.to_dict("records"))
-    if "hash" in frame:
-        table["hash"] = table["path"].map(dict(zip(frame["path"], frame["hash"])))
+    for extra in ("fold", "hash"):  # columns beyond the reader's table, where recorded
+        if extra in frame:
+            table[extra] = table["path"].map(dict(zip(frame["path"], frame[extra])))
     return table, meta
