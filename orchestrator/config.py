@@ -48,6 +48,8 @@ class TrialConfig:
     split_seed: int = 0  # fixed across a sweep so every trial validates on the same images
     keep_duplicates: bool = False  # True: copies of an image are not grouped before splitting
     positive_class: str | None = None  # your own folders/CSV: the class binary metrics call positive
+    cv_folds: int = 0  # folds made over the non-test images (0: none; the holdout split only)
+    cv_fold: int = -1  # >= 0: train on the other folds, predict this one, keep the last epoch
     phantom_per_class: int = 40
     mixed_precision: str = "auto"
     cpu_threads: int = 0  # 0: TensorFlow's default
@@ -77,6 +79,12 @@ class TrialConfig:
         _check_range("cpu_threads", self.cpu_threads, 0, 1024)
         _check_range("gpu_memory_fraction", self.gpu_memory_fraction, 0.0, 1.0)
         _check_range("early_stopping_patience", self.early_stopping_patience, 0, 10_000)
+        if self.cv_folds == 1 or not 0 <= self.cv_folds <= 20:
+            raise ConfigError(f"trial config field cv_folds: {self.cv_folds!r} must be 0 (no "
+                              "cross-validation) or 2..20")
+        if not -1 <= self.cv_fold < max(self.cv_folds, 0):
+            raise ConfigError(f"trial config field cv_fold: {self.cv_fold!r} must be -1 (the "
+                              f"holdout split) or a fold in 0..{self.cv_folds - 1}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrialConfig":

@@ -15,7 +15,7 @@ from orchestrator.config import TrialConfig
 from orchestrator.data.dataset import prepare_dataset
 from orchestrator.errors import InjectedFault
 from orchestrator.train.artifacts import BEST_MODEL, CHECKPOINT_DIR, VAL_PROBS
-from orchestrator.train.trial import load_trial_data, train_trial
+from orchestrator.train.trial import load_folded_data, load_trial_data, train_trial
 from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,3 +114,24 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_cross_validation_trial_predicts_its_fold_and_keeps_the_last_epoch(tmp_path):
+    quiet = lambda _: None  # noqa: E731
+    cfg = TrialConfig(**BASE, epochs=2, cv_folds=2, cv_fold=1)
+    prepared = prepare_dataset(get_task("brain"), None, 48, phantom_per_class=60, cv_folds=2,
+                               manifest_dir=tmp_path / "recorded", log=quiet)
+    folded = load_folded_data(cfg, prepared.manifest_path, log=quiet)
+    assert not set(folded.paths) & set(prepared.paths("test"))  # the test split is no fold's
+    assert len(folded.paths) == len(prepared.table) - len(prepared.paths("test"))
+    data = folded.trial_data(1)
+    assert len(data.x_train) + len(data.x_val) == len(folded.x)
+    out = tmp_path / "fold1"
+    result = train_trial(cfg, data, output_dir=out, log=quiet)
+    assert (result.best_epoch, result.epochs_run) == (2, 2)  # the last epoch, never chosen
+    held = [p for p, f in zip(folded.paths, folded.fold) if f == 1]
+    assert (out / "val_paths.txt").read_text().split() == held
+    assert np.load(out / VAL_PROBS).shape == (len(held), 3)
+    with pytest.raises(Exception, match="cv_fold"):
+        TrialConfig(**BASE, cv_folds=2, cv_fold=2)

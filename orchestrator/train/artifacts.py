@@ -70,6 +70,32 @@ class EpochReport:
 Reporter = Callable[[EpochReport], None]
 
 
+@dataclass(frozen=True)
+class FoldedData:
+    """Every non-test image with its fold: what a cross-validation trial slices its fold from.
+    Shipped once per resolution; each trial copies only its own training part."""
+
+    task: Task
+    x: np.ndarray
+    y: np.ndarray
+    fold: np.ndarray  # (N,) int, 0..K-1
+    paths: tuple[str, ...]
+    fingerprint: str
+    synthetic: bool
+    manifest_path: str
+
+    def trial_data(self, fold: int) -> TrialData:
+        """Train on every other fold, validate on `fold` (its out-of-fold predictions)."""
+        held = self.fold == fold
+        if not held.any():
+            raise ValueError(f"fold {fold} holds no images (folds: {sorted(set(self.fold))})")
+        return TrialData(task=self.task, x_train=self.x[~held], y_train=self.y[~held],
+                         x_val=self.x[held], y_val=self.y[held],
+                         val_paths=tuple(p for p, h in zip(self.paths, held) if h),
+                         fingerprint=self.fingerprint, synthetic=self.synthetic,
+                         manifest_path=self.manifest_path)
+
+
 @dataclass
 class TrialResult:
     config: dict[str, Any]

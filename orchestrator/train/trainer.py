@@ -136,7 +136,10 @@ class Trainer:
         row.update({f"val_{k}": v for k, v in scores.items()})
         self.history.append(row)
         self.epochs_done = epoch
-        is_best = M.is_better(row[self.metric_key], self.best_metric, self.task.mode)
+        # A cross-validation trial trains a fixed number of epochs and keeps the last: choosing
+        # its epoch on the fold it predicts would make its out-of-fold predictions optimistic.
+        is_best = self.cfg.cv_fold >= 0 or M.is_better(row[self.metric_key], self.best_metric,
+                                                       self.task.mode)
         if is_best:
             self.best_metric, self.best_epoch = row[self.metric_key], epoch
             self._save_best(model, probs)

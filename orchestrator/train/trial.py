@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from orchestrator.config import TrialConfig
-from orchestrator.train.artifacts import Reporter, TrialData, TrialResult
+from orchestrator.train.artifacts import FoldedData, Reporter, TrialData, TrialResult
 from tasks import get_task
 
 
@@ -28,6 +28,7 @@ def load_trial_data(config: TrialConfig, log: Callable[[str], None] = print,
                                    split_seed=config.split_seed,
                                    keep_duplicates=config.keep_duplicates,
                                    positive_class=config.positive_class,
+                                   cv_folds=config.cv_folds,
                                    phantom_per_class=config.phantom_per_class, log=log)
     x_train, y_train = prepared.arrays("train")
     x_val, y_val = prepared.arrays("val")
@@ -35,6 +36,21 @@ def load_trial_data(config: TrialConfig, log: Callable[[str], None] = print,
                      y_val=y_val, val_paths=tuple(prepared.paths("val")),
                      fingerprint=prepared.fingerprint, synthetic=prepared.synthetic,
                      manifest_path=str(prepared.manifest_path))
+
+
+def load_folded_data(config: TrialConfig, manifest: str | Path,
+                     log: Callable[[str], None] = print) -> FoldedData:
+    """Every non-test image of the recorded split with its fold, at the config's resolution."""
+    from orchestrator.data.dataset import load_recorded
+
+    prepared = load_recorded(get_task(config.task), manifest, config.resolution, log=log)
+    if prepared.folds < 2:
+        raise ValueError(f"{manifest} records no cross-validation folds")
+    rows = prepared.table[prepared.table["split"] != "test"]
+    x, y = prepared.rows_arrays(rows)
+    return FoldedData(task=prepared.task, x=x, y=y, fold=rows["fold"].astype(int).to_numpy(),
+                      paths=tuple(rows["path"]), fingerprint=prepared.fingerprint,
+                      synthetic=prepared.synthetic, manifest_path=str(prepared.manifest_path))
 
 
 def train_trial(
@@ -53,6 +69,8 @@ def train_trial(
     from orchestrator.train.trainer import Trainer  # TensorFlow loads only when a trial runs
 
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    if data is None and cfg.cv_fold >= 0:
+        raise ValueError("a cross-validation trial takes its fold's data (FoldedData)")
     data = data if data is not None else load_trial_data(cfg, log)
     trainer = Trainer(cfg, data, Path(output_dir), report=report, log=log)
     return trainer.run(Path(resume_from) if resume_from else None)
