@@ -58,6 +58,8 @@ def with_overrides(
     max_epochs: int | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
+    cv_folds: int | None = None,
+    cv_top: int | None = None,
 ) -> Profile:
     """A copy with the CLI's budget overrides; `max_epochs` also sets the space's `epochs` and
     lowers `grace_period` to it when needed (ASHA needs grace <= max_t)."""
@@ -72,6 +74,10 @@ def with_overrides(
         changes["cpus_per_trial"] = float(cpus_per_trial)
     if gpus_per_trial is not None:
         changes["gpus_per_trial"] = float(gpus_per_trial)
+    if cv_folds is not None:
+        changes["cv_folds"] = int(cv_folds)
+    if cv_top is not None:
+        changes["cv_top"] = int(cv_top)
     return dataclasses.replace(profile, **changes)
 
 

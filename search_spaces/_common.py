@@ -47,6 +47,10 @@ class Profile:
     cpus_per_trial: float
     gpus_per_trial: float
     description: str
+    # The second stage: the cv_top best configurations retrained on cv_folds grouped,
+    # stratified folds of every non-test image; 0 folds keeps the holdout path only.
+    cv_folds: int = 0
+    cv_top: int = 0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.space) - _FIELDS)
@@ -66,6 +70,10 @@ class Profile:
             raise ConfigError(f"profile {self.name}: cpus_per_trial must be > 0 and "
                               f"gpus_per_trial >= 0, got {self.cpus_per_trial}, "
                               f"{self.gpus_per_trial}")
+        if self.cv_folds == 1 or not 0 <= self.cv_folds <= 20 or self.cv_top < 0 or (
+                self.cv_folds and self.cv_top < 1):
+            raise ConfigError(f"profile {self.name}: cv_folds must be 0 or 2..20 and cv_top >= 1 "
+                              f"with folds, got {self.cv_folds}, {self.cv_top}")
         check_space(self.space, f"profile {self.name}")
 
     @property
@@ -166,7 +174,7 @@ def _smoke(task_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "mixed_precision": "off",
     }
     budget = dict(num_samples=2, max_epochs=2, grace_period=1, cpus_per_trial=1.0,
-                  gpus_per_trial=0.0)
+                  gpus_per_trial=0.0, cv_folds=2, cv_top=2)
     return space, budget
 
 
@@ -205,7 +213,7 @@ def _cpu(task_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
     # Grace 4: after 2 epochs nearly every trial is still at chance on the phantom, so an
     # earlier rung would stop trials on noise.
     budget = dict(num_samples=8, max_epochs=8, grace_period=4, cpus_per_trial=1.0,
-                  gpus_per_trial=0.0)
+                  gpus_per_trial=0.0, cv_folds=3, cv_top=2)
     return space, budget
 
 
@@ -235,7 +243,7 @@ def _gpu(task_key: str, losses: tuple[str, ...]) -> tuple[dict[str, Any], dict[s
     # About 32 trials whatever the grid: 16 per resolution for two, 32 for one.
     grid = len(task.resolutions)
     budget = dict(num_samples=max(1, 32 // grid), max_epochs=30, grace_period=3,
-                  cpus_per_trial=4.0, gpus_per_trial=1.0)
+                  cpus_per_trial=4.0, gpus_per_trial=1.0, cv_folds=5, cv_top=4)
     return space, budget
 
 

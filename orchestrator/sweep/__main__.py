@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
                    "the trial uses that many threads (default: the profile's)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.5) "
                    "packs trials on one GPU and caps each trial's TensorFlow memory to match")
+    p.add_argument("--cv-folds", type=int, help="after the search, retrain the finalists on "
+                   "this many grouped, stratified folds of every non-test image and choose the "
+                   "ensemble on their out-of-fold predictions; 0: choose on the holdout "
+                   "validation split (default: the profile's: smoke 2, cpu 3, gpu 5)")
+    p.add_argument("--cv-top", type=int, help="finalists to cross-validate (default: the "
+                   "profile's: smoke 2, cpu 2, gpu 4)")
     p.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else a local "
                    "single-node Ray)")
     p.add_argument("--storage-path", help="where trial checkpoints go: a local folder "
@@ -96,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_sweep(args.task, space_overrides=overrides, data_dir=args.data_dir, profile=args.profile,
                            num_samples=args.num_samples, max_epochs=args.max_epochs,
                            cpus_per_trial=args.cpus_per_trial,
-                           gpus_per_trial=args.gpus_per_trial, address=args.address,
+                           gpus_per_trial=args.gpus_per_trial, cv_folds=args.cv_folds,
+                           cv_top=args.cv_top, address=args.address,
                            storage_path=args.storage_path, experiment=args.experiment,
                            tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
                            scheduler=args.scheduler, ensemble=not args.no_ensemble,

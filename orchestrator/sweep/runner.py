@@ -32,6 +32,7 @@ from orchestrator.sweep.state import (Log, connect_ray, fetch_recorded_data,  # 
                                       find_resumable, is_uri, read_sweep_state,
                                       save_recorded_data, write_sweep_state)
 from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
+from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists  # noqa: E402
 from orchestrator.sweep.trainable import (SweepContext, TrialTracker,  # noqa: E402
                                           run_tune_trial)
 from orchestrator.train.artifacts import TrialData  # noqa: E402
@@ -69,6 +70,8 @@ def run_sweep(
     max_epochs: int | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
+    cv_folds: int | None = None,
+    cv_top: int | None = None,
     address: str | None = None,
     storage_path: str | None = None,
     experiment: str | None = None,
@@ -113,7 +116,7 @@ def run_sweep(
     runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
                          num_samples=num_samples, max_epochs=max_epochs,
                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                         storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
+                         cv_folds=cv_folds, cv_top=cv_top, storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
                          space_overrides=space_overrides or {}, scheduler=scheduler,
                          build_ensemble=ensemble, log=log)
     return runner.resume(previous) if previous else runner.start()
@@ -137,13 +140,15 @@ def _weights_dir(weights_dir: str | os.PathLike | None) -> str | None:
 class SweepRunner:
     def __init__(self, *, task: str, task_record: Task, data_dir: str | None,
                  profile: str | None, num_samples: int | None, max_epochs: int | None,
-                 cpus_per_trial: float | None, gpus_per_trial: float | None, storage: str,
+                 cpus_per_trial: float | None, gpus_per_trial: float | None,
+                 cv_folds: int | None, cv_top: int | None, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
                  scheduler: str, build_ensemble: bool, log: Log) -> None:
         name = profile or choose_profile(ray.cluster_resources())
         self.profile = with_overrides(get_profile(task, name), num_samples=num_samples,
                                       max_epochs=max_epochs, cpus_per_trial=cpus_per_trial,
-                                      gpus_per_trial=gpus_per_trial)
+                                      gpus_per_trial=gpus_per_trial, cv_folds=cv_folds,
+                                      cv_top=cv_top)
         self.task, self.task_record, self.data_dir = task, task_record, data_dir
         self.storage, self.experiment, self.uri, self.seed, self.log = (
             storage, experiment, tracking_uri, seed, log)
@@ -153,6 +158,7 @@ class SweepRunner:
         self.scheduler = scheduler
         self.build_ensemble = build_ensemble
         self.data_facts: dict[str, int] = {}
+        self.manifest: Path | None = None  # the recorded split, once the data are prepared
 
     # --------------------------------------------------------------------------- public
     def start(self) -> SweepResult:
@@ -180,6 +186,7 @@ class SweepRunner:
                     "scheduler": self.scheduler,
                     "storage_path": path, **facts,
                     "keep_duplicates": bool(space.get("keep_duplicates", False)),
+                    "cv_folds": self.profile.cv_folds, "cv_top": self.profile.cv_top,
                     **({"positive_class": space["positive_class"]}
                        if space.get("positive_class") else {})},
             artifacts={"search_space.json": self._space_file(space), **records})
@@ -190,6 +197,7 @@ class SweepRunner:
                  "max_epochs": self.profile.max_epochs,
                  "cpus_per_trial": self.profile.cpus_per_trial,
                  "gpus_per_trial": self.profile.gpus_per_trial,
+                 "cv_folds": self.profile.cv_folds, "cv_top": self.profile.cv_top,
                  "space_overrides": self.space_overrides}
         tuner = tune.Tuner(
             self._trainable(datasets, context),
@@ -217,7 +225,8 @@ class SweepRunner:
         self.profile = with_overrides(
             get_profile(state["task"], state["profile"]), num_samples=state["num_samples"],
             max_epochs=state["max_epochs"], cpus_per_trial=state["cpus_per_trial"],
-            gpus_per_trial=state["gpus_per_trial"])
+            gpus_per_trial=state["gpus_per_trial"], cv_folds=state.get("cv_folds", 0),
+            cv_top=state.get("cv_top", 0))
         self.space_overrides = state.get("space_overrides", {})
         scratch = tempfile.mkdtemp(prefix="medsweep-recorded-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
@@ -238,7 +247,7 @@ class SweepRunner:
     def _space(self) -> dict:
         """The profile's space with the overrides laid over it: what Tune samples."""
         return {**self.profile.space, **overrides_space(self.space_overrides),
-                "data_dir": self.data_dir}
+                "data_dir": self.data_dir, "cv_folds": self.profile.cv_folds}
 
     def _prepare_data(self, space: dict, manifest: Path | None = None) -> dict[int, TrialData]:
         """Decode each resolution once on the driver; Tune ships the arrays to the object store
@@ -253,6 +262,7 @@ class SweepRunner:
             datasets[int(r)] = load_trial_data(base.replace(resolution=int(r)), self.log,
                                                manifest=manifest)
             manifest = manifest or Path(datasets[int(r)].manifest_path)
+        self.manifest = manifest
         return datasets
 
     def _scheduler(self):
@@ -309,6 +319,8 @@ class SweepRunner:
         board = _leaderboard(grid, self.metric, self.task_record.mode)
         tracking.log_table_artifact(self.uri, context.parent_run_id, board, "tune_results.csv")
         errored = sum(1 for r in grid if r.error is not None)
+        if self.profile.cv_folds and errored < len(board):
+            self._cross_validate(grid, context, path)
         ensemble = self._ensemble(context) if self.build_ensemble and errored < len(board) \
             else None
         tracking.finish_run(self.uri, context.parent_run_id,
@@ -319,6 +331,30 @@ class SweepRunner:
                            ui_command=tracking.ui_command(self.uri,
                                                           tracking.local_artifact_root(self.uri)),
                            ensemble=ensemble, data_facts=self.data_facts)
+
+    def _cross_validate(self, grid, context: SweepContext, path: str) -> None:
+        """The second stage (`cv.py`); the sweep state says it started, so `--resume` restores
+        it rather than starting it again."""
+        chosen = finalists(grid, self.metric, self.task_record.mode, self.profile.cv_top)
+        if not chosen:
+            self.log("warning: no finished trial to cross-validate")
+            return
+        state = read_sweep_state(path)
+        if not state.get("cv_started"):
+            write_sweep_state(path, {**state, "cv_started": True})
+        try:
+            table = cross_validate(
+                chosen, folds=self.profile.cv_folds, context=context, manifest=self.manifest,
+                storage=self.storage, name=state["name"],
+                resources={"cpu": self.profile.cpus_per_trial,
+                           "gpu": self.profile.gpus_per_trial},
+                restore=path + CV_SUFFIX if state.get("cv_started") else None, log=self.log)
+        except SweepInterrupted as err:
+            tracking.finish_run(self.uri, context.parent_run_id, "KILLED")
+            raise SweepInterrupted(
+                f"{err}; its state is saved in {path}. Continue it with: python -m "
+                f"orchestrator.sweep {self.task} --resume --storage-path {self.storage}") from None
+        tracking.log_table_artifact(self.uri, context.parent_run_id, table, "cv_runs.csv")
 
     def _ensemble(self, context: SweepContext):
         """The final ensemble is part of every sweep; its failure is reported, not fatal: the

@@ -19,7 +19,8 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestrator import tracking
 from orchestrator.config import TrialConfig
-from orchestrator.train.artifacts import BEST_FILES, STATE, EpochReport, TrialData
+from orchestrator.train.artifacts import (CHECKPOINT_FILES, STATE, EpochReport, FoldedData,
+                                          TrialData)
 from orchestrator.train.trial import train_trial
 
 NODE_KEY = "node_id"  # reported with every epoch: where the trial's current attempt runs
@@ -40,11 +41,21 @@ class SweepContext:
     max_epochs: int
     cpus_per_trial: float
     gpus_per_trial: float
+    # The cross-validation stage: each trial samples {"finalist": i, "cv_fold": k} and retrains
+    # finalists[i] (a search trial's config, `epochs` set to its best epoch) on fold k.
+    finalists: tuple[tuple[str, dict], ...] = ()  # (search trial id, config)
+
+    @property
+    def is_cv(self) -> bool:
+        return bool(self.finalists)
 
 
 def trial_config(sampled: Mapping[str, Any], context: SweepContext) -> TrialConfig:
     """The sampled config plus what the trial's resources dictate (threads, GPU share)."""
     gpus = context.gpus_per_trial
+    if context.is_cv:
+        sampled = {**context.finalists[int(sampled["finalist"])][1],
+                   "cv_fold": int(sampled["cv_fold"])}
     return TrialConfig.from_dict({
         **sampled,
         "cpu_threads": max(1, int(context.cpus_per_trial)),
@@ -54,8 +65,12 @@ def trial_config(sampled: Mapping[str, Any], context: SweepContext) -> TrialConf
 
 def run_tune_trial(config: dict, datasets: dict[int, TrialData], context: SweepContext) -> None:
     """One Tune trial: train, report each epoch with its checkpoint, resume from the last one."""
-    trial = tune.get_context()
     cfg = trial_config(config, context)
+    _train_reporting(cfg, datasets[cfg.resolution])
+
+
+def _train_reporting(cfg: TrialConfig, data: TrialData) -> None:
+    trial = tune.get_context()
     node = ray.get_runtime_context().get_node_id()
 
     def report(epoch: EpochReport) -> None:
@@ -65,11 +80,16 @@ def run_tune_trial(config: dict, datasets: dict[int, TrialData], context: SweepC
     output_dir = Path(trial.get_trial_dir()) / "trial"
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        train_trial(cfg, datasets[cfg.resolution], output_dir=output_dir, report=report)
+        train_trial(cfg, data, output_dir=output_dir, report=report)
         return
     with checkpoint.as_directory() as resume_from:
-        train_trial(cfg, datasets[cfg.resolution], output_dir=output_dir, report=report,
-                    resume_from=resume_from)
+        train_trial(cfg, data, output_dir=output_dir, report=report, resume_from=resume_from)
+
+
+def run_cv_trial(config: dict, folded: dict[int, FoldedData], context: SweepContext) -> None:
+    """One cross-validation trial: a finalist retrained on every fold but one, predicting it."""
+    cfg = trial_config(config, context)
+    _train_reporting(cfg, folded[cfg.resolution].trial_data(cfg.cv_fold))
 
 
 def epoch_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,9 +111,15 @@ class TrialTracker(tune.Callback):
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self._runs:
             ctx = self.context
+            kind, tags, name = tracking.KIND_TRIAL, {}, str(trial)
+            if ctx.is_cv:
+                finalist = ctx.finalists[int(trial.config["finalist"])][0]
+                fold = int(trial.config["cv_fold"])
+                kind, name = tracking.KIND_CV_TRIAL, f"cv {finalist} fold {fold}"
+                tags = {tracking.TAG_FINALIST: finalist, tracking.TAG_FOLD: str(fold)}
             self._runs[trial.trial_id] = tracking.get_or_create_trial_run(
                 ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial.trial_id,
-                str(trial), params=trial_config(trial.config, ctx).to_dict())
+                name, params=trial_config(trial.config, ctx).to_dict(), kind=kind, tags=tags)
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -110,8 +136,8 @@ class TrialTracker(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epoch = (trial.last_result or {}).get("epoch", 0)
-        self._close(trial, tracking.STATUS_COMPLETED if epoch >= self.context.max_epochs
-                    else tracking.STATUS_STOPPED_EARLY)
+        done = self.context.is_cv or epoch >= self.context.max_epochs  # CV runs are never cut
+        self._close(trial, tracking.STATUS_COMPLETED if done else tracking.STATUS_STOPPED_EARLY)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._close(trial, tracking.STATUS_ERRORED)
@@ -124,7 +150,7 @@ class TrialTracker(tune.Callback):
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 tracking.log_trial_files(ctx.tracking_uri, run_id, Path(directory),
-                                         BEST_FILES + (STATE,))
+                                         CHECKPOINT_FILES + (STATE,))
                 state = json.loads((Path(directory) / STATE).read_text())
                 extra[tracking.TAG_BEST_EPOCH] = str(state["best_epoch"])
                 extra[tracking.TAG_CHECKPOINT] = checkpoint_uri(checkpoint)

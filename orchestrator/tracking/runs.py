@@ -22,7 +22,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 if TYPE_CHECKING:
     import pandas as pd
 
-TAG_KIND = "medsweep.kind"  # KIND_SWEEP | KIND_TRIAL | KIND_ENSEMBLE
+TAG_KIND = "medsweep.kind"  # KIND_SWEEP | KIND_TRIAL | KIND_CV_TRIAL | KIND_ENSEMBLE
 TAG_TRIAL_ID = "medsweep.trial_id"
 TAG_STATUS = "medsweep.status"  # one of TRIAL_STATUSES
 TAG_SYNTHETIC = "medsweep.synthetic_data"
@@ -32,8 +32,11 @@ TAG_NODE = "medsweep.ray_node_id"  # where a trial's latest attempt ran
 TAG_EPOCHS_RUN = "medsweep.epochs_run"
 TAG_BEST_EPOCH = "medsweep.best_epoch"
 TAG_CHECKPOINT = "medsweep.checkpoint"
+TAG_FINALIST = "medsweep.finalist"  # a cross-validation run: the search trial it retrains
+TAG_FOLD = "medsweep.fold"  # ... and the fold it holds out
 PARENT_TAG = "mlflow.parentRunId"
 KIND_SWEEP, KIND_TRIAL, KIND_ENSEMBLE = "sweep", "trial", "ensemble"
+KIND_CV_TRIAL = "cv_trial"  # a finalist retrained on one fold (the second stage of a sweep)
 STATUS_RUNNING, STATUS_COMPLETED = "running", "completed"
 STATUS_STOPPED_EARLY, STATUS_ERRORED = "stopped_early", "errored"
 TRIAL_STATUSES = {  # medsweep.status -> the MLflow run status it implies
@@ -151,13 +154,15 @@ def find_runs_by_tag(uri: str, experiment_id: str, tags: Mapping[str, str]) -> l
             return runs
 
 
-def list_trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Run]:
-    """The trial runs nested under a sweep's parent run."""
-    return find_runs_by_tag(uri, experiment_id, {PARENT_TAG: parent_run_id, TAG_KIND: KIND_TRIAL})
+def list_trial_runs(uri: str, experiment_id: str, parent_run_id: str,
+                    kind: str = KIND_TRIAL) -> list[Run]:
+    """The trial runs (or, with KIND_CV_TRIAL, the cross-validation runs) of a sweep."""
+    return find_runs_by_tag(uri, experiment_id, {PARENT_TAG: parent_run_id, TAG_KIND: kind})
 
 
 def get_or_create_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
-                            run_name: str, params: Mapping[str, Any]) -> str:
+                            run_name: str, params: Mapping[str, Any], kind: str = KIND_TRIAL,
+                            tags: Mapping[str, str] | None = None) -> str:
     """The trial's run id, never a duplicate: a retried or resumed trial continues its own run.
 
     A found run that had failed or been killed is set RUNNING again; a finished one is left as
@@ -173,8 +178,8 @@ def get_or_create_trial_run(uri: str, experiment_id: str, parent_run_id: str, tr
             client.update_run(run_id, status="RUNNING")
             _set_tags(client, run_id, {TAG_STATUS: STATUS_RUNNING})
     else:
-        tags = {PARENT_TAG: parent_run_id, TAG_KIND: KIND_TRIAL, TAG_TRIAL_ID: trial_id,
-                TAG_STATUS: STATUS_RUNNING}
+        tags = {PARENT_TAG: parent_run_id, TAG_KIND: kind, TAG_TRIAL_ID: trial_id,
+                TAG_STATUS: STATUS_RUNNING, **(tags or {})}
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     _log_params(client, run_id, params)
     return run_id

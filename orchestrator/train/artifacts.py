@@ -40,6 +40,7 @@ LAST_MODEL = "last.keras"
 STATE = "state.json"  # epochs done, best epoch and metric, history
 FAULT_MARKER = "fault_injected"  # a checkpoint taken just before an injected fault
 BEST_FILES = (BEST_MODEL, VAL_PROBS, VAL_LABELS)  # what a checkpoint carries of the best epoch
+CHECKPOINT_FILES = BEST_FILES + (VAL_PATHS,)  # ... and which images those probabilities are of
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from orchestrator.errors import InjectedFault
 from orchestrator.models import build_model
 from orchestrator.pipeline import balanced_class_weights, make_loss, training_dataset
 from orchestrator.schedules import get_schedule, plan_epochs, scale_schedule
-from orchestrator.train.artifacts import (BEST_FILES, BEST_MODEL, CHECKPOINT_DIR, CONFIG,
+from orchestrator.train.artifacts import (BEST_FILES, BEST_MODEL, CHECKPOINT_DIR,
+                                          CHECKPOINT_FILES, CONFIG,
                                           FAULT_MARKER, HISTORY, INPUTS, LAST_MODEL, RESULT,
                                           STATE, VAL_LABELS, VAL_PATHS, VAL_PROBS, EpochReport,
                                           Reporter, TrialData, TrialResult)
@@ -118,7 +119,7 @@ class Trainer:
         self.epochs_done, self.best_epoch = state["epochs_done"], state["best_epoch"]
         self.best_metric, self.history = state["best_metric"], state["history"]
         self.fault_armed = self.fault_armed and not (checkpoint / FAULT_MARKER).exists()
-        for name in BEST_FILES:
+        for name in CHECKPOINT_FILES:
             src, dst = checkpoint / name, self.out / name
             if src.exists() and not (dst.exists() and os.path.samefile(src, dst)):
                 shutil.copy2(src, dst)
@@ -175,7 +176,7 @@ class Trainer:
         if fault:
             (tmp / FAULT_MARKER).write_text("injected once\n")
         model.save(tmp / LAST_MODEL)
-        for name in BEST_FILES:
+        for name in CHECKPOINT_FILES:
             if (self.out / name).exists():
                 _link_or_copy(self.out / name, tmp / name)
         state = {"epochs_done": self.epochs_done, "best_epoch": self.best_epoch,

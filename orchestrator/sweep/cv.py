@@ -1,0 +1,89 @@
+"""The sweep's second stage: cross-validation of the finalists.
+
+After the search (holdout split, ASHA), the best `cv_top` configurations are retrained on the
+`cv_folds` grouped, stratified folds of every non-test image: N x K Tune trials in parallel,
+resumable like the search, each an MLflow child run tagged with its configuration and fold. Each
+fold model predicts the fold it never saw, so every non-test image gets exactly one out-of-fold
+prediction per configuration: what the ensemble then chooses on (`ensemble/build.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+
+from orchestrator import tracking
+from orchestrator.config import TrialConfig
+from orchestrator.errors import SweepInterrupted
+from orchestrator.sweep.state import Log
+from orchestrator.sweep.trainable import SweepContext, TrialTracker, run_cv_trial
+from orchestrator.train.trial import load_folded_data
+
+CV_SUFFIX = "-cv"  # the stage's Tune experiment: beside the search's, its name plus this
+
+
+def finalists(grid: tune.ResultGrid, metric: str, mode: str,
+              top: int) -> list[tuple[str, dict]]:
+    """(search trial id, config) of the `top` trials with the best validation metric, ties
+    broken by the lower validation loss; errored trials and NaN metrics never qualify."""
+    rows = []
+    for result in grid:
+        frame = result.metrics_dataframe
+        if result.error is not None or frame is None or metric not in frame:
+            continue
+        values = frame[metric].dropna()
+        if values.empty:
+            continue
+        at = values.idxmax() if mode == "max" else values.idxmin()
+        best = float(values[at])
+        loss = float(frame.loc[at, "val_loss"]) if "val_loss" in frame else 0.0
+        rows.append((-best if mode == "max" else best, loss, result.metrics["trial_id"],
+                     dict(result.config)))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [(trial_id, config) for _, _, trial_id, config in rows[:top]]
+
+
+def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: SweepContext,
+                   manifest: Path, storage: str, name: str, resources: dict,
+                   restore: str | None, log: Log) -> pd.DataFrame:
+    """Run (or, with `restore`, continue) the N x K fold trials; their runs' statuses as a table.
+
+    Raises SweepInterrupted when Ctrl+C stopped it: `--resume` continues here."""
+    cv_context = dataclasses.replace(context, finalists=tuple(chosen))
+    resolutions = sorted({int(config["resolution"]) for _, config in chosen})
+    base = TrialConfig.from_dict(chosen[0][1])
+    folded = {r: load_folded_data(base.replace(resolution=r), manifest, log) for r in resolutions}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_cv_trial, folded=folded, context=cv_context), resources)
+    log(f"cross-validation: {len(chosen)} finalist(s) x {folds} folds = "
+        f"{len(chosen) * folds} trials: " + ", ".join(t for t, _ in chosen))
+    if restore:
+        tuner = tune.Tuner.restore(restore, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"finalist": tune.grid_search(list(range(len(chosen)))),
+                         "cv_fold": tune.grid_search(list(range(folds)))},
+            tune_config=tune.TuneConfig(metric=context.metric, mode=context.mode,
+                                        num_samples=1, scheduler=FIFOScheduler()),
+            run_config=tune.RunConfig(
+                name=name + CV_SUFFIX, storage_path=storage,
+                callbacks=[TrialTracker(cv_context)],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=2), verbose=1))
+    grid = tuner.fit()
+    runs = tracking.list_trial_runs(context.tracking_uri, context.experiment_id,
+                                    context.parent_run_id, kind=tracking.KIND_CV_TRIAL)
+    closed = {r.data.tags.get(tracking.TAG_TRIAL_ID) for r in runs
+              if r.data.tags.get(tracking.TAG_STATUS) != tracking.STATUS_RUNNING}
+    unfinished = [r for r in grid if r.metrics.get("trial_id") not in closed]
+    if unfinished:
+        raise SweepInterrupted(f"cross-validation interrupted with {len(unfinished)} "
+                               "unfinished fold trial(s)")
+    return pd.DataFrame([{"finalist": r.data.tags.get(tracking.TAG_FINALIST),
+                          "fold": r.data.tags.get(tracking.TAG_FOLD),
+                          "status": r.data.tags.get(tracking.TAG_STATUS)} for r in runs])
