@@ -39,10 +39,11 @@ OVERRIDES = {"resolution": 48, "phantom_per_class": 30, "epochs": 3, "lr_multipl
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """One small sweep (3 trials) with its ensemble, shared by the tests below."""
+    """One small sweep (3 trials) with its ensemble chosen on the holdout validation split
+    (`--cv-folds 0`), shared by the tests below; tests/test_sweep_cv.py covers the CV path."""
     root = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    result = run_sweep("brain", profile="smoke", num_samples=3, max_epochs=3,
+    result = run_sweep("brain", profile="smoke", num_samples=3, max_epochs=3, cv_folds=0,
                        storage_path=str(root / "runs"), tracking_uri=uri,
                        space_overrides=OVERRIDES, **QUIET)
     yield result, uri, root
@@ -256,7 +257,7 @@ def test_the_ensemble_refuses_data_that_changed_after_the_sweep(tmp_path):
     one changed image is enough to refuse: a clear line, no ensemble run."""
     data = write_phantom(get_task("brain"), tmp_path / "brain", per_class=12, seed=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_sweep("brain", profile="smoke", data_dir=str(data), num_samples=1,
+    result = run_sweep("brain", profile="smoke", data_dir=str(data), num_samples=1, cv_folds=0,
                        max_epochs=1, storage_path=str(tmp_path / "runs"), tracking_uri=uri,
                        ensemble=False, **QUIET)
     victim = sorted((data / "Testing" / "glioma").glob("*.jpg"))[0]

@@ -111,7 +111,7 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
 
 def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path, local_ray):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_sweep("brain", profile="smoke", num_samples=1, max_epochs=3,
+    result = run_sweep("brain", profile="smoke", num_samples=1, max_epochs=3, cv_folds=0,
                        storage_path=str(tmp_path / "runs"), tracking_uri=uri,
                        space_overrides={"fail_at_epoch": 2}, ensemble=False,
                        log=lambda _: None)
@@ -132,7 +132,7 @@ def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path,
 def test_an_interrupted_sweep_resumes_without_duplicate_runs(storage, tmp_path):
     # "uri": --storage-path file:///..., which goes through pyarrow.fs as s3:// does
     args = ["brain", "--profile", "smoke", "--max-epochs", "24", "--num-samples", "2",
-            "--no-ensemble"]
+            "--no-ensemble", "--cv-folds", "0"]
     checkpoints = tmp_path / "runs"  # the default --storage-path, runs/sweeps
     if storage == "uri":
         checkpoints = tmp_path / "remote-storage"
@@ -174,6 +174,7 @@ def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_stora
     try:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         result = run_sweep("brain", profile="smoke", num_samples=4, address=cluster.address,
+                           cv_folds=0,
                            storage_path=str(storage), tracking_uri=uri, log=lambda _: None)
         client = mlflow.MlflowClient(tracking_uri=uri)
         experiment_id = client.get_run(result.parent_run_id).info.experiment_id

@@ -75,6 +75,7 @@ class ClinicalInputs:
     synthetic: bool
     title: str
     data_notes: Sequence[str] = ()  # what was left out or grouped before splitting
+    held_out: str = "validation"  # what y_val/val_probs are: "validation" or "out-of-fold"
 
 
 @dataclass
@@ -100,7 +101,8 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     if task.is_binary:
         op = choose_threshold(y_val == pos, ens_val[:, pos], rule=options.threshold_rule,
                               target_sensitivity=options.target_sensitivity)
-        log(f"operating point chosen on validation: threshold {op.threshold:.4f} ({op.rule}; "
+        log(f"operating point chosen on {inputs.held_out} predictions: threshold "
+            f"{op.threshold:.4f} ({op.rule}; "
             f"val sensitivity {op.val_sensitivity:.3f}, specificity {op.val_specificity:.3f})")
         table = threshold_table(y_val == pos, ens_val[:, pos], y_test == pos, ens_test[:, pos],
                                 chosen=op.threshold)
@@ -108,7 +110,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
         table.to_csv(files[-1], index=False)
     temperature = fit_temperature(y_val, ens_val)
     calibrated = apply_temperature(ens_test, temperature)
-    log(f"temperature fitted on validation: T = {temperature:.3f}")
+    log(f"temperature fitted on {inputs.held_out} predictions: T = {temperature:.3f}")
 
     # --- measured on test, with intervals ----------------------------------------------------------
     resamples = resample_indices(y_test, inputs.test_groups, options.resamples, options.seed)
@@ -256,12 +258,20 @@ def _sections(inputs, options, op, temperature, intervals, figures, review, grou
                              for name, probs in inputs.val_probs.items()])
     composition = pd.DataFrame([{"member": m.name, "weight": m.weight,
                                  "resolution": m.resolution} for m in inputs.members])
+    held = inputs.held_out
+    source = ("the out-of-fold predictions of the cross-validated finalists (each member is "
+              "its fold models averaged)" if held == "out-of-fold" else "the validation split")
+    single = [m.name for m in inputs.members]
+    same = (f" The ensemble is the best single configuration ({single[0]}): no addition "
+            f"improved the {held} score.") if len(single) == 1 else ""
     sections = [
-        Section("Ensemble", [f"Task {inputs.task.key}; TTA policy {inputs.policy}; members and "
-                             "weights chosen on the validation split only (Caruana selection)."],
+        Section("Ensemble", [f"Task {inputs.task.key}; TTA policy {inputs.policy}; TTA policy, "
+                             f"members and weights chosen on {source} only (Caruana "
+                             f"selection).{same}"],
                 tables=[composition]),
         *([Section("Data", list(inputs.data_notes))] if inputs.data_notes else []),
-        Section("Validation (where every choice was made)", tables=[val_rows]),
+        Section(f"{held.capitalize()} predictions (where every choice was made)",
+                tables=[val_rows]),
         Section("Test, with 95% bootstrap intervals",
                 [f"{options.resamples} resamples, stratified by class, {groups_note}. "
                  "The test split was predicted once, after every choice was fixed."],
@@ -273,12 +283,12 @@ def _sections(inputs, options, op, temperature, intervals, figures, review, grou
         sections.append(Section(
             "Operating point",
             [f"Threshold {op.threshold:.4f} on the positive-class probability, chosen on "
-             f"validation by {op.rule} (validation sensitivity {op.val_sensitivity:.3f}, "
+             f"{held} predictions by {op.rule} ({held} sensitivity {op.val_sensitivity:.3f}, "
              f"specificity {op.val_specificity:.3f}); threshold_table.csv lists the trade-off."],
             tables=[_interval_table(intervals[intervals.model == ENSEMBLE], figures_at)]))
     sections.append(Section(
         "Calibration",
-        [f"Temperature scaling fitted on validation: T = {temperature:.3f} (T > 1: the "
+        [f"Temperature scaling fitted on {held} predictions: T = {temperature:.3f} (T > 1: the "
          "ensemble was over-confident). Test figures before and after."],
         tables=[_interval_table(intervals[intervals.model == ENSEMBLE],
                                 ["brier", "brier_calibrated", "ece", "ece_calibrated", "nll",

@@ -33,6 +33,11 @@ class Candidate:
     model_path: str
     resolution: int
     checkpoint: str | None = None  # a local path or s3:// URI of a folder holding MODEL_FILE
+    images_key: object = None  # which image set it scores (None: the one of its resolution)
+
+    @property
+    def images(self) -> object:
+        return self.resolution if self.images_key is None else self.images_key
 
 
 @dataclass(frozen=True)
@@ -125,17 +130,18 @@ class ScoringPool:
         for worker in self.workers:
             ray.kill(worker)
 
-    def score(self, candidates: Sequence[Candidate], images_by_resolution: dict[int, np.ndarray],
+    def score(self, candidates: Sequence[Candidate], images: dict[object, np.ndarray],
               transforms: tuple) -> dict[str, Scored]:
-        """Score every candidate in parallel; results keyed by candidate name."""
-        refs = {r: ray.put(x) for r, x in images_by_resolution.items()}
+        """Score every candidate in parallel on its image set (`Candidate.images`: by default
+        the images of its resolution; a fold model its held-out fold); keyed by name."""
+        refs = {key: ray.put(x) for key, x in images.items()}
 
         def submit(actor, c: Candidate):
             # Called when an actor is free, so a driver copy enters the object store only then.
             copy = None
             if not checkpoint_reachable(c.checkpoint) and os.path.isfile(c.model_path):
                 copy = [ray.put(Path(c.model_path).read_bytes())]
-            return actor.score.remote(c, copy, refs[c.resolution], transforms, self.batch_size)
+            return actor.score.remote(c, copy, refs[c.images], transforms, self.batch_size)
 
         out: dict[str, Scored] = {}
         for scored in ActorPool(self.workers).map_unordered(submit, list(candidates)):

@@ -1,0 +1,144 @@
+"""Cross-validation of the finalists, end to end: a smoke CV sweep (2 configurations x 2 folds)
+whose ensemble is chosen on out-of-fold predictions and predicts the test split once with every
+fold model; and the out-of-fold assembly itself, as a property."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator import tracking
+from orchestrator.data.splits import assign_folds, assign_splits
+from orchestrator.data.table import make_table
+from orchestrator.ensemble.build import HeldOut, build_ensemble
+from orchestrator.sweep.runner import run_sweep
+from orchestrator.tta.pool import Candidate, Scored
+from tasks import get_task
+
+QUIET = dict(log=lambda _: None)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_groups=st.integers(6, 40), folds=st.integers(2, 5), seed=st.integers(0, 10_000))
+def test_property_every_non_test_image_gets_exactly_one_out_of_fold_prediction(n_groups, folds,
+                                                                               seed):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, n_groups)
+    rows = [{"path": f"/d/{g:03d}_{i}.png", "label": "ab"[g % 2], "source_label": "ab"[g % 2],
+             "group": f"g{g}", "split": ""} for g, size in enumerate(sizes) for i in range(size)]
+    task = get_task("folder").with_classes(("a", "b"))
+    table = assign_folds(assign_splits(make_table(rows), task, seed), folds, seed)
+    pool = table[table["split"] != "test"].reset_index(drop=True)
+    models, positions, scored = {}, {}, {}
+    for config in ("c1", "c2"):
+        models[config] = []
+        for k in range(folds):
+            held = np.flatnonzero(pool["fold"].to_numpy() == str(k))
+            name = f"{config}-f{k}"
+            models[config].append(Candidate(name, "", 32, images_key=(32, k)))
+            positions[name] = held
+            # each fold model "predicts" the index of the image, so the assembly is checkable
+            probs = np.zeros((3, len(held), 2), np.float32)
+            probs[:, :, 0] = held
+            scored[name] = Scored(name, probs)
+    held = HeldOut("out-of-fold", models, {}, positions, np.zeros(len(pool), int), {})
+    for config, oof in held.assemble(scored).items():
+        assert oof.shape == (3, len(pool), 2) and not np.isnan(oof).any()
+        assert (oof[:, :, 0] == np.arange(len(pool))).all()  # each image once, in its place
+    missing = dict(scored, **{"c2-f0": Scored("c2-f0", None, "gone")})
+    assert list(held.assemble(missing)) == ["c1"]  # a configuration missing a fold drops out
+
+
+@pytest.fixture(scope="module")
+def cv_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cv")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = run_sweep("brain", profile="smoke", max_epochs=3, storage_path=str(root / "runs"),
+                       tracking_uri=uri, space_overrides={"phantom_per_class": 24,
+                                                          "lr_multiplier": 10.0}, **QUIET)
+    yield result, uri, root
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_smoke_cv_sweep_retrains_two_finalists_on_two_folds(cv_sweep):
+    result, uri, _ = cv_sweep
+    client = mlflow.MlflowClient(uri)
+    parent = client.get_run(result.parent_run_id)
+    assert (parent.data.params["cv_folds"], parent.data.params["cv_top"]) == ("2", "2")
+    runs = tracking.list_trial_runs(uri, parent.info.experiment_id, result.parent_run_id,
+                                    kind=tracking.KIND_CV_TRIAL)
+    cells = sorted((r.data.tags[tracking.TAG_FINALIST], r.data.tags[tracking.TAG_FOLD])
+                   for r in runs)
+    finalists = sorted({f for f, _ in cells})
+    assert len(finalists) == 2 and cells == [(f, k) for f in finalists for k in ("0", "1")]
+    search = {r.data.tags[tracking.TAG_TRIAL_ID] for r in tracking.list_trial_runs(
+        uri, parent.info.experiment_id, result.parent_run_id)}
+    assert set(finalists) <= search  # finalists are search trials, not extra ones
+    for run in runs:
+        assert run.data.tags[tracking.TAG_STATUS] == "completed"
+        assert run.data.params["cv_fold"] == run.data.tags[tracking.TAG_FOLD]
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"best.keras", "val_probs.npy", "val_paths.txt"} <= files
+    assert "cv_runs.csv" in {a.path for a in client.list_artifacts(result.parent_run_id)}
+
+
+@pytest.mark.slow
+def test_the_ensemble_is_chosen_out_of_fold_and_tests_once_with_every_fold_model(cv_sweep,
+                                                                                  tmp_path):
+    result, uri, _ = cv_sweep
+    report = result.ensemble
+    assert report is not None and report.chosen_on == "out-of-fold"
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(report.run_id)
+    assert run.data.params["chosen_on"] == "out-of-fold"
+    assert run.data.params["models_per_member"] == "2"
+    scoring = pd.read_csv(client.download_artifacts(report.run_id, "scoring.csv",
+                                                    str(tmp_path)))
+    held = scoring[scoring["split"] == "held_out"]
+    assert len(held) == 4  # 2 finalists x 2 fold models, each on its own fold
+    tested = scoring[scoring["split"] == "test"]
+    assert len(tested) == len(set(tested["model"]))  # every model predicted the test split once
+    assert all(len(tested[tested["model"].str.startswith(m)]) == 2 for m in report.members)
+    spec_dir = client.download_artifacts(report.run_id, "model", str(tmp_path / "model"))
+    spec = json.loads(next(Path(spec_dir).rglob("ensemble.json")).read_text())
+    assert len(spec["members"]) == 2 * len(report.members)  # a member is its fold models
+    assert sum(m["weight"] for m in spec["members"]) == pytest.approx(1.0)
+    html = next(Path(client.download_artifacts(report.run_id, "report.html",
+                                               str(tmp_path / "r"))).parent.rglob("report.html"))
+    text = html.read_text()
+    assert "out-of-fold predictions of the cross-validated finalists" in text
+    assert "Out-of-fold predictions (where every choice was made)" in text
+
+
+@pytest.mark.slow
+def test_permuting_the_test_labels_changes_no_choice_under_cv(cv_sweep, tmp_path):
+    result, uri, _ = cv_sweep
+    client = mlflow.MlflowClient(uri)
+    original = Path(client.download_artifacts(result.parent_run_id, "manifest.csv",
+                                              str(tmp_path / "original")))
+    frame = pd.read_csv(original, dtype=str, keep_default_na=False)
+    test = frame["split"] == "test"
+    classes = sorted(frame.loc[test, "label"].unique())
+    frame.loc[test, "label"] = frame.loc[test, "label"].map(
+        {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)})
+    (tmp_path / "permuted").mkdir()
+    frame.to_csv(tmp_path / "permuted" / "manifest.csv", index=False)
+    client.log_artifact(result.parent_run_id, str(tmp_path / "permuted" / "manifest.csv"))
+    try:
+        again = build_ensemble(result.parent_run_id, tracking_uri=uri, **QUIET)
+    finally:
+        client.log_artifact(result.parent_run_id, str(original))
+    first = result.ensemble
+    assert (again.policy, again.members, again.weights, again.temperature) == (
+        first.policy, first.members, first.weights, first.temperature)
+    assert again.chosen_on == "out-of-fold"
+    loss = first.table.set_index("model").loc["ensemble", "test_loss"]
+    assert again.table.set_index("model").loc["ensemble", "test_loss"] != pytest.approx(loss)
