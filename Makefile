@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/tta.py
 	$(PY) bench/data_memory.py
 	$(PY) bench/bootstrap.py
+	$(PY) bench/cv_cost.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache mlflow/mlflow.db mlflow/artifacts

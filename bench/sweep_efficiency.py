@@ -26,6 +26,7 @@ def run(scheduler: str, args: argparse.Namespace, workdir: Path) -> dict:
     started = time.perf_counter()
     result = run_sweep("brain", profile="cpu", num_samples=args.num_samples,
                        max_epochs=args.max_epochs, scheduler=scheduler, seed=args.seed,
+                       cv_folds=0,  # the search alone: ASHA against FIFO
                        storage_path=str(workdir / scheduler),
                        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
                        space_overrides={"resolution": args.resolution,

@@ -20,7 +20,7 @@ from orchestrator.clinical.calibration import (apply_temperature, binary_brier, 
 from orchestrator.clinical.evaluate import (ClinicalInputs, ClinicalOptions, Member, evaluate)
 from orchestrator.clinical.gradcam import gradcam, overlay
 from orchestrator.clinical.operating_point import (binary_figures, choose_threshold,
-                                                   threshold_table)
+                                                   threshold_table, wilson_lower_bound)
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.uncertainty import (entropy, mc_dropout_probs, mc_summary,
                                                review_table)
@@ -113,6 +113,28 @@ def test_threshold_search_picks_the_most_specific_point_with_enough_sensitivity(
     for t in np.unique(s):
         g = binary_figures(y, s, t)
         assert g["sensitivity"] + g["specificity"] - 1 <= j + 1e-12
+
+
+def test_the_bound_rule_asks_held_out_data_to_show_the_target_with_confidence():
+    # 100 positives: t=0.8 catches 90 (point 0.90, Wilson lower bound 0.826); t=0.4 catches 96
+    # (lower bound 0.901 >= 0.90), at the cost of specificity.
+    pos = np.r_[np.full(90, 0.8), np.full(6, 0.4), np.full(4, 0.1)]
+    neg = np.r_[np.full(80, 0.05), np.full(10, 0.35), np.full(10, 0.6)]
+    y = np.r_[np.ones(100), np.zeros(100)].astype(bool)
+    s = np.r_[pos, neg]
+    point = choose_threshold(y, s, rule="sensitivity", target_sensitivity=0.9)
+    bound = choose_threshold(y, s, rule="sensitivity_bound", target_sensitivity=0.9)
+    assert point.threshold == pytest.approx(0.8) and point.val_sensitivity == pytest.approx(0.9)
+    assert bound.threshold == pytest.approx(0.4) and bound.val_sensitivity == pytest.approx(0.96)
+    assert bound.rule == "sensitivity_lower95>=0.9"
+    assert wilson_lower_bound(np.array([96]), 100)[0] >= 0.9 > wilson_lower_bound(
+        np.array([90]), 100)[0]
+    # 10 positives can never show 0.90 with confidence (10/10 has a lower bound of 0.72): the
+    # most certain threshold, catching all of them, with the best specificity among those.
+    few = choose_threshold(np.r_[np.ones(10), np.zeros(10)].astype(bool),
+                           np.r_[np.linspace(0.5, 0.9, 10), np.linspace(0.0, 0.6, 10)],
+                           rule="sensitivity_bound")
+    assert few.val_sensitivity == 1.0 and few.threshold == pytest.approx(0.5)
 
 
 def test_threshold_table_marks_the_chosen_point_and_bad_input_is_named():

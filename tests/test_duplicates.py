@@ -18,7 +18,7 @@ from orchestrator.data.duplicates import (HASH_PREPROCESSING, HASH_RESOLUTION, H
                                           pairs_outcome, perceptual_hashes)
 from orchestrator.data.layouts import read_layout
 from orchestrator.data.phantoms import write_phantom
-from orchestrator.data.splits import assign_splits, content_fingerprint
+from orchestrator.data.splits import assign_folds, assign_splits, content_fingerprint
 from orchestrator.data.table import make_table
 from orchestrator.errors import DataError
 from tasks import get_task
@@ -200,7 +200,7 @@ def test_threshold_merges_distinct_images_of_one_class_rarely(phantom_hashes):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(6, 40), groups=st.integers(2, 12), seed=st.integers(0, 10_000),
        given_test=st.floats(0.0, 0.5), pair_count=st.integers(0, 15))
-def test_property_copies_never_straddle_splits(n, groups, seed, given_test, pair_count):
+def test_property_copies_never_straddle_splits_or_folds(n, groups, seed, given_test, pair_count):
     """Whatever the groups, the given test images and the copies, after grouping and splitting
     both images of every duplicate pair sit in one split, or one of them was left out."""
     rng = np.random.default_rng(seed)
@@ -222,12 +222,13 @@ def test_property_copies_never_straddle_splits(n, groups, seed, given_test, pair
         return  # nothing left to split
     try:
         final = assign_splits(kept, get_task("folder").with_classes(("a", "b")), seed)
+        final = assign_folds(final, 2, seed)
     except DataError:
-        return  # too few groups to split: refused, never a leak
-    where = dict(zip(final["path"], final["split"]))
+        return  # too few groups to split or fold: refused, never a leak
+    where = dict(zip(final["path"], final["split"] + "/" + final["fold"]))
     for pa, pb in zip(pairs["path_a"], pairs["path_b"]):
         if pa in where and pb in where:
-            assert where[pa] == where[pb], (pa, pb)
+            assert where[pa] == where[pb], (pa, pb)  # same split, and same fold
     # a given test image is never moved, and never dropped for a copy of it
     given = set(table.loc[table["split"] == "test", "path"])
-    assert all(where.get(p) == "test" for p in given)
+    assert all(where.get(p) == "test/" for p in given)

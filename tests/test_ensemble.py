@@ -73,12 +73,16 @@ def test_best_single_picks_the_most_accurate():
     assert ens.score == pytest.approx(10 / 12)
 
 
-def test_best_single_ties_go_to_the_first_name_whatever_the_insertion_order():
+def test_best_single_ties_go_to_the_lower_log_loss_then_the_first_name():
     same = _right_on(*range(9))
     probs = {"zeta": _predicting(Y3, same), "alpha": _predicting(Y3, same, conf=0.6),
              "beta": _predicting(Y3, _right_on(0))}
-    assert best_single(probs, Y3, ACCURACY, MAX).members == ("alpha",)
-    assert best_single(dict(reversed(probs.items())), Y3, ACCURACY, MAX).members == ("alpha",)
+    # zeta and alpha tie on accuracy; zeta's sharper right answers give it the lower log-loss
+    assert log_loss(Y3, probs["zeta"]) < log_loss(Y3, probs["alpha"])
+    assert best_single(probs, Y3, ACCURACY, MAX).members == ("zeta",)
+    twins = {"zeta": probs["zeta"], "alpha": probs["zeta"].copy(), "beta": probs["beta"]}
+    assert best_single(twins, Y3, ACCURACY, MAX).members == ("alpha",)  # a full tie: the name
+    assert best_single(dict(reversed(twins.items())), Y3, ACCURACY, MAX).members == ("alpha",)
 
 
 def test_top2_soft_vote_averages_the_two_best_singles_by_auc():
@@ -124,14 +128,20 @@ def test_when_every_addition_hurts_caruana_returns_the_best_model_alone():
     assert {name for name, _ in ens.trajectory} == {"best"}
 
 
-def test_a_tie_between_one_and_two_members_keeps_the_one():
-    """Adding the weak, hesitant model changes no argmax: a tie with repeating the best, and
-    the repeat wins although the weak model's name sorts first."""
+def test_a_tie_on_accuracy_is_broken_by_log_loss():
+    """Neither addition changes an argmax, so both tie with repeating the best on accuracy.
+    The hesitant model softens the best's confident mistakes (lower log-loss): it joins. The
+    sure one sharpens them (higher log-loss): the best stays alone."""
     best = _true_class(Y3, [0.9] * 9 + [0.2] * 3)
-    probs = {"best": best, "a_weak": _true_class(Y3, [0.45] * 6 + [0.55] * 6)}
-    assert ACCURACY(Y3, (probs["best"] + probs["a_weak"]) / 2) == ACCURACY(Y3, best)
-    ens = caruana_select(probs, Y3, ACCURACY, MAX)
-    assert (ens.members, ens.weights) == (("best",), (1.0,))
+    weak = _true_class(Y3, [0.45] * 6 + [0.55] * 6)
+    sure = _true_class(Y3, [0.95] * 9 + [0.05] * 3)
+    for other in (weak, sure):
+        assert ACCURACY(Y3, (best + other) / 2) == ACCURACY(Y3, best)
+    joined = caruana_select({"best": best, "a_weak": weak}, Y3, ACCURACY, MAX)
+    assert set(joined.members) == {"best", "a_weak"} and joined.score == ACCURACY(Y3, best)
+    assert log_loss(Y3, joined.predict({"best": best, "a_weak": weak})) < log_loss(Y3, best)
+    alone = caruana_select({"best": best, "a_sure": sure}, Y3, ACCURACY, MAX)
+    assert (alone.members, alone.weights) == (("best",), (1.0,))
 
 
 def test_a_tie_on_the_trajectory_keeps_the_point_with_fewer_members():

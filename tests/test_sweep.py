@@ -188,7 +188,7 @@ def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_stora
         assert result.ensemble is not None
         scoring = pd.read_csv(client.download_artifacts(result.ensemble.run_id, "scoring.csv",
                                                         str(tmp_path)))
-        val = scoring[scoring.split == "val"]
+        val = scoring[scoring.split == "held_out"]
         assert len(val) == 4 and set(val.node) == nodes
         assert val.source.str.startswith(f"checkpoint {storage}").all(), val.source.tolist()
     finally:

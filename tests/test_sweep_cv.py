@@ -4,6 +4,11 @@ fold model; and the out-of-fold assembly itself, as a property."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -23,6 +28,7 @@ from orchestrator.tta.pool import Candidate, Scored
 from tasks import get_task
 
 QUIET = dict(log=lambda _: None)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @settings(max_examples=40, deadline=None)
@@ -142,3 +148,39 @@ def test_permuting_the_test_labels_changes_no_choice_under_cv(cv_sweep, tmp_path
     assert again.chosen_on == "out-of-fold"
     loss = first.table.set_index("model").loc["ensemble", "test_loss"]
     assert again.table.set_index("model").loc["ensemble", "test_loss"] != pytest.approx(loss)
+
+
+@pytest.mark.slow
+def test_a_sweep_interrupted_in_cross_validation_resumes_there(tmp_path):
+    """Ctrl+C while the fold trials run; --resume keeps the finished search, restores the
+    cross-validation stage from its own state and ends with one run per finalist and fold."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    args = ["brain", "--profile", "smoke", "--num-samples", "2", "--max-epochs", "16",
+            "--no-ensemble"]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and not list(
+            tmp_path.glob("runs/sweeps/*-cv/*/checkpoint_000002")):
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep finished before its cross-validation was interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130 and "--resume" in out, out[-3000:]
+    resumed = subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args, "--resume"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("medsweep-brain")
+    (parent,) = [r for r in client.search_runs([experiment.experiment_id])
+                 if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_SWEEP]
+    assert parent.info.status == "FINISHED"
+    runs = tracking.list_trial_runs(uri, experiment.experiment_id, parent.info.run_id,
+                                    kind=tracking.KIND_CV_TRIAL)
+    cells = [(r.data.tags[tracking.TAG_FINALIST], r.data.tags[tracking.TAG_FOLD]) for r in runs]
+    assert len(cells) == 4 == len(set(cells))  # no fold trial ran twice into two runs
+    assert {r.data.tags[tracking.TAG_STATUS] for r in runs} == {"completed"}
+    assert len(tracking.list_trial_runs(uri, experiment.experiment_id, parent.info.run_id)) == 2

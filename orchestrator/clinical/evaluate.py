@@ -31,7 +31,7 @@ ENSEMBLE = "ensemble"
 
 @dataclass(frozen=True)
 class ClinicalOptions:
-    threshold_rule: str = "sensitivity"  # or "youden"
+    threshold_rule: str = "sensitivity_bound"  # or "sensitivity", "youden" (operating_point)
     target_sensitivity: float = 0.90
     resamples: int = DEFAULT_RESAMPLES
     mc_dropout_passes: int = 0  # 0: off
@@ -250,6 +250,14 @@ def _interval_table(intervals: pd.DataFrame, names: Sequence[str]) -> pd.DataFra
         [n for n in names if n in set(shown.metric)]).reset_index()
 
 
+def _rule_text(rule: str) -> str:
+    if rule.startswith("sensitivity_lower95"):
+        return (": the most specific threshold whose held-out sensitivity has a Wilson 95% "
+                "lower bound at or above the target (where no threshold can show that on "
+                "these cases, the one with the highest bound)")
+    return ""
+
+
 def _sections(inputs, options, op, temperature, intervals, figures, review, groups_note,
               metric) -> list[Section]:
     names = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc"]
@@ -274,7 +282,9 @@ def _sections(inputs, options, op, temperature, intervals, figures, review, grou
                 tables=[val_rows]),
         Section("Test, with 95% bootstrap intervals",
                 [f"{options.resamples} resamples, stratified by class, {groups_note}. "
-                 "The test split was predicted once, after every choice was fixed."],
+                 "The test split was predicted once, after every choice was fixed. Grad-CAM "
+                 "maps and MC-dropout figures also read test images; they are drawn after "
+                 "that and feed no choice."],
                 tables=[_interval_table(intervals, names)]),
     ]
     if op is not None:
@@ -283,7 +293,8 @@ def _sections(inputs, options, op, temperature, intervals, figures, review, grou
         sections.append(Section(
             "Operating point",
             [f"Threshold {op.threshold:.4f} on the positive-class probability, chosen on "
-             f"{held} predictions by {op.rule} ({held} sensitivity {op.val_sensitivity:.3f}, "
+             f"{held} predictions by {op.rule}{_rule_text(op.rule)} ({held} sensitivity "
+             f"{op.val_sensitivity:.3f}, "
              f"specificity {op.val_specificity:.3f}); threshold_table.csv lists the trade-off."],
             tables=[_interval_table(intervals[intervals.model == ENSEMBLE], figures_at)]))
     sections.append(Section(

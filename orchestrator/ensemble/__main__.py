@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from orchestrator.ensemble.build import DEFAULT_POLICIES as POLICIES
+from orchestrator.clinical.operating_point import RULES
 from orchestrator.errors import MedSweepError
 
 
@@ -28,9 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPU share of each "
                    "inference actor on a cluster (default: CPU)")
     c = p.add_argument_group("clinical report (docs/clinical_report.md)")
-    c.add_argument("--threshold-rule", default="sensitivity", choices=("sensitivity", "youden"),
-                   help="binary tasks: the most specific threshold with validation sensitivity "
-                   ">= --target-sensitivity, or Youden's J (default %(default)s)")
+    c.add_argument("--threshold-rule", default="sensitivity_bound", choices=RULES,
+                   help="binary tasks, on held-out predictions: the most specific threshold "
+                   "whose sensitivity has a 95%% lower bound >= --target-sensitivity "
+                   "(sensitivity_bound), whose point sensitivity reaches it (sensitivity), or "
+                   "Youden's J (default %(default)s)")
     c.add_argument("--target-sensitivity", type=float, default=0.90,
                    help="default %(default)s")
     c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the "

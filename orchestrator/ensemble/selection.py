@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from orchestrator.metrics import is_better, primary_metric
+from orchestrator.metrics import is_better, log_loss, primary_metric
 from tasks.base import Task
 
 Scorer = Callable[[np.ndarray, np.ndarray], float]  # (y_true, probs) -> score
@@ -120,7 +120,8 @@ def caruana_select(probs_by_name: Mapping[str, np.ndarray], y: np.ndarray, score
         running += stack[pick]
         trajectory.append((names[pick], score))
         if step >= init_size - 1:
-            points.append((counts.copy(), score))
+            points.append((counts.copy(), score,
+                           log_loss(labels, running / counts.sum())))
     chosen_counts, score = _best_point(points, mode)
     members = [i for i in order if chosen_counts[i] > 0]
     total = chosen_counts.sum()
@@ -139,24 +140,38 @@ def _best_addition(stack: np.ndarray, running: np.ndarray, counts: np.ndarray, l
     inside = counts > 0
     allowed = inside | (inside.sum() < cap)
     trials = (running[None] + stack) / (counts.sum() + 1)
-    best: tuple[int, float] | None = None
-    # Members first, then outsiders, each in name order: a strict improvement is needed to
-    # displace an earlier one, which is the tie rule.
+    best: tuple[int, float, float] | None = None
+    # Members first, then outsiders, each in name order: a strict improvement (in the score,
+    # or in log-loss at an equal score) is needed to displace an earlier one: the tie rule.
     for i in [*np.flatnonzero(inside & allowed), *np.flatnonzero(~inside & allowed)]:
         score = float(scorer(labels, trials[i]))
-        if is_better(score, None if best is None else best[1], mode):
-            best = (int(i), score)
-    return best
+        loss = log_loss(labels, trials[i])
+        if best is None or _better(score, loss, best[1], best[2], mode):
+            best = (int(i), score, loss)
+    return None if best is None or math.isnan(best[1]) else (best[0], best[1])
 
 
-def _best_point(points: list[tuple[np.ndarray, float]], mode: str) -> tuple[np.ndarray, float]:
-    """The earliest best-scoring point. Members only accumulate along the trajectory, so on a
-    tie the earliest point is also the one with the fewest distinct members."""
-    best_counts, best_score = points[0]
-    for counts, score in points[1:]:
-        if is_better(score, best_score, mode):
-            best_counts, best_score = counts, score
+def _best_point(points: list[tuple[np.ndarray, float, float]],
+                mode: str) -> tuple[np.ndarray, float]:
+    """The earliest best point: the best score, ties broken by the lower log-loss. Members only
+    accumulate along the trajectory, so on a full tie the earliest point is also the one with
+    the fewest distinct members."""
+    best_counts, best_score, best_loss = points[0]
+    for counts, score, loss in points[1:]:
+        if _better(score, loss, best_score, best_loss, mode):
+            best_counts, best_score, best_loss = counts, score, loss
     return best_counts, best_score
+
+
+def _better(score: float, loss: float, best_score: float, best_loss: float, mode: str) -> bool:
+    """A better score, or the same score (to 1e-12) with a log-loss lower by more than 1e-9:
+    on a small held-out set many candidates tie on accuracy, and the better-calibrated one is
+    then the better choice."""
+    if math.isnan(score):
+        return False
+    if math.isnan(best_score) or abs(score - best_score) > 1e-12:
+        return is_better(score, best_score, mode)
+    return loss < best_loss - 1e-9
 
 
 def _ranked_candidates(probs_by_name: Mapping[str, np.ndarray], y: np.ndarray, scorer: Scorer,
@@ -174,7 +189,8 @@ def _ranked_candidates(probs_by_name: Mapping[str, np.ndarray], y: np.ndarray, s
     if not scores:
         raise ValueError(f"no candidate has a finite validation score: {sorted(probs_by_name)}")
     sign = -1.0 if mode == "max" else 1.0
-    ranked = sorted(scores, key=lambda n: (sign * scores[n], n))
+    losses = {name: log_loss(labels, probs) for name, probs in zip(probs_by_name, stack)}
+    ranked = sorted(scores, key=lambda n: (sign * scores[n], round(losses[n], 9), n))
     return ranked, scores
 
 
