@@ -202,6 +202,7 @@ def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_stora
     (["brain", "--data-dir", "/nonexistent/brain"], "/nonexistent/brain"),
     (["brain", "--address", "127.0.0.1:1"], "127.0.0.1:1"),
     (["brain", "--tracking-uri", "http://127.0.0.1:1"], "http://127.0.0.1:1"),
+    (["brain", "--tracking-uri", "foo://bar"], "MLflow has no store for scheme 'foo'"),
     (["brain", "--resume"], "nothing to resume"),
     (["brain", "--resume", "--storage-path", "file:///nonexistent/medsweep"],
      "nothing to resume for experiment 'medsweep-brain' under file:///nonexistent/medsweep"),

@@ -101,6 +101,17 @@ def test_check_local_uri_refuses_relative_paths():
         T.check_tracking_uri("mlruns")
 
 
+def test_a_scheme_mlflow_has_no_store_for_is_one_line_naming_the_ones_it_has():
+    with pytest.raises(ConfigError) as err:
+        T.check_tracking_uri("foo://bar")
+    message = str(err.value)
+    assert message.startswith("MLflow tracking URI foo://bar: MLflow has no store for scheme "
+                              "'foo'; it accepts ")
+    for scheme in ("sqlite://", "http://", "https://", "file://", "postgresql://"):
+        assert scheme in message
+    T.check_tracking_uri("postgresql://user@db.invalid/mlflow")  # known scheme: no refusal here
+
+
 def test_check_local_uri_needs_a_writable_folder(tmp_path):
     T.check_tracking_uri(f"sqlite:///{tmp_path}/new/mlflow.db")
     assert (tmp_path / "new").is_dir()

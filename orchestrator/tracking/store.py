@@ -67,6 +67,7 @@ def _check_server(uri: str, timeout_s: float) -> None:
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds, before any trial starts, if the store cannot be reached or written."""
+    _check_scheme(uri)
     if uri.startswith(("http://", "https://")):
         _check_server(uri, timeout_s)
         return
@@ -85,6 +86,25 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     except OSError as err:
         raise ConfigError(f"MLflow tracking store {uri}: folder {folder} is not writable "
                           f"({err.strerror or err}); pass --tracking-uri") from None
+
+
+def _check_scheme(uri: str) -> None:
+    """A scheme MLflow has no store for is one line naming the ones it has, not a traceback
+    from deep in its registry once the sweep has started. The table is MLflow's own (the
+    registry that builds its stores), so plugins that add schemes are honoured."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry as stores
+    except ImportError:  # another MLflow layout: let MLflow itself say it later
+        return
+    try:
+        stores.get_store_builder(uri)
+    except MlflowException:
+        schemes = ", ".join(f"{s}://" for s in sorted(getattr(stores, "_registry", {})) if s)
+        raise ConfigError(f"MLflow tracking URI {uri}: MLflow has no store for scheme "
+                          f"{uri.split(':', 1)[0]!r}; it accepts {schemes} (or a plain folder "
+                          "path)") from None
 
 
 def ui_command(uri: str, artifact_root: str | None) -> str:
