@@ -17,7 +17,8 @@ import ray
 from orchestrator import tracking
 from orchestrator.data.phantoms import write_phantom
 from orchestrator.sweep.runner import run_sweep
-from orchestrator.sweep.state import SWEEP_STATE
+from orchestrator.errors import ConfigError
+from orchestrator.sweep.state import SWEEP_STATE, check_trial_fits
 from orchestrator.train.artifacts import FAULT_MARKER
 from tasks import get_task
 
@@ -203,6 +204,8 @@ def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_stora
     (["brain", "--address", "127.0.0.1:1"], "127.0.0.1:1"),
     (["brain", "--tracking-uri", "http://127.0.0.1:1"], "http://127.0.0.1:1"),
     (["brain", "--tracking-uri", "foo://bar"], "MLflow has no store for scheme 'foo'"),
+    (["brain", "--gpus-per-trial", "2"], "one trial needs 1 CPU and 2 GPU, and no node of "
+     "this cluster has that (nodes: 2 CPU, 0 GPU)"),
     (["brain", "--resume"], "nothing to resume"),
     (["brain", "--resume", "--storage-path", "file:///nonexistent/medsweep"],
      "nothing to resume for experiment 'medsweep-brain' under file:///nonexistent/medsweep"),
@@ -233,3 +236,14 @@ def test_cli_refuses_a_bad_override_before_ray_starts(override, needle, tmp_path
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
     assert "ray:" not in proc.stdout  # connect_ray announces the cluster it joined or started
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no runs/, no mlflow/
+
+
+def test_a_request_no_node_meets_is_refused_locally_and_announced_on_a_cluster(local_ray):
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR")
+    lines: list[str] = []
+    with pytest.raises(ConfigError, match="one trial needs 1 CPU and 2 GPU"):
+        check_trial_fits(1, 2, lines.append, can_grow=False)
+    check_trial_fits(1, 2, lines.append, can_grow=True)  # an autoscaler may add such a node
+    assert len(lines) == 1 and "nodes that do are being requested" in lines[0]
+    check_trial_fits(1, 0, lines.append, can_grow=False)  # it fits: nothing said
+    assert len(lines) == 1

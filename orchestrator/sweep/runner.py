@@ -28,8 +28,8 @@ from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
 from orchestrator.data.dataset import DUPLICATES_CSV, LEFT_OUT_CSV, UNREADABLE_CSV  # noqa: E402
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
-from orchestrator.sweep.state import (Log, connect_ray, fetch_recorded_data,  # noqa: E402
-                                      find_resumable, is_uri, read_sweep_state,
+from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noqa: E402
+                                      fetch_recorded_data, find_resumable, is_uri, read_sweep_state,
                                       save_recorded_data, write_sweep_state)
 from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists  # noqa: E402
@@ -112,13 +112,13 @@ def run_sweep(
     storage = storage_path_for(storage_path)
     experiment = experiment or f"medsweep-{task_record.name}"
     previous = find_resumable(storage, experiment) if resume else None
-    connect_ray(address, log)
+    can_grow = connect_ray(address, log)
     runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
                          num_samples=num_samples, max_epochs=max_epochs,
                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                          cv_folds=cv_folds, cv_top=cv_top, storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
                          space_overrides=space_overrides or {}, scheduler=scheduler,
-                         build_ensemble=ensemble, log=log)
+                         build_ensemble=ensemble, cluster_can_grow=can_grow, log=log)
     return runner.resume(previous) if previous else runner.start()
 
 
@@ -143,12 +143,15 @@ class SweepRunner:
                  cpus_per_trial: float | None, gpus_per_trial: float | None,
                  cv_folds: int | None, cv_top: int | None, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
-                 scheduler: str, build_ensemble: bool, log: Log) -> None:
+                 scheduler: str, build_ensemble: bool, log: Log,
+                 cluster_can_grow: bool = False) -> None:
         name = profile or choose_profile(ray.cluster_resources())
         self.profile = with_overrides(get_profile(task, name), num_samples=num_samples,
                                       max_epochs=max_epochs, cpus_per_trial=cpus_per_trial,
                                       gpus_per_trial=gpus_per_trial, cv_folds=cv_folds,
                                       cv_top=cv_top)
+        check_trial_fits(self.profile.cpus_per_trial, self.profile.gpus_per_trial, log,
+                         can_grow=cluster_can_grow)
         self.task, self.task_record, self.data_dir = task, task_record, data_dir
         self.storage, self.experiment, self.uri, self.seed, self.log = (
             storage, experiment, tracking_uri, seed, log)

@@ -109,13 +109,14 @@ def write_sweep_state(sweep: str, state: dict) -> None:
         stream.write(text.encode())
 
 
-def connect_ray(address: str | None, log: Log) -> None:
-    """`--address`, else RAY_ADDRESS, else a local single-node Ray; fail fast if unreachable."""
+def connect_ray(address: str | None, log: Log) -> bool:
+    """`--address`, else RAY_ADDRESS, else a local single-node Ray; fail fast if unreachable.
+    Returns whether the cluster may grow (one reached by address; a local Ray never does)."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
-        return
+        return bool(address) and address != "local"
     if address and address not in ("auto", "local") and "://" not in address:
         host, _, port = address.rpartition(":")
         try:
@@ -128,6 +129,7 @@ def connect_ray(address: str | None, log: Log) -> None:
     resources = ray.cluster_resources()
     log(f"ray: {'connected to ' + address if address else 'local single-node'}; "
         f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
+    return bool(address) and address != "local"
 
 
 def save_recorded_data(sweep: str, files: dict[str, Path]) -> None:
@@ -163,3 +165,25 @@ def _write_bytes(location: str, data: bytes) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as stream:
         stream.write(data)
+
+
+def check_trial_fits(cpus: float, gpus: float, log: Log, *, can_grow: bool) -> None:
+    """Refuse, at once, a per-trial request that no node can ever meet: Tune would otherwise
+    leave every trial pending forever. A cluster reached by address may have an autoscaler
+    that adds such a node (`can_grow`), so there it is said, and the request left as it is;
+    the local single-node Ray this process started never grows."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    need = {"CPU": float(cpus), "GPU": float(gpus)}
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items() if v > 0) for node in nodes):
+        return
+    have = "; ".join(f"{node.get('CPU', 0):g} CPU, {node.get('GPU', 0):g} GPU" for node in nodes)
+    if can_grow:
+        log(f"no node has {cpus:g} CPU and {gpus:g} GPU for one trial yet (nodes: {have}); if "
+            "the cluster autoscales, nodes that do are being requested and trials wait for "
+            "them; otherwise stop with Ctrl+C and lower --cpus-per-trial/--gpus-per-trial")
+        return
+    raise ConfigError(f"one trial needs {cpus:g} CPU and {gpus:g} GPU, and no node of this "
+                      f"cluster has that (nodes: {have}); lower --cpus-per-trial or "
+                      "--gpus-per-trial, or run on a cluster that has such nodes")
