@@ -180,10 +180,15 @@ def test_property_folds_hold_whole_groups_and_every_non_test_row_once(sizes, fol
     assert out["fold"].equals(again["fold"])
 
 
-def test_more_folds_than_groups_is_a_clear_error():
+def test_more_folds_than_groups_or_class_members_is_a_clear_error():
     out = assign_splits(table_of(list("ab" * 5)), TASK, 0)
     with pytest.raises(DataError, match="cannot make 20 folds"):
         assign_folds(out, 20, 0)
+    small = assign_splits(table_of(list("ab" * 20)), TASK, 0)
+    largest = int(small.loc[small["split"] != "test", "label"].value_counts().max())
+    with pytest.raises(DataError, match=f"the largest class outside the test split has "
+                       f"{largest} image"):
+        assign_folds(small, largest + 1, 0)
     assert (assign_folds(out, 0, 0)["fold"] == "").all()
 
 

@@ -192,6 +192,10 @@ def assign_folds(table: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
         raise DataError(f"cannot make {folds} folds of {groups} group(s) outside the test "
                         "split; use 2 or more folds, at most one per group (or --cv-folds 0)")
     labels, group_ids = out.loc[pool, "label"].to_numpy(), out.loc[pool, "group"].to_numpy()
+    largest = int(pd.Series(labels).value_counts().max())
+    if folds > largest:
+        raise DataError(f"cannot make {folds} folds: the largest class outside the test split "
+                        f"has {largest} image(s); use at most {largest} folds (or --cv-folds 0)")
     fold = np.empty(len(labels), dtype=object)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # "least populated class" is the data's fact, not ours
