@@ -158,3 +158,17 @@ def test_a_manifest_without_content_hashes_is_refused(tmp_path):
     old.to_csv(data.manifest_path, index=False)
     with pytest.raises(DataError, match="records no content hashes"):
         load_recorded(task, data.manifest_path, 32, **QUIET)
+
+
+def test_reloading_the_recorded_split_reuses_the_decode_even_when_files_were_left_out(tmp_path):
+    """The trial-size decode holds only the kept images, keyed by their content: the reload
+    (ensemble, resume) finds it instead of decoding the data set again."""
+    task = get_task("brain/4class")
+    root = write_phantom(task, tmp_path / "brain", per_class=30, seed=0)
+    sorted((root / "Training" / "glioma").glob("*.jpg"))[0].write_bytes(b"not an image")
+    original = prepare_dataset(task, root, 32, manifest_dir=tmp_path / "m", **QUIET)
+    logs: list[str] = []
+    again = load_recorded(task, original.manifest_path, 32, log=logs.append)
+    assert any(line.startswith("cache hit") for line in logs), logs
+    assert not any("decoded" in line for line in logs)
+    assert np.array_equal(again.arrays("val")[0], original.arrays("val")[0])

@@ -116,7 +116,8 @@ def prepare_dataset(
         raise DataError(f"no usable images for task {task.key} under {root}")
     listed = scan.table
     paths = listed["path"].tolist()
-    content_fp = splits.content_fingerprint(paths)
+    digests = dict(zip(paths, splits.file_digests(paths)))  # every file read once, here
+    content_fp = splits.fingerprint_of(paths, list(digests.values()))
     reports = cache.cache_root() / "reports" / content_fp[:16]
 
     small = cache.load_or_build(paths, duplicates.HASH_PREPROCESSING,
@@ -137,13 +138,17 @@ def prepare_dataset(
     pairs = duplicates.pairs_outcome(pairs, table)
     _log_duplicates(pairs, dropped, keep_duplicates, log)
 
-    cached = cache.load_or_build(paths, task.preprocessing, resolution, content_fp, log=log)
-    table = table[cached.ok[table["row"].to_numpy()]].reset_index(drop=True)
+    # Only the images kept, keyed by their own content: `load_recorded` (other resolutions,
+    # the ensemble, a resume) computes the same key from the manifest and finds this cache.
+    table = table.assign(row=np.arange(len(table)))
+    kept = table["path"].tolist()
+    cached = cache.load_or_build(kept, task.preprocessing, resolution,
+                                 splits.fingerprint_of(kept, [digests[p] for p in kept]), log=log)
+    table = table[cached.ok].reset_index(drop=True)
     fingerprint = splits.data_fingerprint(table, content_fp)
     out = Path(manifest_dir) if manifest_dir else cache.cache_root() / "manifests" / fingerprint[:16]
     manifest = splits.write_manifest(table, out, scan.root, fingerprint, scan.synthetic,
-                                     digests=splits.file_digests(table["path"].tolist()),
-                                     task=task)
+                                     digests=[digests[p] for p in table["path"]], task=task)
     report.write_csv(out / UNREADABLE_CSV)
     _relative(pairs, scan.root, "path_a", "path_b").to_csv(out / DUPLICATES_CSV, index=False)
     _relative(dropped[list(COLUMNS)], scan.root, "path").to_csv(out / LEFT_OUT_CSV, index=False)
@@ -178,10 +183,11 @@ def load_recorded(
                         "it is now (--data-dir)")
     if task.layout == "folder":
         task = task.with_classes(tuple(meta["classes"]), meta.get("positive_class"))
-    _check_unchanged(table, splits.file_digests(table["path"].tolist()), root, manifest)
     paths = table["path"].tolist()
+    digests = splits.file_digests(paths)
+    _check_unchanged(table, digests, root, manifest)
     cached = cache.load_or_build(paths, task.preprocessing, resolution,
-                                 splits.content_fingerprint(paths), log=log)
+                                 splits.fingerprint_of(paths, digests), log=log)
     if not cached.ok.all():
         raise DataError(f"recorded images no longer decode: {', '.join(cached.failed[:5])}")
     table = table.drop(columns="hash").assign(row=np.arange(len(table)))

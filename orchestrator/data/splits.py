@@ -212,15 +212,20 @@ def content_fingerprint(paths: list[str], workers: int | None = None) -> str:
     Independent of labels and splits, so re-splitting with another seed reuses the cache; and of
     where the data is mounted, so a moved data set is not decoded again.
     """
+    return fingerprint_of(paths, file_digests(paths, workers) if paths else [])
+
+
+def fingerprint_of(paths: list[str], digests: list[str]) -> str:
+    """`content_fingerprint` from digests already computed (`file_digests`): each file is read
+    once, however many fingerprints are taken of its subsets."""
     if not paths:
         return hashlib.blake2b(b"empty", digest_size=16).hexdigest()
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    digests = [bytes.fromhex(d) if d != MISSING else MISSING.encode()
-               for d in file_digests(paths, workers)]
     h = hashlib.blake2b(digest_size=16)
     for path, digest in zip(paths, digests):
         rel = Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
-        h.update(rel.encode("utf-8", "surrogateescape") + b"\0" + digest + b"\n")
+        raw = bytes.fromhex(digest) if digest != MISSING else MISSING.encode()
+        h.update(rel.encode("utf-8", "surrogateescape") + b"\0" + raw + b"\n")
     return h.hexdigest()
 
 
