@@ -63,10 +63,6 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
-def backbone_names() -> list[str]:
-    return list(BACKBONES)
-
-
 def get_backbone(name: str) -> Backbone:
     try:
         return BACKBONES[name]

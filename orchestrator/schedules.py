@@ -100,10 +100,6 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
-def schedule_names() -> list[str]:
-    return list(SCHEDULES)
-
-
 def get_schedule(name: str) -> Schedule:
     try:
         return SCHEDULES[name]

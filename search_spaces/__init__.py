@@ -18,7 +18,7 @@ from ray.tune.search import sample as _sample
 
 from orchestrator.errors import ConfigError
 from search_spaces._common import (PROFILES, Profile, TaskSpace, build_profile, check_space,
-                                   grid_values, is_grid)
+                                   discrete_values, grid_values, is_dimension, is_grid)
 from tasks import get_task, task_names
 
 
@@ -164,4 +164,5 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = ["PROFILES", "Profile", "TaskSpace", "SPACES", "get_profile", "choose_profile",
-           "with_overrides", "overrides_space", "check_space", "sample_configs", "space_to_json"]
+           "with_overrides", "overrides_space", "check_space", "discrete_values", "is_dimension",
+           "sample_configs", "space_to_json"]

@@ -119,6 +119,20 @@ def grid_values(value: Any) -> list[Any]:
     return list(value["grid_search"]) if isinstance(value, dict) else list(value.categories)
 
 
+def is_dimension(value: Any) -> bool:
+    """A searched entry (a Tune domain or a grid), as opposed to a constant."""
+    return is_grid(value) or isinstance(value, tune.search.sample.Domain)
+
+
+def discrete_values(value: Any, key: str) -> list[Any]:
+    """Every value a constant, choice or grid entry can take; a range is refused, naming `key`
+    (a resolution, say, is decoded per value before any trial runs)."""
+    if is_dimension(value) and not (is_grid(value)
+                                    or isinstance(value, tune.search.sample.Categorical)):
+        raise ConfigError(f"{key} must be a constant, a choice or a grid in a search space")
+    return candidate_values(value)
+
+
 def candidate_values(value: Any) -> list[Any]:
     """The values of one search dimension worth checking: a constant, every choice or grid
     point, a numeric range's two ends; [] for `sample_from` (its values exist only per trial)."""
@@ -142,8 +156,7 @@ def check_space(space: Mapping[str, Any], where: str) -> None:
     if unknown:
         raise ConfigError(f"{where}: {unknown} are not trial config fields; valid fields: "
                           f"{', '.join(sorted(_FIELDS))}")
-    constants = {k: v for k, v in space.items()
-                 if not (is_grid(v) or isinstance(v, tune.search.sample.Domain))}
+    constants = {k: v for k, v in space.items() if not is_dimension(v)}
     try:
         TrialConfig.from_dict(constants)
         for key in space.keys() - constants.keys():

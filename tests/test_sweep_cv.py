@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from orchestrator import tracking
 from orchestrator.data.splits import assign_folds, assign_splits
 from orchestrator.data.table import make_table
-from orchestrator.ensemble.build import HeldOut, build_ensemble
+from orchestrator.ensemble.build import build_ensemble
+from orchestrator.ensemble.sources import HeldOut
 from orchestrator.errors import DataError
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.tta.pool import Candidate, Scored

@@ -71,13 +71,6 @@ class PreparedData:
         made = self.table.get("fold", pd.Series(dtype=str))
         return int(made[made != ""].nunique())
 
-    def fold_rows(self, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(training rows, held-out rows) of one fold: every non-test row is in one of the two."""
-        if not 0 <= fold < self.folds:
-            raise ValueError(f"fold {fold} of {self.folds}")
-        pool = self.table[self.table["split"] != "test"]
-        return pool[pool["fold"] != str(fold)], pool[pool["fold"] == str(fold)]
-
     def rows_arrays(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(images, class indices) of some rows of `table`, in their order."""
         labels = np.array([self.task.class_index(c) for c in rows["label"]], dtype=np.int64)

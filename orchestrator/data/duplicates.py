@@ -95,11 +95,6 @@ def duplicate_pairs(table: pd.DataFrame, hashes: np.ndarray,
         ["distance", "path_b", "path_a"], kind="stable").reset_index(drop=True)
 
 
-def cross_split(pairs: pd.DataFrame) -> pd.DataFrame:
-    """The pairs whose two images sit in different splits: the ones that leak."""
-    return pairs[pairs["split_a"] != pairs["split_b"]].reset_index(drop=True)
-
-
 def group_duplicates(table: pd.DataFrame,
                      pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge the groups of every duplicate pair (transitively), then leave out the copies that

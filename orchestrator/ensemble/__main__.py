@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         from orchestrator.clinical.evaluate import ClinicalOptions
-        from orchestrator.ensemble.build import build_ensemble, print_report
+        from orchestrator.ensemble.build import build_ensemble
+        from orchestrator.ensemble.report import print_report
         from orchestrator.sweep.state import connect_ray
 
         clinical = ClinicalOptions(threshold_rule=args.threshold_rule,

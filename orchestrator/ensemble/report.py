@@ -1,8 +1,9 @@
-"""Files a reviewer reads for the final ensemble's choice: comparison table, per-class report,
-the selection trajectory and the policy scores. (The clinical figures, confusion matrix
-included, are `orchestrator.clinical`'s.)"""
+"""What a reviewer reads of the final ensemble's choice: the files (comparison table, per-class
+report, the selection trajectory, the policy scores) and the console summary. (The clinical
+figures, confusion matrix included, are `orchestrator.clinical`'s.)"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,23 @@ import pandas as pd
 from sklearn.metrics import classification_report
 
 from tasks.base import Task
+
+
+@dataclass
+class EnsembleReport:
+    run_id: str
+    task: str
+    policy: str
+    members: tuple[str, ...]
+    weights: tuple[float, ...]
+    table: pd.DataFrame  # rows: ensemble / best single / top-2; columns: val_* and test_*
+    model_uri: str
+    registered: str  # "name@alias (version N)"
+    tracking_uri: str
+    intervals: pd.DataFrame | None = None  # test metrics with 95% bootstrap intervals
+    temperature: float | None = None
+    threshold: float | None = None  # binary tasks: the operating point chosen on validation
+    chosen_on: str = "validation"  # or "out-of-fold": what every choice above was made on
 
 
 def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, task: Task,
@@ -27,3 +45,49 @@ def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, ta
         paths[2], index_label="step")
     pd.Series(choice.scores_by_policy, name="val_score").to_csv(paths[3], index_label="policy")
     return paths
+
+
+def print_report(report: EnsembleReport) -> None:
+    """Held-out and test figures side by side: the choice was made on the first, judged on the
+    second (test figures with their 95% bootstrap intervals)."""
+    from orchestrator.clinical.bootstrap import format_interval
+
+    def test_value(model: str, metric: str, point: float) -> str:
+        if report.intervals is None:
+            return f"{point:.3f}"
+        found = report.intervals[(report.intervals.model == model)
+                                 & (report.intervals.metric == metric)]
+        if found.empty:
+            return f"{point:.3f}"
+        return format_interval(point, found.low.iloc[0], found.high.iloc[0])
+
+    print("\n" + "=" * 78)
+    print(f"final ensemble for {report.task}: TTA {report.policy}; members "
+          + ", ".join(f"{m} ({w:.2f})" for m, w in zip(report.members, report.weights)))
+    metrics = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc"]
+    rows = []
+    for _, row in report.table.iterrows():
+        for m in metrics:
+            rows.append({"model": row["model"], "metric": m,
+                         report.chosen_on: f"{row[f'val_{m}']:.3f}",
+                         "test [95% CI]": test_value(row["model"], m, row[f"test_{m}"])})
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(pd.DataFrame(rows).to_string(index=False))
+    if report.intervals is not None:
+        ens = report.intervals[report.intervals.model == "ensemble"].set_index("metric")
+        extra = [m for m in ("sensitivity_at_threshold", "specificity_at_threshold",
+                             "ppv_at_threshold", "npv_at_threshold", "brier", "brier_calibrated",
+                             "ece", "ece_calibrated") if m in ens.index]
+        if report.threshold is not None:
+            print(f"operating point (chosen on {report.chosen_on} predictions): threshold "
+                  f"{report.threshold:.4f}")
+        if report.temperature is not None:
+            print(f"temperature (fitted on {report.chosen_on} predictions): "
+                  f"{report.temperature:.3f}")
+        for m in extra:
+            print(f"  ensemble test {m}: {format_interval(*ens.loc[m, ['point', 'low', 'high']])}")
+    print(f"ensemble run {report.run_id}; model {report.registered}; report.html in its "
+          "artifacts")
+    print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "
+          f"-m models:/{report.registered.split(' ')[0]} --env-manager local")
+    print("=" * 78)

@@ -135,7 +135,7 @@ def _print_summary(result: SweepResult, seconds: float) -> None:
     print(f"checkpoints: {result.experiment_path}")
     print("=" * 78)
     if result.ensemble is not None:
-        from orchestrator.ensemble.build import print_report
+        from orchestrator.ensemble.report import print_report
 
         print_report(result.ensemble)
 

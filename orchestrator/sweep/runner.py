@@ -26,8 +26,9 @@ from orchestrator import tracking
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
-from orchestrator.data.dataset import DUPLICATES_CSV, LEFT_OUT_CSV, UNREADABLE_CSV  # noqa: E402
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
+from orchestrator.sweep.records import (DATA_FACTS, data_facts, data_records,  # noqa: E402
+                                        leaderboard)
 from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noqa: E402
                                       fetch_recorded_data, find_resumable, is_uri, read_sweep_state,
                                       save_recorded_data, write_sweep_state)
@@ -37,15 +38,13 @@ from orchestrator.sweep.trainable import (SweepContext, TrialTracker,  # noqa: E
                                           run_tune_trial)
 from orchestrator.train.artifacts import TrialData  # noqa: E402
 from orchestrator.train.trial import load_trial_data  # noqa: E402
-from search_spaces import (check_space, choose_profile, get_profile,  # noqa: E402
-                           overrides_space, space_to_json, with_overrides)
+from search_spaces import (check_space, choose_profile, discrete_values,  # noqa: E402
+                           get_profile, is_dimension, overrides_space, space_to_json,
+                           with_overrides)
 from tasks import get_task  # noqa: E402
 from tasks.base import Task  # noqa: E402
 
 SCHEDULERS = ("asha", "fifo")
-DATA_FACTS = ("images", "images_unreadable", "duplicate_pairs", "duplicates_left_out")
-LEADERBOARD_COLUMNS = ("backbone", "resolution", "schedule", "lr_multiplier", "loss",
-                       "augment", "mixup_alpha", "label_smoothing", "batch_size")
 
 
 @dataclass
@@ -57,7 +56,7 @@ class SweepResult:
     mode: str
     leaderboard: pd.DataFrame  # one row per trial, best first
     ui_command: str
-    ensemble: Any = None  # orchestrator.ensemble.build.EnsembleReport, when one was built
+    ensemble: Any = None  # orchestrator.ensemble.report.EnsembleReport, when one was built
     data_facts: dict = field(default_factory=dict)  # images used, left out, duplicate pairs
 
 
@@ -257,9 +256,8 @@ class SweepRunner:
         once (`tune.with_parameters`), never re-decoded or re-pickled per trial. The first
         resolution splits (unless `manifest` holds a recorded split); every other one loads
         that split from its manifest: one recorded split is the only source."""
-        resolutions = _values(space["resolution"])
-        base = TrialConfig.from_dict({k: v for k, v in space.items()
-                                      if not isinstance(v, (dict,)) and not _is_domain(v)})
+        resolutions = discrete_values(space["resolution"], "resolution")
+        base = TrialConfig.from_dict({k: v for k, v in space.items() if not is_dimension(v)})
         datasets = {}
         for r in resolutions:
             datasets[int(r)] = load_trial_data(base.replace(resolution=int(r)), self.log,
@@ -319,7 +317,7 @@ class SweepRunner:
                 f"sweep interrupted with {len(unfinished)} unfinished trial(s); its state is "
                 f"saved in {path}. Continue it with: python -m orchestrator.sweep {self.task} "
                 f"--resume" + (f" --storage-path {self.storage}" if self.storage else ""))
-        board = _leaderboard(grid, self.metric, self.task_record.mode)
+        board = leaderboard(grid, self.metric, self.task_record.mode)
         tracking.log_table_artifact(self.uri, context.parent_run_id, board, "tune_results.csv")
         errored = sum(1 for r in grid if r.error is not None)
         if self.profile.cv_folds and errored < len(board):
@@ -371,62 +369,3 @@ class SweepRunner:
         except MedSweepError as err:
             self.log(f"warning: no ensemble built: {err}")
             return None
-
-
-def data_records(manifest: Path) -> dict[str, Path]:
-    """The files that record the data a sweep saw, written beside its manifest: the manifest
-    (every image's class, group, split and content hash), what was left out unreadable, and
-    every duplicate pair with where each copy went. Logged in the parent run."""
-    folder = manifest.parent
-    names = (manifest.name, MANIFEST_JSON, UNREADABLE_CSV, DUPLICATES_CSV, LEFT_OUT_CSV)
-    return {name: folder / name for name in names if (folder / name).is_file()}
-
-
-def data_facts(records: dict[str, Path]) -> dict[str, int]:
-    """Counts for the parent run's params and the console: images used, left out, duplicates."""
-    def rows(name: str) -> pd.DataFrame:
-        path = records.get(name)
-        return pd.read_csv(path, dtype=str, keep_default_na=False) if path else pd.DataFrame()
-
-    return {"images": len(rows(MANIFEST_CSV)), "images_unreadable": len(rows(UNREADABLE_CSV)),
-            "duplicate_pairs": len(rows(DUPLICATES_CSV)),
-            "duplicates_left_out": len(rows(LEFT_OUT_CSV))}
-
-
-def _leaderboard(grid, metric: str, mode: str) -> pd.DataFrame:
-    rows = []
-    for result in grid:
-        config = result.config or {}
-        metrics = result.metrics or {}
-        best = result.metrics_dataframe[metric].agg("max" if mode == "max" else "min") \
-            if result.metrics_dataframe is not None and metric in result.metrics_dataframe \
-            else float("nan")
-        rows.append({"trial_id": metrics.get("trial_id", ""), f"best_{metric}": best,
-                     "epochs": metrics.get("epoch", 0),
-                     "seconds": round(float(metrics.get("time_total_s", float("nan"))), 1),
-                     "status": "errored" if result.error else "ok",
-                     **{k: config.get(k) for k in LEADERBOARD_COLUMNS if k in config}})
-    board = pd.DataFrame(rows)
-    if board.empty:
-        return board
-    return board.sort_values(f"best_{metric}", ascending=(mode == "min"),
-                             na_position="last").reset_index(drop=True)
-
-
-def _is_domain(value) -> bool:
-    from ray.tune.search.sample import Domain
-
-    return isinstance(value, Domain) or (isinstance(value, dict) and "grid_search" in value)
-
-
-def _values(value) -> list:
-    """The values a search dimension can take (a constant is one value)."""
-    from ray.tune.search.sample import Categorical
-
-    if isinstance(value, Categorical):
-        return list(value.categories)
-    if isinstance(value, dict) and "grid_search" in value:
-        return list(value["grid_search"])
-    if _is_domain(value):
-        raise ValueError("resolution must be a constant, a choice or a grid in a search space")
-    return [value]

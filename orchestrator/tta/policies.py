@@ -111,10 +111,6 @@ POLICIES: dict[str, tuple[NamedTransform, ...]] = {
 }
 
 
-def policy_names() -> list[str]:
-    return list(POLICIES)
-
-
 def get_policy(name: str) -> tuple[NamedTransform, ...]:
     try:
         return POLICIES[name]
