@@ -29,3 +29,33 @@ def private_keras_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MEDSWEEP_OFFLINE", "1")
     monkeypatch.delenv("MEDSWEEP_WEIGHTS_DIR", raising=False)
     return home
+
+
+@pytest.fixture
+def rebuild_with_permuted_test_labels(tmp_path):
+    """A function (sweep run id, tracking URI) -> the ensemble rebuilt after every test label in
+    the sweep's recorded manifest moved to another class (the files unchanged); the manifest is
+    put back afterwards. What no choice may notice."""
+    def rebuild(run_id: str, uri: str):
+        import mlflow
+        import pandas as pd
+
+        from orchestrator.ensemble.build import build_ensemble
+
+        client = mlflow.MlflowClient(uri)
+        original = Path(client.download_artifacts(run_id, "manifest.csv",
+                                                  str(tmp_path / "original")))
+        frame = pd.read_csv(original, dtype=str, keep_default_na=False)
+        test = frame["split"] == "test"
+        classes = sorted(frame.loc[test, "label"].unique())
+        rotated = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
+        frame.loc[test, "label"] = frame.loc[test, "label"].map(rotated)
+        (tmp_path / "permuted").mkdir()
+        frame.to_csv(tmp_path / "permuted" / "manifest.csv", index=False)
+        client.log_artifact(run_id, str(tmp_path / "permuted" / "manifest.csv"))
+        try:
+            return build_ensemble(run_id, tracking_uri=uri, log=lambda _: None)
+        finally:
+            client.log_artifact(run_id, str(original))
+
+    return rebuild

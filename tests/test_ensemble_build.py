@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import ray
 
 from orchestrator import tracking
 from orchestrator.data.dataset import prepare_dataset
-from orchestrator.data.phantoms import ensure_phantom, write_phantom
+from orchestrator.data.phantoms import write_phantom
 from orchestrator.ensemble.build import build_ensemble
 from orchestrator.errors import ConfigError
 from orchestrator.sweep.runner import run_sweep
@@ -135,25 +134,12 @@ def test_actor_pool_probabilities_equal_a_direct_call(swept, tmp_path):
     assert scored["missing"].probs is None and "missing.keras" in scored["missing"].error
 
 
-def test_permuting_the_test_labels_changes_no_choice(swept, tmp_path):
+def test_permuting_the_test_labels_changes_no_choice(swept,
+                                                      rebuild_with_permuted_test_labels):
     """The recorded split is the only source of labels: permute the test labels in the sweep's
     manifest (the files stay as they are), and no choice moves."""
     result, uri, _ = swept
-    client = mlflow.MlflowClient(uri)
-    original = Path(client.download_artifacts(result.parent_run_id, "manifest.csv",
-                                              str(tmp_path / "original")))
-    frame = pd.read_csv(original, dtype=str, keep_default_na=False)
-    test = frame["split"] == "test"
-    classes = sorted(frame.loc[test, "label"].unique())
-    rotated = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
-    frame.loc[test, "label"] = frame.loc[test, "label"].map(rotated)  # every test label moves
-    (tmp_path / "permuted").mkdir()
-    frame.to_csv(tmp_path / "permuted" / "manifest.csv", index=False)
-    client.log_artifact(result.parent_run_id, str(tmp_path / "permuted" / "manifest.csv"))
-    try:
-        again = build_ensemble(result.parent_run_id, tracking_uri=uri, **QUIET)
-    finally:
-        client.log_artifact(result.parent_run_id, str(original))
+    again = rebuild_with_permuted_test_labels(result.parent_run_id, uri)
     first = result.ensemble
     assert (again.policy, again.members, again.weights) == (
         first.policy, first.members, first.weights)

@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from orchestrator import tracking
 from orchestrator.data.splits import assign_folds, assign_splits
 from orchestrator.data.table import make_table
-from orchestrator.ensemble.build import build_ensemble
 from orchestrator.ensemble.sources import HeldOut
 from orchestrator.errors import DataError
 from orchestrator.sweep.runner import run_sweep
@@ -130,23 +129,10 @@ def test_the_ensemble_is_chosen_out_of_fold_and_tests_once_with_every_fold_model
 
 
 @pytest.mark.slow
-def test_permuting_the_test_labels_changes_no_choice_under_cv(cv_sweep, tmp_path):
+def test_permuting_the_test_labels_changes_no_choice_under_cv(
+        cv_sweep, rebuild_with_permuted_test_labels):
     result, uri, _ = cv_sweep
-    client = mlflow.MlflowClient(uri)
-    original = Path(client.download_artifacts(result.parent_run_id, "manifest.csv",
-                                              str(tmp_path / "original")))
-    frame = pd.read_csv(original, dtype=str, keep_default_na=False)
-    test = frame["split"] == "test"
-    classes = sorted(frame.loc[test, "label"].unique())
-    frame.loc[test, "label"] = frame.loc[test, "label"].map(
-        {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)})
-    (tmp_path / "permuted").mkdir()
-    frame.to_csv(tmp_path / "permuted" / "manifest.csv", index=False)
-    client.log_artifact(result.parent_run_id, str(tmp_path / "permuted" / "manifest.csv"))
-    try:
-        again = build_ensemble(result.parent_run_id, tracking_uri=uri, **QUIET)
-    finally:
-        client.log_artifact(result.parent_run_id, str(original))
+    again = rebuild_with_permuted_test_labels(result.parent_run_id, uri)
     first = result.ensemble
     assert (again.policy, again.members, again.weights, again.temperature) == (
         first.policy, first.members, first.weights, first.temperature)
