@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/data_memory.py
 	$(PY) bench/bootstrap.py
 	$(PY) bench/cv_cost.py
+	$(PY) bench/duplicates.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache mlflow/mlflow.db mlflow/artifacts

@@ -2,7 +2,8 @@
 default of `make demo`), ensemble included, with `--cv-folds 0` and with 3, in one run.
 
 Prints, for each: search trials, fold trials, wall time of the sweep plus its ensemble, the
-number of held-out images the choice was made on, the ensemble's members and its test accuracy.
+number of held-out predictions each candidate was chosen on, the ensemble's members and its
+test accuracy.
 
     .venv/bin/python bench/cv_cost.py [--folds 3] [--top 2]
 """
@@ -33,7 +34,8 @@ def run(folds: int, top: int, workdir: Path) -> dict:
     row = report.table.set_index("model").loc["ensemble"]
     return {"cv_folds": folds, "search_trials": len(result.leaderboard),
             "fold_trials": folds * top if folds else 0, "wall_s": round(wall, 1),
-            "chosen_on": report.chosen_on, "members": len(report.members),
+            "chosen_on": report.chosen_on, "held_out_images": report.held_out_images,
+            "members": len(report.members),
             "test_accuracy": round(float(row["test_accuracy"]), 3)}
 
 

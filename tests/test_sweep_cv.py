@@ -114,6 +114,9 @@ def test_the_ensemble_is_chosen_out_of_fold_and_tests_once_with_every_fold_model
                                                     str(tmp_path)))
     held = scoring[scoring["split"] == "held_out"]
     assert len(held) == 4  # 2 finalists x 2 fold models, each on its own fold
+    manifest = pd.read_csv(client.download_artifacts(result.parent_run_id, "manifest.csv",
+                                                     str(tmp_path / "m")))
+    assert report.held_out_images == int((manifest["split"] != "test").sum())  # every one
     tested = scoring[scoring["split"] == "test"]
     assert len(tested) == len(set(tested["model"]))  # every model predicted the test split once
     assert all(len(tested[tested["model"].str.startswith(m)]) == 2 for m in report.members)

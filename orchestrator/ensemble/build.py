@@ -185,6 +185,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           tracking_uri=sweep.uri, intervals=result.intervals,
                           temperature=result.temperature,
                           threshold=result.operating_point.threshold
-                          if result.operating_point else None, chosen_on=held.kind)
+                          if result.operating_point else None, chosen_on=held.kind,
+                          held_out_images=len(held.y))
 
 

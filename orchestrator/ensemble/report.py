@@ -28,6 +28,7 @@ class EnsembleReport:
     temperature: float | None = None
     threshold: float | None = None  # binary tasks: the operating point chosen on validation
     chosen_on: str = "validation"  # or "out-of-fold": what every choice above was made on
+    held_out_images: int = 0  # how many held-out predictions per candidate the choice saw
 
 
 def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, task: Task,
