@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import binomtest
 from sklearn import metrics as skm
 
 from orchestrator.clinical.bootstrap import (bootstrap_intervals, format_interval,
@@ -129,6 +130,9 @@ def test_the_bound_rule_asks_held_out_data_to_show_the_target_with_confidence():
     assert bound.rule == "sensitivity_lower95>=0.9"
     assert wilson_lower_bound(np.array([96]), 100)[0] >= 0.9 > wilson_lower_bound(
         np.array([90]), 100)[0]
+    for k, n in ((96, 100), (90, 100), (10, 10), (0, 7)):  # scipy's Wilson interval, one by one
+        expected = binomtest(k, n).proportion_ci(method="wilson").low
+        assert wilson_lower_bound(np.array([k]), n)[0] == pytest.approx(expected, abs=1e-12)
     # 10 positives can never show 0.90 with confidence (10/10 has a lower bound of 0.72): the
     # most certain threshold, catching all of them, with the best specificity among those.
     few = choose_threshold(np.r_[np.ones(10), np.zeros(10)].astype(bool),

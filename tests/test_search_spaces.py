@@ -39,9 +39,10 @@ def test_registry_covers_every_task() -> None:
     assert PROFILES == ("smoke", "cpu", "gpu")
 
 
-def test_profile_names_come_from_the_registries() -> None:
-    assert ALL_SCHEDULES == tuple(SCHEDULES)
+def test_the_gpu_search_names_registered_backbones_and_every_schedule() -> None:
     assert set(GPU_BACKBONES) <= set(BACKBONES)
+    gpu = get_profile("brain", "gpu").space
+    assert set(gpu["schedule"].categories) == set(SCHEDULES) == set(ALL_SCHEDULES)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
