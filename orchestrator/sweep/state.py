@@ -89,24 +89,12 @@ def storage_filesystem(uri: str):
 
 def read_sweep_state(sweep: str) -> dict:
     """The SWEEP_STATE of the sweep folder `sweep` (a local path or a URI)."""
-    if not is_uri(sweep):
-        return json.loads((Path(sweep) / SWEEP_STATE).read_text())
-    fs, path = storage_filesystem(sweep)
-    with fs.open_input_stream(f"{path.rstrip('/')}/{SWEEP_STATE}") as stream:
-        return json.loads(stream.read().decode())
+    return json.loads(_read_bytes(f"{sweep.rstrip('/')}/{SWEEP_STATE}").decode())
 
 
 def write_sweep_state(sweep: str, state: dict) -> None:
     """Write SWEEP_STATE into the sweep folder `sweep` (a local path or a URI)."""
-    text = json.dumps(state, indent=1)
-    if not is_uri(sweep):
-        Path(sweep).mkdir(parents=True, exist_ok=True)
-        (Path(sweep) / SWEEP_STATE).write_text(text)
-        return
-    fs, fs_path = storage_filesystem(sweep)  # the filesystem Tune writes the sweep to
-    fs.create_dir(fs_path, recursive=True)
-    with fs.open_output_stream(f"{fs_path.rstrip('/')}/{SWEEP_STATE}") as stream:
-        stream.write(text.encode())
+    _write_bytes(f"{sweep.rstrip('/')}/{SWEEP_STATE}", json.dumps(state, indent=1).encode())
 
 
 def connect_ray(address: str | None, log: Log) -> bool:
@@ -143,17 +131,20 @@ def fetch_recorded_data(sweep: str, names: tuple[str, ...], dst: Path) -> Path |
     """The recorded files of a sweep copied into `dst` (None when the sweep recorded none)."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
-        location = f"{sweep.rstrip('/')}/{RECORDED_DATA}/{name}"
         try:
-            if is_uri(sweep):
-                fs, path = storage_filesystem(location)
-                with fs.open_input_stream(path) as stream:
-                    (dst / name).write_bytes(stream.read())
-            else:
-                (dst / name).write_bytes(Path(location).read_bytes())
-        except (OSError, FileNotFoundError):
+            (dst / name).write_bytes(_read_bytes(f"{sweep.rstrip('/')}/{RECORDED_DATA}/{name}"))
+        except OSError:  # FileNotFoundError included, local or through pyarrow.fs
             return None
     return dst
+
+
+def _read_bytes(location: str) -> bytes:
+    """A file's bytes from a local path or a storage URI (the filesystem Tune uses)."""
+    if not is_uri(location):
+        return Path(location).read_bytes()
+    fs, path = storage_filesystem(location)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def _write_bytes(location: str, data: bytes) -> None:
