@@ -2,12 +2,16 @@
 registry alias, and `mlflow models serve` answering predictions."""
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +24,7 @@ import pytest
 import ray
 
 from orchestrator import tracking
+from orchestrator.clinical.calibration import apply_temperature
 from orchestrator.data.dataset import prepare_dataset
 from orchestrator.data.phantoms import write_phantom
 from orchestrator.ensemble.build import build_ensemble
@@ -97,27 +102,116 @@ def test_the_sweep_ends_with_an_ensemble_run_and_a_registered_model(swept):
     assert version.run_id == report.run_id
 
 
-def test_pyfunc_on_image_paths_equals_the_in_process_ensemble(swept, tmp_path):
-    result, uri, _ = swept
+def _in_process(uri, result, tmp_path, x_test) -> np.ndarray:
+    """The members' weighted TTA vote, computed here from each member's own trial model."""
     report = result.ensemble
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
-    data = _prepared()
-    paths = data.paths("test")[:12]
-    served = model.predict(pd.DataFrame({"path": paths}))
-    assert list(served.columns) == list(get_task("brain").classes)
-    x_test = data.arrays("test")[0][:12]
     transforms = get_policy(report.policy)
     expected = 0
     for i, (member, weight) in enumerate(zip(report.members, report.weights)):
         keras_file = _member_file(uri, result, member, tmp_path / str(i))
         expected = expected + weight * tta_predict(keras.models.load_model(keras_file), x_test,
                                                    transforms)
-    np.testing.assert_allclose(served.to_numpy(), expected, atol=1e-5)
-    raw_rgb = x_test  # uint8 arrays are accepted too
-    np.testing.assert_allclose(model.predict(raw_rgb).to_numpy(), expected, atol=1e-4)
-    with pytest.raises(Exception, match="nope.jpg"):
-        model.predict(pd.DataFrame({"path": ["/nowhere/nope.jpg"]}))
+    return expected
+
+
+def test_pyfunc_answers_every_input_form_as_the_in_process_ensemble(swept, tmp_path):
+    result, uri, _ = swept
+    report = result.ensemble
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
+    assert model.metadata.get_input_schema().input_names() == ["image", "path"]
+    assert model.metadata.get_output_schema().input_names()[-3:] == ["decision", "confidence",
+                                                                       "refer"]
+    assert model.input_example is not None
+    data = _prepared()
+    paths = data.paths("test")[:12]
+    served = model.predict(pd.DataFrame({"path": paths}))
+    classes = list(get_task("brain").classes)
+    probs = [f"prob_{c}" for c in classes]
+    assert list(served.columns) == probs + ["decision", "confidence", "refer"]
+    x_test = data.arrays("test")[0][:12]
+    calibrated = apply_temperature(_in_process(uri, result, tmp_path, x_test),
+                                   report.temperature)
+    np.testing.assert_allclose(served[probs].to_numpy(), calibrated, atol=1e-5)
+    assert served["decision"].tolist() == [classes[k] for k in calibrated.argmax(axis=1)]
+    np.testing.assert_allclose(served["confidence"], calibrated.max(axis=1), atol=1e-5)
+    assert served["refer"].tolist() == (served["confidence"] < report.refer_cut).tolist()
+    # the same images as encoded files (bytes, or base64 text) and as uint8 tensors
+    files = [Path(p).read_bytes() for p in paths]
+    as_bytes = model.predict(pd.DataFrame({"image": files}))
+    as_text = model.predict(pd.DataFrame({"image": [base64.b64encode(f).decode()
+                                                    for f in files]}))
+    as_tensor = model.predict({"image": x_test})  # RGB, already at the model's resolution
+    for other in (as_bytes, as_text):
+        pd.testing.assert_frame_equal(other, served)
+    np.testing.assert_allclose(as_tensor[probs].to_numpy(), calibrated, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (pd.DataFrame({"image": [b"GIF89a-not-really"]}), "row 0: 17 bytes that are not an image"),
+    ({"image": np.zeros((1, 8, 8, 3), dtype=np.float32) + 0.5}, "row 0: pixels must be uint8"),
+    (pd.DataFrame({"path": ["/nowhere/nope.jpg"]}), "row 0: /nowhere/nope.jpg is missing"),
+])
+def test_pyfunc_bad_input_is_an_mlflow_error_naming_the_row(swept, bad, message):
+    _, uri, _ = swept
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
+    with pytest.raises(mlflow.exceptions.MlflowException, match=re.escape(message)):
+        model.predict(bad)
+
+
+def test_the_registered_version_carries_its_card_and_tags(swept):
+    result, uri, _ = swept
+    client = mlflow.MlflowClient(uri)
+    version = client.get_model_version_by_alias("medsweep-brain", "candidate")
+    card = version.description
+    assert card.startswith("# MedSweep ensemble: brain/3class")
+    for text in ("SYNTHETIC PHANTOM DATA", "## Data", "## Members", result.ensemble.members[0],
+                 "## Performance", "T = ",
+                 "Intended use and limits", result.parent_run_id):
+        assert text in card, text
+    tags = version.tags
+    assert tags["task"] == "brain/3class" and tags["sweep_run"] == result.parent_run_id
+    assert len(tags["data_fingerprint"]) == 32 and len(tags["test_fingerprint"]) == 32
+    assert re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", tags["test_accuracy"])
+    assert client.get_registered_model("medsweep-brain").description
+    preds = pd.read_csv(client.download_artifacts(result.ensemble.run_id, "test_predictions.csv"))
+    assert len(preds) == len(_prepared().paths("test"))
+    assert not any(Path(p).is_absolute() for p in preds["path"])
+
+
+def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept, tmp_path):
+    _, uri, root = swept
+    folder = tmp_path / "new"
+    (folder / "sub").mkdir(parents=True)
+    paths = _prepared().paths("test")[:3]
+    for i, p in enumerate(paths):
+        shutil.copy(p, folder / ("sub" if i else "") / f"case{i}.jpg")
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "predictions.csv"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.predict",
+                           "models:/medsweep-brain@candidate", str(folder), "--out", str(out),
+                           "--tracking-uri", uri], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "predicting [" in proc.stderr
+    assert "skipped 1 unreadable file(s): broken.png" in proc.stdout
+    rows = pd.read_csv(out)
+    assert sorted(rows["path"]) == ["case0.jpg", "sub/case1.jpg", "sub/case2.jpg"]
+    assert {"decision", "confidence", "refer"} <= set(rows.columns)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
+    direct = model.predict(pd.DataFrame({"path": [str(folder / p) for p in rows["path"]]}))
+    np.testing.assert_allclose(rows["confidence"], direct["confidence"], atol=1e-6)
+    assert (rows["decision"] == direct["decision"]).all()
+    assert pd.read_csv(tmp_path / "predictions_unreadable.csv")["path"].tolist() == ["broken.png"]
+    missing = subprocess.run([sys.executable, "-m", "orchestrator.predict",
+                              "models:/medsweep-nothing@candidate", str(folder), "--out",
+                              str(out), "--tracking-uri", uri], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "cannot load models:/medsweep-nothing@candidate" in missing.stderr
 
 
 def test_actor_pool_probabilities_equal_a_direct_call(swept, tmp_path):
@@ -161,7 +255,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers_predictions(swept):
+def _documented_examples() -> dict[str, tuple[str, list[str]]]:
+    """The bash blocks after `<!-- serving-example: NAME -->` in docs/serving.md, each with the
+    image files it reads."""
+    text = (ROOT / "docs" / "serving.md").read_text()
+    found = re.findall(r"<!-- serving-example: (\w+) -->\n```bash\n(.*?)```", text, re.S)
+    assert {name for name, _ in found} == {"one", "batch"}
+    return {name: (block, list(dict.fromkeys(re.findall(r"\b(\w+\.jpg)\b", block))))
+            for name, block in found}
+
+
+def _post(port: int, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                     json.dumps(payload).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_mlflow_models_serve_answers_base64_jpegs_with_the_same_numbers(swept, tmp_path):
+    """A real `mlflow models serve` on loopback: base64 JPEGs in over HTTP, the same numbers
+    as the pyfunc in this process; bad input is MLflow's JSON error naming the row."""
     _, uri, _ = swept
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
@@ -172,22 +289,51 @@ def test_mlflow_models_serve_answers_predictions(swept):
                                "-h", "127.0.0.1", "-p", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        paths = _prepared().paths("test")[:3]
-        body = json.dumps({"dataframe_split": {"columns": ["path"],
-                                               "data": [[p] for p in paths]}}).encode()
+        jpegs = [Path(p).read_bytes() for p in _prepared().paths("test")[:3]]
+        encoded = [base64.b64encode(j).decode() for j in jpegs]
+        payload = {"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}
         deadline, answer = time.time() + 120, None
         while time.time() < deadline and answer is None:
             try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                                 {"Content-Type": "application/json"})
-                answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+                status, answer = _post(port, payload)
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 time.sleep(1)
         assert answer is not None, "the model server never answered"
-        rows = answer["predictions"]
-        assert len(rows) == 3
-        assert all(abs(sum(r.values()) - 1) < 1e-4 for r in rows)
+        assert status == 200, answer
+        served = pd.DataFrame(answer["predictions"])
+        mlflow.set_tracking_uri(uri)
+        local = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate").predict(
+            pd.DataFrame({"image": jpegs}))
+        probs = [c for c in local.columns if c.startswith("prob_")]
+        np.testing.assert_allclose(served[probs].to_numpy(), local[probs].to_numpy(), atol=1e-6)
+        assert served["decision"].tolist() == local["decision"].tolist()
+        assert served["refer"].tolist() == local["refer"].tolist()
+        # the `inputs` form gives the same answer
+        status, same = _post(port, {"inputs": {"image": encoded}})
+        assert status == 200 and pd.DataFrame(same["predictions"])["decision"].tolist() == \
+            local["decision"].tolist()
+        # docs/serving.md's curl examples, run as written (only the port differs)
+        for name, (block, files) in _documented_examples().items():
+            folder = tmp_path / name
+            folder.mkdir()
+            for f, content in zip(files, jpegs):
+                (folder / f).write_bytes(content)
+            script = block.replace("localhost:5001", f"localhost:{port}")
+            proc = subprocess.run(["bash", "-euc", script], cwd=folder, capture_output=True,
+                                  text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            rows = json.loads(proc.stdout)["predictions"]
+            assert [r["decision"] for r in rows] == local["decision"].tolist()[:len(files)]
+        not_an_image = base64.b64encode(b"hello, I am text").decode()
+        for bad, message in (([[encoded[0]], [not_an_image]], "row 1: 16 bytes that are not an "
+                                                              "image"),
+                             ([], "empty batch")):
+            status, error = _post(port, {"dataframe_split": {"columns": ["image"],
+                                                             "data": bad}})
+            assert status == 400, error
+            assert error["error_code"] == "INVALID_PARAMETER_VALUE", error
+            assert message in error["message"] and "Traceback" not in error["message"]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -35,6 +35,8 @@ LIGHT = (
     "orchestrator.clinical.calibration",
     "orchestrator.clinical.operating_point",
     "orchestrator.clinical.resampled_metrics",
+    "orchestrator.clinical.referral",
+    "orchestrator.serving",  # the whole package: the served model's contract and card
     "tasks",  # the whole package
 )
 HEAVY = {"ray", "mlflow", "tensorflow", "keras"}

@@ -68,3 +68,21 @@ def format_interval(point: float, low: float, high: float, digits: int = 3) -> s
     if not np.isfinite(low) or not np.isfinite(high):
         return f"{point:.{digits}f}"
     return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def paired_difference(metric: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray,
+                      probs_a: np.ndarray, probs_b: np.ndarray,
+                      resamples: Sequence[np.ndarray], *, level: float = 0.95) -> dict:
+    """`metric(y, probs)` of A minus that of B on the same resampled cases each time: the
+    interval of the difference, which is what says whether A is better (independent intervals
+    that overlap say nothing). {point, low, high, resamples}."""
+    y, probs_a, probs_b = np.asarray(y), np.asarray(probs_a), np.asarray(probs_b)
+    if len(probs_a) != len(y) or len(probs_b) != len(y):
+        raise ValueError(f"{len(y)} labels, {len(probs_a)} and {len(probs_b)} predictions")
+
+    def difference(idx: np.ndarray) -> dict[str, float]:
+        return {"difference": metric(y[idx], probs_a[idx]) - metric(y[idx], probs_b[idx])}
+
+    row = bootstrap_intervals(difference, len(y), resamples, level=level).iloc[0]
+    return {"point": float(row.point), "low": float(row.low), "high": float(row.high),
+            "resamples": int(row.resamples)}

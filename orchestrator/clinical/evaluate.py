@@ -13,12 +13,15 @@ import pandas as pd
 
 from orchestrator.clinical import plots
 from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, bootstrap_intervals,
-                                             format_interval, resample_indices)
+                                             format_interval, paired_difference,
+                                             resample_indices)
 from orchestrator.clinical.calibration import (apply_temperature, brier_score,
                                                expected_calibration_error, fit_temperature, nll)
 from orchestrator.clinical.html import Section, write_report
 from orchestrator.clinical.operating_point import (RULES, OperatingPoint, binary_figures,
                                                    choose_threshold, threshold_table)
+from orchestrator.clinical.referral import (DEFAULT_TARGET_ACCURACY, Referral, choose_refer_cut,
+                                            decide, referral_figures)
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.uncertainty import (ensemble_mc, mc_dropout_probs, mc_summary,
                                                review_table)
@@ -27,12 +30,14 @@ from tasks.base import Task
 
 Log = Callable[[str], None]
 ENSEMBLE = "ensemble"
+BEST_SINGLE = "best_single"
 
 
 @dataclass(frozen=True)
 class ClinicalOptions:
     threshold_rule: str = "sensitivity_bound"  # or "sensitivity", "youden" (operating_point)
     target_sensitivity: float = 0.90
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY  # of the cases the model does not refer
     resamples: int = DEFAULT_RESAMPLES
     mc_dropout_passes: int = 0  # 0: off
     gradcam_per_group: int = 3  # images per class, correct and wrong each
@@ -45,6 +50,8 @@ class ClinicalOptions:
         if not 0.0 < self.target_sensitivity <= 1.0:
             raise ConfigError(f"target sensitivity must be in (0, 1], got "
                               f"{self.target_sensitivity}")
+        if not 0.0 < self.target_accuracy <= 1.0:
+            raise ConfigError(f"target accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.resamples < 1000:
             raise ConfigError(f"bootstrap resamples must be >= 1000, got {self.resamples}")
         if self.mc_dropout_passes < 0:
@@ -85,6 +92,8 @@ class ClinicalResult:
     intervals: pd.DataFrame  # model, metric, point, low, high, resamples
     temperature: float
     operating_point: OperatingPoint | None
+    referral: Referral
+    test_calibrated: np.ndarray  # (N, C): the served probabilities of the test split
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,20 +106,34 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     files: list[Path] = []
 
     # --- fitted on validation only -------------------------------------------------------------
-    op = None
-    if task.is_binary:
-        op = choose_threshold(y_val == pos, ens_val[:, pos], rule=options.threshold_rule,
-                              target_sensitivity=options.target_sensitivity)
-        log(f"operating point chosen on {inputs.held_out} predictions: threshold "
-            f"{op.threshold:.4f} ({op.rule}; "
-            f"val sensitivity {op.val_sensitivity:.3f}, specificity {op.val_specificity:.3f})")
-        table = threshold_table(y_val == pos, ens_val[:, pos], y_test == pos, ens_test[:, pos],
-                                chosen=op.threshold)
-        files.append(out / "threshold_table.csv")
-        table.to_csv(files[-1], index=False)
+    # The temperature first: the threshold and the refer cut then apply to the calibrated
+    # probabilities the served model returns (a binary temperature is monotone, so the
+    # operating point is the same one either way).
     temperature = fit_temperature(y_val, ens_val)
+    val_calibrated = apply_temperature(ens_val, temperature)
     calibrated = apply_temperature(ens_test, temperature)
     log(f"temperature fitted on {inputs.held_out} predictions: T = {temperature:.3f}")
+    op = None
+    if task.is_binary:
+        op = choose_threshold(y_val == pos, val_calibrated[:, pos], rule=options.threshold_rule,
+                              target_sensitivity=options.target_sensitivity)
+        log(f"operating point chosen on {inputs.held_out} predictions: threshold "
+            f"{op.threshold:.4f} on the calibrated probability ({op.rule}; "
+            f"val sensitivity {op.val_sensitivity:.3f}, specificity {op.val_specificity:.3f})")
+        table = threshold_table(y_val == pos, val_calibrated[:, pos], y_test == pos,
+                                calibrated[:, pos], chosen=op.threshold)
+        files.append(out / "threshold_table.csv")
+        table.to_csv(files[-1], index=False)
+    threshold = op.threshold if op is not None else None
+    val_decision, val_confidence = decide(val_calibrated, threshold, pos)
+    referral = choose_refer_cut(y_val, val_decision, val_confidence, options.target_accuracy)
+    test_decision, test_confidence = decide(calibrated, threshold, pos)
+    log(f"refer cut chosen on {inputs.held_out} predictions: confidence < "
+        f"{referral.cut:.4f} is referred ({referral.coverage:.1%} of held-out cases accepted "
+        f"at accuracy {referral.accuracy:.3f}; target {referral.target_accuracy})"
+        if not referral.refers_everything else
+        f"refer cut: no confidence reaches accuracy {referral.target_accuracy} on "
+        f"{inputs.held_out} predictions, so every case is referred")
 
     # --- measured on test, with intervals ----------------------------------------------------------
     resamples = resample_indices(y_test, inputs.test_groups, options.resamples, options.seed)
@@ -120,7 +143,9 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
         out_ = fast_metrics(y, p, task.positive_index)
         if op is not None:
             out_.update({f"{k}_at_threshold": v for k, v in
-                         binary_figures(y == pos, p[:, pos], op.threshold).items()})
+                         binary_figures(y == pos, c[:, pos], op.threshold).items()})
+        out_.update({f"{k}_at_refer_cut": v for k, v in referral_figures(
+            y, test_decision[idx], test_confidence[idx], referral.cut).items()})
         out_.update({"brier": brier_score(y, p), "ece": expected_calibration_error(y, p),
                      "nll": nll(y, p), "brier_calibrated": brier_score(y, c),
                      "ece_calibrated": expected_calibration_error(y, c),
@@ -135,6 +160,11 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
         frame.insert(0, "model", name)
         frames.append(frame)
     intervals = pd.concat(frames, ignore_index=True)
+    difference = None
+    if BEST_SINGLE in inputs.test_probs:
+        difference = paired_difference(
+            lambda y, p: fast_metrics(y, p, task.positive_index)[task.metric], y_test,
+            ens_test, inputs.test_probs[BEST_SINGLE], resamples)
     files.append(out / "test_metrics_with_ci.csv")
     intervals.to_csv(files[-1], index=False)
     groups_note = ("whole groups (patient / lesion) resampled" if len(np.unique(
@@ -143,12 +173,12 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
 
     # --- figures ------------------------------------------------------------------------------
     classes = list(task.classes)
-    decision = np.where(ens_test[:, pos] >= op.threshold, pos, 1 - pos) if op is not None \
-        else ens_test.argmax(axis=1)
     figures = [
-        plots.confusion_matrices(y_test, decision, classes, out / "confusion_matrix.png",
+        plots.confusion_matrices(y_test, test_decision, classes, out / "confusion_matrix.png",
                                  "test" + (" at the operating point" if op else "")),
-        plots.roc_pr_curves(y_test, ens_test, classes, out / "roc_pr_curves.png",
+        # binary: on the calibrated scale, where the threshold lives (same curve, monotone)
+        plots.roc_pr_curves(y_test, calibrated if op else ens_test, classes,
+                            out / "roc_pr_curves.png",
                             positive_index=task.positive_index,
                             threshold=op.threshold if op else None, title="test"),
         plots.reliability_diagram(y_test, ens_test, calibrated, out / "reliability_diagram.png",
@@ -182,16 +212,22 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
         metrics[f"test_{row.metric}_ci_low"] = row.low
         metrics[f"test_{row.metric}_ci_high"] = row.high
     metrics["temperature"] = temperature
+    if difference is not None:
+        metrics.update({f"test_{task.metric}_minus_best_single{suffix}": difference[key]
+                        for key, suffix in (("point", ""), ("low", "_ci_low"),
+                                            ("high", "_ci_high"))})
     if op is not None:
         metrics.update({"threshold": op.threshold, "val_sensitivity_at_threshold":
                         op.val_sensitivity, "val_specificity_at_threshold": op.val_specificity})
+    metrics.update({"refer_cut": referral.cut, "val_coverage_at_refer_cut": referral.coverage,
+                    "val_accuracy_accepted_at_refer_cut": referral.accuracy})
 
     sections = _sections(inputs, options, op, temperature, intervals, figures, review,
-                         groups_note, metric)
+                         groups_note, metric, referral, difference)
     banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
               "real patients.") if inputs.synthetic else None
     files.append(write_report(out / "report.html", inputs.title, sections, banner))
-    return ClinicalResult(files, metrics, intervals, temperature, op)
+    return ClinicalResult(files, metrics, intervals, temperature, op, referral, calibrated)
 
 
 def _load(path: str):
@@ -258,8 +294,34 @@ def _rule_text(rule: str) -> str:
     return ""
 
 
+def _difference_text(task: Task, difference: dict | None) -> str:
+    if difference is None:
+        return ""
+    low, high = difference["low"], difference["high"]
+    verdict = ("better than" if low > 0 else "worse than" if high < 0 else
+               "not distinguishable from")
+    return (f" Ensemble minus best single configuration, {task.metric} on the same resampled "
+            f"test cases (paired): {difference['point']:+.3f} [{low:+.3f}, {high:+.3f}]; "
+            f"the ensemble is {verdict} the best single configuration on this test split.")
+
+
+def _referral_text(referral: Referral, held: str, intervals: pd.DataFrame) -> str:
+    if referral.refers_everything:
+        return (f"No confidence cut reaches accuracy {referral.target_accuracy} on the {held} "
+                "predictions, so the served model refers every case.")
+    test = intervals[intervals.model == ENSEMBLE].set_index("metric")
+    cov, acc = test.loc["coverage_at_refer_cut"], test.loc["accuracy_accepted_at_refer_cut"]
+    return (f"The served model refers a case to a person when its calibrated confidence (the "
+            f"probability of its decision) is below {referral.cut:.4f}: the lowest cut at "
+            f"which the accepted {held} cases reach accuracy {referral.target_accuracy} "
+            f"({referral.coverage:.1%} of {referral.cases} accepted, accuracy "
+            f"{referral.accuracy:.3f}). On test: "
+            f"{format_interval(cov.point, cov.low, cov.high)} accepted, accuracy of the "
+            f"accepted {format_interval(acc.point, acc.low, acc.high)}.")
+
+
 def _sections(inputs, options, op, temperature, intervals, figures, review, groups_note,
-              metric) -> list[Section]:
+              metric, referral: Referral, difference: dict | None) -> list[Section]:
     names = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc"]
     val_rows = pd.DataFrame([{"model": name, **fast_metrics(inputs.y_val, probs,
                                                             inputs.task.positive_index)}
@@ -284,7 +346,7 @@ def _sections(inputs, options, op, temperature, intervals, figures, review, grou
                 [f"{options.resamples} resamples, stratified by class, {groups_note}. "
                  "The test split was predicted once, after every choice was fixed. Grad-CAM "
                  "maps and MC-dropout figures also read test images; they are drawn after "
-                 "that and feed no choice."],
+                 "that and feed no choice." + _difference_text(inputs.task, difference)],
                 tables=[_interval_table(intervals, names)]),
     ]
     if op is not None:
@@ -292,7 +354,8 @@ def _sections(inputs, options, op, temperature, intervals, figures, review, grou
                                                      "f1", "predicted_positive_rate")]
         sections.append(Section(
             "Operating point",
-            [f"Threshold {op.threshold:.4f} on the positive-class probability, chosen on "
+            [f"Threshold {op.threshold:.4f} on the calibrated positive-class probability (the "
+             "one the served model returns), chosen on "
              f"{held} predictions by {op.rule}{_rule_text(op.rule)} ({held} sensitivity "
              f"{op.val_sensitivity:.3f}, "
              f"specificity {op.val_specificity:.3f}); threshold_table.csv lists the trade-off."],
@@ -304,6 +367,7 @@ def _sections(inputs, options, op, temperature, intervals, figures, review, grou
         tables=[_interval_table(intervals[intervals.model == ENSEMBLE],
                                 ["brier", "brier_calibrated", "ece", "ece_calibrated", "nll",
                                  "nll_calibrated"])]))
+    sections.append(Section("Referral", [_referral_text(referral, held, intervals)]))
     sections.append(Section("Figures", figures=figures))
     board = inputs.leaderboard.drop(columns=["label"], errors="ignore")
     sections.append(Section(f"Trials (by {metric})", tables=[board]))

@@ -303,3 +303,15 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> tuple[pd.
         if extra in frame:
             table[extra] = table["path"].map(dict(zip(frame["path"], frame[extra])))
     return table, meta
+
+
+def split_fingerprint(table: pd.DataFrame, split: str) -> str:
+    """One split's content and labels, whatever its file names, the other splits or how groups
+    were named: two models with the same test fingerprint were tested on the same cases."""
+    rows = table[table["split"] == split]
+    if "hash" not in rows:
+        raise ValueError("the table has no content hashes (a recorded manifest has them)")
+    h = hashlib.blake2b(split.encode(), digest_size=16)
+    for row in sorted(zip(rows["hash"], rows["label"])):
+        h.update("\x1f".join(row).encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()

@@ -1,4 +1,5 @@
-"""`python -m orchestrator.ensemble --sweep-run RUN_ID`: (re)build a sweep's final ensemble."""
+"""`python -m orchestrator.ensemble --sweep-run RUN_ID`: (re)build a sweep's final ensemble.
+`python -m orchestrator.ensemble promote TASK`: move `champion` to a better `candidate`."""
 from __future__ import annotations
 
 import argparse
@@ -6,19 +7,21 @@ import sys
 
 from orchestrator.ensemble.build import DEFAULT_POLICIES as POLICIES
 from orchestrator.clinical.operating_point import RULES
+from orchestrator.cli import add_tracking_uri
 from orchestrator.errors import MedSweepError
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m orchestrator.ensemble",
+        epilog="`python -m orchestrator.ensemble promote TASK --help`: guarded promotion of "
+        "the registered candidate to champion.",
         description="Build the final ensemble of a finished sweep: TTA policy, members and "
         "weights chosen on validation only, the test split predicted once, the model logged "
         "and registered in MLflow as medsweep-TASK@candidate.")
     p.add_argument("--sweep-run", required=True, help="the sweep's MLflow parent run id "
                    "(printed at the end of every sweep)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI, else "
-                   "sqlite:///mlflow/mlflow.db in the working directory)")
+    add_tracking_uri(p)
     p.add_argument("--tta", nargs="+", default=list(POLICIES), metavar="POLICY",
                    help=f"TTA policies to choose from, cheapest first ({', '.join(POLICIES)})")
     p.add_argument("--top-k", type=int, default=8, help="candidate trials, best by validation "
@@ -36,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                    "Youden's J (default %(default)s)")
     c.add_argument("--target-sensitivity", type=float, default=0.90,
                    help="default %(default)s")
+    c.add_argument("--target-accuracy", type=float, default=0.95,
+                   help="the served model refers a case to a person below the confidence at "
+                   "which the accepted held-out cases reach this accuracy (default %(default)s)")
     c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the "
                    "95%% intervals (>= 1000; default %(default)s)")
     c.add_argument("--mc-dropout", type=int, default=0, metavar="PASSES",
@@ -43,7 +49,41 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _promote_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.ensemble promote",
+        description="Move medsweep-TASK@champion to medsweep-TASK@candidate only when both were "
+        "tested on the same images and the 95%% paired bootstrap interval of (candidate - "
+        "champion) on the task metric lies above 0; otherwise print the interval and refuse "
+        "(exit 1).")
+    p.add_argument("task", help="the task whose registered model to promote (brain, skin, ...)")
+    add_tracking_uri(p)
+    p.add_argument("--force", action="store_true", help="promote even when refused; the model "
+                   "version records it in the tag medsweep.promotion")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples "
+                   "(>= 1000; default %(default)s)")
+    return p
+
+
+def _promote(argv: list[str]) -> int:
+    args = _promote_parser().parse_args(argv)
+    try:
+        from orchestrator.ensemble.promote import promote
+
+        if args.resamples < 1000:
+            raise MedSweepError(f"bootstrap resamples must be >= 1000, got {args.resamples}")
+        moved = promote(args.task, tracking_uri=args.tracking_uri, force=args.force,
+                        resamples=args.resamples)
+    except MedSweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if moved else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "promote":
+        return _promote(argv[1:])
     args = _parser().parse_args(argv)
     try:
         from orchestrator.clinical.evaluate import ClinicalOptions
@@ -53,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
         clinical = ClinicalOptions(threshold_rule=args.threshold_rule,
                                    target_sensitivity=args.target_sensitivity,
+                                   target_accuracy=args.target_accuracy,
                                    resamples=args.resamples, mc_dropout_passes=args.mc_dropout)
         connect_ray(args.address, print)
         report = build_ensemble(args.sweep_run, tracking_uri=args.tracking_uri,

@@ -136,7 +136,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
     is FINISHED only when all of that is in."""
     from orchestrator.ensemble.report import write_reports
     from orchestrator.clinical.evaluate import evaluate
-    from orchestrator.tracking import ensemble_model
+    from orchestrator.ensemble.publish import publish
 
     ens = choice.ensemble
     params = {"members": list(ens.members), "weights": [round(w, 6) for w in ens.weights],
@@ -163,22 +163,22 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         # A member is its configuration's models averaged: K fold models under CV, one else.
         parts = [(model, w / len(held.models[m])) for m, w in zip(ens.members, ens.weights)
                  for model in held.models[m]]
-        members = {model.name: ensemble_model.copy_member(Path(model.model_path),
-                                                          work / "members", model.name)
-                   for model, _ in parts}
         spec = {"task": task.key, "classes": list(task.classes),
                 "preprocessing": dataclasses.asdict(task.preprocessing),
                 "transforms": [dataclasses.asdict(t) for t in transforms],
                 "members": [{"name": model.name, "weight": w, "resolution": model.resolution}
                             for model, w in parts]}
-        model_uri = ensemble_model.log_ensemble_model(sweep.uri, run_id, spec, members, work)
-        name = f"medsweep-{task.name}"
-        version = ensemble_model.register(sweep.uri, model_uri, name, "candidate")
+        prepared = next(iter(held.data.values()))
+        model_uri, name, version = publish(
+            sweep, task, spec, parts, work, result, prepared, y_test, probs,
+            dict(held=held, choice=choice, transforms=transforms, table=table,
+                 intervals=result.intervals), run_id, log)
     except Exception:
         tracking.finish_run(sweep.uri, run_id, "FAILED")
         raise
     tracking.finish_run(sweep.uri, run_id, "FINISHED")
-    log(f"ensemble run {run_id}; model registered as {name}@candidate (version {version})")
+    log(f"ensemble run {run_id}; model registered as {name}@candidate (version {version}), "
+        "its card on the model-version page")
     return EnsembleReport(run_id=run_id, task=task.key, policy=choice.policy,
                           members=ens.members, weights=ens.weights, table=table,
                           model_uri=model_uri, registered=f"{name}@candidate (version {version})",
@@ -186,6 +186,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           temperature=result.temperature,
                           threshold=result.operating_point.threshold
                           if result.operating_point else None, chosen_on=held.kind,
-                          held_out_images=len(held.y))
+                          held_out_images=len(held.y), refer_cut=result.referral.cut,
+                          registered_name=name, registered_version=version)
 
 

@@ -29,6 +29,9 @@ class EnsembleReport:
     threshold: float | None = None  # binary tasks: the operating point chosen on validation
     chosen_on: str = "validation"  # or "out-of-fold": what every choice above was made on
     held_out_images: int = 0  # how many held-out predictions per candidate the choice saw
+    refer_cut: float | None = None  # the served model refers cases below this confidence
+    registered_name: str = ""  # medsweep-<task>
+    registered_version: str = ""
 
 
 def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, task: Task,
@@ -78,13 +81,17 @@ def print_report(report: EnsembleReport) -> None:
         ens = report.intervals[report.intervals.model == "ensemble"].set_index("metric")
         extra = [m for m in ("sensitivity_at_threshold", "specificity_at_threshold",
                              "ppv_at_threshold", "npv_at_threshold", "brier", "brier_calibrated",
-                             "ece", "ece_calibrated") if m in ens.index]
+                             "ece", "ece_calibrated", "coverage_at_refer_cut",
+                             "accuracy_accepted_at_refer_cut") if m in ens.index]
         if report.threshold is not None:
             print(f"operating point (chosen on {report.chosen_on} predictions): threshold "
-                  f"{report.threshold:.4f}")
+                  f"{report.threshold:.4f} on the calibrated positive probability")
         if report.temperature is not None:
             print(f"temperature (fitted on {report.chosen_on} predictions): "
                   f"{report.temperature:.3f}")
+        if report.refer_cut is not None:
+            print(f"refer cut (chosen on {report.chosen_on} predictions): confidence < "
+                  f"{report.refer_cut:.4f} is referred to a person")
         for m in extra:
             print(f"  ensemble test {m}: {format_interval(*ens.loc[m, ['point', 'low', 'high']])}")
     print(f"ensemble run {report.run_id}; model {report.registered}; report.html in its "

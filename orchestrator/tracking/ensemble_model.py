@@ -1,6 +1,8 @@
-"""The final ensemble as an MLflow pyfunc model: image paths (or uint8 arrays) in, class
-probabilities out, with exactly the training preprocessing (decode, grayscale, CLAHE, resize, RGB;
-each member's own `preprocess_input` is inside its Keras model) and the chosen TTA policy.
+"""The final ensemble as an MLflow pyfunc model: images in (base64 files over REST, uint8
+tensors, or local paths; `orchestrator.serving.contract`), calibrated probabilities, the
+validated decision, its confidence and the refer flag out. Exactly the training preprocessing
+(decode, grayscale, CLAHE, resize, RGB; each member's own `preprocess_input` is inside its Keras
+model) and the chosen TTA policy; the temperature, threshold and refer cut travel in its spec.
 """
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ from typing import Any, Mapping
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ColSpec, DataType, Schema
+
+from orchestrator.serving import contract
 
 SPEC_FILE = "ensemble.json"
 PROJECT = Path(__file__).resolve().parents[2]
@@ -19,6 +25,9 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 class EnsembleModel(mlflow.pyfunc.PythonModel):
     """Weighted soft vote of Keras members under one TTA policy."""
+
+    # The signature is explicit (`signature()`): MLflow's type-hint wrapper would only warn.
+    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
         import keras
@@ -32,49 +41,33 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
                          int(m["resolution"]), float(m["weight"])) for m in self.spec["members"]]
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
+        from mlflow.exceptions import MlflowException
+
+        try:
+            images = contract.decode_inputs(model_input)
+        except contract.InputError as err:  # the server answers it as a JSON error, status 400
+            raise MlflowException.invalid_parameter_value(str(err)) from None
+        return contract.answer(self.raw_probabilities(images),
+                               contract.ServingSpec.from_dict(self.spec["serving"]))
+
+    def raw_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+        """The members' weighted soft vote under the TTA policy, before calibration."""
         from orchestrator.tta.policies import NamedTransform
         from orchestrator.tta.predict import tta_predict
 
-        images = _decoded_images(model_input)
         transforms = tuple(NamedTransform(**t) for t in self.spec["transforms"])
         total = None
         for model, resolution, weight in self.members:
             batch = self._preprocess(images, resolution)
             probs = weight * tta_predict(model, batch, transforms)
             total = probs if total is None else total + probs
-        return pd.DataFrame(total, columns=self.spec["classes"])
+        return total
 
     def _preprocess(self, images: list[np.ndarray], resolution: int) -> np.ndarray:
         from orchestrator.data.cache import preprocess_image
 
         return np.stack([preprocess_image(img, self.preprocessing, resolution)
                          for img in images])
-
-
-def _decoded_images(model_input: Any) -> list[np.ndarray]:
-    """Paths (DataFrame column `path`, or a list) are decoded like the cache decodes them;
-    arrays are raw RGB (N, H, W, 3) or gray (N, H, W) uint8 images, turned into cv2's BGR."""
-    import cv2
-
-    from orchestrator.data.cache import decode_image
-
-    if isinstance(model_input, np.ndarray) and model_input.dtype == np.uint8:
-        if model_input.ndim == 4:
-            return [cv2.cvtColor(img, cv2.COLOR_RGB2BGR) for img in model_input]
-        if model_input.ndim == 3:
-            return list(model_input)
-    if isinstance(model_input, pd.DataFrame):
-        column = "path" if "path" in model_input.columns else model_input.columns[0]
-        paths = model_input[column].astype(str).tolist()
-    else:
-        paths = [str(p) for p in np.ravel(np.asarray(model_input, dtype=object))]
-    images = []
-    for path in paths:
-        img = decode_image(path)
-        if img is None:
-            raise ValueError(f"image not found or unreadable: {path}")
-        images.append(img)
-    return images
 
 
 def log_ensemble_model(uri: str, run_id: str, spec: Mapping[str, Any],
@@ -92,19 +85,33 @@ def log_ensemble_model(uri: str, run_id: str, spec: Mapping[str, Any],
         info = mlflow.pyfunc.log_model(
             name="model", python_model=EnsembleModel(), artifacts=artifacts,
             code_paths=[str(PROJECT / "orchestrator"), str(PROJECT / "tasks")],
-            pip_requirements=_requirements())
+            pip_requirements=_requirements(), signature=signature(spec["classes"]),
+            input_example=input_example())
     # Leaving `start_run` marked the run FINISHED; it is finished only once the model is checked
     # and registered, so it goes back to RUNNING until then.
     mlflow.MlflowClient(uri).update_run(run_id, status="RUNNING")
     return info.model_uri
 
 
-def register(uri: str, model_uri: str, name: str, alias: str) -> str:
-    """Register the logged model and point `alias` at the new version; returns the version."""
-    mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(model_uri, name)
-    mlflow.MlflowClient(uri).set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+def signature(classes) -> ModelSignature:
+    """One encoded image per row in `image` (base64 in JSON), or a local file in `path`."""
+    inputs = Schema([ColSpec(DataType.binary, contract.IMAGE, required=False),
+                     ColSpec(DataType.string, contract.PATH, required=False)])
+    outputs = Schema([ColSpec(DataType.double, c) for c in contract.probability_columns(classes)]
+                     + [ColSpec(DataType.string, contract.DECISION),
+                        ColSpec(DataType.double, contract.CONFIDENCE),
+                        ColSpec(DataType.boolean, contract.REFER)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example() -> pd.DataFrame:
+    """A generated gray gradient as a PNG, never a patient's image (the example is stored
+    with the model, where anyone who can read the registry can see it)."""
+    import cv2
+
+    ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
+    _, png = cv2.imencode(".png", ramp)
+    return pd.DataFrame({contract.IMAGE: [png.tobytes()]})
 
 
 def load(model_uri: str, uri: str):

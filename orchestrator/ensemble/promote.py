@@ -1,0 +1,140 @@
+"""Guarded promotion: `champion` moves to the current `candidate` only when both were tested on
+the same cases and the paired bootstrap interval of (candidate - champion) on the task metric
+lies above 0. `--force` overrides a refusal, and the version says so in a tag.
+
+`compare` is the pure part (two models' test predictions in, the paired difference out); the
+report's ensemble-vs-best-single comparison uses the same `paired_difference`.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, paired_difference,
+                                             resample_indices)
+from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.errors import ConfigError
+from orchestrator.serving.contract import PROBABILITY_PREFIX
+
+Log = Callable[[str], None]
+TAG_PROMOTION = "medsweep.promotion"  # "paired bootstrap" | "forced" | "first champion"
+TAG_DIFFERENCE = "medsweep.promotion_difference"
+TAG_OVER = "medsweep.promoted_over"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    cases: int
+    point: float
+    low: float
+    high: float
+    resamples: int
+
+    @property
+    def better(self) -> bool:
+        return bool(self.low > 0)
+
+    def text(self) -> str:
+        return (f"candidate - champion {self.metric} = {self.point:+.3f} [{self.low:+.3f}, "
+                f"{self.high:+.3f}] (95% paired bootstrap, {self.resamples} resamples of the "
+                f"same {self.cases} test images)")
+
+
+def _aligned(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(["hash", "label", "path"], kind="mergesort").reset_index(drop=True)
+
+
+def compare(candidate: pd.DataFrame, champion: pd.DataFrame, metric: str,
+            positive_class: str | None = None, resamples: int = DEFAULT_RESAMPLES,
+            seed: int = 0) -> Comparison:
+    """Both frames are `test_predictions.csv` (path, hash, group, label, prob_<class>...): the
+    same images (by content) with the same labels, else a ConfigError says what differs."""
+    a, b = _aligned(candidate), _aligned(champion)
+    if list(a["hash"]) != list(b["hash"]) or list(a["label"]) != list(b["label"]):
+        raise ConfigError(f"the candidate was tested on {len(a)} images and the champion on "
+                          f"{len(b)}, not the same images with the same labels: their test "
+                          "figures cannot be compared")
+    columns = [c for c in a.columns if c.startswith(PROBABILITY_PREFIX)]
+    if columns != [c for c in b.columns if c.startswith(PROBABILITY_PREFIX)]:
+        raise ConfigError(f"the candidate's classes {columns} differ from the champion's")
+    classes = [c[len(PROBABILITY_PREFIX):] for c in columns]
+    y = np.array([classes.index(label) for label in a["label"]])
+    positive = classes.index(positive_class) if positive_class in classes else None
+
+    def score(labels: np.ndarray, probs: np.ndarray) -> float:
+        return fast_metrics(labels, probs, positive)[metric]
+
+    draws = resample_indices(y, a["group"].astype(str).to_numpy(), resamples, seed)
+    d = paired_difference(score, y, a[columns].to_numpy(np.float64),
+                          b[columns].to_numpy(np.float64), draws)
+    return Comparison(metric, len(y), d["point"], d["low"], d["high"], d["resamples"])
+
+
+def promote(task_name: str, *, tracking_uri: str | None = None, force: bool = False,
+            resamples: int = DEFAULT_RESAMPLES, log: Log = print) -> bool:
+    """Move `champion` to `candidate` when it is better (or forced); True when it moved."""
+    from orchestrator import tracking
+    from orchestrator.ensemble.publish import TEST_PREDICTIONS
+    from orchestrator.tracking import registry
+    from tasks import get_task
+
+    task = get_task(task_name)
+    uri = tracking_uri or tracking.default_tracking_uri()
+    name = registry.registered_name(task.name)
+    candidate = registry.version_by_alias(uri, name, registry.CANDIDATE)
+    if candidate is None:
+        raise ConfigError(f"no {name}@{registry.CANDIDATE} in {uri}: run a sweep of {task_name} "
+                          "first (or pass the --tracking-uri it used)")
+    champion = registry.version_by_alias(uri, name, registry.CHAMPION)
+    log(f"candidate: {name} version {candidate.version} "
+        f"({_figure(candidate, task.metric)})")
+    if champion is None:
+        registry.set_alias(uri, name, registry.CHAMPION, candidate.version,
+                           {TAG_PROMOTION: "first champion"})
+        log(f"no champion yet: {name}@{registry.CHAMPION} -> version {candidate.version}")
+        return True
+    log(f"champion:  {name} version {champion.version} ({_figure(champion, task.metric)})")
+    if champion.version == candidate.version:
+        log(f"the candidate is already the champion (version {candidate.version}); nothing moved")
+        return False
+    reason = None
+    comparison = None
+    if candidate.tags.get("test_fingerprint") != champion.tags.get("test_fingerprint"):
+        reason = ("they were tested on different data (test fingerprints "
+                  f"{candidate.tags.get('test_fingerprint', '?')[:12]} and "
+                  f"{champion.tags.get('test_fingerprint', '?')[:12]})")
+    else:
+        with tempfile.TemporaryDirectory(prefix="medsweep-promote-") as tmp:
+            frames = [pd.read_csv(tracking.download(uri, v.run_id, TEST_PREDICTIONS,
+                                                    Path(tmp) / str(v.version)), dtype={
+                "path": str, "hash": str, "group": str, "label": str})
+                for v in (candidate, champion)]
+        comparison = compare(*frames, task.metric, candidate.tags.get("positive_class"),
+                             resamples)
+        log(comparison.text())
+        if not comparison.better:
+            reason = "the interval does not lie above 0"
+    tags = {TAG_OVER: str(champion.version)}
+    if comparison is not None:
+        tags[TAG_DIFFERENCE] = f"{comparison.point:+.4f} [{comparison.low:+.4f}, " \
+                               f"{comparison.high:+.4f}] {comparison.metric}"
+    if reason is not None and not force:
+        log(f"refused: {reason}; {name}@{registry.CHAMPION} stays at version "
+            f"{champion.version} (--force promotes anyway, and is recorded as a tag)")
+        return False
+    tags[TAG_PROMOTION] = f"forced ({reason})" if reason else "paired bootstrap"
+    registry.set_alias(uri, name, registry.CHAMPION, candidate.version, tags)
+    log(f"{'forced: ' if reason else 'promoted: '}{name}@{registry.CHAMPION} -> version "
+        f"{candidate.version} (was {champion.version})")
+    return True
+
+
+def _figure(version, metric: str) -> str:
+    value = version.tags.get(f"test_{metric}", "?")
+    return f"test {metric} {value}, sweep run {version.tags.get('sweep_run', '?')}"

@@ -1,0 +1,134 @@
+"""Publish the chosen ensemble: its serving spec (temperature, threshold, refer cut chosen on
+held-out predictions), the test predictions promotion compares, the logged pyfunc model, the
+check that the logged model answers exactly as the in-process ensemble, and the registered
+version with its card and tags."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from orchestrator import tracking
+from orchestrator.data.splits import read_manifest, split_fingerprint
+from orchestrator.errors import ConfigError
+from orchestrator.serving import contract
+from orchestrator.serving.card import CardFacts, Interval, card_tags, model_card
+
+Log = Callable[[str], None]
+TEST_PREDICTIONS = "test_predictions.csv"
+CHECK_TOLERANCE = 1e-5  # largest allowed |served - in-process| probability
+CHECK_BATCH = 64
+
+
+class ServedModelMismatch(ConfigError):
+    """The logged model does not answer as the ensemble that was evaluated: not registered."""
+
+
+def serving_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
+    op, referral = clinical_result.operating_point, clinical_result.referral
+    return contract.ServingSpec(
+        classes=tuple(task.classes), temperature=float(clinical_result.temperature),
+        refer_cut=float(referral.cut), target_accuracy=float(referral.target_accuracy),
+        held_out_coverage=float(referral.coverage),
+        positive_class=(task.positive_class or task.classes[1]) if task.is_binary else None,
+        threshold=float(op.threshold) if op is not None else None, chosen_on=held_kind)
+
+
+def test_predictions(prepared, y_test: np.ndarray, served: pd.DataFrame) -> pd.DataFrame:
+    """One row per test image: where it is (relative to the data root), its content hash,
+    group and label, and the served answer. What `promote` pairs between two models."""
+    recorded, _ = read_manifest(prepared.manifest_path, root=prepared.root)
+    hashes = dict(zip(recorded["path"], recorded["hash"]))
+    rows = prepared.table[prepared.table["split"] == "test"]
+    frame = pd.DataFrame({
+        "path": [Path(os.path.relpath(p, prepared.root)).as_posix() for p in rows["path"]],
+        "hash": [hashes[p] for p in rows["path"]], "group": rows["group"].to_numpy(),
+        "label": [prepared.task.classes[k] for k in y_test]})
+    return pd.concat([frame, served.reset_index(drop=True)], axis=1)
+
+
+def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
+                 spec: contract.ServingSpec, log: Log) -> float:
+    """Send every test image's file bytes (what a REST client sends, after base64) through the
+    logged model; its answer must equal the in-process one. Returns the largest difference."""
+    probs = contract.probability_columns(spec.classes)
+    worst = 0.0
+    for start in range(0, len(paths), CHECK_BATCH):
+        chunk = paths[start:start + CHECK_BATCH]
+        served = model.predict(pd.DataFrame({contract.IMAGE: [Path(p).read_bytes()
+                                                              for p in chunk]}))
+        want = expected.iloc[start:start + CHECK_BATCH].reset_index(drop=True)
+        cols = probs + [contract.CONFIDENCE]
+        diff = float(np.max(np.abs(served[cols].to_numpy(np.float64)
+                                   - want[cols].to_numpy(np.float64))))
+        worst = max(worst, diff)
+        # a decision may differ only where the probability sits on the threshold or cut
+        near = np.zeros(len(chunk), dtype=bool)
+        if spec.threshold is not None:
+            near |= np.abs(want[f"{contract.PROBABILITY_PREFIX}{spec.positive_class}"]
+                           - spec.threshold).to_numpy() <= CHECK_TOLERANCE
+        near |= np.abs(want[contract.CONFIDENCE] - spec.refer_cut).to_numpy() <= CHECK_TOLERANCE
+        for column in (contract.DECISION, contract.REFER):
+            differs = (served[column].to_numpy() != want[column].to_numpy()) & ~near
+            if differs.any():
+                bad = chunk[int(np.flatnonzero(differs)[0])]
+                raise ServedModelMismatch(f"the logged model's `{column}` differs from the "
+                                          f"evaluated ensemble's on {bad}; not registered")
+    if not worst <= CHECK_TOLERANCE:
+        raise ServedModelMismatch(f"the logged model's probabilities differ from the evaluated "
+                                  f"ensemble's by up to {worst:.2e} on the test images (allowed "
+                                  f"{CHECK_TOLERANCE:.0e}); not registered")
+    log(f"served-model check: {len(paths)} test images sent as encoded files answer as the "
+        f"evaluated ensemble (max |difference| {worst:.1e})")
+    return worst
+
+
+def card_facts(sweep, task, prepared, held, choice, transforms, table: pd.DataFrame,
+               intervals: pd.DataFrame, spec: contract.ServingSpec, run_id: str) -> CardFacts:
+    recorded, meta = read_manifest(prepared.manifest_path, root=prepared.root)
+    ens = choice.ensemble
+    row = table.set_index("model").loc["ensemble"]
+    shown = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss",
+             "sensitivity_at_threshold", "specificity_at_threshold",
+             "coverage_at_refer_cut", "accuracy_accepted_at_refer_cut")
+    test = intervals[intervals.model == "ensemble"].set_index("metric")
+    return CardFacts(
+        task=task.key, metric=task.metric, data_fingerprint=meta["fingerprint"],
+        test_fingerprint=split_fingerprint(recorded, "test"), synthetic=sweep.synthetic,
+        split_counts={str(k): int(v) for k, v in prepared.table["split"].value_counts().items()},
+        members=[(m, w, held.models[m][0].resolution, len(held.models[m]))
+                 for m, w in zip(ens.members, ens.weights)],
+        tta_policy=choice.policy, tta_transforms=len(transforms),
+        held_out={k[4:]: float(v) for k, v in row.items()
+                  if k.startswith("val_") and isinstance(v, (int, float))},
+        test={m: Interval(float(test.loc[m, "point"]), float(test.loc[m, "low"]),
+                          float(test.loc[m, "high"])) for m in shown if m in test.index},
+        spec=spec, sweep_run_id=sweep.parent_run_id, ensemble_run_id=run_id,
+        data_notes=sweep.data_notes)
+
+
+def publish(sweep, task, spec_base: dict, parts, work: Path, clinical_result, prepared,
+            y_test: np.ndarray, raw_test: np.ndarray, facts_args: dict, run_id: str,
+            log: Log) -> tuple[str, str, str]:
+    """Log, check and register; returns (model URI, registered name, version)."""
+    from orchestrator.tracking import ensemble_model, registry
+
+    spec = serving_spec(task, clinical_result, facts_args["held"].kind)
+    expected = contract.answer(raw_test, spec)
+    tracking.log_table_artifact(sweep.uri, run_id, test_predictions(prepared, y_test, expected),
+                                TEST_PREDICTIONS)
+    members = {model.name: ensemble_model.copy_member(Path(model.model_path),
+                                                      work / "members", model.name)
+               for model, _ in parts}
+    model_uri = ensemble_model.log_ensemble_model(
+        sweep.uri, run_id, {**spec_base, "serving": spec.to_dict()}, members, work)
+    model = ensemble_model.load(model_uri, sweep.uri)
+    check_served(model, prepared.paths("test"), expected, spec, log)
+    facts = card_facts(sweep, task, prepared, spec=spec, run_id=run_id, **facts_args)
+    name = registry.registered_name(task.name)
+    version = registry.register(sweep.uri, model_uri, name, registry.CANDIDATE,
+                                card=model_card(facts), tags=card_tags(facts))
+    return model_uri, name, version

@@ -1,0 +1,157 @@
+"""`python -m orchestrator.predict MODEL_URI FOLDER_OR_CSV --out predictions.csv`: run a
+registered MedSweep model over new images, with the same pyfunc a server runs.
+
+A folder is searched recursively for images; a CSV names them in its `path` column (relative
+paths are read from the CSV's folder). Files that are missing or do not decode are listed and
+skipped; every other image gets a row: path, calibrated probabilities, decision, confidence,
+refer.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TextIO
+
+import pandas as pd
+
+from orchestrator.data.cache import decode_image
+from orchestrator.data.table import IMAGE_EXTENSIONS
+from orchestrator.cli import add_tracking_uri
+from orchestrator.errors import ConfigError, DataError, MedSweepError
+
+Log = Callable[[str], None]
+DEFAULT_BATCH = 32
+
+
+def image_paths(source: Path) -> tuple[list[str], Path]:
+    """(absolute image paths, the folder output paths are written relative to)."""
+    if source.is_dir():
+        found = sorted(p for p in source.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise DataError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return [str(p) for p in found], source
+    if source.suffix.lower() == ".csv" and source.is_file():
+        frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+        if "path" not in frame.columns:
+            raise DataError(f"{source}: no `path` column (columns: {list(frame.columns)})")
+        if frame.empty:
+            raise DataError(f"{source}: no rows")
+        base = source.parent
+        return [str(p if Path(p).is_absolute() else base / p) for p in frame["path"]], base
+    raise DataError(f"{source}: neither a folder of images nor a .csv with a `path` column")
+
+
+class Progress:
+    """One line that redraws itself on a terminal; a line per tenth otherwise (logs, CI)."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total, self.stream, self.start = total, stream, time.monotonic()
+        self.tty = stream.isatty()
+        self.shown_tenth = -1
+
+    def update(self, done: int) -> None:
+        rate = done / max(time.monotonic() - self.start, 1e-9)
+        width = 30
+        filled = int(width * done / self.total)
+        line = (f"predicting [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                f"images, {rate:.1f} img/s")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done == self.total else ""))
+            self.stream.flush()
+        elif done * 10 // self.total > self.shown_tenth:
+            self.shown_tenth = done * 10 // self.total
+            print(line, file=self.stream, flush=True)
+
+
+def predict_files(model, paths: list[str], root: Path, batch_size: int = DEFAULT_BATCH,
+                  progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per readable image, the unreadable files); paths relative to `root`."""
+    def shown(path: str) -> str:
+        return Path(os.path.relpath(path, root)).as_posix()
+
+    readable, unreadable = [], []
+    for path in paths:
+        (readable if decode_image(path) is not None else unreadable).append(path)
+    frames = []
+    for start in range(0, len(readable), batch_size):
+        chunk = readable[start:start + batch_size]
+        answer = model.predict(pd.DataFrame({"path": chunk}))
+        frames.append(answer.assign(path=[shown(p) for p in chunk]))
+        if progress is not None:
+            progress.update(start + len(chunk))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not out.empty:
+        out = out[["path"] + [c for c in out.columns if c != "path"]]
+    skipped = pd.DataFrame({"path": [shown(p) for p in unreadable],
+                            "reason": ["missing or not a readable image"] * len(unreadable)})
+    return out, skipped
+
+
+def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def run(model_uri: str, source: str, out: str, *, tracking_uri: str | None = None,
+        batch_size: int = DEFAULT_BATCH, log: Log = print) -> pd.DataFrame:
+    from orchestrator import tracking
+    from orchestrator.tracking import ensemble_model
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    paths, root = image_paths(Path(source))
+    uri = tracking_uri or tracking.default_tracking_uri()
+    try:
+        model = ensemble_model.load(model_uri, uri)
+    except Exception as err:  # MLflow's message names what is missing; no traceback
+        raise ConfigError(f"cannot load {model_uri} from {uri}: "
+                          f"{str(err).splitlines()[0]}") from None
+    log(f"{model_uri}: {len(paths)} file(s) from {source}")
+    rows, skipped = predict_files(model, paths, root, batch_size, Progress(len(paths)))
+    out_path = Path(out)
+    _write_atomic(rows, out_path)
+    if len(skipped):
+        listed = out_path.with_name(out_path.stem + "_unreadable.csv")
+        _write_atomic(skipped, listed)
+        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        log(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped['path'][:5])}{more}; "
+            f"listed in {listed}")
+    referred = int(rows["refer"].sum()) if len(rows) else 0
+    log(f"wrote {len(rows)} prediction(s) to {out_path} ({referred} referred to a person)")
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.predict",
+        description="Predict a folder (recursively) or a CSV of images with a registered "
+        "MedSweep model: calibrated probabilities, the validated decision, its confidence and "
+        "whether to refer the case to a person.")
+    p.add_argument("model_uri", help="e.g. models:/medsweep-brain@champion, or runs:/RUN/model")
+    p.add_argument("source", help="a folder of images, or a CSV with a `path` column")
+    p.add_argument("--out", required=True, help="the predictions CSV to write")
+    add_tracking_uri(p)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                   help="images per call of the model (default %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        run(args.model_uri, args.source, args.out, tracking_uri=args.tracking_uri,
+            batch_size=args.batch_size)
+    except MedSweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The served model's input and output contract.
+
+Inputs, one image per row, any of:
+- a column `image` of encoded image files (JPEG, PNG, ...): bytes, or their base64 text, which is
+  what a REST client sends (MLflow's server decodes base64 for the `binary` column);
+- a uint8 tensor, (N, H, W, 3) RGB or (N, H, W) gray, directly or as `{"image": tensor}`;
+- a column `path` of local files, for batch use.
+
+Output, one row per image: `prob_<class>` (calibrated by the fitted temperature), `decision`
+(the validated threshold for a binary task, else the most probable class), `confidence` (the
+calibrated probability of the decision) and `refer` (confidence below the validated cut).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from orchestrator.clinical.calibration import apply_temperature
+from orchestrator.clinical.referral import decide
+from orchestrator.data.cache import decode_bytes, decode_image
+
+IMAGE, PATH = "image", "path"
+DECISION, CONFIDENCE, REFER = "decision", "confidence", "refer"
+PROBABILITY_PREFIX = "prob_"
+
+
+class InputError(ValueError):
+    """Input the model cannot read; the message names the row."""
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """Everything after the members' averaged probabilities, versioned with the model."""
+
+    classes: tuple[str, ...]
+    temperature: float
+    refer_cut: float  # refer when the calibrated confidence is below it
+    target_accuracy: float  # what the accepted held-out cases reached at the cut
+    held_out_coverage: float  # share of held-out cases accepted at the cut
+    positive_class: str | None = None
+    threshold: float | None = None  # on the calibrated positive probability; binary tasks only
+    chosen_on: str = "validation"  # or "out-of-fold"
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.threshold is not None and (len(self.classes) != 2
+                                           or self.positive_class not in self.classes):
+            raise ValueError("a threshold needs two classes and a positive class among them")
+
+    @property
+    def positive_index(self) -> int | None:
+        return None if self.positive_class is None else self.classes.index(self.positive_class)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ServingSpec":
+        return cls(**{**data, "classes": tuple(data["classes"])})
+
+
+def probability_columns(classes: Sequence[str]) -> list[str]:
+    return [f"{PROBABILITY_PREFIX}{c}" for c in classes]
+
+
+def answer(raw_probs: np.ndarray, spec: ServingSpec) -> pd.DataFrame:
+    """The members' averaged probabilities -> the served answer (see the module docstring)."""
+    calibrated = apply_temperature(raw_probs, spec.temperature)
+    decision, confidence = decide(calibrated, spec.threshold, spec.positive_index)
+    frame = pd.DataFrame(calibrated, columns=probability_columns(spec.classes))
+    frame[DECISION] = [spec.classes[k] for k in decision]
+    frame[CONFIDENCE] = confidence
+    frame[REFER] = confidence < spec.refer_cut
+    return frame
+
+
+def decode_inputs(model_input: Any) -> list[np.ndarray]:
+    """Any accepted input -> decoded uint8 images, gray (H, W) or BGR (H, W, 3), the way the
+    training cache decodes files. Raises InputError naming the first bad row."""
+    if isinstance(model_input, Mapping) and not isinstance(model_input, pd.DataFrame):
+        if set(model_input) - {IMAGE, PATH}:
+            raise InputError(f"unknown input(s) {sorted(set(model_input) - {IMAGE, PATH})}; "
+                             f"send `{IMAGE}` (encoded images or a uint8 tensor) or `{PATH}`")
+        model_input = (model_input[IMAGE] if IMAGE in model_input
+                       else pd.DataFrame({PATH: model_input[PATH]}))
+    if isinstance(model_input, np.ndarray) and model_input.dtype != object:
+        return _tensor_images(model_input)
+    if isinstance(model_input, pd.DataFrame):
+        frame = model_input
+    elif isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
+        frame = pd.DataFrame({PATH: list(model_input)})
+    else:
+        raise InputError(f"cannot read a {type(model_input).__name__}: send a column "
+                         f"`{IMAGE}` of base64 images, a uint8 tensor, or a column `{PATH}`")
+    if len(frame) == 0:
+        raise InputError("empty batch: no images to predict")
+    if IMAGE not in frame.columns and PATH not in frame.columns:
+        raise InputError(f"no `{IMAGE}` or `{PATH}` column (got {list(frame.columns)})")
+    images = []
+    for row in range(len(frame)):
+        value = frame[IMAGE].iloc[row] if IMAGE in frame.columns else None
+        if _missing(value):
+            path = frame[PATH].iloc[row] if PATH in frame.columns else None
+            if _missing(path):
+                raise InputError(f"row {row}: neither `{IMAGE}` nor `{PATH}` is given")
+            img = decode_image(str(path))
+            if img is None:
+                raise InputError(f"row {row}: {path} is missing or not a readable image")
+        else:
+            img = _image_of(value, row)
+        images.append(img)
+    return images
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, float) and np.isnan(value)
+
+
+def _image_of(value: Any, row: int) -> np.ndarray:
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"row {row}: `{IMAGE}` text is not base64") from None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value)
+        img = decode_bytes(value)
+        if img is None:  # MLflow's `inputs` JSON form hands over the base64 text as bytes
+            img = _decoded_base64(value)
+        if img is None:
+            head = bytes(value[:8]).hex(" ") if len(value) else "nothing"
+            raise InputError(f"row {row}: {len(value)} bytes that are not an image "
+                             f"(JPEG, PNG, ...; they start {head})")
+        return img
+    return _pixels(np.asarray(value), row)
+
+
+def _decoded_base64(value: bytes) -> np.ndarray | None:
+    try:
+        return decode_bytes(base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _tensor_images(tensor: np.ndarray) -> list[np.ndarray]:
+    if tensor.ndim not in (3, 4):
+        raise InputError(f"a tensor must be (N, H, W, 3) or (N, H, W); got shape "
+                         f"{tensor.shape}")
+    if len(tensor) == 0:
+        raise InputError("empty batch: no images to predict")
+    return [_pixels(img, row) for row, img in enumerate(tensor)]
+
+
+def _pixels(img: np.ndarray, row: int) -> np.ndarray:
+    """One uint8 RGB (H, W, 3) or gray (H, W) image -> the decoder's gray or BGR."""
+    if img.dtype != np.uint8:
+        # JSON carries integers: accept whole numbers in 0..255, refuse anything else.
+        whole = img.dtype.kind in "iu" and img.size and img.min() >= 0 and img.max() <= 255
+        if not whole:
+            raise InputError(f"row {row}: pixels must be uint8 (whole numbers 0-255); got "
+                             f"dtype {img.dtype}" + (f" with values {img.min()}..{img.max()}"
+                                                     if img.size and img.dtype.kind in "iuf"
+                                                     else ""))
+        img = img.astype(np.uint8)
+    if img.ndim == 2 and min(img.shape) > 0:
+        return img
+    if img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) > 0:
+        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
+    raise InputError(f"row {row}: image shape {img.shape} is not (H, W, 3) RGB or (H, W) gray")
