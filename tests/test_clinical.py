@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import re
 import warnings
+from html import unescape
+from html.parser import HTMLParser
+
+import cv2
 
 import keras
 import numpy as np
@@ -16,6 +20,7 @@ from sklearn import metrics as skm
 from orchestrator.clinical.bootstrap import (bootstrap_intervals, format_interval,
                                              resample_indices)
 from orchestrator.clinical.calibration import (apply_temperature, binary_brier, brier_score,
+                                               calibration_sentence, confidence_gap,
                                                expected_calibration_error, fit_temperature, nll,
                                                reliability_bins)
 from orchestrator.clinical.evaluate import (ClinicalInputs, ClinicalOptions, Member, evaluate)
@@ -317,6 +322,78 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
     row = ci.loc[("ensemble", "sensitivity_at_threshold")]
     assert row.low <= row.point <= row.high
     assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", html)
+    # every table's header names every column (no unnamed first column)
+    headers = _table_headers(html)
+    assert len(headers) >= 5
+    for header in headers:
+        assert header and all(cell.strip() for cell in header), header
+    # figures wide enough to read (>= 1000 px)
+    for png in [p for p in result.files if p.suffix == ".png"]:
+        assert cv2.imread(str(png)).shape[1] >= 1000, png.name
+    # the referral and the paired ensemble-vs-best-single comparison are reported
+    assert "refer_cut" in result.metrics
+    assert f"test_{task.metric}_minus_best_single_ci_low" in result.metrics
+    assert result.metrics[f"test_{task.metric}_minus_best_single"] == 0.0  # same model twice
+    assert "not distinguishable from the best single configuration" in html
+    assert "Referral" in html and "refers a case to a person" in html
+    # the calibration sentence follows the fitted T and the test bins
+    gap, text = confidence_gap(y_test, test), unescape(html)
+    assert ("over-confident: the curve runs below" if gap > 0.02 else
+            "under-confident: the curve runs above" if gap < -0.02 else
+            "close to calibrated: the curve follows the diagonal") in text
+    assert ("> 1: on the validation predictions the ensemble was over-confident"
+            if result.temperature > 1 else "< 1: on the validation predictions the ensemble "
+            "was under-confident") in text
+
+
+def _table_headers(page: str) -> list[list[str]]:
+    """The <th> texts of each table's header row(s)."""
+    class Parser(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.in_th = [], False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "th":
+                self.in_th = True
+                self.tables[-1].append("")
+
+        def handle_endtag(self, tag):
+            if tag == "th":
+                self.in_th = False
+
+        def handle_data(self, data):
+            if self.in_th:
+                self.tables[-1][-1] += data
+
+    parser = Parser()
+    parser.feed(page)
+    return parser.tables
+
+
+def test_the_calibration_sentence_follows_the_numbers():
+    over = calibration_sentence(1.8, "out-of-fold", 0.12, 0.01)
+    assert "T = 1.800 > 1" in over and "over-confident, so scaling softens" in over
+    assert "+0.120 before scaling (over-confident: the curve runs below the diagonal)" in over
+    assert "+0.010 after (close to calibrated)" in over
+    under = calibration_sentence(0.6, "validation", -0.09, -0.03)
+    assert "T = 0.600 < 1" in under and "under-confident, so scaling sharpens" in under
+    assert "(under-confident: the curve runs above the diagonal)" in under
+    assert "-0.030 after (under-confident)" in under
+    # a gap measured on the reliability bins: all-correct cases at 0.6 confidence are under-
+    y = np.zeros(50, dtype=int)
+    probs = np.tile([0.6, 0.4], (50, 1))
+    assert confidence_gap(y, probs) == pytest.approx(-0.4)
+    assert confidence_gap(1 - y, probs) == pytest.approx(0.6)
+
+
+def test_the_trial_axis_names_the_metric_once():
+    from orchestrator.clinical.plots import _metric_name
+
+    assert _metric_name("best_val_accuracy") == "accuracy"
+    assert _metric_name("best_val_balanced_accuracy") == "balanced accuracy"
 
 
 @pytest.mark.slow

@@ -165,7 +165,7 @@ def test_the_registered_version_carries_its_card_and_tags(swept):
     client = mlflow.MlflowClient(uri)
     version = client.get_model_version_by_alias("medsweep-brain", "candidate")
     card = version.description
-    assert card.startswith("# MedSweep ensemble: brain/3class")
+    assert card.startswith("MedSweep ensemble for brain/3class: test accuracy ")
     for text in ("SYNTHETIC PHANTOM DATA", "## Data", "## Members", result.ensemble.members[0],
                  "## Performance", "T = ",
                  "Intended use and limits", result.parent_run_id):
@@ -176,8 +176,23 @@ def test_the_registered_version_carries_its_card_and_tags(swept):
     assert re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", tags["test_accuracy"])
     assert client.get_registered_model("medsweep-brain").description
     preds = pd.read_csv(client.download_artifacts(result.ensemble.run_id, "test_predictions.csv"))
-    assert len(preds) == len(_prepared().paths("test"))
+    data = _prepared()
+    assert len(preds) == len(data.paths("test"))
     assert not any(Path(p).is_absolute() for p in preds["path"])
+    # the served model's answer for a test image is the one the run recorded for it
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
+    served = model.predict(pd.DataFrame({"path": [str(data.root / p) for p in preds["path"][:6]]}))
+    np.testing.assert_allclose(served["confidence"], preds["confidence"][:6], atol=1e-5)
+    assert served["decision"].tolist() == preds["decision"][:6].tolist()
+    review = pd.read_csv(client.download_artifacts(result.ensemble.run_id,
+                                                   "review_low_confidence.csv"))
+    assert not any(Path(p).is_absolute() for p in review["path"])
+    recorded = preds.set_index("path")["confidence"]
+    np.testing.assert_allclose(review["confidence"], recorded[review["path"]], atol=1e-6)
+    page = Path(client.download_artifacts(result.ensemble.run_id, "report.html")).read_text()
+    sweep_name = client.get_run(result.parent_run_id).info.run_name
+    assert f"sweep {sweep_name} (run {result.parent_run_id[:8]})" in page
 
 
 def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept, tmp_path):

@@ -118,7 +118,10 @@ def _facts(**kw) -> CardFacts:
 
 def test_the_card_states_data_members_figures_operating_point_and_limits():
     card = model_card(_facts())
-    for text in ("SYNTHETIC PHANTOM DATA", "`normal`, `pneumonia`", "f" * 32, "e" * 32,
+    assert card.splitlines()[0] == ("MedSweep ensemble for pneumonia/2class: test "
+                                    "balanced_accuracy 0.880 [0.800, 0.950]; SYNTHETIC phantom "
+                                    "data.")
+    for text in ("## ⚠ SYNTHETIC PHANTOM DATA", "`normal`, `pneumonia`", "f" * 32, "e" * 32,
                  "| t1 | 0.750 | 64 px | 3 |", "standard6", "0.880 [0.800, 0.950]", "| roc_auc |",
                  "T = 2.0000", "at least 0.3000", "below 0.7000", "80.0% of cases accepted",
                  "Intended use and limits", "s" * 32):

@@ -72,3 +72,42 @@ def expected_calibration_error(y: np.ndarray, probs: np.ndarray, n_bins: int = 1
     filled = bins["count"] > 0
     share = bins["count"][filled] / bins["count"].sum()
     return float(np.sum(share * np.abs(bins["accuracy"][filled] - bins["confidence"][filled])))
+
+
+def confidence_gap(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Case-weighted mean over the reliability bins of (mean confidence - accuracy): above 0
+    the probabilities are over-confident (the curve runs below the diagonal), below 0
+    under-confident (above it)."""
+    bins = reliability_bins(y, probs, n_bins)
+    filled = bins["count"] > 0
+    share = bins["count"][filled] / bins["count"].sum()
+    return float(np.sum(share * (bins["confidence"][filled] - bins["accuracy"][filled])))
+
+
+def _direction(gap: float, tolerance: float) -> str:
+    if gap > tolerance:
+        return "over-confident"
+    if gap < -tolerance:
+        return "under-confident"
+    return "close to calibrated"
+
+
+def calibration_sentence(temperature: float, held_out: str, test_gap_before: float,
+                         test_gap_after: float, tolerance: float = 0.02) -> str:
+    """What the fitted T and the test reliability bins say, in words derived from the numbers
+    (the same bins the reliability diagram draws), so the text cannot contradict the curve."""
+    if temperature > 1.0 + 1e-3:
+        fitted = (f"T = {temperature:.3f} > 1: on the {held_out} predictions the ensemble was "
+                  "over-confident, so scaling softens its probabilities")
+    elif temperature < 1.0 - 1e-3:
+        fitted = (f"T = {temperature:.3f} < 1: on the {held_out} predictions the ensemble was "
+                  "under-confident, so scaling sharpens its probabilities")
+    else:
+        fitted = f"T = {temperature:.3f}: the {held_out} predictions were already calibrated"
+    before, after = _direction(test_gap_before, tolerance), _direction(test_gap_after, tolerance)
+    curve = {"over-confident": "the curve runs below the diagonal",
+             "under-confident": "the curve runs above the diagonal",
+             "close to calibrated": "the curve follows the diagonal"}[before]
+    return (f"Temperature scaling fitted on {held_out} predictions: {fitted}. On test, mean "
+            f"confidence minus accuracy across the reliability bins is {test_gap_before:+.3f} "
+            f"before scaling ({before}: {curve}) and {test_gap_after:+.3f} after ({after}).")

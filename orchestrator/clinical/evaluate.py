@@ -16,6 +16,7 @@ from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, bootstrap_interv
                                              format_interval, paired_difference,
                                              resample_indices)
 from orchestrator.clinical.calibration import (apply_temperature, brier_score,
+                                               calibration_sentence, confidence_gap,
                                                expected_calibration_error, fit_temperature, nll)
 from orchestrator.clinical.html import Section, write_report
 from orchestrator.clinical.operating_point import (RULES, OperatingPoint, binary_figures,
@@ -74,7 +75,7 @@ class ClinicalInputs:
     val_probs: Mapping[str, np.ndarray]  # model row ("ensemble", "best_single", ...) -> (N, C)
     test_probs: Mapping[str, np.ndarray]
     test_groups: np.ndarray
-    test_paths: Sequence[str]
+    test_paths: Sequence[str]  # relative to the data root: the review CSV is read elsewhere
     test_images: Mapping[int, np.ndarray]  # resolution -> (N, R, R, 3) uint8
     members: Sequence[Member]
     policy: str
@@ -283,7 +284,7 @@ def _interval_table(intervals: pd.DataFrame, names: Sequence[str]) -> pd.DataFra
     table = shown.assign(value=[format_interval(r.point, r.low, r.high)
                                 for r in shown.itertuples()])
     return table.pivot(index="metric", columns="model", values="value").reindex(
-        [n for n in names if n in set(shown.metric)]).reset_index()
+        [n for n in names if n in set(shown.metric)]).reset_index().rename_axis(columns=None)
 
 
 def _rule_text(rule: str) -> str:
@@ -362,8 +363,11 @@ def _sections(inputs, options, op, temperature, intervals, figures, review, grou
             tables=[_interval_table(intervals[intervals.model == ENSEMBLE], figures_at)]))
     sections.append(Section(
         "Calibration",
-        [f"Temperature scaling fitted on {held} predictions: T = {temperature:.3f} (T > 1: the "
-         "ensemble was over-confident). Test figures before and after."],
+        [calibration_sentence(temperature, held,
+                              confidence_gap(inputs.y_test, inputs.test_probs[ENSEMBLE]),
+                              confidence_gap(inputs.y_test, apply_temperature(
+                                  inputs.test_probs[ENSEMBLE], temperature)))
+         + " Test figures before and after:"],
         tables=[_interval_table(intervals[intervals.model == ENSEMBLE],
                                 ["brier", "brier_calibrated", "ece", "ece_calibrated", "nll",
                                  "nll_calibrated"])]))

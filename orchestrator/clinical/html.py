@@ -17,8 +17,8 @@ table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .banner { background: #b00020; color: white; padding: 0.8em; font-weight: bold; }
-figure { display: inline-block; margin: 0.5em; vertical-align: top; }
-figure img { max-width: 560px; border: 1px solid #eee; }
+figure { display: block; margin: 1em 0; }
+figure img { width: 100%; max-width: 1100px; border: 1px solid #eee; }
 figcaption { font-size: 0.8em; color: #555; }
 .note { color: #555; font-size: 0.9em; }
 """

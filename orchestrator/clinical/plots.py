@@ -17,13 +17,14 @@ from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay,  # 
 from orchestrator.clinical.calibration import reliability_bins  # noqa: E402
 from orchestrator.clinical.operating_point import binary_figures  # noqa: E402
 
-DPI = 110
+DPI = 150
+MIN_WIDTH_PX = 1000  # legends and tick labels stay legible at full width
 
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=max(DPI, int(np.ceil(MIN_WIDTH_PX / fig.get_figwidth()))))
     plt.close(fig)
     return path
 
@@ -106,6 +107,13 @@ def training_curves(history: pd.DataFrame, metric: str, path: Path, title: str) 
     return _save(fig, path)
 
 
+def _metric_name(column: str) -> str:
+    """`best_val_accuracy` -> `accuracy`: the leaderboard's column, as a reader names it."""
+    for prefix in ("best_", "val_"):
+        column = column.removeprefix(prefix)
+    return column.replace("_", " ")
+
+
 def trial_comparison(board: pd.DataFrame, metric: str, path: Path, members: Sequence[str] = (),
                      ) -> Path:
     """Every trial's best validation metric, best first; ensemble members highlighted."""
@@ -113,7 +121,7 @@ def trial_comparison(board: pd.DataFrame, metric: str, path: Path, members: Sequ
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(board)))
     colors = ["crimson" if t in members else "steelblue" for t in board["trial"]]
     ax.barh(board["label"], board[metric], color=colors)
-    ax.set_xlabel(f"best {metric} (validation)")
+    ax.set_xlabel(f"{_metric_name(metric)}, best epoch (validation)")
     ax.set_title("trials (red: in the ensemble)")
     return _save(fig, path)
 

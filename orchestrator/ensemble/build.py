@@ -6,6 +6,7 @@ sweep's parent run and register the servable model.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -99,13 +100,15 @@ def _clinical_inputs(sweep: SweepInfo, task, choice, rows: dict, held: HeldOut, 
         task=task, y_val=held.y, y_test=y_test, held_out=held.kind,
         val_probs={k: e.predict(choice.val_probs) for k, e in rows.items()},
         test_probs={k: e.predict(test_probs) for k, e in rows.items()},
-        test_groups=test_rows["group"].to_numpy(), test_paths=test_rows["path"].tolist(),
+        test_groups=test_rows["group"].to_numpy(),
+        test_paths=[Path(os.path.relpath(p, prepared.root)).as_posix() for p in test_rows["path"]],
         test_images=test_images,
         members=[Member(m, w, first[m].model_path, first[m].resolution)
                  for m, w in zip(ens.members, ens.weights)],
         policy=choice.policy, leaderboard=board, synthetic=sweep.synthetic,
         data_notes=sweep.data_notes,
-        title=f"MedSweep clinical evaluation: {task.key}, sweep {sweep.parent_run_id}")
+        title=f"MedSweep clinical evaluation: {task.key}, sweep {sweep.name} "
+              f"(run {sweep.parent_run_id[:8]})")
 
 
 def with_intervals(table: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
@@ -187,6 +190,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           threshold=result.operating_point.threshold
                           if result.operating_point else None, chosen_on=held.kind,
                           held_out_images=len(held.y), refer_cut=result.referral.cut,
+                          refer_coverage=result.referral.coverage,
                           registered_name=name, registered_version=version)
 
 

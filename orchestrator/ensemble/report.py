@@ -30,6 +30,7 @@ class EnsembleReport:
     chosen_on: str = "validation"  # or "out-of-fold": what every choice above was made on
     held_out_images: int = 0  # how many held-out predictions per candidate the choice saw
     refer_cut: float | None = None  # the served model refers cases below this confidence
+    refer_coverage: float = 0.0  # share of held-out cases accepted at the cut
     registered_name: str = ""  # medsweep-<task>
     registered_version: str = ""
 
@@ -89,11 +90,18 @@ def print_report(report: EnsembleReport) -> None:
         if report.temperature is not None:
             print(f"temperature (fitted on {report.chosen_on} predictions): "
                   f"{report.temperature:.3f}")
-        if report.refer_cut is not None:
+        if report.refer_cut is not None and report.refer_cut > 1.0:
+            print(f"refer cut (chosen on {report.chosen_on} predictions): no confidence "
+                  "reaches the target accuracy, so every case is referred to a person")
+        elif report.refer_cut is not None:
             print(f"refer cut (chosen on {report.chosen_on} predictions): confidence < "
-                  f"{report.refer_cut:.4f} is referred to a person")
+                  f"{report.refer_cut:.4f} is referred to a person ({report.refer_coverage:.0%} "
+                  f"of {report.chosen_on} cases accepted)")
         for m in extra:
-            print(f"  ensemble test {m}: {format_interval(*ens.loc[m, ['point', 'low', 'high']])}")
+            point, low, high = ens.loc[m, ["point", "low", "high"]]
+            shown = format_interval(point, low, high) if np.isfinite(point) else \
+                "none (no test case accepted)"
+            print(f"  ensemble test {m}: {shown}")
     print(f"ensemble run {report.run_id}; model {report.registered}; report.html in its "
           "artifacts")
     print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "

@@ -29,6 +29,7 @@ class SweepInfo:
     task: str
     data_notes: tuple[str, ...] = ()
     synthetic: bool = False
+    name: str = ""  # the sweep run's name, as the MLflow UI shows it
 
 
 @dataclass
@@ -69,7 +70,7 @@ def sweep_info(uri: str, run_id: str) -> SweepInfo:
     return SweepInfo(uri=uri, parent_run_id=run_id, experiment_id=run.info.experiment_id,
                      task=params["task"],
                      synthetic=run.data.tags.get(tracking.TAG_SYNTHETIC, "true") != "false",
-                     data_notes=_data_notes(params))
+                     data_notes=_data_notes(params), name=run.info.run_name or run_id)
 
 
 def _data_notes(params: dict) -> tuple[str, ...]:

@@ -7,8 +7,8 @@ from typing import Mapping, Sequence
 
 from orchestrator.serving.contract import ServingSpec
 
-SYNTHETIC_BANNER = ("> **SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES.** This model was trained "
-                    "and tested on generated images; its figures say nothing about real "
+SYNTHETIC_BANNER = ("## ⚠ SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES\n\nThis model was "
+                    "trained and tested on generated images; its figures say nothing about real "
                     "patients and it must not be used on them.")
 
 
@@ -51,7 +51,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
 def model_card(facts: CardFacts) -> str:
     spec = facts.spec
     held = spec.chosen_on
-    lines = [f"# MedSweep ensemble: {facts.task}", ""]
+    metric = facts.test.get(facts.metric)
+    # The first line is plain text: the registry's versions table shows it as the summary.
+    lines = [f"MedSweep ensemble for {facts.task}"
+             + (f": test {facts.metric} {metric.text()}" if metric else "")
+             + ("; SYNTHETIC phantom data." if facts.synthetic else "."), ""]
     if facts.synthetic:
         lines += [SYNTHETIC_BANNER, ""]
     lines += [
