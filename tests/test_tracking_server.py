@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import ray
 
@@ -92,7 +93,19 @@ def test_a_sweep_over_http_is_read_back_whole(server, tmp_path):
     assert {"threshold", "test_sensitivity_at_threshold_ci_low", "temperature"} <= set(
         ensemble.data.metrics)
     names = {a.path for a in client.list_artifacts(ensemble.info.run_id)}
-    assert {"report.html", "threshold_table.csv", "roc_pr_curves.png"} <= names
+    assert {"report.html", "threshold_table.csv", "roc_pr_curves.png",
+            "test_predictions.csv"} <= names
+    # the served model decides at the validated threshold, on the probability it returns
+    mlflow.set_tracking_uri(uri)
+    spec = mlflow.pyfunc.load_model("models:/medsweep-pneumonia@candidate") \
+        .unwrap_python_model().spec["serving"]
+    positive = spec["positive_class"]
+    assert version.tags["positive_class"] == positive
+    assert spec["threshold"] == pytest.approx(ensemble.data.metrics["threshold"], abs=1e-6)
+    served = pd.read_csv(client.download_artifacts(ensemble.info.run_id, "test_predictions.csv"))
+    at_threshold = served[f"prob_{positive}"] >= spec["threshold"]
+    assert (served["decision"] == positive).tolist() == at_threshold.tolist()
+    assert (served["refer"] == (served["confidence"] < spec["refer_cut"])).all()
     # The files really sit in the server's artifact store, sent there over HTTP.
     assert list(artifacts.rglob("best.keras")) and list(artifacts.rglob("MLmodel"))
 
