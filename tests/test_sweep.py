@@ -75,7 +75,7 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["synthetic_data"] == "True"
+    assert parent.data.params["synthetic_data"] == "true"
     assert parent.data.params["version.ray"] == ray.__version__
     assert {"search_space.json", "manifest.csv", "manifest.json", "tune_results.csv",
             "unreadable.csv", "duplicates.csv", "duplicates_left_out.csv"} <= {

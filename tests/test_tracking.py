@@ -152,6 +152,11 @@ def test_ensure_experiment_is_idempotent_and_restores_a_deleted_one(store):
     client.delete_experiment(other)
     assert T.ensure_experiment(uri, "deleted-then-back", None) == other
     assert client.get_experiment(other).lifecycle_stage == "active"
+    # MLflow 3 opens an experiment on its GenAI page unless told it is model development; the
+    # description links the runs table
+    tags = client.get_experiment(other).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"(#/experiments/{other}?workflowType=machine_learning)" in tags["mlflow.note.content"]
 
 
 # ------------------------------------------------------------------------------ sweep runs
@@ -218,8 +223,20 @@ def test_trials_nest_under_the_parent_without_duplicates(store, sweep):
     assert run.data.tags[T.PARENT_TAG] == sweep and run.data.tags[T.TAG_KIND] == T.KIND_TRIAL
     assert run.data.tags[T.TAG_TRIAL_ID] == "t_00001"
     assert run.data.tags[T.TAG_STATUS] == T.STATUS_RUNNING
-    assert run.data.params["lr_multiplier"] == "0.5" and run.data.params["data_dir"] == "None"
+    assert run.data.params["lr_multiplier"] == "0.5" and "data_dir" not in run.data.params
     assert run.data.params["sizes"] == "[1, 2]" and len(run.data.params["note"]) < 10_000
+
+
+def test_values_read_as_a_person_writes_them():
+    """4 significant digits, true/false, JSON lists; one spelling, so re-logging is stable."""
+    assert T.format_value(0.00012345678) == "0.0001235"
+    assert T.format_value(7.297581234) == "7.298" and T.format_value(3.0) == "3"
+    assert T.format_value(1234567.0) == "1.235e+06"
+    assert T.format_value(False) == "false" and T.format_value(True) == "true"
+    assert T.format_value(224) == "224" and T.format_value("brain/3class") == "brain/3class"
+    assert T.format_value([0.123456, 0.876544]) == "[0.1235, 0.8765]"
+    assert T.format_value({"b": 1.0 / 3, "a": [True, None]}) == \
+        '{"a": [true, null], "b": 0.3333}'
 
 
 def test_epoch_metrics_use_the_epoch_as_step_and_skip_nan(store, sweep):

@@ -142,7 +142,8 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
     from orchestrator.ensemble.publish import publish
 
     ens = choice.ensemble
-    params = {"members": list(ens.members), "weights": [round(w, 6) for w in ens.weights],
+    # `member_weights`: `weights` means a backbone's pretrained weights in every trial run
+    params = {"members": list(ens.members), "member_weights": list(ens.weights),
               "tta_policy": choice.policy, "method": ens.method, "task": task.key,
               "candidates": len(held.models), "chosen_on": held.kind,
               "models_per_member": len(next(iter(held.models.values())))}

@@ -78,7 +78,7 @@ def _data_notes(params: dict) -> tuple[str, ...]:
     if "images" not in params:
         return ()
     grouping = ("copies were kept apart (--keep-duplicates): test figures can be inflated"
-                if params.get("keep_duplicates") == "True" else
+                if params.get("keep_duplicates") in ("true", "True") else
                 "copies share a group, so no split separates them")
     return (f"{params['images']} images used; {params.get('images_unreadable', 0)} missing or "
             "unreadable file(s) were left out before splitting (unreadable.csv in the sweep run).",

@@ -11,7 +11,7 @@ from orchestrator.tracking.runs import (
     TAG_BEST_EPOCH, TAG_CHECKPOINT, TAG_EPOCHS_RUN, TAG_FINALIST, TAG_FOLD, TAG_NODE, TAG_TASK,
     TAG_TRIAL_ID,
     TRIAL_STATUSES, best_metric, download, metric_history, find_runs_by_tag, get_run, log_file, log_metrics,
-    start_child_run, finish_run,
+    start_child_run, finish_run, format_value,
     get_or_create_trial_run, list_trial_runs, log_epoch_metrics, log_json_artifact, log_params,
     log_table_artifact, log_trial_files, reopen_run, set_tags, set_trial_status,
     start_sweep_run)
@@ -29,5 +29,5 @@ __all__ = [
     "ensure_experiment", "environment_params", "find_runs_by_tag", "finish_run",
     "get_or_create_trial_run", "list_trial_runs", "local_artifact_root", "log_epoch_metrics",
     "log_json_artifact", "log_params", "log_table_artifact", "log_trial_files", "reopen_run",
-    "set_tags", "set_trial_status", "start_sweep_run", "ui_command",
+    "set_tags", "set_trial_status", "start_sweep_run", "ui_command", "format_value",
 ]

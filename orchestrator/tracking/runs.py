@@ -48,19 +48,43 @@ TRIAL_STATUSES = {  # medsweep.status -> the MLflow run status it implies
 
 
 # ----------------------------------------------------------------------------- params and tags
+SIGNIFICANT_DIGITS = 4
+
+
+def format_value(value: Any) -> str:
+    """How a value reads in params and run names: floats to 4 significant digits, booleans as
+    true/false, lists and dicts as JSON of the same."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.{SIGNIFICANT_DIGITS}g}"
+    if isinstance(value, Mapping):
+        return json.dumps({str(k): _jsonable(v) for k, v in sorted(value.items())})
+    if isinstance(value, (list, tuple)):
+        return json.dumps([_jsonable(v) for v in value])
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    return value if isinstance(value, (int, str, bool)) or value is None else str(value)
+
+
 def _param_value(value: Any) -> str:
     """One spelling per value, so re-logging an unchanged config never trips MLflow's
     immutable params; cut to MLflow's length limit the same way every time."""
-    if isinstance(value, (Mapping, list, tuple)):
-        text = json.dumps(value, sort_keys=True, default=str)
-    else:
-        text = str(value)
-    return text[:MAX_PARAM_VAL_LENGTH]
+    return format_value(value)[:MAX_PARAM_VAL_LENGTH]
 
 
 def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    """Stringified, truncated and batched within MLflow's limit of params per call."""
-    items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+    """Stringified, truncated and batched within MLflow's limit of params per call. A None is
+    not logged: an absent param says "not set" better than the text None."""
+    items = [Param(str(k), _param_value(v)) for k, v in params.items() if v is not None]
     for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
         client.log_batch(run_id, params=items[start:start + MAX_PARAMS_TAGS_PER_BATCH])
 

@@ -136,10 +136,35 @@ def ensure_experiment(client_uri: str, name: str, artifact_location: str | None)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = artifact_location or local_artifact_root(client_uri)
-        return client.create_experiment(name, artifact_location=location)
-    if experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-    return experiment.experiment_id
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)
+    for key, value in experiment_tags(experiment_id, name).items():
+        client.set_experiment_tag(experiment_id, key, value)
+    return experiment_id
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3 picks the UI's default view from it
+EXPERIMENT_NOTE_TAG = "mlflow.note.content"  # the experiment's description, Markdown
+
+
+def runs_view_link(experiment_id: str) -> str:
+    """The UI route of the experiment's runs table: MLflow 3 opens an empty GenAI page without
+    the workflow type."""
+    return f"#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def experiment_tags(experiment_id: str, name: str) -> dict[str, str]:
+    return {
+        EXPERIMENT_KIND_TAG: "custom_model_development",
+        EXPERIMENT_NOTE_TAG: (
+            f"MedSweep sweeps ({name}): **[open the runs table]({runs_view_link(experiment_id)})**"
+            " to compare trials. Each sweep is a parent run; its trials, cross-validation runs "
+            "and the final ensemble are its children, and the ensemble's registered model "
+            "carries a model card."),
+    }
 
 
 def _git(*args: str) -> str | None:
