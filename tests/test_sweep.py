@@ -117,7 +117,7 @@ def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path,
                        space_overrides={"fail_at_epoch": 2}, ensemble=False,
                        log=lambda _: None)
     board = result.leaderboard
-    assert len(board) == 1 and board.loc[0, "status"] == "ok" and board.loc[0, "epochs"] == 3
+    assert len(board) == 1 and board.loc[0, "status"] == "completed" and board.loc[0, "epochs"] == 3
     markers = list((tmp_path / "runs").rglob(FAULT_MARKER))
     assert markers, "the injected fault never fired"
     client = mlflow.MlflowClient(tracking_uri=uri)

@@ -3,6 +3,7 @@ their counts, logged in the parent run; and the leaderboard of its trials."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -34,9 +35,37 @@ def data_facts(records: dict[str, Path]) -> dict[str, int]:
     return {fact: len(rows(name)) for fact, name in DATA_FACTS.items()}
 
 
-def leaderboard(grid, metric: str, mode: str) -> pd.DataFrame:
+STOPPED_EARLY = "stopped early (ASHA)"
+# How a searched key shows in a trial's run name: a value alone where it names itself.
+_NAME_FORMS = {"backbone": "{}", "schedule": "{}", "loss": "{}", "resolution": "{}px",
+               "augment": "aug {}", "lr_multiplier": "lr x{}", "label_smoothing": "ls {}",
+               "mixup_alpha": "mixup {}", "batch_size": "bs {}", "dropout": "dropout {}",
+               "focal_gamma": "gamma {}", "weights": "{} weights"}
+
+
+def short_trial_name(trial_id: str) -> str:
+    """`f35f0_00003` -> `t03`: Tune's counter, which the console and the leaderboard show."""
+    counter = trial_id.rsplit("_", 1)[-1]
+    return f"t{int(counter):02d}" if counter.isdigit() else trial_id
+
+
+def trial_run_name(trial_id: str, config: Mapping[str, Any], searched: Sequence[str]) -> str:
+    """`t03 resnet50 224px three_phase lr x4.042`: the trial's number and what differs between
+    trials (every searched key, floats to 4 significant digits), so names tell runs apart in
+    the MLflow runs table."""
+    parts = [short_trial_name(trial_id)]
+    for key in searched:
+        if key in config:
+            value = config[key]
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            parts.append(_NAME_FORMS.get(key, key + " {}").format(text))
+    return " ".join(parts)
+
+
+def leaderboard(grid, metric: str, mode: str, max_epochs: int | None = None) -> pd.DataFrame:
     """One row per trial (its best validation metric, epochs, seconds, status and searched
-    values), best first; NaN metrics last."""
+    values), best first; NaN metrics last. A trial that ended without error before
+    `max_epochs` was stopped by the scheduler."""
     rows = []
     for result in grid:
         config = result.config or {}
@@ -47,7 +76,8 @@ def leaderboard(grid, metric: str, mode: str) -> pd.DataFrame:
         rows.append({"trial_id": metrics.get("trial_id", ""), f"best_{metric}": best,
                      "epochs": metrics.get("epoch", 0),
                      "seconds": round(float(metrics.get("time_total_s", float("nan"))), 1),
-                     "status": "errored" if result.error else "ok",
+                     "status": "errored" if result.error else STOPPED_EARLY
+                     if max_epochs and metrics.get("epoch", 0) < max_epochs else "completed",
                      **{k: config.get(k) for k in LEADERBOARD_COLUMNS if k in config}})
     board = pd.DataFrame(rows)
     if board.empty:

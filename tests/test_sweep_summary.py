@@ -1,0 +1,70 @@
+"""What the sweep says about itself in MLflow (orchestrator/sweep/records.py, summary.py): trial
+run names, the leaderboard's statuses, the parent run's summary metrics and linked note."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from orchestrator.ensemble.report import EnsembleReport
+from orchestrator.sweep.records import STOPPED_EARLY, short_trial_name, trial_run_name
+from orchestrator.sweep.summary import summary_metrics, summary_note
+
+
+def test_trial_names_say_what_differs_between_trials():
+    config = {"backbone": "resnet50", "resolution": 224, "schedule": "three_phase",
+              "lr_multiplier": 4.04213, "label_smoothing": 0.1, "task": "brain", "epochs": 8}
+    searched = ("backbone", "resolution", "schedule", "lr_multiplier", "label_smoothing",
+                "unknown_key")
+    assert trial_run_name("f35f0_00003", config, searched) == \
+        "t03 resnet50 224px three_phase lr x4.042 ls 0.1"
+    assert trial_run_name("f35f0_00012", {"mixup_alpha": 0.2, "batch_size": 16},
+                          ("mixup_alpha", "batch_size")) == "t12 mixup 0.2 bs 16"
+    assert trial_run_name("x_00001", {"new_knob": 1.23456}, ("new_knob",)) == \
+        "t01 new_knob 1.235"
+    assert short_trial_name("weird") == "weird"
+
+
+def _board():
+    return pd.DataFrame({"trial_id": ["a_00002", "a_00000", "a_00001", "a_00003"],
+                         "best_val_accuracy": [0.9, 0.8, 0.7, float("nan")],
+                         "status": ["completed", STOPPED_EARLY, STOPPED_EARLY, "errored"]})
+
+
+def _report():
+    intervals = pd.DataFrame({"model": ["ensemble", "ensemble", "best_single"],
+                              "metric": ["accuracy", "macro_f1", "accuracy"],
+                              "point": [0.91, 0.9, 0.88], "low": [0.85, 0.8, 0.8],
+                              "high": [0.96, 0.95, 0.93]})
+    return EnsembleReport(run_id="e" * 32, task="brain/3class", policy="none",
+                          members=("a_00002",), weights=(1.0,), table=pd.DataFrame(),
+                          model_uri="runs:/x/model", registered="medsweep-brain@candidate",
+                          tracking_uri="sqlite://", intervals=intervals,
+                          registered_name="medsweep-brain", registered_version="7")
+
+
+def test_the_parent_run_summary_counts_trials_and_carries_the_ensemble_interval():
+    metrics = summary_metrics(_board(), "val_accuracy", _report(), "accuracy")
+    assert metrics == {"trials_run": 4.0, "trials_stopped_early": 2.0, "trials_failed": 1.0,
+                       "best_val_accuracy": 0.9, "ensemble_test_accuracy": 0.91,
+                       "ensemble_test_accuracy_ci_low": 0.85,
+                       "ensemble_test_accuracy_ci_high": 0.96}
+    assert "ensemble_test_accuracy" not in summary_metrics(_board(), "val_accuracy")
+    assert summary_metrics(pd.DataFrame(), "val_accuracy") == {
+        "trials_run": 0.0, "trials_stopped_early": 0.0, "trials_failed": 0.0}
+
+
+def test_the_parent_run_note_links_the_best_trial_the_ensemble_and_the_model():
+    metrics = summary_metrics(_board(), "val_accuracy", _report(), "accuracy")
+    note = summary_note("3", ("a_00002", "r" * 32), _report(), metrics, "accuracy")
+    assert "4 trial(s), 2 stopped early (ASHA), 1 failed" in note
+    assert f"[t02](#/experiments/3/runs/{'r' * 32})" in note
+    assert f"[ensemble run](#/experiments/3/runs/{'e' * 32}): test accuracy 0.910 " \
+           "[0.850, 0.960]" in note
+    assert "[medsweep-brain version 7](#/models/medsweep-brain/versions/7)" in note
+    bare = summary_note("3", None, None, {"trials_run": 1.0})
+    assert "1 trial(s)" in bare and "ensemble" not in bare
+
+
+@pytest.mark.parametrize("trial_id, short", [("f35f0_00003", "t03"), ("ab_00123", "t123")])
+def test_short_names_are_tunes_counter(trial_id, short):
+    assert short_trial_name(trial_id) == short
