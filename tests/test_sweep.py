@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -90,10 +91,34 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
     assert int(parent.data.params["duplicates_left_out"]) >= 1
     assert f"{len(pairs)} duplicate pair(s) grouped" in proc.stdout
     assert len(children) == 2  # the smoke profile's two trials
+    # the parent run summarises the sweep and links what it made
+    metrics, tags = parent.data.metrics, parent.data.tags
+    assert metrics["trials_run"] == 2 and metrics["trials_failed"] == 0
+    assert metrics["best_val_accuracy"] == max(c.data.metrics["best_val_accuracy"]
+                                               for c in children)
+    assert metrics["ensemble_test_accuracy_ci_low"] <= metrics["ensemble_test_accuracy"] \
+        <= metrics["ensemble_test_accuracy_ci_high"]
+    assert tags["medsweep.best_trial_run"] in {c.info.run_id for c in children}
+    assert tags["medsweep.model_version"].startswith("medsweep-brain/")
+    assert f"runs/{tags['medsweep.best_trial_run']})" in tags["mlflow.note.content"]
+    board = pd.read_csv(client.download_artifacts(parent.info.run_id, "tune_results.csv",
+                                                  str(tmp_path / "board")))
+    assert set(board["status"]) <= {"completed", "stopped early (ASHA)"}
+    assert metrics["trials_stopped_early"] == (board["status"] == "stopped early (ASHA)").sum()
     for child in children:
         assert child.data.tags[tracking.PARENT_TAG] == parent.info.run_id
         assert child.data.tags[tracking.TAG_STATUS] in ("completed", "stopped_early")
-        assert child.data.params["task"] == "brain"
+        assert child.data.params["task"] == parent.data.params["task"] == "brain/3class"
+        # named by what differs (the smoke profile searches lr_multiplier, label_smoothing)
+        assert re.fullmatch(r"t\d\d lr x[\d.]+ ls 0.05", child.info.run_name), \
+            child.info.run_name
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        best = max(history, key=lambda m: (m.value, -m.step))
+        assert child.data.metrics["best_val_accuracy"] == best.value
+        assert child.data.metrics["best_epoch"] == best.step
+        assert "phase" not in child.data.metrics and child.data.tags["medsweep.phase"] == "1"
+        if child.data.tags[tracking.TAG_STATUS] == "stopped_early":
+            assert child.data.tags["medsweep.stopped_by"].startswith("ASHA after epoch")
         # --set reached every trial: a constant, and a one-value choice
         assert (child.data.params["dropout"], child.data.params["label_smoothing"]) == (
             "0.3", "0.05")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.errors import ConfigError
+from orchestrator.sweep.records import STOPPED_EARLY
 from orchestrator.train.artifacts import BEST_MODEL, VAL_LABELS
 from orchestrator.tta.pool import Candidate
 
@@ -118,13 +119,14 @@ def ranked_trials(sweep: SweepInfo, task) -> tuple[list, pd.DataFrame]:
     for run in runs:
         params, tags = run.data.params, run.data.tags
         trial = tags.get(tracking.TAG_TRIAL_ID, run.info.run_id)
+        status = tags.get(tracking.TAG_STATUS, "")
         rows.append({"trial": trial, f"best_{key}": best[run.info.run_id],
-                     "status": tags.get(tracking.TAG_STATUS, ""),
+                     "status": STOPPED_EARLY if status == tracking.STATUS_STOPPED_EARLY
+                     else status,
                      "epochs": tags.get(tracking.TAG_EPOCHS_RUN, ""),
                      **{k: params.get(k, "") for k in ("backbone", "resolution", "schedule",
                                                         "lr_multiplier", "loss", "augment")},
-                     "label": f"{trial} {params.get('backbone', '')} "
-                              f"{params.get('resolution', '')}px"})
+                     "label": run.info.run_name or trial})
     return runs, pd.DataFrame(rows)
 
 

@@ -27,6 +27,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
+from orchestrator.sweep.summary import record_summary  # noqa: E402
 from orchestrator.sweep.records import (DATA_FACTS, data_facts, data_records,  # noqa: E402
                                         leaderboard)
 from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noqa: E402
@@ -280,11 +281,13 @@ class SweepRunner:
             tune.with_parameters(run_tune_trial, datasets=datasets, context=context), resources)
 
     def _context(self, experiment_id: str, parent: str) -> SweepContext:
+        searched = tuple(k for k, v in self._space().items() if is_dimension(v))
         return SweepContext(tracking_uri=self.uri, experiment_id=experiment_id,
                             parent_run_id=parent, metric=self.metric,
                             mode=self.task_record.mode, max_epochs=self.profile.max_epochs,
                             cpus_per_trial=self.profile.cpus_per_trial,
-                            gpus_per_trial=self.profile.gpus_per_trial)
+                            gpus_per_trial=self.profile.gpus_per_trial,
+                            task_key=self.task_record.key, searched=searched)
 
     def _experiment_path(self, name: str) -> str:
         return f"{self.storage.rstrip('/')}/{name}"
@@ -317,13 +320,15 @@ class SweepRunner:
                 f"sweep interrupted with {len(unfinished)} unfinished trial(s); its state is "
                 f"saved in {path}. Continue it with: python -m orchestrator.sweep {self.task} "
                 f"--resume" + (f" --storage-path {self.storage}" if self.storage else ""))
-        board = leaderboard(grid, self.metric, self.task_record.mode)
+        board = leaderboard(grid, self.metric, self.task_record.mode, self.profile.max_epochs)
         tracking.log_table_artifact(self.uri, context.parent_run_id, board, "tune_results.csv")
         errored = sum(1 for r in grid if r.error is not None)
         if self.profile.cv_folds and errored < len(board):
             self._cross_validate(grid, context, path)
         ensemble = self._ensemble(context) if self.build_ensemble and errored < len(board) \
             else None
+        record_summary(self.uri, context.experiment_id, context.parent_run_id, board,
+                       self.metric, self.task_record.metric, ensemble)
         tracking.finish_run(self.uri, context.parent_run_id,
                             "FAILED" if errored == len(board) else "FINISHED")
         return SweepResult(parent_run_id=context.parent_run_id, experiment_path=path,

@@ -19,11 +19,15 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestrator import tracking
 from orchestrator.config import TrialConfig
+from orchestrator.sweep.records import short_trial_name, trial_run_name
 from orchestrator.train.artifacts import (CHECKPOINT_FILES, STATE, EpochReport, FoldedData,
                                           TrialData)
 from orchestrator.train.trial import train_trial
 
 NODE_KEY = "node_id"  # reported with every epoch: where the trial's current attempt runs
+PHASE_KEY = "phase"  # the unfreezing phase of the epoch: logged as a tag
+TAG_PHASE = "medsweep.phase"
+TAG_STOPPED_BY = "medsweep.stopped_by"
 # What Tune adds to a reported result besides AUTO_RESULT_KEYS; none of it is a trial's metric.
 _TUNE_KEYS = frozenset({*AUTO_RESULT_KEYS, "epoch", NODE_KEY, "done", "trial_id",
                         "experiment_tag", "should_checkpoint", "training_iteration"})
@@ -44,6 +48,8 @@ class SweepContext:
     # The cross-validation stage: each trial samples {"finalist": i, "cv_fold": k} and retrains
     # finalists[i] (a search trial's config, `epochs` set to its best epoch) on fold k.
     finalists: tuple[tuple[str, dict], ...] = ()  # (search trial id, config)
+    task_key: str = ""  # e.g. "brain/3class": the `task` param of every run means this
+    searched: tuple[str, ...] = ()  # the keys Tune samples: what trial run names show
 
     @property
     def is_cv(self) -> bool:
@@ -93,8 +99,15 @@ def run_cv_trial(config: dict, folded: dict[int, FoldedData], context: SweepCont
 
 
 def epoch_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
-    """A reported result less Tune's bookkeeping: the trial's own figures for that epoch."""
-    return {k: v for k, v in result.items() if k not in _TUNE_KEYS}
+    """A reported result less Tune's bookkeeping and the phase (a tag, not a figure to plot):
+    the trial's own figures for that epoch."""
+    return {k: v for k, v in result.items() if k not in _TUNE_KEYS and k != PHASE_KEY}
+
+
+def improved(value: float, best: float | None, mode: str) -> bool:
+    if value != value:  # NaN never improves
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
 
 
 class TrialTracker(tune.Callback):
@@ -106,20 +119,25 @@ class TrialTracker(tune.Callback):
     def __init__(self, context: SweepContext) -> None:
         self.context = context
         self._runs: dict[str, str] = {}  # trial id -> run id
+        self._best: dict[str, tuple[float, int]] = {}  # trial id -> (best metric, its epoch)
         self._nodes: dict[str, str] = {}  # trial id -> node tagged last
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self._runs:
             ctx = self.context
-            kind, tags, name = tracking.KIND_TRIAL, {}, str(trial)
+            kind, tags = tracking.KIND_TRIAL, {}
+            name = trial_run_name(trial.trial_id, trial.config, ctx.searched)
             if ctx.is_cv:
                 finalist = ctx.finalists[int(trial.config["finalist"])][0]
                 fold = int(trial.config["cv_fold"])
-                kind, name = tracking.KIND_CV_TRIAL, f"cv {finalist} fold {fold}"
+                kind, name = tracking.KIND_CV_TRIAL, f"cv {short_trial_name(finalist)} fold {fold}"
                 tags = {tracking.TAG_FINALIST: finalist, tracking.TAG_FOLD: str(fold)}
+            params = trial_config(trial.config, ctx).to_dict()
+            if ctx.task_key:  # the same meaning as the parent run's `task`
+                params["task"] = ctx.task_key
             self._runs[trial.trial_id] = tracking.get_or_create_trial_run(
                 ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial.trial_id,
-                name, params=trial_config(trial.config, ctx).to_dict(), kind=kind, tags=tags)
+                name, params=params, kind=kind, tags=tags)
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -132,21 +150,50 @@ class TrialTracker(tune.Callback):
             tracking.set_tags(uri, run_id, {tracking.TAG_NODE: node})
             self._nodes[trial.trial_id] = node
         if "epoch" in result:
-            tracking.log_epoch_metrics(uri, run_id, epoch_metrics(result), int(result["epoch"]))
+            epoch = int(result["epoch"])
+            figures = epoch_metrics(result)
+            value = figures.get(self.context.metric)
+            best = self._best.get(trial.trial_id)
+            if best is None:  # a resumed sweep: the best so far is in MLflow already
+                best = self._best_so_far(run_id)
+            if isinstance(value, (int, float)) and improved(float(value), best and best[0],
+                                                              self.context.mode):
+                best = (float(value), epoch)
+            if best is not None:
+                self._best[trial.trial_id] = best
+                figures.update({f"best_{self.context.metric}": best[0], "best_epoch": best[1]})
+            tracking.log_epoch_metrics(uri, run_id, figures, epoch)
+            if PHASE_KEY in result:
+                tracking.set_tags(uri, run_id, {TAG_PHASE: str(result[PHASE_KEY])})
+
+    def _best_so_far(self, run_id: str) -> tuple[float, int] | None:
+        history = tracking.metric_history(self.context.tracking_uri, run_id,
+                                          (self.context.metric,))
+        if history.empty:
+            return None
+        values = history.dropna(subset=["value"])
+        if values.empty:
+            return None
+        row = values.loc[values["value"].idxmax() if self.context.mode == "max"
+                         else values["value"].idxmin()]
+        return float(row["value"]), int(row["step"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epoch = (trial.last_result or {}).get("epoch", 0)
         done = self.context.is_cv or epoch >= self.context.max_epochs  # CV runs are never cut
-        self._close(trial, tracking.STATUS_COMPLETED if done else tracking.STATUS_STOPPED_EARLY)
+        self._close(trial, tracking.STATUS_COMPLETED if done else tracking.STATUS_STOPPED_EARLY,
+                    {} if done else {TAG_STOPPED_BY: f"ASHA after epoch {epoch} of "
+                                                     f"{self.context.max_epochs}"})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._close(trial, tracking.STATUS_ERRORED)
 
-    def _close(self, trial, status: str) -> None:
+    def _close(self, trial, status: str, tags: Mapping[str, str] | None = None) -> None:
         ctx = self.context
         run_id = self._run_id(trial)
         checkpoint = trial.checkpoint
-        extra = {tracking.TAG_EPOCHS_RUN: str((trial.last_result or {}).get("epoch", 0))}
+        extra = {**(tags or {}),
+                 tracking.TAG_EPOCHS_RUN: str((trial.last_result or {}).get("epoch", 0))}
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 tracking.log_trial_files(ctx.tracking_uri, run_id, Path(directory),
@@ -154,7 +201,7 @@ class TrialTracker(tune.Callback):
                 state = json.loads((Path(directory) / STATE).read_text())
                 extra[tracking.TAG_BEST_EPOCH] = str(state["best_epoch"])
                 extra[tracking.TAG_CHECKPOINT] = checkpoint_uri(checkpoint)
-        self._log_curves(run_id, str(trial))
+        self._log_curves(run_id, trial_run_name(trial.trial_id, trial.config, ctx.searched))
         tracking.set_trial_status(ctx.tracking_uri, run_id, status, extra_tags=extra)
 
     def _log_curves(self, run_id: str, name: str) -> None:
