@@ -100,7 +100,8 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
         <= metrics["ensemble_test_accuracy_ci_high"]
     assert tags["medsweep.best_trial_run"] in {c.info.run_id for c in children}
     assert tags["medsweep.model_version"].startswith("medsweep-brain/")
-    assert f"runs/{tags['medsweep.best_trial_run']})" in tags["mlflow.note.content"]
+    assert f"runs/{tags['medsweep.best_trial_run']}?workflowType=machine_learning)" in \
+        tags["mlflow.note.content"]
     board = pd.read_csv(client.download_artifacts(parent.info.run_id, "tune_results.csv",
                                                   str(tmp_path / "board")))
     assert set(board["status"]) <= {"completed", "stopped early (ASHA)"}

@@ -57,8 +57,9 @@ def test_the_parent_run_note_links_the_best_trial_the_ensemble_and_the_model():
     metrics = summary_metrics(_board(), "val_accuracy", _report(), "accuracy")
     note = summary_note("3", ("a_00002", "r" * 32), _report(), metrics, "accuracy")
     assert "4 trial(s), 2 stopped early (ASHA), 1 failed" in note
-    assert f"[t02](#/experiments/3/runs/{'r' * 32})" in note
-    assert f"[ensemble run](#/experiments/3/runs/{'e' * 32}): test accuracy 0.910 " \
+    ml = "?workflowType=machine_learning"
+    assert f"[t02](#/experiments/3/runs/{'r' * 32}{ml})" in note
+    assert f"[ensemble run](#/experiments/3/runs/{'e' * 32}{ml}): test accuracy 0.910 " \
            "[0.850, 0.960]" in note
     assert "[medsweep-brain version 7](#/models/medsweep-brain/versions/7)" in note
     bare = summary_note("3", None, None, {"trials_run": 1.0})

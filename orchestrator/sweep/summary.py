@@ -41,7 +41,8 @@ def summary_metrics(board: pd.DataFrame, metric: str, ensemble=None,
 
 
 def _run_link(experiment_id: str, run_id: str) -> str:
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
+    """MLflow 3 opens a run page in its GenAI mode unless the link asks for the runs view."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def summary_note(experiment_id: str, best: tuple[str, str] | None, ensemble=None,

@@ -146,19 +146,18 @@ def ensure_experiment(client_uri: str, name: str, artifact_location: str | None)
     return experiment_id
 
 
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3 picks the UI's default view from it
 EXPERIMENT_NOTE_TAG = "mlflow.note.content"  # the experiment's description, Markdown
 
 
 def runs_view_link(experiment_id: str) -> str:
-    """The UI route of the experiment's runs table: MLflow 3 opens an empty GenAI page without
-    the workflow type."""
+    """The UI route of the experiment's runs table. MLflow 3.17's UI opens an experiment on its
+    GenAI page unless the URL (or the visitor's last click on "Model training") asks for the
+    machine-learning view; experiment tags do not change that."""
     return f"#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def experiment_tags(experiment_id: str, name: str) -> dict[str, str]:
     return {
-        EXPERIMENT_KIND_TAG: "custom_model_development",
         EXPERIMENT_NOTE_TAG: (
             f"MedSweep sweeps ({name}): **[open the runs table]({runs_view_link(experiment_id)})**"
             " to compare trials. Each sweep is a parent run; its trials, cross-validation runs "
