@@ -107,7 +107,12 @@ def tta_rows(sizes: Sizes) -> list[Row]:
     n = sizes.tta_images
     images = np.random.default_rng(0).integers(0, 256, (n, sizes.resolution, sizes.resolution, 3),
                                                np.uint8)
-    transforms, bs = get_policy("aggressive17"), sizes.batch_size
+    from orchestrator.devices import gpu_total_memory_mb
+    from orchestrator.tta.sizing import device_batch_size
+
+    transforms = get_policy("aggressive17")
+    bs = device_batch_size(gpu_total_memory_mb() if sizes.gpu else None, sizes.resolution,
+                           len(transforms))  # what the scoring pool's actors use here
     subset = images[:sizes.tta_per_image]
     seconds = best_of_rounds(sizes.repeat, {
         "batched": lambda: tta_predict_each(model, images, transforms, bs),
@@ -116,7 +121,8 @@ def tta_rows(sizes: Sizes) -> list[Row]:
     seconds["per_image"] *= n / len(subset)
     gap = float(np.abs(tta_predict_each(model, subset, transforms, bs)
                        - per_augmentation_loop(model, subset, transforms, bs)).max())
-    setting = f"{sizes.backbone} {sizes.resolution} px, {n} images x {len(transforms)}"
+    setting = f"{sizes.backbone} {sizes.resolution} px, {n} images x {len(transforms)}, " \
+        f"batch {bs}"
     rows = []
     for name, label in (("batched", "TTA batched (tta_predict_each)"),
                         ("loop", "TTA per-augmentation loop"),

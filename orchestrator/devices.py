@@ -100,10 +100,16 @@ def gpu_memory_limit_for_fraction(fraction: float) -> int | None:
     """MB of the first GPU that a trial holding `fraction` of it may use (None: whole GPU).
 
     Ray schedules fractional GPUs but does not enforce them; the trial caps TensorFlow instead.
-    The card's size comes from nvidia-smi, which every NVIDIA driver installs.
     """
     if not 0.0 < fraction < 1.0:
         return None
+    total_mb = gpu_total_memory_mb()
+    return None if total_mb is None else max(1, int(total_mb * fraction))
+
+
+def gpu_total_memory_mb() -> int | None:
+    """The first GPU's memory in MB, from nvidia-smi (which every NVIDIA driver installs);
+    None without one."""
     import shutil
     import subprocess
 
@@ -113,7 +119,6 @@ def gpu_memory_limit_for_fraction(fraction: float) -> int | None:
     out = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
                          capture_output=True, text=True, timeout=20, check=False)
     try:
-        total_mb = int(out.stdout.split()[0])
+        return int(out.stdout.split()[0])
     except (IndexError, ValueError):
         return None
-    return max(1, int(total_mb * fraction))
