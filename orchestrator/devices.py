@@ -83,6 +83,8 @@ def _configure_gpu_memory(
     else:
         applied = "growth" if memory_growth else None
     for gpu in gpus:
+        if _already_configured(gpu, memory_growth, limit_mb):
+            continue  # a reused Ray actor's next trial: TF would refuse to set it again
         try:
             if limit_mb is not None:
                 tf.config.set_logical_device_configuration(
@@ -94,6 +96,14 @@ def _configure_gpu_memory(
             not_applied.append(f"GPU memory {applied} on {gpu.name}: {e}")
             applied = None
     return applied
+
+
+def _already_configured(gpu, memory_growth: bool, limit_mb: int | None) -> bool:
+    """Whether this process already holds exactly the requested GPU memory setting."""
+    if limit_mb is not None:
+        current = tf.config.get_logical_device_configuration(gpu) or []
+        return len(current) == 1 and current[0].memory_limit == limit_mb
+    return memory_growth and bool(tf.config.experimental.get_memory_growth(gpu))
 
 
 def gpu_memory_limit_for_fraction(fraction: float) -> int | None:

@@ -1,6 +1,7 @@
 """The sweep end to end on a real local Ray and a real SQLite MLflow store."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -158,6 +159,47 @@ def _session_ray_processes(session: int) -> set[int]:
         except (OSError, psutil.Error):
             continue
     return found
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "fresh"])
+def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, local_ray):
+    ray.init(num_cpus=2, include_dashboard=False)  # 2 CPUs a trial: one trial at a time
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_sweep("brain", profile="smoke", num_samples=3, cpus_per_trial=2, cv_folds=0,
+                       scheduler="fifo", storage_path=str(tmp_path / "runs"), tracking_uri=uri,
+                       reuse_actors=reuse, ensemble=False, log=lambda _: None)
+    assert list(result.leaderboard["status"]) == ["ok"] * 3
+    pids = set()
+    for results in Path(result.experiment_path).glob("*/result.json"):
+        rows = [json.loads(line) for line in results.read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1, 2]  # each trial from its own first epoch
+        pids |= {r["pid"] for r in rows}
+    assert len(pids) == (1 if reuse else 3)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    children = tracking.list_trial_runs(uri, client.get_run(result.parent_run_id).info
+                                        .experiment_id, result.parent_run_id)
+    assert len(children) == 3 and all(
+        c.data.tags[tracking.TAG_STATUS] == "completed" for c in children)
+
+
+def test_a_trial_starts_from_a_clean_keras_state():
+    import threading
+
+    import keras
+
+    from orchestrator.sweep.trainable import _fresh_keras
+
+    names = []
+
+    def trial():  # a reused actor runs each trial in the same process
+        keras.layers.Dense(2)
+        _fresh_keras()
+        names.append(keras.layers.Dense(2).name)
+
+    thread = threading.Thread(target=trial)
+    thread.start()
+    thread.join()
+    assert names == ["dense"]  # not dense_1: nothing of the previous model is left
 
 
 @pytest.mark.parametrize("storage, stop", [("local", signal.SIGINT), ("uri", signal.SIGINT),
