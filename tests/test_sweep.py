@@ -165,21 +165,23 @@ def _session_ray_processes(session: int) -> set[int]:
 def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, local_ray):
     ray.init(num_cpus=2, include_dashboard=False)  # 2 CPUs a trial: one trial at a time
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_sweep("brain", profile="smoke", num_samples=3, cpus_per_trial=2, cv_folds=0,
-                       scheduler="fifo", storage_path=str(tmp_path / "runs"), tracking_uri=uri,
+    # ASHA: a trial it stops leaves its process to the next one mid-way (the path that failed
+    # when Tune waited only 2 s for the stopped trial's thread)
+    result = run_sweep("brain", profile="smoke", num_samples=4, cpus_per_trial=2, cv_folds=0,
+                       storage_path=str(tmp_path / "runs"), tracking_uri=uri,
                        reuse_actors=reuse, ensemble=False, log=lambda _: None)
-    assert list(result.leaderboard["status"]) == ["ok"] * 3
+    assert list(result.leaderboard["status"]) == ["ok"] * 4
     pids = set()
     for results in Path(result.experiment_path).glob("*/result.json"):
         rows = [json.loads(line) for line in results.read_text().splitlines()]
-        assert [r["epoch"] for r in rows] == [1, 2]  # each trial from its own first epoch
+        assert [r["epoch"] for r in rows] in ([1], [1, 2])  # each from its own first epoch
         pids |= {r["pid"] for r in rows}
-    assert len(pids) == (1 if reuse else 3)
+    assert len(pids) == (1 if reuse else 4)
     client = mlflow.MlflowClient(tracking_uri=uri)
     children = tracking.list_trial_runs(uri, client.get_run(result.parent_run_id).info
                                         .experiment_id, result.parent_run_id)
-    assert len(children) == 3 and all(
-        c.data.tags[tracking.TAG_STATUS] == "completed" for c in children)
+    assert len(children) == 4 and all(c.data.tags[tracking.TAG_STATUS] in (
+        "completed", "stopped_early") for c in children)
 
 
 def test_a_trial_starts_from_a_clean_keras_state():

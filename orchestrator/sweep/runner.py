@@ -24,6 +24,11 @@ from orchestrator import tracking
 
 # Per-epoch checkpoints are the point; Tune's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+from orchestrator.sweep.state import WORKER_ENV  # noqa: E402
+
+# A local Ray started after this import (by the caller, or connect_ray) inherits them too.
+for _key, _value in WORKER_ENV.items():
+    os.environ.setdefault(_key, _value)
 from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402

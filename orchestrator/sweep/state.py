@@ -19,6 +19,11 @@ from orchestrator.errors import ConfigError
 SWEEP_STATE = "medsweep_sweep.json"  # beside Tune's own state: what a resumed sweep continues
 RECORDED_DATA = "recorded_data"  # the sweep's manifest, in its folder: what a resume reloads
 Log = Callable[[str], None]
+# Every Ray worker of a sweep gets these (Ray's runtime_env). A reused trial process
+# (`reuse_actors`) first waits for the last trial's thread to end; Tune's default wait, 2 s, is
+# shorter than a stopped Keras trial takes to unwind on a loaded CPU, and a wait that runs out
+# fails the next trial ("Trainable runner reuse requires reset_config()...").
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
 
 
 def storage_path(storage_path: str | None) -> str:
@@ -115,7 +120,8 @@ def connect_ray(address: str | None, log: Log) -> bool:
             raise ConfigError(f"Ray cluster at --address {address} does not answer ({err}); "
                               "start it with `ray start --head` or `ray up cluster.yaml`") from None
     ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
-             logging_level="WARNING", configure_logging=True)
+             logging_level="WARNING", configure_logging=True,
+             runtime_env={"env_vars": WORKER_ENV})
     sigterm_as_ctrl_c()
     resources = ray.cluster_resources()
     log(f"ray: {'connected to ' + address if address else 'local single-node'}; "
