@@ -3,7 +3,8 @@
     .venv/bin/python bench/tta.py [--backbone mobilenetv3small] [--resolution 96] [--images 256]
 
 One randomly initialised model (weights="none": speed does not depend on the weights) and N random
-uint8 images, 17-way TTA (aggressive17), the same --batch-size for every stage:
+uint8 images, 17-way TTA (aggressive17), the same --batch-size for every stage (default: what the
+scoring pool's actors use on this device, `orchestrator.tta.sizing.device_batch_size`):
 
 1. plain inference: `tta_predict` under the "none" policy (a compiled forward per batch), and
    `model.predict` for reference; the faster of the two is the baseline. Each is timed 17 times
@@ -39,6 +40,7 @@ os.environ["MEDSWEEP_OFFLINE"] = "1"  # weights="none" never downloads; make sur
 import cv2  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from orchestrator.devices import gpu_total_memory_mb  # noqa: E402
 from orchestrator.models import build_model  # noqa: E402
 from orchestrator.tta.policies import NamedTransform, get_policy  # noqa: E402
 from orchestrator.tta.predict import (  # noqa: E402
@@ -47,6 +49,7 @@ from orchestrator.tta.predict import (  # noqa: E402
     tta_predict,
     tta_predict_each,
 )
+from orchestrator.tta.sizing import device_batch_size  # noqa: E402
 
 FLOORS = {"efficiency": 0.90, "vs_per_augmentation": 1.5, "vs_per_image": 20.0}
 
@@ -107,10 +110,11 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenetv3small")
     parser.add_argument("--resolution", type=int, default=96)
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, help="model inputs per pass (default: the "
+                        "scoring pool's size for this device)")
     parser.add_argument("--per-image", type=int, default=4,
                         help="images timed in the per-image loop (extrapolated to --images)")
-    parser.add_argument("--pass-sizes", default="136",
+    parser.add_argument("--pass-sizes", default="32",
                         help="other batch sizes to time plain and TTA inference at ('' for none)")
     parser.add_argument("--repeat", type=int, default=3, help="best of this many rounds")
     args = parser.parse_args()
@@ -123,10 +127,12 @@ def main() -> None:
     subset = images[:args.per_image]
     transforms = get_policy("aggressive17")
     plain = get_policy("none")
-    n, t_count, bs = args.images, len(transforms), args.batch_size
+    gpu_mb = gpu_total_memory_mb() if tf.config.list_physical_devices("GPU") else None
+    device_size = device_batch_size(gpu_mb, args.resolution, len(transforms))
+    n, t_count, bs = args.images, len(transforms), args.batch_size or device_size
     step = images_per_pass(bs, t_count)
     make_variants = tf.function(lambda x: apply_transforms(x, transforms))
-    sizes = [bs, *(int(s) for s in args.pass_sizes.split(",") if s.strip())]
+    sizes = list(dict.fromkeys([bs, *(int(s) for s in args.pass_sizes.split(",") if s.strip())]))
 
     stages = {
         "predict": lambda: [model.predict(floats, batch_size=bs, verbose=0)
@@ -160,6 +166,10 @@ def main() -> None:
     print(f"model: {args.backbone} at {args.resolution} px; {n} images, {t_count} transforms, "
           f"batch_size {bs} ({step} images = {step * t_count} inputs per TTA pass); "
           f"best of {args.repeat} rounds, {wall:.0f} s in all")
+    device = f"GPU, {gpu_mb} MB" if gpu_mb else "CPU"
+    print(f"the scoring pool's pass on this device ({device}): "
+          f"batch_size {device_size} = {images_per_pass(device_size, t_count)} images "
+          f"(orchestrator.tta.sizing.device_batch_size)")
     print()
     rows = [
         ("1  plain, compiled forward (tta_predict, policy none)", t_plain, 1),

@@ -83,6 +83,8 @@ def _configure_gpu_memory(
     else:
         applied = "growth" if memory_growth else None
     for gpu in gpus:
+        if _already_configured(gpu, memory_growth, limit_mb):
+            continue  # a reused Ray actor's next trial: TF would refuse to set it again
         try:
             if limit_mb is not None:
                 tf.config.set_logical_device_configuration(
@@ -96,14 +98,28 @@ def _configure_gpu_memory(
     return applied
 
 
+def _already_configured(gpu, memory_growth: bool, limit_mb: int | None) -> bool:
+    """Whether this process already holds exactly the requested GPU memory setting."""
+    if limit_mb is not None:
+        current = tf.config.get_logical_device_configuration(gpu) or []
+        return len(current) == 1 and current[0].memory_limit == limit_mb
+    return memory_growth and bool(tf.config.experimental.get_memory_growth(gpu))
+
+
 def gpu_memory_limit_for_fraction(fraction: float) -> int | None:
     """MB of the first GPU that a trial holding `fraction` of it may use (None: whole GPU).
 
     Ray schedules fractional GPUs but does not enforce them; the trial caps TensorFlow instead.
-    The card's size comes from nvidia-smi, which every NVIDIA driver installs.
     """
     if not 0.0 < fraction < 1.0:
         return None
+    total_mb = gpu_total_memory_mb()
+    return None if total_mb is None else max(1, int(total_mb * fraction))
+
+
+def gpu_total_memory_mb() -> int | None:
+    """The first GPU's memory in MB, from nvidia-smi (which every NVIDIA driver installs);
+    None without one."""
     import shutil
     import subprocess
 
@@ -113,7 +129,6 @@ def gpu_memory_limit_for_fraction(fraction: float) -> int | None:
     out = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
                          capture_output=True, text=True, timeout=20, check=False)
     try:
-        total_mb = int(out.stdout.split()[0])
+        return int(out.stdout.split()[0])
     except (IndexError, ValueError):
         return None
-    return max(1, int(total_mb * fraction))

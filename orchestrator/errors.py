@@ -19,7 +19,8 @@ class WeightsUnavailable(MedSweepError):
 
 
 class SweepInterrupted(MedSweepError):
-    """Ctrl+C (SIGINT) stopped a sweep; Tune saved its state, so `--resume` continues it."""
+    """Ctrl+C (SIGINT) or SIGTERM stopped a sweep; Tune saved its state, so `--resume` continues
+    it."""
 
 
 class InjectedFault(RuntimeError):

@@ -29,6 +29,7 @@ LIGHT = (
     "orchestrator.augmentations",
     "orchestrator.train.artifacts",
     "orchestrator.tta.policies",
+    "orchestrator.tta.sizing",
     "orchestrator.ensemble.selection",
     "orchestrator.ensemble.choice",
     "orchestrator.clinical.bootstrap",

@@ -1,6 +1,7 @@
 """The sweep end to end on a real local Ray and a real SQLite MLflow store."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -155,26 +156,117 @@ def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path,
     assert children[0].data.tags[tracking.TAG_STATUS] == "completed"
 
 
-@pytest.mark.parametrize("storage", ["local", "uri"])
-def test_an_interrupted_sweep_resumes_without_duplicate_runs(storage, tmp_path):
-    # "uri": --storage-path file:///..., which goes through pyarrow.fs as s3:// does
+def _ray_processes(pids: set[int]) -> list[str]:
+    """Those of `pids` still alive as Ray processes (cmdline `ray::...`), described."""
+    import psutil  # Ray's own copy, importable once ray is
+
+    alive = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            line = " ".join(process.cmdline())
+            if process.status() != psutil.STATUS_ZOMBIE and line.startswith("ray::"):
+                alive.append(f"{pid} {line[:60]}")
+        except psutil.Error:
+            continue
+    return alive
+
+
+def _session_ray_processes(session: int) -> set[int]:
+    """Every `ray::` process in that session, whoever its parent is now (orphans included)."""
+    import psutil
+
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getsid(process.pid) == session and " ".join(
+                    process.info["cmdline"] or []).startswith("ray::"):
+                found.add(process.pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "fresh"])
+def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, local_ray):
+    ray.init(num_cpus=2, include_dashboard=False)  # 2 CPUs a trial: one trial at a time
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # ASHA: a trial it stops leaves its process to the next one mid-way (the path that failed
+    # when Tune waited only 2 s for the stopped trial's thread)
+    result = run_sweep("brain", profile="smoke", num_samples=4, cpus_per_trial=2, cv_folds=0,
+                       storage_path=str(tmp_path / "runs"), tracking_uri=uri,
+                       reuse_actors=reuse, ensemble=False, log=lambda _: None)
+    assert list(result.leaderboard["status"]) == ["ok"] * 4
+    pids = set()
+    for results in Path(result.experiment_path).glob("*/result.json"):
+        rows = [json.loads(line) for line in results.read_text().splitlines()]
+        assert [r["epoch"] for r in rows] in ([1], [1, 2])  # each from its own first epoch
+        pids |= {r["pid"] for r in rows}
+    assert len(pids) == (1 if reuse else 4)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    children = tracking.list_trial_runs(uri, client.get_run(result.parent_run_id).info
+                                        .experiment_id, result.parent_run_id)
+    assert len(children) == 4 and all(c.data.tags[tracking.TAG_STATUS] in (
+        "completed", "stopped_early") for c in children)
+
+
+def test_a_trial_starts_from_a_clean_keras_state():
+    import threading
+
+    import keras
+
+    from orchestrator.sweep.trainable import _fresh_keras
+
+    names = []
+
+    def trial():  # a reused actor runs each trial in the same process
+        keras.layers.Dense(2)
+        _fresh_keras()
+        names.append(keras.layers.Dense(2).name)
+
+    thread = threading.Thread(target=trial)
+    thread.start()
+    thread.join()
+    assert names == ["dense"]  # not dense_1: nothing of the previous model is left
+
+
+@pytest.mark.parametrize("storage, stop", [("local", signal.SIGINT), ("uri", signal.SIGINT),
+                                           ("local", signal.SIGTERM)],
+                         ids=["local-SIGINT", "uri-SIGINT", "local-SIGTERM"])
+def test_an_interrupted_sweep_resumes_without_duplicate_runs(storage, stop, tmp_path):
+    # "uri": --storage-path file:///..., which goes through pyarrow.fs as s3:// does.
+    # SIGTERM (timeout, kill, a batch scheduler) must do what Ctrl+C does.
+    import psutil
+
     args = ["brain", "--profile", "smoke", "--max-epochs", "24", "--num-samples", "2",
             "--no-ensemble", "--cv-folds", "0"]
     checkpoints = tmp_path / "runs"  # the default --storage-path, runs/sweeps
     if storage == "uri":
         checkpoints = tmp_path / "remote-storage"
         args += ["--storage-path", checkpoints.as_uri()]
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    out_file, err_file = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out_file.open("w") as out, err_file.open("w") as err:  # pipes could fill and block it
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args],
+                                cwd=tmp_path, env=_env(), stdout=out, stderr=err,
+                                start_new_session=True)
+    seen: set[int] = set()  # every process the driver started, workers included
     deadline = time.time() + 300
     while time.time() < deadline and not list(checkpoints.rglob("checkpoint_000003")):
+        seen |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 130, out[-3000:]
-    assert "--resume" in out
+    seen |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+    assert _ray_processes(seen), "no Ray worker was seen: nothing to check below"
+    proc.send_signal(stop)
+    proc.wait(timeout=180)
+    out, err = out_file.read_text(), err_file.read_text()
+    assert proc.returncode == 130, (out + err)[-3000:]
+    (message,) = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert "--resume" in message and "Traceback" not in err
+    deadline = time.time() + 20  # a worker may take a moment to notice its raylet is gone
+    while time.time() < deadline and _ray_processes(seen | _session_ray_processes(proc.pid)):
+        time.sleep(0.5)
+    assert not _ray_processes(seen | _session_ray_processes(proc.pid))
     (state,) = checkpoints.rglob(SWEEP_STATE)
     resumed = _sweep_cli(tmp_path, *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

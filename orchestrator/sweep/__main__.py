@@ -15,6 +15,7 @@ import pandas as pd
 
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
+from orchestrator.sweep.state import disconnect_ray
 from tasks import task_names
 
 
@@ -108,12 +109,18 @@ def main(argv: list[str] | None = None) -> int:
                            tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
                            scheduler=args.scheduler, ensemble=not args.no_ensemble,
                            weights_dir=args.weights_dir)
-    except SweepInterrupted as err:
+    except SweepInterrupted as err:  # Ctrl+C or SIGTERM while trials ran: Tune saved them
         print(f"interrupted: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the trials started, or after they all finished
+        print("interrupted (Ctrl+C or SIGTERM) outside the trials; any sweep state already "
+              "written stays as it was", file=sys.stderr)
         return 130
     except MedSweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        disconnect_ray()
     _print_summary(result, time.perf_counter() - started)
     return 0
 

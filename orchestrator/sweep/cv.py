@@ -48,7 +48,7 @@ def finalists(grid: tune.ResultGrid, metric: str, mode: str,
 
 def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: SweepContext,
                    manifest: Path, storage: str, name: str, resources: dict,
-                   restore: str | None, log: Log) -> pd.DataFrame:
+                   restore: str | None, log: Log, reuse_actors: bool = True) -> pd.DataFrame:
     """Run (or, with `restore`, continue) the N x K fold trials; their runs' statuses as a table.
 
     Raises SweepInterrupted when Ctrl+C stopped it: `--resume` continues here."""
@@ -69,7 +69,8 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
             param_space={"finalist": tune.grid_search(list(range(len(chosen)))),
                          "cv_fold": tune.grid_search(list(range(folds)))},
             tune_config=tune.TuneConfig(metric=context.metric, mode=context.mode,
-                                        num_samples=1, scheduler=FIFOScheduler()),
+                                        num_samples=1, scheduler=FIFOScheduler(),
+                                        reuse_actors=reuse_actors),
             run_config=tune.RunConfig(
                 name=name + CV_SUFFIX, storage_path=storage,
                 callbacks=[TrialTracker(cv_context)],

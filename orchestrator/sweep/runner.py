@@ -24,6 +24,11 @@ from orchestrator import tracking
 
 # Per-epoch checkpoints are the point; Tune's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+from orchestrator.sweep.state import WORKER_ENV  # noqa: E402
+
+# A local Ray started after this import (by the caller, or connect_ray) inherits them too.
+for _key, _value in WORKER_ENV.items():
+    os.environ.setdefault(_key, _value)
 from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
@@ -82,6 +87,7 @@ def run_sweep(
     ensemble: bool = True,
     space_overrides: dict | None = None,
     weights_dir: str | os.PathLike | None = None,
+    reuse_actors: bool = True,
     log: Log = print,
 ) -> SweepResult:
     """Run (or resume) one sweep and return its leaderboard; see `--help` for each argument.
@@ -90,6 +96,9 @@ def run_sweep(
     choice (`--set backbone=resnet50`, `--set 'resolution=[128,224]'`; tests inject faults so).
     `weights_dir` (else $MEDSWEEP_WEIGHTS_DIR read here, on the driver) becomes the constant
     `weights_dir` of every trial: workers on other nodes do not inherit the driver's environment.
+    `reuse_actors`: a trial's process (Python, TensorFlow, the data) serves the next trial of
+    the same resources instead of a fresh one being started (False: one process per trial, the
+    baseline `bench/sweep_efficiency.py` compares against).
 
     Every name and value (task, profile, scheduler, each override, the profile's whole space) is
     checked here, on the driver, before Ray starts: a typo fails in a second with the valid names,
@@ -118,7 +127,8 @@ def run_sweep(
                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                          cv_folds=cv_folds, cv_top=cv_top, storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
                          space_overrides=space_overrides or {}, scheduler=scheduler,
-                         build_ensemble=ensemble, cluster_can_grow=can_grow, log=log)
+                         build_ensemble=ensemble, cluster_can_grow=can_grow,
+                         reuse_actors=reuse_actors, log=log)
     return runner.resume(previous) if previous else runner.start()
 
 
@@ -144,7 +154,7 @@ class SweepRunner:
                  cv_folds: int | None, cv_top: int | None, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
                  scheduler: str, build_ensemble: bool, log: Log,
-                 cluster_can_grow: bool = False) -> None:
+                 cluster_can_grow: bool = False, reuse_actors: bool = True) -> None:
         name = profile or choose_profile(ray.cluster_resources())
         self.profile = with_overrides(get_profile(task, name), num_samples=num_samples,
                                       max_epochs=max_epochs, cpus_per_trial=cpus_per_trial,
@@ -160,6 +170,7 @@ class SweepRunner:
         check_space(self._space(), f"profile {self.profile.name} with --set")
         self.scheduler = scheduler
         self.build_ensemble = build_ensemble
+        self.reuse_actors = reuse_actors
         self.data_facts: dict[str, int] = {}
         self.manifest: Path | None = None  # the recorded split, once the data are prepared
 
@@ -209,7 +220,7 @@ class SweepRunner:
                 metric=self.metric, mode=self.task_record.mode,
                 num_samples=self.profile.num_samples,
                 search_alg=BasicVariantGenerator(random_state=self.seed),
-                scheduler=self._scheduler()),
+                scheduler=self._scheduler(), reuse_actors=self.reuse_actors),
             run_config=tune.RunConfig(
                 name=name, storage_path=self.storage, callbacks=[TrialTracker(context)],
                 checkpoint_config=tune.CheckpointConfig(
@@ -354,7 +365,8 @@ class SweepRunner:
                 storage=self.storage, name=state["name"],
                 resources={"cpu": self.profile.cpus_per_trial,
                            "gpu": self.profile.gpus_per_trial},
-                restore=path + CV_SUFFIX if state.get("cv_started") else None, log=self.log)
+                restore=path + CV_SUFFIX if state.get("cv_started") else None,
+                reuse_actors=self.reuse_actors, log=self.log)
         except SweepInterrupted as err:
             tracking.finish_run(self.uri, context.parent_run_id, "KILLED")
             raise SweepInterrupted(

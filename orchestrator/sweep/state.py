@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -17,6 +19,11 @@ from orchestrator.errors import ConfigError
 SWEEP_STATE = "medsweep_sweep.json"  # beside Tune's own state: what a resumed sweep continues
 RECORDED_DATA = "recorded_data"  # the sweep's manifest, in its folder: what a resume reloads
 Log = Callable[[str], None]
+# Every Ray worker of a sweep gets these (Ray's runtime_env). A reused trial process
+# (`reuse_actors`) first waits for the last trial's thread to end; Tune's default wait, 2 s, is
+# shorter than a stopped Keras trial takes to unwind on a loaded CPU, and a wait that runs out
+# fails the next trial ("Trainable runner reuse requires reset_config()...").
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
 
 
 def storage_path(storage_path: str | None) -> str:
@@ -113,11 +120,41 @@ def connect_ray(address: str | None, log: Log) -> bool:
             raise ConfigError(f"Ray cluster at --address {address} does not answer ({err}); "
                               "start it with `ray start --head` or `ray up cluster.yaml`") from None
     ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
-             logging_level="WARNING", configure_logging=True)
+             logging_level="WARNING", configure_logging=True,
+             runtime_env={"env_vars": WORKER_ENV})
+    sigterm_as_ctrl_c()
     resources = ray.cluster_resources()
     log(f"ray: {'connected to ' + address if address else 'local single-node'}; "
         f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
     return bool(address) and address != "local"
+
+
+def sigterm_as_ctrl_c() -> None:
+    """Make SIGTERM (`timeout`, `kill`, a batch scheduler) do what Ctrl+C does: Tune saves the
+    sweep's state and stops its trials, the CLI says how to resume, Ray shuts down.
+
+    `ray.init` replaces the process's SIGTERM handler (its core worker aborts the driver on one,
+    leaving nothing to resume), so this is called after it. Only the main thread may set one."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _as_ctrl_c)
+
+
+def _as_ctrl_c(signum, frame) -> None:
+    """Whatever SIGINT does now: Tune's handler while a Tuner runs (a graceful stop, then its
+    own handler restored, so a second signal interrupts at once), else KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIG_IGN or SIG_DFL: a termination request still ends the sweep
+        raise KeyboardInterrupt
+
+
+def disconnect_ray() -> None:
+    """Shut down this driver's Ray (a local one stops with its workers), if it started one."""
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
 
 
 def save_recorded_data(sweep: str, files: dict[str, Path]) -> None:

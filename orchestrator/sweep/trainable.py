@@ -76,6 +76,7 @@ def run_tune_trial(config: dict, datasets: dict[int, TrialData], context: SweepC
 
 
 def _train_reporting(cfg: TrialConfig, data: TrialData) -> None:
+    _fresh_keras()
     trial = tune.get_context()
     node = ray.get_runtime_context().get_node_id()
 
@@ -90,6 +91,16 @@ def _train_reporting(cfg: TrialConfig, data: TrialData) -> None:
         return
     with checkpoint.as_directory() as resume_from:
         train_trial(cfg, data, output_dir=output_dir, report=report, resume_from=resume_from)
+
+
+def _fresh_keras() -> None:
+    """A reused actor (`reuse_actors`) runs trial after trial in one process: each starts from
+    a clean Keras state (no graph, layer-name counters or cached functions of the last one).
+    TensorFlow's threads and GPU memory cap were fixed by the first trial; every later one asks
+    for the same, since Tune reuses an actor only for trials with the same resources."""
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
 
 
 def run_cv_trial(config: dict, folded: dict[int, FoldedData], context: SweepContext) -> None:

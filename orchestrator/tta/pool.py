@@ -52,18 +52,22 @@ class Scored:
 class InferenceWorker:
     """Holds TensorFlow in its own process; one model loaded per call, then dropped."""
 
-    def __init__(self, cpu_threads: int) -> None:
-        from orchestrator.devices import configure_devices
+    def __init__(self, cpu_threads: int, gpu_share: float = 0.0) -> None:
+        from orchestrator.devices import configure_devices, gpu_total_memory_mb
 
-        configure_devices(cpu_threads=cpu_threads, mixed_precision="off")
+        devices = configure_devices(cpu_threads=cpu_threads, mixed_precision="off")
+        total = gpu_total_memory_mb() if devices["gpus"] and gpu_share > 0 else None
+        self.gpu_memory_mb = total * min(gpu_share, 1.0) if total else None  # None: CPU
         self.node = ray.get_runtime_context().get_node_id()
 
     def score(self, candidate: Candidate, model_copy: list | None, images: np.ndarray,
-              transforms: tuple, batch_size: int) -> Scored:
-        """`model_copy`: [ObjectRef of the file's bytes], or None to read the checkpoint."""
+              transforms: tuple, batch_size: int | None) -> Scored:
+        """`model_copy`: [ObjectRef of the file's bytes], or None to read the checkpoint.
+        `batch_size` None: model inputs per pass sized for this actor's device."""
         import keras
 
         from orchestrator.tta.predict import tta_predict_each
+        from orchestrator.tta.sizing import device_batch_size
 
         try:
             model, source = self._load(candidate, model_copy)
@@ -71,6 +75,8 @@ class InferenceWorker:
             where = candidate.checkpoint if model_copy is None and candidate.checkpoint \
                 else candidate.model_path
             return Scored(candidate.name, None, f"cannot load {where}: {err}", self.node)
+        batch_size = batch_size or device_batch_size(self.gpu_memory_mb, images.shape[1],
+                                                     len(transforms))
         probs = tta_predict_each(model, images, transforms, batch_size=batch_size)
         keras.backend.clear_session()
         return Scored(candidate.name, np.asarray(probs, dtype=np.float32), node=self.node,
@@ -117,10 +123,13 @@ class ScoringPool:
     """
 
     def __init__(self, size: int, *, cpus_per_actor: float = 1, gpus_per_actor: float = 0,
-                 batch_size: int = 32, log: Log = print) -> None:
+                 batch_size: int | None = None, log: Log = print) -> None:
+        """`batch_size`: model inputs per TTA pass; None: each actor sizes it for its device
+        (`sizing.device_batch_size`: about 128 on CPU, what fits on a GPU)."""
         remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
                             scheduling_strategy="SPREAD")(InferenceWorker)
-        self.workers = [remote.remote(max(1, int(cpus_per_actor))) for _ in range(size)]
+        self.workers = [remote.remote(max(1, int(cpus_per_actor)), gpus_per_actor)
+                        for _ in range(size)]
         self.batch_size, self.log = batch_size, log
 
     def __enter__(self) -> "ScoringPool":
