@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
 
 import pandas as pd
 
+from orchestrator import console
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
 from orchestrator.sweep.state import disconnect_ray
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="replace one key of the profile's search space (repeatable): "
                    "--set backbone=resnet50 fixes it, --set 'resolution=[128,224]' makes it a "
                    "choice; VALUE is read as JSON, else as a string. Checked before Ray starts")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's C++ start-up "
+                   "lines, Python warnings and Ray's checkpoint lines, in the driver and every "
+                   "worker (off by default)")
     return p
 
 
@@ -93,6 +98,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.verbose:
+        os.environ[console.VERBOSE_ENV] = "1"  # read by this process and, via Ray, every worker
+    console.quiet_process()
     started = time.perf_counter()
     try:
         overrides = parse_overrides(args.overrides)

@@ -19,7 +19,8 @@ from orchestrator import tracking
 from orchestrator.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
 from orchestrator.sweep.state import Log
-from orchestrator.sweep.trainable import SweepContext, TrialTracker, run_cv_trial
+from orchestrator.sweep.trainable import (ProgressTable, SweepContext, TrialTracker,
+                                          run_cv_trial)
 from orchestrator.train.trial import load_folded_data
 
 CV_SUFFIX = "-cv"  # the stage's Tune experiment: beside the search's, its name plus this
@@ -75,7 +76,8 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
                 name=name + CV_SUFFIX, storage_path=storage,
                 callbacks=[TrialTracker(cv_context)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=2), verbose=1))
+                failure_config=tune.FailureConfig(max_failures=2), verbose=1,
+                progress_reporter=ProgressTable(context.metric, ["finalist", "cv_fold"])))
     grid = tuner.fit()
     runs = tracking.list_trial_runs(context.tracking_uri, context.experiment_id,
                                     context.parent_run_id, kind=tracking.KIND_CV_TRIAL)

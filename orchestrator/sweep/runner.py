@@ -29,6 +29,9 @@ from orchestrator.sweep.state import WORKER_ENV  # noqa: E402
 # A local Ray started after this import (by the caller, or connect_ray) inherits them too.
 for _key, _value in WORKER_ENV.items():
     os.environ.setdefault(_key, _value)
+# Tune's classic console table: the newer engine ignores a progress_reporter and shows columns
+# of its own choosing (trainable.ProgressTable says which ones this one shows).
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
@@ -41,7 +44,7 @@ from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noq
 from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists  # noqa: E402
 from orchestrator.sweep.trainable import (SweepContext, TrialTracker,  # noqa: E402
-                                          run_tune_trial)
+                                          ProgressTable, run_tune_trial)
 from orchestrator.train.artifacts import TrialData  # noqa: E402
 from orchestrator.train.trial import load_trial_data  # noqa: E402
 from search_spaces import (check_space, choose_profile, discrete_values,  # noqa: E402
@@ -226,7 +229,9 @@ class SweepRunner:
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute=self.metric,
                     checkpoint_score_order=self.task_record.mode),
-                failure_config=tune.FailureConfig(max_failures=2), verbose=1))
+                failure_config=tune.FailureConfig(max_failures=2), verbose=1,
+                progress_reporter=ProgressTable(
+                    self.metric, [k for k, v in space.items() if is_dimension(v)])))
         write_sweep_state(path, state)
         save_recorded_data(path, records)
         return self._fit(tuner, context, path)
@@ -377,6 +382,9 @@ class SweepRunner:
     def _ensemble(self, context: SweepContext):
         """The final ensemble is part of every sweep; its failure is reported, not fatal: the
         trials stay in MLflow and `python -m orchestrator.ensemble` can redo it."""
+        from orchestrator import console
+
+        console.import_tensorflow()  # the driver's first TensorFlow, quietly unless --verbose
         from orchestrator.ensemble.build import build_ensemble
 
         try:

@@ -119,9 +119,13 @@ def connect_ray(address: str | None, log: Log) -> bool:
         except (OSError, ValueError) as err:
             raise ConfigError(f"Ray cluster at --address {address} does not answer ({err}); "
                               "start it with `ray start --head` or `ray up cluster.yaml`") from None
+    from orchestrator import console
+
+    # every worker, on any node, starts with the driver's console settings (TensorFlow's C++
+    # logging and Python warnings off unless --verbose)
     ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
              logging_level="WARNING", configure_logging=True,
-             runtime_env={"env_vars": WORKER_ENV})
+             runtime_env={"env_vars": {**WORKER_ENV, **console.worker_env()}})
     sigterm_as_ctrl_c()
     resources = ray.cluster_resources()
     log(f"ray: {'connected to ' + address if address else 'local single-node'}; "

@@ -9,15 +9,17 @@ node's loopback: GPU workers never need to reach it, nor hold its credentials.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import ray
 from ray import tune
+from ray.tune import CLIReporter
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from orchestrator import tracking
+from orchestrator import console, tracking
 from orchestrator.config import TrialConfig
 from orchestrator.sweep.records import short_trial_name, trial_run_name
 from orchestrator.train.artifacts import (CHECKPOINT_FILES, STATE, EpochReport, FoldedData,
@@ -76,6 +78,8 @@ def run_tune_trial(config: dict, datasets: dict[int, TrialData], context: SweepC
 
 
 def _train_reporting(cfg: TrialConfig, data: TrialData) -> None:
+    console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
+    console.quiet_process()
     _fresh_keras()
     trial = tune.get_context()
     node = ray.get_runtime_context().get_node_id()
@@ -87,10 +91,11 @@ def _train_reporting(cfg: TrialConfig, data: TrialData) -> None:
     output_dir = Path(trial.get_trial_dir()) / "trial"
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        train_trial(cfg, data, output_dir=output_dir, report=report)
+        train_trial(cfg, data, output_dir=output_dir, report=report, log=console.trial_log)
         return
     with checkpoint.as_directory() as resume_from:
-        train_trial(cfg, data, output_dir=output_dir, report=report, resume_from=resume_from)
+        train_trial(cfg, data, output_dir=output_dir, report=report, resume_from=resume_from,
+                    log=console.trial_log)
 
 
 def _fresh_keras() -> None:
@@ -107,6 +112,61 @@ def run_cv_trial(config: dict, folded: dict[int, FoldedData], context: SweepCont
     """One cross-validation trial: a finalist retrained on every fold but one, predicting it."""
     cfg = trial_config(config, context)
     _train_reporting(cfg, folded[cfg.resolution].trial_data(cfg.cv_fold))
+
+
+class ProgressTable(CLIReporter):
+    """Tune's console output for a sweep: while it runs, one line when trials have started or
+    ended since the last one (at most every `every` s): trials per state and the best so far;
+    at the end, Tune's table of every trial's searched values, task metric (best first) and
+    epoch, nothing else. Tune passes the TuneConfig's metric and mode. The runner sets
+    `RAY_AIR_NEW_OUTPUT=0`: Tune's newer output engine ignores a reporter."""
+
+    def __init__(self, metric: str, parameters: list[str], every: float = 60.0) -> None:
+        super().__init__(metric_columns={metric: metric, "epoch": "epoch"},
+                         parameter_columns=parameters, sort_by_metric=True,
+                         max_progress_rows=12, print_intermediate_tables=True)
+        # own names: CLIReporter keeps Tune's metric and mode in _metric and _mode
+        self._line_metric, self._line_parameters, self._every = metric, parameters, every
+        self._maximise = True
+        self._printed_at, self._printed_states = float("-inf"), ()
+
+    def set_search_properties(self, metric: str | None, mode: str | None) -> bool:
+        self._maximise = mode != "min"
+        return super().set_search_properties(metric, mode)
+
+    def should_report(self, trials, done: bool = False) -> bool:
+        states = tuple(sorted(t.status for t in trials))
+        due = time.monotonic() - self._printed_at >= self._every
+        if done or (due and states != self._printed_states):
+            self._printed_at, self._printed_states = time.monotonic(), states
+            return True
+        return False
+
+    def report(self, trials, done: bool, *sys_info: str) -> None:
+        if done:
+            super().report(trials, done, *sys_info)
+        else:
+            print(status_line(trials, self._line_metric, self._maximise,
+                              self._line_parameters), flush=True)
+
+
+def status_line(trials, metric: str, maximise: bool, parameters: list[str]) -> str:
+    """"trials: 2 RUNNING, 5 PENDING, 1 TERMINATED; best so far <id> (<params>) <metric> 0.806"."""
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.status] = counts.get(trial.status, 0) + 1
+    line = "trials: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+    scored = [t for t in trials if isinstance((t.last_result or {}).get(metric), (int, float))]
+    if scored:
+        best = (max if maximise else min)(scored, key=lambda t: t.last_result[metric])
+        values = ", ".join(f"{k}={_short_value(best.config.get(k))}" for k in parameters)
+        line += (f"; best so far {best.trial_id} ({values}) {metric} "
+                 f"{best.last_result[metric]:.3f} at epoch {best.last_result.get('epoch', '?')}")
+    return line
+
+
+def _short_value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def epoch_metrics(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,9 @@ class InferenceWorker:
     """Holds TensorFlow in its own process; one model loaded per call, then dropped."""
 
     def __init__(self, cpu_threads: int, gpu_share: float = 0.0) -> None:
+        from orchestrator import console
+
+        console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
         from orchestrator.devices import configure_devices, gpu_total_memory_mb
 
         devices = configure_devices(cpu_threads=cpu_threads, mixed_precision="off")
@@ -156,9 +159,16 @@ class ScoringPool:
         for scored in ActorPool(self.workers).map_unordered(submit, list(candidates)):
             out[scored.name] = scored
             self.log(f"scored {scored.name} on node {scored.node[:8]}"
-                     + (f" from {scored.source}" if scored.source else "")
+                     + (f" from {_short(scored.source)}" if scored.source else "")
                      + (f": SKIPPED ({scored.error})" if scored.error else ""))
         return out
+
+
+def _short(source: str) -> str:
+    """Where a model came from, for the console: the checkpoint's path only when verbose."""
+    from orchestrator.console import verbose
+
+    return source if verbose() or not source.startswith("checkpoint ") else "its checkpoint"
 
 
 def pool_size(candidates: int, actors: int | None, cpus_per_actor: float) -> int:

@@ -1,0 +1,94 @@
+"""What a sweep's console shows: its own lines, Tune's table, the results. TensorFlow's C++
+start-up lines (oneDNN, CUDA probing), Python warnings, MLflow's and Ray Train's INFO lines
+(checkpoint paths) and each trial's per-epoch lines are off unless `--verbose`
+(MEDSWEEP_VERBOSE=1), in the driver and in every Ray worker.
+
+Read lazily from the environment (MEDSWEEP_VERBOSE), so a worker on another node follows the
+driver once `connect_ray` has put `worker_env()` in Ray's runtime_env. No TensorFlow, Ray or
+MLflow import at module level.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from typing import Iterator
+
+VERBOSE_ENV = "MEDSWEEP_VERBOSE"
+# TF_CPP_MIN_LOG_LEVEL 3: no C++ INFO/WARNING/ERROR lines once TensorFlow has read it; the lines
+# absl prints while the library loads (before it reads anything) are hidden by
+# import_tensorflow.
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+# Ray Train's storage module logs "Checkpoint successfully created at: <path>" at INFO; MLflow
+# logs its database set-up at INFO. Their warnings and errors still show.
+QUIET_LOGGERS = ("ray.train", "mlflow")
+# TensorFlow's Python-side warnings (tf.function retracing notices) as well; its errors still show.
+QUIET_ERRORS_ONLY = ("tensorflow",)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "0") == "1"
+
+
+def worker_env(is_verbose: bool | None = None) -> dict[str, str]:
+    """Environment variables for Ray's runtime_env: every worker, on any node, as the driver."""
+    is_verbose = verbose() if is_verbose is None else is_verbose
+    return {VERBOSE_ENV: "1"} if is_verbose else {VERBOSE_ENV: "0", **QUIET_ENV}
+
+
+def quiet_process() -> None:
+    """Apply the console settings to this process (the driver, or a trial's worker), as the
+    workers get them: --verbose is the one switch. Harmless to call again."""
+    if verbose():
+        return
+    os.environ.update(QUIET_ENV)
+    warnings.filterwarnings("ignore")
+    # Some imports reset the warning filters (mlflow.pyfunc's chain does); what shows a warning
+    # stays replaced.
+    warnings.showwarning = _drop_warning
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in QUIET_ERRORS_ONLY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def trial_log(line: str) -> None:
+    """A trial's own lines: its per-epoch and per-phase lines only when verbose (Tune's table
+    shows each trial's metric and epoch, MLflow every curve); warnings, resumes and early stops
+    always."""
+    if verbose() or not line.startswith(("epoch ", "phase ")):
+        print(line, flush=True)
+
+
+def _drop_warning(*args, **kwargs) -> None:
+    """`warnings.showwarning` when quiet: nothing printed."""
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: C++ code writes there directly, below Python."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow (and Keras) once, without its C++ start-up lines unless verbose. An
+    import error is raised as usual, with its message: only the C++ logging is hidden."""
+    quiet_process()
+    if "tensorflow" in sys.modules:
+        return
+    context = contextlib.nullcontext() if verbose() else _stderr_silenced()
+    with context:
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # CUDA probing prints here, once
