@@ -250,7 +250,7 @@ def shared_gpu_sweep(sizes: Sizes, workdir: Path) -> Row:
                            storage_path=str(workdir / "sweeps"),
                            tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", log=lambda _: None)
     together = overlap_seconds(trial_intervals(result.experiment_path))
-    ok = (result.leaderboard["status"] == "ok").sum()
+    ok = (result.leaderboard["status"] == "completed").sum()
     problems = [f"{2 - ok} trial(s) failed"] if ok < 2 else []
     if together <= 0:
         problems.append("the two trials never ran at the same time")

@@ -72,6 +72,7 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
                       "--set", "dropout=0.3", "--set", "label_smoothing=[0.05]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MLflow parent run:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "then the runs table: http://127.0.0.1:5000/#/experiments/" in proc.stdout
     assert "Number of trials: 2/2 (2 TERMINATED)" in proc.stdout  # Tune's table, at the end
     client, parents, children = _store(tmp_path)
     assert len(parents) == 1
@@ -196,7 +197,7 @@ def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, loc
     result = run_sweep("brain", profile="smoke", num_samples=4, cpus_per_trial=2, cv_folds=0,
                        storage_path=str(tmp_path / "runs"), tracking_uri=uri,
                        reuse_actors=reuse, ensemble=False, log=lambda _: None)
-    assert list(result.leaderboard["status"]) == ["ok"] * 4
+    assert list(result.leaderboard["status"]) == ["completed"] * 4
     pids = set()
     for results in Path(result.experiment_path).glob("*/result.json"):
         rows = [json.loads(line) for line in results.read_text().splitlines()]

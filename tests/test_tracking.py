@@ -156,6 +156,10 @@ def test_ensure_experiment_is_idempotent_and_restores_a_deleted_one(store):
     # the description links it
     tags = client.get_experiment(other).tags
     assert f"(#/experiments/{other}?workflowType=machine_learning)" in tags["mlflow.note.content"]
+    assert T.runs_table_url(uri, other) == \
+        f"http://127.0.0.1:5000/#/experiments/{other}?workflowType=machine_learning"
+    assert T.runs_table_url("http://mlflow.internal:5000/", "7") == \
+        "http://mlflow.internal:5000/#/experiments/7?workflowType=machine_learning"
 
 
 # ------------------------------------------------------------------------------ sweep runs

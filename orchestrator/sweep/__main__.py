@@ -147,6 +147,8 @@ def _print_summary(result: SweepResult, seconds: float) -> None:
               f"{facts['duplicates_left_out']} copy(ies) left out (files in the parent run)")
     print(f"\nMLflow parent run: {result.parent_run_id}  (tracking URI {result.tracking_uri})")
     print(f"open the MLflow UI: {result.ui_command}")
+    if result.runs_url:
+        print(f"  then the runs table: {result.runs_url}")
     print(f"checkpoints: {result.experiment_path}")
     print("=" * 78)
     if result.ensemble is not None:

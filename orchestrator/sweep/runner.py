@@ -65,6 +65,7 @@ class SweepResult:
     mode: str
     leaderboard: pd.DataFrame  # one row per trial, best first
     ui_command: str
+    runs_url: str = ""  # the experiment's runs table in that UI
     ensemble: Any = None  # orchestrator.ensemble.report.EnsembleReport, when one was built
     data_facts: dict = field(default_factory=dict)  # images used, left out, duplicate pairs
 
@@ -352,6 +353,7 @@ class SweepRunner:
                            mode=self.task_record.mode, leaderboard=board,
                            ui_command=tracking.ui_command(self.uri,
                                                           tracking.local_artifact_root(self.uri)),
+                           runs_url=tracking.runs_table_url(self.uri, context.experiment_id),
                            ensemble=ensemble, data_facts=self.data_facts)
 
     def _cross_validate(self, grid, context: SweepContext, path: str) -> None:

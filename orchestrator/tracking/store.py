@@ -117,6 +117,13 @@ def ui_command(uri: str, artifact_root: str | None) -> str:
     return shlex.join(command)
 
 
+def runs_table_url(uri: str, experiment_id: str) -> str:
+    """Where the experiment's runs table opens: the server's own URL, or `mlflow ui`'s default
+    address for a local store."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/{runs_view_link(experiment_id)}"
+
+
 def local_artifact_root(uri: str) -> str | None:
     """`artifacts/` next to a SQLite file, as a file URI; None for other stores.
 
