@@ -92,3 +92,22 @@ def import_tensorflow() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")  # CUDA probing prints here, once
+
+
+@contextlib.contextmanager
+def library_notices_off(*loggers: str) -> Iterator[None]:
+    """Unless verbose, a library's INFO and WARNING lines off for one call: MLflow re-applies its
+    own logging set-up when its model and registry modules load, and then announces pickling
+    and version numbers that the caller reports in its own words. Errors still show."""
+    if verbose():
+        yield
+        return
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+

@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, DataType, Schema
 
+from orchestrator.console import library_notices_off
 from orchestrator.serving import contract
 
 SPEC_FILE = "ensemble.json"
@@ -81,7 +82,7 @@ def log_ensemble_model(uri: str, run_id: str, spec: Mapping[str, Any],
     spec_path.write_text(json.dumps(spec, indent=1))
     artifacts = {"spec": str(spec_path), **{k: str(v) for k, v in member_files.items()}}
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), library_notices_off("mlflow"):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=EnsembleModel(), artifacts=artifacts,
             code_paths=[str(PROJECT / "orchestrator"), str(PROJECT / "tasks")],

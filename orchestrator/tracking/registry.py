@@ -1,11 +1,14 @@
 """The MLflow model registry: register a logged model with its card, read and move aliases."""
 from __future__ import annotations
 
-from typing import Mapping
+import contextlib
+from typing import Iterator, Mapping
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+
+from orchestrator.console import library_notices_off, verbose
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 
@@ -21,7 +24,8 @@ def register(uri: str, model_uri: str, name: str, alias: str, *, card: str,
     it never sees a version without its card."""
     client = mlflow.MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
-    version = str(mlflow.register_model(model_uri, name).version)
+    with _registry_notices_off():  # "Created version N": the caller says it
+        version = str(mlflow.register_model(model_uri, name).version)
     client.update_model_version(name, version, description=card)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
@@ -32,6 +36,23 @@ def register(uri: str, model_uri: str, name: str, alias: str, *, card: str,
             "when `python -m orchestrator.ensemble promote` finds the candidate better.")
     client.set_registered_model_alias(name, alias, version)
     return version
+
+
+@contextlib.contextmanager
+def _registry_notices_off() -> Iterator[None]:
+    """MLflow's registry prints its notices on its own stream (`eprint`), not through a logger;
+    MLflow's switch for that stream turns them off for the call, unless verbose."""
+    from mlflow.utils import logging_utils
+
+    if verbose():
+        yield
+        return
+    logging_utils.disable_logging()
+    try:
+        with library_notices_off("mlflow"):
+            yield
+    finally:
+        logging_utils.enable_logging()
 
 
 def version_by_alias(uri: str, name: str, alias: str) -> ModelVersion | None:
