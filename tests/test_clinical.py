@@ -4,7 +4,6 @@ report.html, on constructed arrays and a tiny CNN trained here."""
 from __future__ import annotations
 
 import re
-import warnings
 from html import unescape
 from html.parser import HTMLParser
 

@@ -37,6 +37,7 @@ LIGHT = (
     "orchestrator.clinical.operating_point",
     "orchestrator.clinical.resampled_metrics",
     "orchestrator.clinical.referral",
+    "orchestrator.clinical.sections",
     "orchestrator.serving",  # the whole package: the served model's contract and card
     "tasks",  # the whole package
 )

@@ -37,10 +37,11 @@ def serving_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
         threshold=float(op.threshold) if op is not None else None, chosen_on=held_kind)
 
 
-def test_predictions(prepared, y_test: np.ndarray, served: pd.DataFrame) -> pd.DataFrame:
-    """One row per test image: where it is (relative to the data root), its content hash,
-    group and label, and the served answer. What `promote` pairs between two models."""
-    recorded, _ = read_manifest(prepared.manifest_path, root=prepared.root)
+def test_predictions(prepared, recorded: pd.DataFrame, y_test: np.ndarray,
+                     served: pd.DataFrame) -> pd.DataFrame:
+    """One row per test image: where it is (relative to the data root), its content hash (from
+    the `recorded` manifest), group and label, and the served answer. What `promote` pairs
+    between two models."""
     hashes = dict(zip(recorded["path"], recorded["hash"]))
     rows = prepared.table[prepared.table["split"] == "test"]
     frame = pd.DataFrame({
@@ -86,9 +87,9 @@ def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
     return worst
 
 
-def card_facts(sweep, task, prepared, held, choice, transforms, table: pd.DataFrame,
-               intervals: pd.DataFrame, spec: contract.ServingSpec, run_id: str) -> CardFacts:
-    recorded, meta = read_manifest(prepared.manifest_path, root=prepared.root)
+def card_facts(sweep, task, prepared, recorded: pd.DataFrame, meta: dict, held, choice,
+               transforms, table: pd.DataFrame, intervals: pd.DataFrame,
+               spec: contract.ServingSpec, run_id: str) -> CardFacts:
     ens = choice.ensemble
     row = table.set_index("model").loc["ensemble"]
     shown = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss",
@@ -118,7 +119,9 @@ def publish(sweep, task, spec_base: dict, parts, work: Path, clinical_result, pr
 
     spec = serving_spec(task, clinical_result, facts_args["held"].kind)
     expected = contract.answer(raw_test, spec)
-    tracking.log_table_artifact(sweep.uri, run_id, test_predictions(prepared, y_test, expected),
+    recorded, meta = read_manifest(prepared.manifest_path, root=prepared.root)
+    tracking.log_table_artifact(sweep.uri, run_id,
+                                test_predictions(prepared, recorded, y_test, expected),
                                 TEST_PREDICTIONS)
     members = {model.name: ensemble_model.copy_member(Path(model.model_path),
                                                       work / "members", model.name)
@@ -127,7 +130,8 @@ def publish(sweep, task, spec_base: dict, parts, work: Path, clinical_result, pr
         sweep.uri, run_id, {**spec_base, "serving": spec.to_dict()}, members, work)
     model = ensemble_model.load(model_uri, sweep.uri)
     check_served(model, prepared.paths("test"), expected, spec, log)
-    facts = card_facts(sweep, task, prepared, spec=spec, run_id=run_id, **facts_args)
+    facts = card_facts(sweep, task, prepared, recorded, meta, spec=spec, run_id=run_id,
+                       **facts_args)
     name = registry.registered_name(task.name)
     version = registry.register(sweep.uri, model_uri, name, registry.CANDIDATE,
                                 card=model_card(facts), tags=card_tags(facts))
