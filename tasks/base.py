@@ -12,6 +12,10 @@ from typing import Mapping
 from orchestrator.errors import ConfigError
 
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "macro_f1")
+# The one sweep metric of a task with several heads (`orchestrator.metrics.mean_skill`).
+MULTIHEAD_METRIC = "mean_skill"
+HEAD_KINDS = ("classification", "regression")
+HEAD_LOSSES = {"classification": ("cross_entropy",), "regression": ("huber", "mse")}
 LOSSES = ("cross_entropy", "class_weighted", "focal")
 # Kinds of test-time transform a task may allow; the TTA module maps each kind to its variants.
 TTA_KINDS = ("hflip", "vflip", "rotate", "brightness")
@@ -44,6 +48,47 @@ class SplitPolicy:
 
 
 @dataclass(frozen=True)
+class Head:
+    """One output of a multi-head task: a classification over `classes`, or a continuous
+    target in `unit`. Its loss is weighted by `loss_weight` in the model's total loss."""
+
+    name: str
+    kind: str
+    classes: tuple[str, ...] = ()
+    unit: str = ""
+    loss: str = ""  # "" -> the kind's first loss (cross_entropy, huber)
+    loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ConfigError(f"head name {self.name!r} must be a plain identifier "
+                              "(letters, digits, underscores): it names a model output")
+        if self.kind not in HEAD_KINDS:
+            raise ConfigError(f"head {self.name}: kind {self.kind!r} is not one of {HEAD_KINDS}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "loss", self.loss or HEAD_LOSSES[self.kind][0])
+        if self.loss not in HEAD_LOSSES[self.kind]:
+            raise ConfigError(f"head {self.name}: loss {self.loss!r} is not one of "
+                              f"{HEAD_LOSSES[self.kind]} for a {self.kind} head")
+        if self.is_classification and len(self.classes) < 2:
+            raise ConfigError(f"head {self.name}: a classification head needs >= 2 classes, "
+                              f"got {list(self.classes)}")
+        if not self.is_classification and self.classes:
+            raise ConfigError(f"head {self.name}: a regression head has no classes")
+        if not self.loss_weight > 0:
+            raise ConfigError(f"head {self.name}: loss_weight must be > 0, got {self.loss_weight}")
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind == "classification"
+
+    @property
+    def width(self) -> int:
+        """Columns this head takes in a flat prediction matrix: C probabilities, or 1 value."""
+        return len(self.classes) if self.is_classification else 1
+
+
+@dataclass(frozen=True)
 class Task:
     """Facts about one medical classification task (one variant of it)."""
 
@@ -68,11 +113,17 @@ class Task:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
     synthetic_note: str = ""  # how the phantom for this task encodes its classes
+    # Several outputs from one image (the multihead task): `classes` are then the first
+    # classification head's, which stratifies the splits; `metric` is MULTIHEAD_METRIC.
+    heads: tuple[Head, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_map", MappingProxyType(dict(self.label_map)))
         object.__setattr__(self, "label_aliases", MappingProxyType(dict(self.label_aliases)))
-        if self.metric not in METRICS:
+        object.__setattr__(self, "heads", tuple(self.heads))
+        if self.heads:
+            self._check_heads()
+        elif self.metric not in METRICS:
             raise ConfigError(f"task {self.name}: metric {self.metric!r} is not one of {METRICS}")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"task {self.name}: mode must be 'max' or 'min', got {self.mode!r}")
@@ -91,6 +142,29 @@ class Task:
         stray = {c for c in self.label_map.values() if c is not None} - set(self.classes)
         if stray:
             raise ConfigError(f"task {self.name}: label_map names unknown classes {sorted(stray)}")
+
+    def _check_heads(self) -> None:
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"task {self.name}: head names repeat: {names}")
+        first = next((h for h in self.heads if h.is_classification), None)
+        if first is None or tuple(self.classes) != first.classes:
+            raise ConfigError(f"task {self.name}: classes must be the first classification "
+                              "head's (they stratify the splits)")
+        if self.metric != MULTIHEAD_METRIC:
+            raise ConfigError(f"task {self.name}: a multi-head task's metric is "
+                              f"{MULTIHEAD_METRIC!r}, got {self.metric!r}")
+
+    @property
+    def is_multihead(self) -> bool:
+        return bool(self.heads)
+
+    def head(self, name: str) -> Head:
+        for h in self.heads:
+            if h.name == name:
+                return h
+        raise ConfigError(f"task {self.key}: no head {name!r}; heads: "
+                          f"{', '.join(h.name for h in self.heads)}")
 
     @property
     def key(self) -> str:
@@ -144,6 +218,15 @@ class Task:
             positive_class=positive_class,
         )
 
+    def with_heads(self, heads: tuple[Head, ...]) -> "Task":
+        """A copy whose heads come from the data (the user's own labels.csv)."""
+        first = next((h for h in heads if h.is_classification), None)
+        if first is None:
+            raise ConfigError(f"task {self.name}: at least one classification head is needed "
+                              "(it stratifies the splits); found only "
+                              f"{', '.join(h.name for h in heads) or 'no heads'}")
+        return replace(self.with_classes(first.classes), heads=tuple(heads))
+
     def summary(self) -> dict:
         """A flat, JSON-friendly description for logs and MLflow params."""
         return {
@@ -156,4 +239,7 @@ class Task:
             "group_key": self.group_key,
             "preprocessing": self.preprocessing.key(),
             "source_channels": self.source_channels,
+            **({"heads": [{"name": h.name, "kind": h.kind, "classes": list(h.classes),
+                           "unit": h.unit, "loss": h.loss, "loss_weight": h.loss_weight}
+                          for h in self.heads]} if self.heads else {}),
         }
