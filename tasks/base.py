@@ -225,7 +225,9 @@ class Task:
             raise ConfigError(f"task {self.name}: at least one classification head is needed "
                               "(it stratifies the splits); found only "
                               f"{', '.join(h.name for h in heads) or 'no heads'}")
-        return replace(self.with_classes(first.classes), heads=tuple(heads))
+        return replace(self, classes=first.classes, source_labels=first.classes,
+                       label_map={c: c for c in first.classes}, positive_class=None,
+                       heads=tuple(heads))
 
     def summary(self) -> dict:
         """A flat, JSON-friendly description for logs and MLflow params."""
