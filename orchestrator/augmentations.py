@@ -38,13 +38,16 @@ def get_augmentation(name: str) -> Augmentation:
                           f"{', '.join(AUGMENTATIONS)}") from None
 
 
-def augmentation_for(name: str, allowed_kinds: tuple[str, ...]) -> Augmentation:
-    """The named preset, minus flips the task forbids (a mirrored chest X-ray is not anatomy)."""
+def augmentation_for(name: str, allowed_kinds: tuple[str, ...], *,
+                     measures: bool = False) -> Augmentation:
+    """The named preset, minus flips the task forbids (a mirrored chest X-ray is not anatomy),
+    and without zoom when the task `measures` something in the image (a regression head): a
+    zoomed image would keep its unzoomed target."""
     preset = get_augmentation(name)
     return Augmentation(
         rotation=preset.rotation if "rotate" in allowed_kinds else 0.0,
         shift=preset.shift,
-        zoom=preset.zoom,
+        zoom=0.0 if measures else preset.zoom,
         brightness=preset.brightness if "brightness" in allowed_kinds else 0.0,
         hflip=preset.hflip and "hflip" in allowed_kinds,
         vflip=preset.vflip and "vflip" in allowed_kinds,

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 from orchestrator.augmentations import get_augmentation
 from orchestrator.backbones import get_backbone
 from orchestrator.errors import ConfigError
+from orchestrator.heads import parse_head_weights
 from orchestrator.schedules import get_schedule
 from tasks import get_task
 from tasks.base import LOSSES
@@ -42,6 +43,8 @@ class TrialConfig:
     mixup_alpha: float = 0.0  # 0 disables MixUp
     augment: str = "light"
     dropout: float = 0.5
+    frequency_stream: bool = False  # a second stream on the image's 2-D FFT magnitude
+    head_weights: str = ""  # multi-head tasks: "HEAD=W,..." loss weights ("" -> the task's)
     train_batchnorm: bool = False
     early_stopping_patience: int = 0  # 0 disables; the sweep stops trials with ASHA instead
     seed: int = 0  # weights init, shuffling, augmentation
@@ -57,7 +60,7 @@ class TrialConfig:
     fail_at_epoch: int = 0  # fault injection for tests: raise once after this epoch (0: never)
 
     def __post_init__(self) -> None:
-        _check_name("task", self.task, get_task)
+        task = _check_name("task", self.task, get_task)
         backbone = _check_name("backbone", self.backbone, get_backbone)
         _check_name("schedule", self.schedule, get_schedule)
         _check_name("augment", self.augment, get_augmentation)
@@ -79,6 +82,11 @@ class TrialConfig:
         _check_range("cpu_threads", self.cpu_threads, 0, 1024)
         _check_range("gpu_memory_fraction", self.gpu_memory_fraction, 0.0, 1.0)
         _check_range("early_stopping_patience", self.early_stopping_patience, 0, 10_000)
+        if self.head_weights:
+            try:
+                parse_head_weights(self.head_weights, task)
+            except ConfigError as err:
+                raise ConfigError(f"trial config field {err}") from None
         if self.cv_folds == 1 or not 0 <= self.cv_folds <= 20:
             raise ConfigError(f"trial config field cv_folds: {self.cv_folds!r} must be 0 (no "
                               "cross-validation) or 2..20")

@@ -52,7 +52,10 @@ def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray, task: Task) -> dict[str, float]:
-    """Every metric the trainer logs; `predicted_positive_rate` only for binary tasks."""
+    """Every metric the trainer logs; `predicted_positive_rate` only for binary tasks. A
+    multi-head task's are `multihead_metrics`."""
+    if task.is_multihead:
+        return multihead_metrics(y, probs, task)
     y = np.asarray(y, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or len(probs) != len(y):
@@ -78,6 +81,8 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, task: Task) -> dict
 
 def primary_metric(y: np.ndarray, probs: np.ndarray, task: Task) -> float:
     """Only the task's metric: ensemble selection calls this hundreds of times."""
+    if task.is_multihead:
+        return mean_skill(y, probs, task)
     y = np.asarray(y, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(axis=1)
@@ -102,3 +107,73 @@ def is_better(candidate: float, incumbent: float | None, mode: str) -> bool:
     if incumbent is None or np.isnan(incumbent):
         return True
     return candidate > incumbent if mode == "max" else candidate < incumbent
+
+
+# --- several heads ---------------------------------------------------------------------------
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """MAE and RMSE in the target's unit; R² against the mean of the values scored."""
+    y, pred = np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    err = pred - y
+    spread = float(np.sum((y - y.mean()) ** 2)) if len(y) else 0.0
+    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2))),
+            "r2": 1.0 - float(np.sum(err ** 2)) / spread if spread > 0 else float("nan")}
+
+
+def head_skill(head, y: np.ndarray, pred: np.ndarray) -> float:
+    """0 for a trivial answer, 1 for a perfect one: balanced accuracy rescaled so that chance
+    (1/C) is 0 for a classification head; R² (the mean predictor is 0) for a regression head."""
+    if head.is_classification:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bacc = float(skm.balanced_accuracy_score(y, pred.argmax(axis=1)))
+        chance = 1.0 / len(head.classes)
+        return (bacc - chance) / (1.0 - chance)
+    return regression_metrics(y, pred)["r2"]
+
+
+def mean_skill(y: np.ndarray, matrix: np.ndarray, task: Task) -> float:
+    """A multi-head task's one sweep metric: the mean of its heads' skills (`head_skill`), each
+    head counting once whatever its loss weight, so heads with many or few classes, and
+    measurements in any unit, weigh alike."""
+    from orchestrator.heads import split_predictions, split_targets
+
+    targets, preds = split_targets(y, task), split_predictions(matrix, task)
+    return float(np.mean([head_skill(h, targets[h.name], preds[h.name]) for h in task.heads]))
+
+
+def multihead_metrics(y: np.ndarray, matrix: np.ndarray, task: Task) -> dict[str, float]:
+    """Per head, prefixed by its name: balanced accuracy, accuracy, macro F1, log loss and skill
+    of a classification head; MAE, RMSE, R² of a regression head. Then `mean_skill` and `loss`
+    (the mean over heads of the log loss, and of the squared error over the values' variance),
+    a scale-free loss comparable across trials."""
+    from orchestrator.heads import split_predictions, split_targets
+
+    targets, preds = split_targets(y, task), split_predictions(matrix, task)
+    out: dict[str, float] = {}
+    skills, losses = [], []
+    for head in task.heads:
+        t, p = targets[head.name], preds[head.name]
+        if head.is_classification:
+            pred = p.argmax(axis=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scores = {
+                    "accuracy": float(skm.accuracy_score(t, pred)),
+                    "balanced_accuracy": float(skm.balanced_accuracy_score(t, pred)),
+                    "macro_f1": float(skm.f1_score(t, pred, labels=np.arange(p.shape[1]),
+                                                   average="macro", zero_division=0)),
+                    "loss": log_loss(t, p),
+                }
+            losses.append(scores["loss"])
+        else:
+            scores = regression_metrics(t, p)
+            variance = float(np.var(t))
+            losses.append(scores["rmse"] ** 2 / variance if variance > 0 else float("nan"))
+        scores["skill"] = head_skill(head, t, p)
+        skills.append(scores["skill"])
+        out.update({f"{head.name}_{k}": v for k, v in scores.items()})
+    out["mean_skill"] = float(np.mean(skills))
+    out["loss"] = float(np.mean(losses))
+    return out

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import keras
 from keras import layers
 
 from orchestrator.backbones import BACKBONES, Backbone, get_backbone
 from orchestrator.errors import ConfigError, WeightsUnavailable
+from orchestrator.heads import TargetScale
+from tasks.base import Head
 
 WEIGHT_CHOICES = ("none", "imagenet")
 WEIGHTS_DIR_ENV = "MEDSWEEP_WEIGHTS_DIR"
@@ -168,6 +170,54 @@ def model_backbone(model: keras.Model) -> Backbone:
     raise ValueError(f"model {model.name} has no BackbonePreprocess layer; not from build_model")
 
 
+# --- the frequency stream -------------------------------------------------------------------------
+
+FREQUENCY_CLIP = 3.0  # standardised log-magnitudes beyond +-3 sigma are clipped
+
+
+@keras.saving.register_keras_serializable(package="medsweep")
+class FrequencyMagnitude(layers.Layer):
+    """The image's 2-D Fourier magnitude as a one-channel image: grey levels -> |FFT2|, log1p,
+    centred (low frequencies in the middle), standardised per image and clipped to +-3, so its
+    scale does not depend on brightness or size. The magnitude ignores where an object sits,
+    and holds periodic texture and overall scale that a spatial CNN sees only locally.
+    Always float32: an FFT in float16 overflows."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        ops = keras.ops
+        x = ops.cast(inputs, "float32")
+        grey = ops.mean(x, axis=-1)  # (N, H, W)
+        real, imag = ops.fft2((grey, ops.zeros_like(grey)))
+        magnitude = ops.log1p(ops.sqrt(real * real + imag * imag))
+        height, width = ops.shape(grey)[1], ops.shape(grey)[2]
+        magnitude = ops.roll(magnitude, shift=(height // 2, width // 2), axis=(1, 2))
+        mean = ops.mean(magnitude, axis=(1, 2), keepdims=True)
+        std = ops.std(magnitude, axis=(1, 2), keepdims=True)
+        z = (magnitude - mean) / (std + 1e-6)
+        return ops.expand_dims(ops.clip(z, -FREQUENCY_CLIP, FREQUENCY_CLIP), -1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)
+
+
+def _frequency_features(pixels, units: int = 64):
+    """FFT magnitude -> a small CNN (BatchNorm, Dropout 0.2) -> `units` features; it always
+    trains, like the head, whatever the unfreezing phase."""
+    x = FrequencyMagnitude(name="frequency_magnitude")(pixels)
+    for i, filters in enumerate((16, 32, 64), start=1):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
+                          name=f"frequency_conv{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"frequency_bn{i}")(x)
+        x = layers.ReLU(name=f"frequency_relu{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="frequency_pool")(x)
+    x = layers.Dense(units, activation="relu", name="frequency_dense")(x)
+    return layers.Dropout(0.2, name="frequency_dropout")(x)
+
+
 # --- the classifier -------------------------------------------------------------------------------
 
 
@@ -179,13 +229,21 @@ def build_model(
     weights_dir: str | os.PathLike | None = None,
     dropout: float = 0.5,
     head_units: int = 512,
+    *,
+    heads: tuple[Head, ...] = (),
+    target_scales: Mapping[str, TargetScale] | None = None,
+    frequency_stream: bool = False,
 ) -> keras.Model:
-    """pixels 0..255 -> preprocess -> "backbone" -> GAP -> Dense/ReLU -> Dropout -> softmax.
+    """pixels 0..255 -> preprocess -> "backbone" -> GAP [+ frequency stream] -> Dense/ReLU ->
+    Dropout -> softmax over `num_classes`; with `heads`, one named output per head instead (a
+    Keras dict output): softmax for a classification head, for a regression head a linear
+    value rescaled from standardised units to the head's unit (`target_scales`, from the
+    training split), so the saved model answers in that unit.
 
-    The last Dense and the softmax are float32 even under mixed precision.
+    Every output layer is float32 even under mixed precision.
     """
     bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
-    if num_classes < 2:
+    if not heads and num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2 (binary is 2-way softmax), got {num_classes}")
     if resolution < bb.min_resolution:
         raise ConfigError(
@@ -200,11 +258,34 @@ def build_model(
     x = BackbonePreprocess(bb.name, name="preprocess")(inputs)
     x = base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if frequency_stream:
+        x = layers.Concatenate(name="fused_features")([x, _frequency_features(inputs)])
     x = layers.Dense(head_units, activation="relu", name="head_dense")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    x = layers.Dense(num_classes, dtype="float32", name="logits")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    if heads:
+        outputs = _head_outputs(x, heads, target_scales or {})
+    else:
+        x = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+        outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"medsweep_{bb.name}")
+
+
+def _head_outputs(features, heads: tuple[Head, ...],
+                  scales: Mapping[str, TargetScale]) -> dict:
+    outputs = {}
+    for head in heads:
+        if head.is_classification:
+            z = layers.Dense(len(head.classes), dtype="float32", name=f"{head.name}_logits")(
+                features)
+            outputs[head.name] = layers.Activation("softmax", dtype="float32", name=head.name)(z)
+            continue
+        if head.name not in scales:
+            raise ConfigError(f"regression head {head.name}: no target scale given")
+        scale = scales[head.name]
+        z = layers.Dense(1, dtype="float32", name=f"{head.name}_standardised")(features)
+        outputs[head.name] = layers.Rescaling(scale.std, offset=scale.mean, dtype="float32",
+                                              name=head.name)(z)
+    return outputs
 
 
 # --- weights --------------------------------------------------------------------------------------

@@ -75,3 +75,46 @@ def test_primary_metric_fast_path_equals_the_full_computation(key):
     y = rng.integers(0, task.num_classes, 120)
     p = _probs(rng, 120, task.num_classes)
     assert primary_metric(y, p, task) == pytest.approx(classification_metrics(y, p, task)[task.metric])
+
+
+# --- several heads ---------------------------------------------------------------------------
+
+def _multihead_truth(n: int = 60, seed: int = 0):
+    from tasks.multihead import MULTIHEAD
+    rng = np.random.default_rng(seed)
+    y = np.stack([rng.integers(0, 4, n), rng.integers(0, 3, n), rng.uniform(20, 60, n)], axis=1)
+    return MULTIHEAD, y.astype(np.float64)
+
+
+def _perfect(y):
+    return np.concatenate([np.eye(4)[y[:, 0].astype(int)], np.eye(3)[y[:, 1].astype(int)],
+                           y[:, 2:3]], axis=1)
+
+
+def test_mean_skill_is_one_when_perfect_and_zero_for_trivial_answers():
+    from orchestrator.metrics import mean_skill, multihead_metrics
+    task, y = _multihead_truth()
+    assert mean_skill(y, _perfect(y), task) == pytest.approx(1.0)
+    # one class for everything and the mean for every size: chance on each head
+    trivial = np.concatenate([np.tile(np.eye(4)[0], (len(y), 1)), np.tile(np.eye(3)[1],
+                              (len(y), 1)), np.full((len(y), 1), y[:, 2].mean())], axis=1)
+    assert mean_skill(y, trivial, task) == pytest.approx(0.0, abs=1e-9)
+    scores = multihead_metrics(y, trivial, task)
+    assert scores["shape_balanced_accuracy"] == pytest.approx(0.25)
+    assert scores["texture_skill"] == pytest.approx(0.0)
+    assert scores["size_r2"] == pytest.approx(0.0, abs=1e-9)
+    assert scores["mean_skill"] == pytest.approx(0.0, abs=1e-9)
+    assert primary_metric(y, trivial, task) == scores["mean_skill"]
+    assert classification_metrics(y, trivial, task) == scores
+
+
+def test_regression_metrics_are_in_the_targets_unit():
+    from orchestrator.metrics import multihead_metrics
+    task, y = _multihead_truth()
+    pred = _perfect(y)
+    pred[:, 7] += np.where(np.arange(len(y)) % 2 == 0, 2.0, -2.0)  # off by 2 mm either way
+    scores = multihead_metrics(y, pred, task)
+    assert scores["size_mae"] == pytest.approx(2.0) and scores["size_rmse"] == pytest.approx(2.0)
+    assert scores["size_r2"] == pytest.approx(1 - 4.0 / np.var(y[:, 2]))
+    assert scores["shape_accuracy"] == 1.0 and scores["mean_skill"] < 1.0
+    assert set(k.split("_")[0] for k in scores) >= {"shape", "texture", "size", "mean", "loss"}

@@ -241,3 +241,56 @@ def test_efficientnet_loaded_from_path_normalises_like_keras_imagenet(tmp_path):
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(probe(x)), x / 255.0 / np.sqrt(stddev), rtol=1e-5
     )
+
+
+# --- several heads and the frequency stream ------------------------------------------------------
+
+def test_multihead_model_has_one_named_output_per_head_in_the_heads_units(tmp_path):
+    from orchestrator.heads import TargetScale, as_matrix
+    from tasks.multihead import MULTIHEAD
+
+    model = build_model("baseline_cnn", 0, 32, heads=MULTIHEAD.heads, frequency_stream=True,
+                        target_scales={"size": TargetScale(mean=40.0, std=10.0)})
+    x = _pixels(32)
+    out = model.predict(x, verbose=0)
+    assert set(out) == {"shape", "texture", "size"}
+    assert out["shape"].shape == (len(x), 4) and out["texture"].shape == (len(x), 3)
+    np.testing.assert_allclose(out["shape"].sum(axis=1), 1.0, rtol=1e-5)
+    # the regression output is the standardised value rescaled: 40 + 10 * z
+    z = keras.Model(model.input, model.get_layer("size_standardised").output).predict(x, verbose=0)
+    np.testing.assert_allclose(out["size"], 40.0 + 10.0 * z, rtol=1e-5)
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(as_matrix(again.predict(x, verbose=0), MULTIHEAD),
+                               as_matrix(out, MULTIHEAD), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="no target scale"):
+        build_model("baseline_cnn", 0, 32, heads=MULTIHEAD.heads)
+
+
+def test_frequency_magnitude_ignores_where_the_object_sits_and_its_brightness():
+    from orchestrator.models import FREQUENCY_CLIP, FrequencyMagnitude
+
+    image = np.zeros((1, 32, 32, 3), np.float32)
+    image[0, 4:12, 6:10] = 200.0
+    moved = np.roll(image, shift=(13, 9), axis=(1, 2))  # circular shift: same |FFT|
+    layer = FrequencyMagnitude()
+    a, b = layer(image).numpy(), layer(moved).numpy()
+    assert a.shape == (1, 32, 32, 1)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert np.abs(a).max() <= FREQUENCY_CLIP + 1e-6
+    assert abs(a.mean()) < 0.2  # standardised per image
+    # the spectrum's centre is the lowest frequency: the brightest point of an object's spectrum
+    assert np.unravel_index(np.argmax(a[0, :, :, 0]), (32, 32)) == (16, 16)
+    stripes = np.zeros_like(image)
+    stripes[0, :, ::4] = 255.0  # a period-4 texture has energy away from the centre
+    assert not np.allclose(layer(stripes).numpy(), a, atol=0.5)
+
+
+def test_the_frequency_stream_trains_in_every_phase_and_the_single_head_model_takes_it():
+    from orchestrator.train.phases import set_trainable
+
+    model = build_model("baseline_cnn", 3, 32, frequency_stream=True)
+    assert model.output_shape == (None, 3)
+    set_trainable(model, 0.0)
+    assert model.get_layer("frequency_conv1").trainable
+    assert model.get_layer("fused_features") is not None

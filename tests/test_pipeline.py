@@ -66,3 +66,54 @@ def test_presets_drop_transforms_the_task_forbids():
     skin = augmentation_for("heavy", ("hflip", "vflip", "rotate", "brightness"))
     assert skin.hflip and skin.vflip
     assert augmentation_for("none", ("hflip",)).hflip is False
+
+
+# --- several heads -----------------------------------------------------------------------------
+
+def test_multihead_batches_carry_every_heads_target_and_its_sample_weights():
+    from orchestrator.pipeline import head_class_weights, multihead_dataset
+    from tasks.multihead import MULTIHEAD
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    y = np.stack([rng.integers(0, 4, 20), np.r_[[0] * 14, [1] * 4, [2] * 2],
+                  rng.uniform(20, 60, 20)], axis=1)
+    weights = head_class_weights(y, MULTIHEAD.heads)
+    assert set(weights) == {"shape", "texture"}
+    ds = multihead_dataset(x, y, heads=MULTIHEAD.heads, batch_size=20, seed=0,
+                           class_weights={"texture": weights["texture"]})
+    images, targets, sample_w = next(iter(ds))
+    assert targets["shape"].shape == (20, 4) and targets["texture"].shape == (20, 3)
+    assert targets["size"].shape == (20, 1)
+    # rows are reshuffled: match each batch row to its source row by its pixels
+    order = [int(np.argmin(np.abs(x.reshape(20, -1) - row).sum(axis=1)))
+             for row in images.numpy().reshape(20, -1)]
+    np.testing.assert_allclose(targets["size"].numpy()[:, 0], y[order, 2], rtol=1e-6)
+    np.testing.assert_array_equal(targets["shape"].numpy().argmax(axis=1), y[order, 0])
+    np.testing.assert_allclose(sample_w["texture"].numpy(),
+                               weights["texture"][y[order, 1].astype(int)], rtol=1e-6)
+    np.testing.assert_allclose(sample_w["shape"].numpy(), 1.0)
+    np.testing.assert_allclose(sample_w["size"].numpy(), 1.0)
+
+
+def test_multihead_mixup_uses_one_lambda_per_example_for_the_image_and_every_head():
+    from orchestrator.pipeline import multihead_dataset
+    from tasks.multihead import MULTIHEAD
+
+    n = 32
+    classes = np.arange(n) % 2  # shape and texture 0 or 1, the size 20 or 60 with them
+    y = np.stack([classes, classes, 20.0 + 40.0 * classes], axis=1)
+    x = np.repeat((classes * 200).astype(np.uint8)[:, None, None, None], 4, axis=1)
+    x = np.repeat(np.repeat(x, 4, axis=2), 3, axis=3)  # image 0 or 200 everywhere
+    ds = multihead_dataset(x, y, heads=MULTIHEAD.heads, batch_size=n, seed=3, mixup_alpha=0.4)
+    images, targets, _ = next(iter(ds))
+    share = images.numpy()[:, 0, 0, 0] / 200.0  # how much of a class-1 image is in each example
+    assert 0.0 < share.std()  # something was mixed
+    np.testing.assert_allclose(targets["shape"].numpy()[:, 1], share, atol=1e-5)
+    np.testing.assert_allclose(targets["texture"].numpy()[:, 1], share, atol=1e-5)
+    np.testing.assert_allclose(targets["size"].numpy()[:, 0], 20.0 + 40.0 * share, atol=1e-3)
+
+
+def test_zoom_is_off_when_the_task_measures_something_in_the_image():
+    assert augmentation_for("medium", ("hflip",)).zoom > 0
+    assert augmentation_for("medium", ("hflip",), measures=True).zoom == 0.0

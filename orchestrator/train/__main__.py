@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup-alpha", type=float, default=d.mixup_alpha)
     p.add_argument("--augment", default=d.augment, help=" | ".join(AUGMENTATIONS))
     p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--frequency-stream", action="store_true", help="add a second stream on "
+                   "the image's 2-D FFT magnitude, fused with the backbone's features")
+    p.add_argument("--head-weights", default=d.head_weights, help="multi-head tasks: loss "
+                   "weights as HEAD=W,... (e.g. size=0.5); unnamed heads keep the task's")
     p.add_argument("--early-stopping-patience", type=int, default=d.early_stopping_patience)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--split-seed", type=int, default=d.split_seed)

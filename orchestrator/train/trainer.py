@@ -22,8 +22,10 @@ from orchestrator.devices import configure_devices, gpu_memory_limit_for_fractio
 from orchestrator.augmentations import augmentation_for
 from orchestrator.backbones import get_backbone
 from orchestrator.errors import InjectedFault
+from orchestrator.heads import TargetScale, as_matrix, parse_head_weights, target_scales
 from orchestrator.models import build_model
-from orchestrator.pipeline import balanced_class_weights, make_loss, training_dataset
+from orchestrator.pipeline import (balanced_class_weights, head_class_weights, make_loss,
+                                   multihead_dataset, multihead_losses, training_dataset)
 from orchestrator.schedules import get_schedule, plan_epochs, scale_schedule
 from orchestrator.train.artifacts import (BEST_FILES, BEST_MODEL, CHECKPOINT_DIR,
                                           CHECKPOINT_FILES, CONFIG,
@@ -58,23 +60,16 @@ class Trainer:
             self.log(f"warning: device setting not applied: {item}")
         keras.utils.set_random_seed(self.cfg.seed)
         loss_name = self.cfg.loss or self.task.loss
-        class_weights = (balanced_class_weights(self.data.y_train, self.task.num_classes)
-                         if loss_name == "class_weighted" else None)
+        class_weights = self._class_weights(loss_name)
         self._write_inputs(loss_name, class_weights)
         plan = plan_epochs(scale_schedule(get_schedule(self.cfg.schedule), self.cfg.lr_multiplier),
                            self.cfg.epochs)
         model = self._resume(resume_from) if resume_from else None
         resumed = model is not None
         model = model or self._build()
-        dataset = training_dataset(
-            self.data.x_train, self.data.y_train, num_classes=self.task.num_classes,
-            batch_size=self.cfg.batch_size, seed=self.cfg.seed,
-            augmentation=augmentation_for(self.cfg.augment, self.task.tta_kinds),
-            mixup_alpha=self.cfg.mixup_alpha, class_weights=class_weights)
+        dataset = self._dataset(class_weights)
         steps = math.ceil(len(self.data.x_train) / self.cfg.batch_size)
-        loss = make_loss(loss_name, label_smoothing=_default(self.cfg.label_smoothing,
-                                                             self.task.label_smoothing),
-                         focal_gamma=_default(self.cfg.focal_gamma, self.task.focal_gamma))
+        loss, loss_weights = self._loss(loss_name)
         for index, planned in enumerate(plan):
             if planned.end_epoch <= self.epochs_done or self.stop_all:
                 continue
@@ -83,7 +78,7 @@ class Trainer:
                                                  train_batchnorm=self.train_batchnorm)
                 model.compile(optimizer=make_optimizer(planned.phase, steps,
                                                        planned.end_epoch - planned.start_epoch),
-                              loss=loss)
+                              loss=loss, loss_weights=loss_weights)
                 self.log(f"phase {index + 1}/{len(plan)}: epochs {planned.start_epoch + 1}-"
                          f"{planned.end_epoch}, {trainable}/{total} backbone layers trainable, "
                          f"lr {planned.phase.learning_rate:.1e} ({planned.phase.decay})")
@@ -105,10 +100,47 @@ class Trainer:
         return self.cfg.train_batchnorm or self.weights == "none"
 
     def _build(self) -> keras.Model:
-        weights = self.weights
         return build_model(self.cfg.backbone, self.task.num_classes, self.cfg.resolution,
-                           weights=weights, weights_dir=self.cfg.weights_dir,
-                           dropout=self.cfg.dropout)
+                           weights=self.weights, weights_dir=self.cfg.weights_dir,
+                           dropout=self.cfg.dropout, heads=self.task.heads,
+                           target_scales=self.scales,
+                           frequency_stream=self.cfg.frequency_stream)
+
+    @property
+    def scales(self) -> dict[str, TargetScale]:
+        """Regression heads' training mean and spread (none for single-head tasks)."""
+        return target_scales(self.data.y_train, self.task) if self.task.is_multihead else {}
+
+    def _class_weights(self, loss_name: str):
+        """Balanced class weights from the training split (per classification head)."""
+        if loss_name != "class_weighted":
+            return None
+        if self.task.is_multihead:
+            return head_class_weights(self.data.y_train, self.task.heads)
+        return balanced_class_weights(self.data.y_train, self.task.num_classes)
+
+    def _dataset(self, class_weights):
+        augmentation = augmentation_for(self.cfg.augment, self.task.tta_kinds,
+                                        measures=any(not h.is_classification
+                                                     for h in self.task.heads))
+        common = dict(batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+                      augmentation=augmentation, mixup_alpha=self.cfg.mixup_alpha,
+                      class_weights=class_weights)
+        if self.task.is_multihead:
+            return multihead_dataset(self.data.x_train, self.data.y_train,
+                                     heads=self.task.heads, **common)
+        return training_dataset(self.data.x_train, self.data.y_train,
+                                num_classes=self.task.num_classes, **common)
+
+    def _loss(self, loss_name: str):
+        """The loss (a dict per head for a multi-head task) and the heads' weights (None)."""
+        smoothing = _default(self.cfg.label_smoothing, self.task.label_smoothing)
+        gamma = _default(self.cfg.focal_gamma, self.task.focal_gamma)
+        if not self.task.is_multihead:
+            return make_loss(loss_name, label_smoothing=smoothing, focal_gamma=gamma), None
+        return multihead_losses(self.task.heads, self.scales,
+                                parse_head_weights(self.cfg.head_weights, self.task), loss_name,
+                                label_smoothing=smoothing, focal_gamma=gamma)
 
     def _resume(self, checkpoint: Path) -> keras.Model | None:
         """Restore the model (optimizer state included), the bookkeeping and the best files."""
@@ -130,7 +162,8 @@ class Trainer:
     # ------------------------------------------------------------------------- per epoch
     def end_epoch(self, model: keras.Model, epoch: int, logs: dict, phase: int, phases: int,
                   seconds: float) -> None:
-        probs = model.predict(self.data.x_val, batch_size=max(self.cfg.batch_size, 64), verbose=0)
+        probs = as_matrix(model.predict(self.data.x_val, batch_size=max(self.cfg.batch_size, 64),
+                                        verbose=0), self.task)
         scores = M.classification_metrics(self.data.y_val, probs, self.task)
         row = {"epoch": epoch, "phase": phase + 1, "loss": float(logs.get("loss", float("nan"))),
                "lr": current_learning_rate(model.optimizer), "epoch_seconds": seconds}
@@ -202,9 +235,16 @@ class Trainer:
     # ------------------------------------------------------------------------------ end
     def _write_inputs(self, loss_name: str, class_weights: np.ndarray | None) -> None:
         (self.out / CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=1))
-        weights = None if class_weights is None else dict(zip(self.task.classes,
-                                                               map(float, class_weights)))
+        if class_weights is None:
+            weights = None
+        elif isinstance(class_weights, dict):  # per classification head
+            weights = {name: dict(zip(self.task.head(name).classes, map(float, w)))
+                       for name, w in class_weights.items()}
+        else:
+            weights = dict(zip(self.task.classes, map(float, class_weights)))
         meta = {"task": self.task.summary(), "loss": loss_name, "class_weights": weights,
+                **({"target_scales": {k: v.__dict__ for k, v in self.scales.items()}}
+                   if self.task.is_multihead else {}),
                 "train_size": len(self.data.y_train), "val_size": len(self.data.y_val),
                 "data_fingerprint": self.data.fingerprint, "synthetic": self.data.synthetic,
                 "manifest": self.data.manifest_path}
