@@ -265,3 +265,25 @@ def test_empty_input_and_bad_arguments(model, images):
         tta_predict_each(model, images, ())
     with pytest.raises(ValueError, match="N, H, W, C"):
         tta_predict_each(model, images[0], get_policy("none"))
+
+
+def test_a_multihead_model_is_scored_as_one_matrix_in_the_tasks_head_order(tmp_path):
+    from orchestrator.heads import TargetScale, as_matrix
+    from orchestrator.tta.predict import output_width
+    from tasks.multihead import MULTIHEAD
+
+    model = build_model("baseline_cnn", 0, 32, heads=MULTIHEAD.heads,
+                        target_scales={"size": TargetScale(40.0, 10.0)})
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")  # the order survives saving
+    assert output_width(loaded) == 8
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    transforms = policy_for_task("standard6", MULTIHEAD.tta_kinds)
+    each = tta_predict_each(loaded, images, transforms, batch_size=8)
+    assert each.shape == (len(transforms), 5, 8)
+    for t, transform in enumerate(transforms):
+        one = apply_transforms(images, (transform,)).numpy()
+        expected = as_matrix(loaded.predict(one, verbose=0), MULTIHEAD)
+        np.testing.assert_allclose(each[t], expected, rtol=1e-4, atol=1e-4)
+    assert tta_predict_each(loaded, images[:0], transforms).shape == (len(transforms), 0, 8)

@@ -209,10 +209,12 @@ def _single_score(name: str, probs: np.ndarray, labels: np.ndarray, scorer: Scor
 
 
 def _labels(y: np.ndarray) -> np.ndarray:
+    """Class indices (N,), or a multi-head task's (N, H) targets (`orchestrator.heads`)."""
     labels = np.asarray(y)
-    if labels.ndim != 1 or len(labels) == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
-    return labels.astype(int)
+    if labels.ndim not in (1, 2) or len(labels) == 0:
+        raise ValueError(f"labels must be a non-empty (N,) or (N, heads) array, got shape "
+                         f"{labels.shape}")
+    return labels.astype(int) if labels.ndim == 1 else labels.astype(np.float64)
 
 
 def _stack(probs_by_name: Mapping[str, np.ndarray], n_labels: int | None = None) -> np.ndarray:

@@ -89,6 +89,26 @@ class _Predictor:
     step: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]  # -> (T, b, C), variants
 
 
+def flat_outputs(outputs) -> tf.Tensor:
+    """A model's output as one (N, D) float32 tensor. A multi-head model's dict keeps the order
+    its heads were built in (the task's, through saving and loading too), so its columns match
+    `orchestrator.heads.column_slices`; a regression head's (N, 1) is one column."""
+    if not isinstance(outputs, dict):
+        return tf.cast(outputs, tf.float32)
+    parts = [tf.cast(v, tf.float32) for v in outputs.values()]
+    return tf.concat([tf.reshape(v, (tf.shape(v)[0], -1)) for v in parts], axis=1)
+
+
+def output_width(model: keras.Model) -> int:
+    """Columns of `flat_outputs(model(x))`."""
+    shapes = model.output_shape
+    if isinstance(shapes, dict):
+        shapes = list(shapes.values())
+    if isinstance(shapes, list):  # one shape per output
+        return sum(int(np.prod(s[1:])) for s in shapes)
+    return int(shapes[-1])
+
+
 # model -> {(transforms, dtype, shape): _Predictor}. Weak keys: a pool actor loads and drops one
 # model after another, and a cached function must not keep a dropped model alive.
 _PREDICTORS: "weakref.WeakKeyDictionary[keras.Model, dict[tuple, _Predictor]]" = (
@@ -112,7 +132,7 @@ def _predictor(model: keras.Model, transforms: tuple[NamedTransform, ...], dtype
 
         @tf.function(input_signature=[variants_spec, images_spec])
         def step(variants: tf.Tensor, next_images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            probs = tf.cast(model_ref()(variants, training=False), tf.float32)
+            probs = flat_outputs(model_ref()(variants, training=False))
             return (tf.reshape(probs, (count, -1, tf.shape(probs)[-1])),
                     apply_transforms(next_images, transforms))
 
@@ -153,7 +173,7 @@ def tta_predict_each(model: keras.Model, images: np.ndarray,
         images = images.astype(np.float32)
     per_pass = images_per_pass(batch_size, len(transforms))
     if len(images) == 0:
-        return np.zeros((len(transforms), 0, model.output_shape[-1]), np.float32)
+        return np.zeros((len(transforms), 0, output_width(model)), np.float32)
     predictor = _predictor(model, transforms, tf.as_dtype(images.dtype), images.shape[1:])
     variants = predictor.make(tf.constant(images[:per_pass]))
     parts = []
