@@ -60,6 +60,7 @@ def with_overrides(
     gpus_per_trial: float | None = None,
     cv_folds: int | None = None,
     cv_top: int | None = None,
+    replicates: int | None = None,
 ) -> Profile:
     """A copy with the CLI's budget overrides; `max_epochs` also sets the space's `epochs` and
     lowers `grace_period` to it when needed (ASHA needs grace <= max_t)."""
@@ -78,6 +79,8 @@ def with_overrides(
         changes["cv_folds"] = int(cv_folds)
     if cv_top is not None:
         changes["cv_top"] = int(cv_top)
+    if replicates is not None:
+        changes["replicates"] = int(replicates)
     return dataclasses.replace(profile, **changes)
 
 

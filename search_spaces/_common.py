@@ -51,6 +51,9 @@ class Profile:
     # stratified folds of every non-test image; 0 folds keeps the holdout path only.
     cv_folds: int = 0
     cv_top: int = 0
+    # Seeds of each finalist retrained on the folds, each one more ensemble candidate (the
+    # recipes' "3-seed ensembles"); 1: the finalist's own seed only.
+    replicates: int = 1
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.space) - _FIELDS)
@@ -74,6 +77,14 @@ class Profile:
                 self.cv_folds and self.cv_top < 1):
             raise ConfigError(f"profile {self.name}: cv_folds must be 0 or 2..20 and cv_top >= 1 "
                               f"with folds, got {self.cv_folds}, {self.cv_top}")
+        if not 1 <= self.replicates <= 20:
+            raise ConfigError(f"profile {self.name}: replicates must be in 1..20, got "
+                              f"{self.replicates}")
+        if self.replicates > 1 and not self.cv_folds:
+            raise ConfigError(f"profile {self.name}: {self.replicates} replicates need the "
+                              "cross-validation stage (cv_folds >= 2): the extra seeds are "
+                              "retrained on its folds, so each one has out-of-fold predictions "
+                              "to be chosen on")
         check_space(self.space, f"profile {self.name}")
 
     @property

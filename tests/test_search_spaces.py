@@ -283,3 +283,19 @@ def test_sample_from_sees_the_rest_of_the_config() -> None:
                    1, 3, 1, 1.0, 0.0, "")
     for c in sample_configs(prof, 10, seed=0):
         assert c["phantom_per_class"] == 2 * c["batch_size"]
+
+
+def test_replicates_are_extra_seeds_of_the_cross_validated_finalists() -> None:
+    from orchestrator.sweep.records import candidate_name, replicate_of, replicate_seed
+
+    profile = with_overrides(get_profile("brain", "smoke"), replicates=3)
+    assert profile.replicates == 3 and get_profile("brain", "smoke").replicates == 1
+    with pytest.raises(ConfigError, match="need the cross-validation stage"):
+        with_overrides(get_profile("brain", "smoke"), replicates=2, cv_folds=0)
+    with pytest.raises(ConfigError, match="replicates must be in 1..20"):
+        with_overrides(get_profile("brain", "smoke"), replicates=0)
+    assert [replicate_seed(7, r) for r in range(3)] == [7, 1007, 2007]
+    assert replicate_of({"finalist": 0, "cv_fold": 1}) == 0
+    assert replicate_of({"replicate": 2}) == 2
+    assert candidate_name("abc_00003", 0) == "abc_00003"
+    assert candidate_name("abc_00003", 2) == "abc_00003-r2"

@@ -15,7 +15,7 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.errors import ConfigError
-from orchestrator.sweep.records import STOPPED_EARLY
+from orchestrator.sweep.records import STOPPED_EARLY, candidate_name
 from orchestrator.train.artifacts import BEST_MODEL, VAL_LABELS
 from orchestrator.tta.pool import Candidate
 
@@ -171,10 +171,12 @@ def cross_validated(sweep: SweepInfo, task, runs: list, work: Path, log: Log,
     predicts the fold it never saw (checked: its saved labels are that fold's)."""
     from orchestrator.data.dataset import load_recorded
 
-    by_finalist: dict[str, list] = {}
+    by_finalist: dict[str, list] = {}  # each seed of a finalist (--replicates) is a candidate
     for run in runs:
         if run.data.tags.get(tracking.TAG_STATUS) == tracking.STATUS_COMPLETED:
-            by_finalist.setdefault(run.data.tags[tracking.TAG_FINALIST], []).append(run)
+            name = candidate_name(run.data.tags[tracking.TAG_FINALIST],
+                                  int(run.data.tags.get(tracking.TAG_REPLICATE, "0")))
+            by_finalist.setdefault(name, []).append(run)
     data, models, images, positions = {}, {}, {}, {}
     for finalist, fold_runs in sorted(by_finalist.items()):
         resolution = int(fold_runs[0].data.params["resolution"])

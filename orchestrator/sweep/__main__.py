@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                    "validation split (default: the profile's: smoke 2, cpu 3, gpu 5)")
     p.add_argument("--cv-top", type=int, help="finalists to cross-validate (default: the "
                    "profile's: smoke 2, cpu 2, gpu 4)")
+    p.add_argument("--replicates", type=int, help="seeds of each finalist retrained on the "
+                   "folds, each one more ensemble candidate (the recipes' 3-seed ensembles: "
+                   "--replicates 3; default 1); needs cross-validation")
     p.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else a local "
                    "single-node Ray)")
     p.add_argument("--storage-path", help="where trial checkpoints go: a local folder "
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                            num_samples=args.num_samples, max_epochs=args.max_epochs,
                            cpus_per_trial=args.cpus_per_trial,
                            gpus_per_trial=args.gpus_per_trial, cv_folds=args.cv_folds,
-                           cv_top=args.cv_top, address=args.address,
+                           cv_top=args.cv_top, replicates=args.replicates,
+                           address=args.address,
                            storage_path=args.storage_path, experiment=args.experiment,
                            tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
                            scheduler=args.scheduler, ensemble=not args.no_ensemble,

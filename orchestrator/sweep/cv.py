@@ -49,8 +49,10 @@ def finalists(grid: tune.ResultGrid, metric: str, mode: str,
 
 def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: SweepContext,
                    manifest: Path, storage: str, name: str, resources: dict,
-                   restore: str | None, log: Log, reuse_actors: bool = True) -> pd.DataFrame:
-    """Run (or, with `restore`, continue) the N x K fold trials; their runs' statuses as a table.
+                   restore: str | None, log: Log, reuse_actors: bool = True,
+                   replicates: int = 1) -> pd.DataFrame:
+    """Run (or, with `restore`, continue) the N x R x K fold trials (R seeds per finalist);
+    their runs' statuses as a table.
 
     Raises SweepInterrupted when Ctrl+C stopped it: `--resume` continues here."""
     cv_context = dataclasses.replace(context, finalists=tuple(chosen))
@@ -59,16 +61,20 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
     folded = {r: load_folded_data(base.replace(resolution=r), manifest, log) for r in resolutions}
     trainable = tune.with_resources(
         tune.with_parameters(run_cv_trial, folded=folded, context=cv_context), resources)
-    log(f"cross-validation: {len(chosen)} finalist(s) x {folds} folds = "
-        f"{len(chosen) * folds} trials: " + ", ".join(t for t, _ in chosen))
+    seeds = f" x {replicates} seeds" if replicates > 1 else ""
+    log(f"cross-validation: {len(chosen)} finalist(s){seeds} x {folds} folds = "
+        f"{len(chosen) * replicates * folds} trials: " + ", ".join(t for t, _ in chosen))
+    space = {"finalist": tune.grid_search(list(range(len(chosen)))),
+             "cv_fold": tune.grid_search(list(range(folds)))}
+    if replicates > 1:
+        space["replicate"] = tune.grid_search(list(range(replicates)))
     if restore:
         tuner = tune.Tuner.restore(restore, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"finalist": tune.grid_search(list(range(len(chosen)))),
-                         "cv_fold": tune.grid_search(list(range(folds)))},
+            param_space=space,
             tune_config=tune.TuneConfig(metric=context.metric, mode=context.mode,
                                         num_samples=1, scheduler=FIFOScheduler(),
                                         reuse_actors=reuse_actors),
@@ -89,4 +95,5 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
                                "unfinished fold trial(s)")
     return pd.DataFrame([{"finalist": r.data.tags.get(tracking.TAG_FINALIST),
                           "fold": r.data.tags.get(tracking.TAG_FOLD),
+                          "replicate": r.data.tags.get(tracking.TAG_REPLICATE, "0"),
                           "status": r.data.tags.get(tracking.TAG_STATUS)} for r in runs])

@@ -14,7 +14,8 @@ from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
 DATA_FACTS = {"images": MANIFEST_CSV, "images_unreadable": UNREADABLE_CSV,
               "duplicate_pairs": DUPLICATES_CSV, "duplicates_left_out": LEFT_OUT_CSV}
 LEADERBOARD_COLUMNS = ("backbone", "resolution", "schedule", "lr_multiplier", "loss",
-                       "augment", "mixup_alpha", "label_smoothing", "batch_size")
+                       "augment", "mixup_alpha", "label_smoothing", "batch_size",
+                       "frequency_stream", "head_weights")
 
 
 def data_records(manifest: Path) -> dict[str, Path]:
@@ -84,3 +85,18 @@ def leaderboard(grid, metric: str, mode: str, max_epochs: int | None = None) -> 
         return board
     return board.sort_values(f"best_{metric}", ascending=(mode == "min"),
                              na_position="last").reset_index(drop=True)
+
+
+def replicate_of(sampled: Mapping[str, Any]) -> int:
+    """Which seed of its finalist a cross-validation trial trains (0: the finalist's own)."""
+    return int(sampled.get("replicate", 0))
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """Replicate r trains with seed + 1000 r: far from any seed a search samples."""
+    return seed + 1000 * replicate
+
+
+def candidate_name(finalist: str, replicate: int) -> str:
+    """How the ensemble calls one seed of a finalist: its trial id, `-r<k>` for extra seeds."""
+    return finalist if replicate == 0 else f"{finalist}-r{replicate}"

@@ -81,6 +81,7 @@ def run_sweep(
     gpus_per_trial: float | None = None,
     cv_folds: int | None = None,
     cv_top: int | None = None,
+    replicates: int | None = None,
     address: str | None = None,
     storage_path: str | None = None,
     experiment: str | None = None,
@@ -129,7 +130,8 @@ def run_sweep(
     runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
                          num_samples=num_samples, max_epochs=max_epochs,
                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                         cv_folds=cv_folds, cv_top=cv_top, storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
+                         cv_folds=cv_folds, cv_top=cv_top, replicates=replicates,
+                         storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
                          space_overrides=space_overrides or {}, scheduler=scheduler,
                          build_ensemble=ensemble, cluster_can_grow=can_grow,
                          reuse_actors=reuse_actors, log=log)
@@ -158,12 +160,13 @@ class SweepRunner:
                  cv_folds: int | None, cv_top: int | None, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
                  scheduler: str, build_ensemble: bool, log: Log,
-                 cluster_can_grow: bool = False, reuse_actors: bool = True) -> None:
+                 cluster_can_grow: bool = False, reuse_actors: bool = True,
+                 replicates: int | None = None) -> None:
         name = profile or choose_profile(ray.cluster_resources())
         self.profile = with_overrides(get_profile(task, name), num_samples=num_samples,
                                       max_epochs=max_epochs, cpus_per_trial=cpus_per_trial,
                                       gpus_per_trial=gpus_per_trial, cv_folds=cv_folds,
-                                      cv_top=cv_top)
+                                      cv_top=cv_top, replicates=replicates)
         check_trial_fits(self.profile.cpus_per_trial, self.profile.gpus_per_trial, log,
                          can_grow=cluster_can_grow)
         self.task, self.task_record, self.data_dir = task, task_record, data_dir
@@ -205,6 +208,7 @@ class SweepRunner:
                     "storage_path": path, **facts,
                     "keep_duplicates": bool(space.get("keep_duplicates", False)),
                     "cv_folds": self.profile.cv_folds, "cv_top": self.profile.cv_top,
+                    "replicates": self.profile.replicates,
                     **({"positive_class": space["positive_class"]}
                        if space.get("positive_class") else {})},
             artifacts={"search_space.json": self._space_file(space), **records})
@@ -216,6 +220,7 @@ class SweepRunner:
                  "cpus_per_trial": self.profile.cpus_per_trial,
                  "gpus_per_trial": self.profile.gpus_per_trial,
                  "cv_folds": self.profile.cv_folds, "cv_top": self.profile.cv_top,
+                 "replicates": self.profile.replicates,
                  "space_overrides": self.space_overrides}
         tuner = tune.Tuner(
             self._trainable(datasets, context),
@@ -246,7 +251,7 @@ class SweepRunner:
             get_profile(state["task"], state["profile"]), num_samples=state["num_samples"],
             max_epochs=state["max_epochs"], cpus_per_trial=state["cpus_per_trial"],
             gpus_per_trial=state["gpus_per_trial"], cv_folds=state.get("cv_folds", 0),
-            cv_top=state.get("cv_top", 0))
+            cv_top=state.get("cv_top", 0), replicates=state.get("replicates", 1))
         self.space_overrides = state.get("space_overrides", {})
         scratch = tempfile.mkdtemp(prefix="medsweep-recorded-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
@@ -368,7 +373,8 @@ class SweepRunner:
             write_sweep_state(path, {**state, "cv_started": True})
         try:
             table = cross_validate(
-                chosen, folds=self.profile.cv_folds, context=context, manifest=self.manifest,
+                chosen, folds=self.profile.cv_folds, replicates=self.profile.replicates,
+                context=context, manifest=self.manifest,
                 storage=self.storage, name=state["name"],
                 resources={"cpu": self.profile.cpus_per_trial,
                            "gpu": self.profile.gpus_per_trial},

@@ -21,7 +21,8 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestrator import console, tracking
 from orchestrator.config import TrialConfig
-from orchestrator.sweep.records import short_trial_name, trial_run_name
+from orchestrator.sweep.records import (replicate_of, replicate_seed, short_trial_name,
+                                       trial_run_name)
 from orchestrator.train.artifacts import (CHECKPOINT_FILES, STATE, EpochReport, FoldedData,
                                           TrialData)
 from orchestrator.train.trial import train_trial
@@ -62,8 +63,9 @@ def trial_config(sampled: Mapping[str, Any], context: SweepContext) -> TrialConf
     """The sampled config plus what the trial's resources dictate (threads, GPU share)."""
     gpus = context.gpus_per_trial
     if context.is_cv:
-        sampled = {**context.finalists[int(sampled["finalist"])][1],
-                   "cv_fold": int(sampled["cv_fold"])}
+        base = context.finalists[int(sampled["finalist"])][1]
+        sampled = {**base, "cv_fold": int(sampled["cv_fold"]),
+                   "seed": replicate_seed(int(base.get("seed", 0)), replicate_of(sampled))}
     return TrialConfig.from_dict({
         **sampled,
         "cpu_threads": max(1, int(context.cpus_per_trial)),
@@ -201,8 +203,12 @@ class TrialTracker(tune.Callback):
             if ctx.is_cv:
                 finalist = ctx.finalists[int(trial.config["finalist"])][0]
                 fold = int(trial.config["cv_fold"])
-                kind, name = tracking.KIND_CV_TRIAL, f"cv {short_trial_name(finalist)} fold {fold}"
-                tags = {tracking.TAG_FINALIST: finalist, tracking.TAG_FOLD: str(fold)}
+                replicate = replicate_of(trial.config)
+                seed = f" seed {replicate + 1}" if replicate else ""
+                kind = tracking.KIND_CV_TRIAL
+                name = f"cv {short_trial_name(finalist)}{seed} fold {fold}"
+                tags = {tracking.TAG_FINALIST: finalist, tracking.TAG_FOLD: str(fold),
+                        tracking.TAG_REPLICATE: str(replicate)}
             params = trial_config(trial.config, ctx).to_dict()
             if ctx.task_key:  # the same meaning as the parent run's `task`
                 params["task"] = ctx.task_key

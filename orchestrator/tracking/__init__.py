@@ -8,7 +8,7 @@ from __future__ import annotations
 from orchestrator.tracking.runs import (
     KIND_CV_TRIAL, KIND_ENSEMBLE, KIND_SWEEP, KIND_TRIAL, PARENT_TAG, STATUS_COMPLETED, STATUS_ERRORED,
     STATUS_RUNNING, STATUS_STOPPED_EARLY, TAG_KIND, TAG_PROFILE, TAG_STATUS, TAG_SYNTHETIC,
-    TAG_BEST_EPOCH, TAG_CHECKPOINT, TAG_EPOCHS_RUN, TAG_FINALIST, TAG_FOLD, TAG_NODE, TAG_TASK,
+    TAG_BEST_EPOCH, TAG_CHECKPOINT, TAG_EPOCHS_RUN, TAG_FINALIST, TAG_FOLD, TAG_REPLICATE, TAG_NODE, TAG_TASK,
     TAG_TRIAL_ID,
     TRIAL_STATUSES, best_metric, download, metric_history, find_runs_by_tag, get_run, log_file, log_metrics,
     start_child_run, finish_run, format_value,
@@ -20,7 +20,7 @@ from orchestrator.tracking.store import (
     ensure_experiment, environment_params, local_artifact_root, runs_table_url, ui_command)
 
 __all__ = [
-    "KIND_CV_TRIAL", "KIND_ENSEMBLE", "KIND_SWEEP", "KIND_TRIAL", "TAG_FINALIST", "TAG_FOLD", "PARENT_TAG", "STATUS_COMPLETED",
+    "KIND_CV_TRIAL", "KIND_ENSEMBLE", "KIND_SWEEP", "KIND_TRIAL", "TAG_FINALIST", "TAG_FOLD", "TAG_REPLICATE", "PARENT_TAG", "STATUS_COMPLETED",
     "STATUS_ERRORED", "STATUS_RUNNING", "STATUS_STOPPED_EARLY", "TAG_KIND", "TAG_PROFILE",
     "TAG_STATUS", "TAG_SYNTHETIC", "TAG_TASK", "TAG_BEST_EPOCH", "TAG_CHECKPOINT",
     "TAG_EPOCHS_RUN", "TAG_NODE", "best_metric", "download", "get_run", "log_file",

@@ -34,6 +34,7 @@ TAG_BEST_EPOCH = "medsweep.best_epoch"
 TAG_CHECKPOINT = "medsweep.checkpoint"
 TAG_FINALIST = "medsweep.finalist"  # a cross-validation run: the search trial it retrains
 TAG_FOLD = "medsweep.fold"  # ... and the fold it holds out
+TAG_REPLICATE = "medsweep.replicate"  # ... and which of its seeds (0: its own; --replicates)
 PARENT_TAG = "mlflow.parentRunId"
 KIND_SWEEP, KIND_TRIAL, KIND_ENSEMBLE = "sweep", "trial", "ensemble"
 KIND_CV_TRIAL = "cv_trial"  # a finalist retrained on one fold (the second stage of a sweep)
