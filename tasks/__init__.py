@@ -4,7 +4,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from orchestrator.errors import ConfigError
-from tasks import brain, folder, leukemia, pneumonia, skin
+from tasks import brain, folder, leukemia, multihead, pneumonia, skin
 from tasks.base import Preprocessing, SplitPolicy, Task
 
 _MODULES: dict[str, ModuleType] = {
@@ -13,6 +13,7 @@ _MODULES: dict[str, ModuleType] = {
     "leukemia": leukemia,
     "pneumonia": pneumonia,
     "folder": folder,
+    "multihead": multihead,
 }
 TASKS: dict[str, dict[str, Task]] = {name: m.VARIANTS for name, m in _MODULES.items()}
 

@@ -123,6 +123,10 @@ class Task:
         object.__setattr__(self, "heads", tuple(self.heads))
         if self.heads:
             self._check_heads()
+        elif self.metric == MULTIHEAD_METRIC:  # heads from the data (`with_heads`), none yet
+            if self.classes:
+                raise ConfigError(f"task {self.name}: a multi-head task whose heads come from "
+                                  "the data has no classes until it has its heads")
         elif self.metric not in METRICS:
             raise ConfigError(f"task {self.name}: metric {self.metric!r} is not one of {METRICS}")
         if self.mode not in ("max", "min"):
@@ -157,7 +161,9 @@ class Task:
 
     @property
     def is_multihead(self) -> bool:
-        return bool(self.heads)
+        """Several outputs; also true of a record whose heads come from the data (no heads
+        yet, metric MULTIHEAD_METRIC) until its reader gives them (`with_heads`)."""
+        return bool(self.heads) or self.metric == MULTIHEAD_METRIC
 
     def head(self, name: str) -> Head:
         for h in self.heads:

@@ -7,6 +7,8 @@ heads reads through the same reader, which declares its heads from the columns.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tasks.base import MULTIHEAD_METRIC, Head, Task
 
 SHAPES = ("disc", "square", "triangle", "ring")
@@ -38,5 +40,19 @@ MULTIHEAD = Task(
     heads=HEADS,
 )
 
-VARIANTS = {"default": MULTIHEAD}
+# Your own labels.csv: every column but path, group and split is a head, its kind declared in
+# the header (`grade:classification`, `volume:regression[ml]`) or read from the values
+# (`orchestrator.data.readers.multihead_csv`). The reader returns `with_heads(...)` of this.
+CSV = replace(
+    MULTIHEAD,
+    variant="csv",
+    title="Your own multi-head CSV (path, one column per head, optional group and split)",
+    classes=(),
+    source_labels=(),
+    label_map={},
+    heads=(),
+    resolutions=(224,),
+)
+
+VARIANTS = {"default": MULTIHEAD, "csv": CSV}
 DEFAULT_VARIANT = "default"

@@ -42,7 +42,7 @@ def _counts(scan) -> dict[tuple[str, str], int]:
 def test_every_variant_round_trips_with_contract_table(task, phantoms):
     scan = read_layout(task, phantoms[task.name])
     table = scan.table
-    assert tuple(table.columns) == COLUMNS
+    assert tuple(table.columns) == COLUMNS + tuple(f"target_{h.name}" for h in scan.task.heads)
     assert table["path"].is_monotonic_increasing
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in table["path"])
     assert set(table["label"]) == set(scan.task.classes)

@@ -31,6 +31,7 @@ DOCUMENTED_GPU_RESOLUTIONS = {
     "leukemia": [224, 256],
     "pneumonia": [224, 384],
     "folder": [224],
+    "multihead": [64, 128],
 }
 
 

@@ -1,24 +1,27 @@
 """Contract tests over the task registry itself."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from orchestrator.errors import ConfigError
 from tasks import TASKS, default_variant, get_task, task_names, variant_names
-from tasks.base import METRICS, TTA_KINDS
+from tasks.base import METRICS, MULTIHEAD_METRIC, TTA_KINDS
 
 ALL = [(name, variant) for name, variants in TASKS.items() for variant in variants]
 
 
-def test_the_five_tasks_are_registered():
-    assert task_names() == ["brain", "skin", "leukemia", "pneumonia", "folder"]
+def test_the_six_tasks_are_registered():
+    assert task_names() == ["brain", "skin", "leukemia", "pneumonia", "folder", "multihead"]
 
 
 @pytest.mark.parametrize("name,variant", ALL)
 def test_every_task_is_coherent(name, variant):
     task = get_task(name, variant)
     assert task.name == name and task.variant == variant
-    assert task.metric in METRICS and task.mode in ("max", "min")
+    assert task.metric in (METRICS if not task.is_multihead else (MULTIHEAD_METRIC,))
+    assert task.mode in ("max", "min")
     assert set(task.tta_kinds) <= set(TTA_KINDS)
     assert task.resolutions and all(r >= 32 for r in task.resolutions)
     if task.classes:  # folder discovers its classes from the data
@@ -86,3 +89,19 @@ def test_unknown_names_list_the_valid_ones(bad, needle):
 def test_unknown_class_names_the_expected_ones():
     with pytest.raises(ConfigError, match="expected one of"):
         get_task("brain").class_index("notumor")
+
+
+def test_multihead_task_and_its_csv_placeholder():
+    task = get_task("multihead")
+    assert task.is_multihead and [h.name for h in task.heads] == ["shape", "texture", "size"]
+    assert task.classes == task.head("shape").classes and task.layout == "multihead_csv"
+    csv = get_task("multihead/csv")
+    assert csv.is_multihead and csv.heads == () and csv.classes == ()
+    assert csv.layout == task.layout and csv.metric == MULTIHEAD_METRIC
+    mine = csv.with_heads(task.heads[1:])  # heads from the data: texture leads
+    assert mine.classes == ("smooth", "stripes", "dots") and mine.heads == task.heads[1:]
+    with pytest.raises(ConfigError, match="at least one classification head"):
+        csv.with_heads(task.heads[2:])
+    with pytest.raises(ConfigError, match="no classes until it has its heads"):
+        dataclasses.replace(csv, classes=("a", "b"), source_labels=("a", "b"),
+                            label_map={"a": "a", "b": "b"})

@@ -16,7 +16,7 @@ import pandas as pd
 
 from orchestrator.data.layouts import read_layout
 from orchestrator.data.phantoms import phantom_banner, write_phantom
-from orchestrator.data.table import IMAGE_EXTENSIONS, Scan, summarize_skipped
+from orchestrator.data.table import IMAGE_EXTENSIONS, Scan, summarize_skipped, target_column
 from orchestrator.errors import ConfigError, MedSweepError
 from tasks import get_task, task_names
 from tasks.base import Task
@@ -80,6 +80,8 @@ def _scan(args: argparse.Namespace) -> int:
     if scan.synthetic:
         print("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES")
     print(counts_table(scan).to_string())
+    for line in head_lines(scan):
+        print(line)
     for line in scan.notes:
         print(f"note: {line}")
     for line in summarize_skipped(scan.skipped):
@@ -93,6 +95,27 @@ def counts_table(scan: Scan) -> pd.DataFrame:
     table = pd.crosstab(scan.table["label"], split, margins=True, margins_name="total")
     table = table.reindex([*scan.task.classes, "total"]).fillna(0).astype(int)
     return table.rename_axis(index=None, columns=None)
+
+
+def head_lines(scan: Scan) -> list[str]:
+    """A multi-head task's heads beyond the first classification one (whose classes are the
+    table's rows): images per class, or a regression head's range and mean."""
+    first = next((h for h in scan.task.heads if h.is_classification), None)
+    lines = []
+    for head in scan.task.heads:
+        values = scan.table[target_column(head.name)]
+        if head is first:
+            continue
+        if head.is_classification:
+            counts = values.value_counts()
+            lines.append(f"head {head.name}: " + ", ".join(
+                f"{c} {int(counts.get(c, 0))}" for c in head.classes))
+        else:
+            numbers = values.astype(float)
+            unit = f" {head.unit}" if head.unit else ""
+            lines.append(f"head {head.name} (regression): {numbers.min():g} to "
+                         f"{numbers.max():g}{unit}, mean {numbers.mean():.4g}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from orchestrator.data import cache, duplicates, integrity, splits
 from orchestrator.data.layouts import read_layout
 from orchestrator.data.phantoms import ensure_phantom
 from orchestrator.data.table import COLUMNS, summarize_skipped
+from orchestrator.data.targets import head_columns, heads_from_record, target_matrix
 from orchestrator.errors import ConfigError, DataError
 from tasks.base import SPLITS, Task
 
@@ -48,15 +49,20 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(images, class indices) of one split; images gathered into RAM in manifest order."""
+        """(images, targets) of one split; images gathered into RAM in manifest order. Targets:
+        class indices, int64 (N,); a multi-head task's `target_matrix`, float64 (N, H)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         rows = self.table[self.table["split"] == split]
         return self.images[rows["row"].to_numpy()], self.labels(split)
 
     def labels(self, split: str) -> np.ndarray:
-        """Class indices of one split, without gathering its images."""
-        rows = self.table[self.table["split"] == split]
+        """Targets of one split (as `arrays`), without gathering its images."""
+        return self._targets(self.table[self.table["split"] == split])
+
+    def _targets(self, rows: pd.DataFrame) -> np.ndarray:
+        if self.task.is_multihead:
+            return target_matrix(rows, self.task)
         return np.array([self.task.class_index(c) for c in rows["label"]], dtype=np.int64)
 
     def paths(self, split: str) -> list[str]:
@@ -72,9 +78,8 @@ class PreparedData:
         return int(made[made != ""].nunique())
 
     def rows_arrays(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(images, class indices) of some rows of `table`, in their order."""
-        labels = np.array([self.task.class_index(c) for c in rows["label"]], dtype=np.int64)
-        return self.images[rows["row"].to_numpy()], labels
+        """(images, targets as `arrays`) of some rows of `table`, in their order."""
+        return self.images[rows["row"].to_numpy()], self._targets(rows)
 
     @property
     def leaking_pairs(self) -> pd.DataFrame:
@@ -138,7 +143,7 @@ def prepare_dataset(
     cached = cache.load_or_build(kept, task.preprocessing, resolution,
                                  splits.fingerprint_of(kept, [digests[p] for p in kept]), log=log)
     table = table[cached.ok].reset_index(drop=True)
-    fingerprint = splits.data_fingerprint(table, content_fp)
+    fingerprint = splits.data_fingerprint(table, content_fp, task)
     out = Path(manifest_dir) if manifest_dir else cache.cache_root() / "manifests" / fingerprint[:16]
     manifest = splits.write_manifest(table, out, scan.root, fingerprint, scan.synthetic,
                                      digests=[digests[p] for p in table["path"]], task=task)
@@ -176,6 +181,8 @@ def load_recorded(
                         "it is now (--data-dir)")
     if task.layout == "folder":
         task = task.with_classes(tuple(meta["classes"]), meta.get("positive_class"))
+    if task.is_multihead:
+        task = _recorded_heads(task, table, meta, manifest)
     paths = table["path"].tolist()
     digests = splits.file_digests(paths)
     _check_unchanged(table, digests, root, manifest)
@@ -189,6 +196,24 @@ def load_recorded(
     return PreparedData(task=task, root=root, table=table, images=cached.images,
                         resolution=resolution, fingerprint=meta["fingerprint"],
                         synthetic=bool(meta.get("synthetic")), manifest_path=manifest)
+
+
+def _recorded_heads(task: Task, table: pd.DataFrame, meta: dict, manifest: Path) -> Task:
+    """The task with the heads the sweep recorded: those of the data where the task takes them
+    from it (`multihead/csv`); a declared task's own heads, which must be the recorded ones."""
+    if "heads" not in meta:
+        raise DataError(f"{manifest} records no heads for the multi-head task {task.key}")
+    recorded = heads_from_record(meta["heads"])
+    if not task.heads:
+        task = task.with_heads(recorded)
+    elif task.heads != recorded:
+        raise DataError(f"{manifest} recorded the heads "
+                        f"{', '.join(h.name for h in recorded)} ({meta['heads']}); task "
+                        f"{task.key} declares others now: {task.summary()['heads']}")
+    missing = [c for c in head_columns(task) if c not in table]
+    if missing:
+        raise DataError(f"{manifest} lacks the target column(s) {', '.join(missing)}")
+    return task
 
 
 def _check_unchanged(table: pd.DataFrame, digests: list[str], root: Path, manifest: Path) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.data.readers import blood_cell_all, brain_mri, chest_xray, folder, ham10000
+from orchestrator.data.readers import (blood_cell_all, brain_mri, chest_xray, folder, ham10000,
+                                       multihead_csv)
 from orchestrator.data.readers.walk import existing_dir
 from orchestrator.data.table import Scan
 from orchestrator.errors import ConfigError, DataError
@@ -23,7 +24,9 @@ LAYOUTS: dict[str, Reader] = {
     "blood_cell_all": blood_cell_all.read,
     "chest_xray": chest_xray.read,
     "folder": folder.read,
+    "multihead_csv": multihead_csv.read,
 }
+CSV_LAYOUTS = frozenset({"folder", "multihead_csv"})  # `root` may be the CSV file itself
 
 
 def read_layout(task: Task, root: str | Path) -> Scan:
@@ -32,8 +35,8 @@ def read_layout(task: Task, root: str | Path) -> Scan:
         raise ConfigError(f"task {task.key}: unknown layout {task.layout!r}; "
                           f"known: {', '.join(LAYOUTS)}")
     path = Path(root).expanduser().resolve()
-    if task.layout == "folder" and path.is_file():
+    if task.layout in CSV_LAYOUTS and path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"expected a folder or a .csv file, got {path}")
-        return LAYOUTS["folder"](task, path)
+        return LAYOUTS[task.layout](task, path)
     return LAYOUTS[task.layout](task, existing_dir(path))

@@ -285,3 +285,71 @@ def paint_shape(rng: Rng, look: str, s: int) -> np.ndarray:
         speck = _ellipse(s, s, rng.uniform(0, s, 2), (s * 0.02,) * 2)
         _blend(img, speck, tuple(rng.uniform(0, 255, 3)))
     return _finish(img, rng, noise=8.0, blur=s * 0.004)
+
+
+# --- multi-head (colour: outline, fill and size of one object) --------------------------------
+
+FIELD_MM = 100.0  # the image's side, in mm: a token's `diameter` is a fraction of it
+
+
+@dataclass(frozen=True)
+class Token:
+    """One object's fixed facts; two images of it differ in pose, lighting and noise only."""
+
+    shape: str  # disc, square, triangle, ring: the outline
+    texture: str  # smooth, stripes, dots: the fill
+    diameter: float  # of the circle through the outline's corners, as a fraction of the side
+    colour: tuple[float, float, float]
+    period: float  # of the stripes or dots, as a fraction of the side
+
+
+def make_token(rng: Rng, shape: str, texture: str, diameter_mm: float) -> Token:
+    return Token(shape, texture, diameter_mm / FIELD_MM, tuple(rng.uniform(150, 255, 3)),
+                 rng.uniform(0.075, 0.09))
+
+
+def paint_token(rng: Rng, token: Token, s: int) -> np.ndarray:
+    """The token at a random place and angle on a dark uneven background, with a few specks.
+
+    The whole outline stays inside the image, so its size can be read; the fill is the
+    token's colour (smooth), with dark bands across it (stripes) or a grid of dark dots (dots).
+    """
+    img = np.ones((s, s, 3), np.float32) * rng.uniform(15, 70, 3)
+    img += (_smooth_field(rng, s, s, 4) * 15)[..., None]
+    r = token.diameter * s / 2
+    margin = r + s * 0.03
+    p = rng.uniform(margin, s - margin, 2)
+    angle = rng.uniform(0, 360)
+    shape = _token_mask(token.shape, s, p, r, angle)
+    fill = np.ones((s, s), np.float32)
+    if token.texture != "smooth":
+        fill = 1.0 - 0.7 * _texture(rng, token.texture, s, token.period * s)
+    colour = np.asarray(token.colour, np.float32) * rng.uniform(0.9, 1.1)
+    img *= 1.0 - shape[..., None]
+    img += shape[..., None] * fill[..., None] * colour
+    for _ in range(rng.integers(0, 3)):  # specks: smaller than any token, larger than a dot
+        speck = _ellipse(s, s, rng.uniform(0, s, 2), (s * rng.uniform(0.012, 0.02),) * 2)
+        _blend(img, speck, tuple(rng.uniform(60, 200, 3)), alpha=0.8)
+    return _finish(img, rng, noise=6.0, blur=s * 0.004)
+
+
+def _token_mask(shape: str, s: int, p: np.ndarray, r: float, angle: float) -> np.ndarray:
+    if shape == "disc":
+        return _ellipse(s, s, p, (r, r))
+    if shape == "ring":
+        return np.clip(_ellipse(s, s, p, (r, r)) - _ellipse(s, s, p, (r * 0.5, r * 0.5)), 0, 1)
+    corners = 4 if shape == "square" else 3
+    theta = np.radians(angle) + np.arange(corners) * 2 * np.pi / corners
+    return _polygon(s, s, p + r * np.stack([np.cos(theta), np.sin(theta)], axis=1))
+
+
+def _texture(rng: Rng, texture: str, s: int, period: float) -> np.ndarray:
+    """A (s, s) pattern in [0, 1] at a random angle and phase: 1 where the fill is dark."""
+    y, x = np.mgrid[0:s, 0:s].astype(np.float32)
+    a = rng.uniform(0, np.pi)
+    u = (x * np.cos(a) + y * np.sin(a)) / period + rng.uniform(0, 1)
+    if texture == "stripes":
+        return (np.sin(2 * np.pi * u) > 0).astype(np.float32)
+    v = (-x * np.sin(a) + y * np.cos(a)) / period + rng.uniform(0, 1)
+    du, dv = u - np.round(u), v - np.round(v)
+    return (np.hypot(du, dv) < 0.28).astype(np.float32)

@@ -25,6 +25,7 @@ from orchestrator.data import phantom_draw as draw
 from orchestrator.data.table import PHANTOM_MARKER
 from orchestrator.errors import ConfigError, DataError
 from tasks.base import Task
+from tasks.multihead import SHAPES, TEXTURES
 
 JPEG_QUALITY = 92
 SWAP_FRACTION = 0.1  # images drawn with another class's feature: caps accuracy near 90%
@@ -35,6 +36,8 @@ DEFAULT_SIZE = 128
 SKIN_DEFAULT_SIZE = 120  # 160 x 120, the 4:3 of HAM10000's 600 x 450
 HAM_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 FOLDER_CLASSES = ("disc", "ring", "square")
+MULTIHEAD_COLUMNS = ("path", "shape", "texture", "size", "group")
+SIZE_MM = (20.0, 60.0)  # the multihead token's diameter, uniform, in a 100 mm field of view
 
 
 @dataclass(frozen=True)
@@ -267,10 +270,43 @@ def _write_shapes(w: _Writer) -> None:
             w.save(f"{cls}/{cls}_{i:04d}.jpg", image)
 
 
+def _write_multihead(w: _Writer) -> None:
+    """`labels.csv` (path,shape,texture,size,group) + `images/NNNNN.jpg`, colour.
+
+    `per_class` images per shape, 1-2 per object (a group: the same token at another pose);
+    textures are dealt evenly over each shape's objects, sizes drawn uniformly in SIZE_MM, so
+    shape, texture and size are independent. No split column: the splitter decides.
+    """
+    tokens = []  # (shape, k, image count, token)
+    for shape in SHAPES:
+        rng = w.rng(shape, "objects")
+        counts = _group_sizes(rng, w.per_class, 1, 2)
+        start = int(rng.integers(len(TEXTURES)))
+        deal = rng.permutation(len(counts))
+        for k, count in enumerate(counts):
+            texture = TEXTURES[(start + int(deal[k])) % len(TEXTURES)]
+            token_rng = w.rng(shape, "object", k)
+            diameter = round(float(token_rng.uniform(*SIZE_MM)), 2)
+            tokens.append((shape, k, count, draw.make_token(token_rng, shape, texture, diameter)))
+    order = w.rng("ids")  # file and group numbers are not grouped by shape
+    image_numbers = iter(order.permutation(sum(count for _, _, count, _ in tokens)))
+    rows = []
+    for (shape, k, count, token), number in zip(tokens, order.permutation(len(tokens))):
+        for j in range(count):
+            name = f"images/{int(next(image_numbers)):05d}.jpg"
+            w.save(name, draw.paint_token(w.rng(shape, "image", k, j), token, w.size))
+            rows.append({"path": name, "shape": shape, "texture": token.texture,
+                         "size": f"{token.diameter * draw.FIELD_MM:.2f}",
+                         "group": f"obj{int(number):04d}"})
+    frame = pd.DataFrame(rows, columns=MULTIHEAD_COLUMNS).sort_values("path")
+    frame.to_csv(w.root / "labels.csv", index=False)
+
+
 _LAYOUT_WRITERS: dict[str, Callable[[_Writer], None]] = {
     "brain_mri": _write_brain,
     "ham10000": _write_skin,
     "blood_cell_all": _write_smear,
     "chest_xray": _write_chest,
     "folder": _write_shapes,
+    "multihead_csv": _write_multihead,
 }

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from orchestrator.data.table import COLUMNS, make_table
+from orchestrator.data.table import COLUMNS, make_table, target_columns
 from orchestrator.errors import DataError
 from tasks.base import SPLITS, Task
 
@@ -243,11 +243,15 @@ def _file_digest(path: str) -> str:
         return MISSING
 
 
-def data_fingerprint(table: pd.DataFrame, content_fp: str) -> str:
-    """Content plus labels, groups and splits: what a run trained and was scored on."""
+def data_fingerprint(table: pd.DataFrame, content_fp: str, task: Task | None = None) -> str:
+    """Content plus labels, groups and splits: what a run trained and was scored on. A
+    multi-head task's `target_<head>` columns (where the table has them) and heads (where
+    `task` has them: their classes' order gives the indices trained on) count too."""
     h = hashlib.blake2b(content_fp.encode(), digest_size=16)
+    if task is not None and task.heads:
+        h.update(json.dumps(task.summary()["heads"], sort_keys=True).encode() + b"\n")
     folds = "fold" in table and bool((table["fold"] != "").any())
-    columns = ["label", "group", "split"] + (["fold"] if folds else [])
+    columns = ["label", "group", "split"] + (["fold"] if folds else []) + target_columns(table)
     for row in table[columns].itertuples(index=False):
         h.update("\x1f".join(row).encode("utf-8", "surrogateescape") + b"\n")
     return h.hexdigest()
@@ -256,12 +260,13 @@ def data_fingerprint(table: pd.DataFrame, content_fp: str) -> str:
 def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, fingerprint: str,
                    synthetic: bool, digests: list[str] | None = None,
                    task: Task | None = None) -> Path:
-    """`manifest.csv` (paths relative to root; each file's content hash when `digests` is given)
-    and `manifest.json` (fingerprint, root, counts; the task's classes and positive class)."""
+    """`manifest.csv` (paths relative to root; a multi-head task's `target_<head>` columns;
+    each file's content hash when `digests` is given) and `manifest.json` (fingerprint, root,
+    counts; the task's classes and positive class, and its heads where it has them)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(os.path.abspath(root))
-    frame = table[list(COLUMNS)].copy()
+    frame = table[[*COLUMNS, *target_columns(table)]].copy()
     frame["path"] = [Path(os.path.relpath(p, root)).as_posix() for p in frame["path"]]
     if "fold" in table:
         frame["fold"] = table["fold"].to_numpy()
@@ -278,6 +283,8 @@ def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, f
     }
     if task is not None:
         meta.update(task=task.key, classes=list(task.classes), positive_class=task.positive_class)
+        if task.heads:
+            meta["heads"] = task.summary()["heads"]
     _write_atomic(out / MANIFEST_JSON, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out / MANIFEST_CSV
 
@@ -291,14 +298,15 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def read_manifest(path: str | Path, root: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
     """The table (absolute paths again, under `root` if given, else the recorded root; with the
-    recorded `hash` column when there is one) and the metadata it was written with."""
+    recorded `target_<head>`, `fold` and `hash` columns where there are) and the metadata it
+    was written with."""
     path = Path(path)
     csv = path / MANIFEST_CSV if path.is_dir() else path
     meta = json.loads((csv.parent / MANIFEST_JSON).read_text())
     frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
     base = Path(root if root is not None else meta["root"])
     frame["path"] = [os.path.normpath(base / p) for p in frame["path"]]
-    table = make_table(frame.to_dict("records"))
+    table = make_table(frame.to_dict("records"), extra=target_columns(frame))
     for extra in ("fold", "hash"):  # columns beyond the reader's table, where recorded
         if extra in frame:
             table[extra] = table["path"].map(dict(zip(frame["path"], frame[extra])))
@@ -306,12 +314,14 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> tuple[pd.
 
 
 def split_fingerprint(table: pd.DataFrame, split: str) -> str:
-    """One split's content and labels, whatever its file names, the other splits or how groups
-    were named: two models with the same test fingerprint were tested on the same cases."""
+    """One split's content and labels (and targets, a multi-head task's), whatever its file
+    names, the other splits or how groups were named: two models with the same test
+    fingerprint were tested on the same cases."""
     rows = table[table["split"] == split]
     if "hash" not in rows:
         raise ValueError("the table has no content hashes (a recorded manifest has them)")
     h = hashlib.blake2b(split.encode(), digest_size=16)
-    for row in sorted(zip(rows["hash"], rows["label"])):
+    targets = [rows[c] for c in target_columns(rows)]
+    for row in sorted(zip(rows["hash"], rows["label"], *targets)):
         h.update("\x1f".join(row).encode("utf-8", "surrogateescape") + b"\n")
     return h.hexdigest()

@@ -7,6 +7,9 @@ A table is a pandas DataFrame, sorted by `path`, with the columns in `COLUMNS`:
   group         what must never straddle two splits (lesion id, patient id); the image's own
                 relative path when the task or the data carry no groups
   split         "train", "val", "test", or "" where the splitter must decide
+A multi-head task's table (`Task.heads`) has one more string column per head, after these:
+  target_<head> the head's class (classification) or its value as written (regression); `label`
+                and `source_label` are then the first classification head's class
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import pandas as pd
 from tasks.base import Task
 
 COLUMNS = ("path", "label", "source_label", "group", "split")
+TARGET_PREFIX = "target_"  # a multi-head task's per-head columns: `target_<head name>`
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 JUNK_DIRS = frozenset({"__macosx", ".ipynb_checkpoints"})
@@ -53,11 +57,23 @@ def empty_table() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=str) for c in COLUMNS})
 
 
-def make_table(rows: list[dict]) -> pd.DataFrame:
-    """Rows of dicts with `COLUMNS` keys -> a sorted table with string columns."""
+def target_column(head: str) -> str:
+    """The table column holding one head's target."""
+    return TARGET_PREFIX + head
+
+
+def target_columns(table: pd.DataFrame) -> list[str]:
+    """The `target_<head>` columns a table carries, in its order (none for one head)."""
+    return [c for c in table.columns if c.startswith(TARGET_PREFIX)]
+
+
+def make_table(rows: list[dict], extra: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
+    """Rows of dicts with `COLUMNS` keys (and the `extra` ones: a multi-head task's
+    `target_<head>` columns) -> a sorted table with string columns."""
+    columns = [*COLUMNS, *extra]
     if not rows:
-        return empty_table()
-    frame = pd.DataFrame(rows, columns=list(COLUMNS)).astype(str)
+        return pd.DataFrame({c: pd.Series(dtype=str) for c in columns})
+    frame = pd.DataFrame(rows, columns=columns).astype(str)
     return frame.sort_values("path", kind="stable").reset_index(drop=True)
 
 

@@ -110,10 +110,12 @@ class Collector:
         else:
             self.add_labelled(path, label, source, group, split)
 
-    def add_labelled(self, path: Path, label: str, source: str, group: str, split: str) -> None:
-        """One image whose class is already known (the folder reader's own labels)."""
+    def add_labelled(self, path: Path, label: str, source: str, group: str, split: str,
+                     targets: dict[str, str] | None = None) -> None:
+        """One image whose class is already known (the folder reader's own labels);
+        `targets`: a multi-head row's `target_<head>` values."""
         self.rows.append({"path": str(path), "label": label, "source_label": source,
-                          "group": group, "split": split})
+                          "group": group, "split": split, **(targets or {})})
 
     def images(self, folder: Path, known: frozenset[Path] = frozenset()) -> list[Path]:
         """Image files under `folder` (any depth, sorted); everything else is recorded as skipped.
@@ -171,12 +173,13 @@ class Collector:
             raise DataError(f"class folder {folder} holds no images")
         return images
 
-    def scan(self, task: Task | None = None) -> Scan:
-        """The finished scan; `task` replaces the collector's (the folder reader's classes)."""
+    def scan(self, task: Task | None = None, extra: tuple[str, ...] = ()) -> Scan:
+        """The finished scan; `task` replaces the collector's (the folder reader's classes),
+        `extra` names the rows' columns beyond `COLUMNS` (a multi-head task's targets)."""
         if not self.rows:
             raise DataError(f"no usable images under {self.root}")
         synthetic = any((p / PHANTOM_MARKER).exists() for p in (self.root, self.given))
-        return Scan(task=task or self.task, root=self.root, table=make_table(self.rows),
+        return Scan(task=task or self.task, root=self.root, table=make_table(self.rows, extra),
                     skipped=list(dict.fromkeys(self.skipped)), synthetic=synthetic,
                     notes=self.notes)
 
