@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from orchestrator.errors import ConfigError
-from tasks.base import Head, Task
+from tasks.base import HEAD_KINDS, Head, Task
 
 
 def column_slices(task: Task) -> dict[str, slice]:
@@ -93,20 +93,25 @@ def target_scales(y_train: np.ndarray, task: Task) -> dict[str, TargetScale]:
 
 
 def parse_head_weights(text: str, task: Task) -> dict[str, float]:
-    """`"shape=1,size=0.5"` -> every head's loss weight (unnamed heads keep the task's).
+    """`"shape=1,size=0.5"` -> every head's loss weight (unnamed heads keep the task's). A kind
+    (`regression=0.5`) weighs every head of that kind; a head's own name wins over its kind.
 
-    A flat string so Tune can search it as a choice and MLflow logs it as one param."""
+    A flat string so Tune can search it as a choice and MLflow logs it as one param. For a task
+    whose heads come from the data (none yet), only the form is checked here; the names are
+    checked when the trial has read its data."""
     weights = {h.name: h.loss_weight for h in task.heads}
     if not text:
         return weights
     if not task.is_multihead:
         raise ConfigError(f"head_weights {text!r}: task {task.key} has a single head")
+    known = [*weights, *HEAD_KINDS]
+    given: dict[str, float] = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
         name = name.strip()
-        if not sep or name not in weights:
+        if not sep or not name.isidentifier() or (task.heads and name not in known):
             raise ConfigError(f"head_weights {text!r}: {item.strip()!r} is not HEAD=WEIGHT with "
-                              f"HEAD one of {', '.join(weights)}")
+                              f"HEAD one of {', '.join(known) if task.heads else 'the heads'}")
         try:
             weight = float(value)
         except ValueError:
@@ -114,7 +119,9 @@ def parse_head_weights(text: str, task: Task) -> dict[str, float]:
                               "is not a number") from None
         if not weight > 0:
             raise ConfigError(f"head_weights {text!r}: weight of head {name} must be > 0")
-        weights[name] = weight
+        given[name] = weight
+    for head in task.heads:
+        weights[head.name] = given.get(head.name, given.get(head.kind, weights[head.name]))
     return weights
 
 

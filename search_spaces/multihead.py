@@ -14,11 +14,12 @@ from ray import tune
 from search_spaces._common import TaskSpace
 
 _FREQUENCY = tune.choice([False, True])
-_SIZE_WEIGHT = tune.choice(["", "size=0.5", "size=2"])
+# the measurements' loss against the classifications' (any CSV's regression heads alike)
+_REGRESSION_WEIGHT = tune.choice(["", "regression=0.5", "regression=2"])
 
 SPACE = TaskSpace(
     losses=("cross_entropy", "focal"),
-    gpu={"frequency_stream": _FREQUENCY, "head_weights": _SIZE_WEIGHT,
+    gpu={"frequency_stream": _FREQUENCY, "head_weights": _REGRESSION_WEIGHT,
          "label_smoothing": tune.choice([0.0, 0.1])},
     cpu={"frequency_stream": _FREQUENCY, "mixup_alpha": tune.choice([0.0, 0.2]),
          "phantom_per_class": 60},

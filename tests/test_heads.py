@@ -61,7 +61,13 @@ def test_head_weights_string_is_parsed_and_checked_by_name():
     assert parse_head_weights("", MULTIHEAD) == {"shape": 1.0, "texture": 1.0, "size": 1.0}
     assert parse_head_weights("size=0.5, shape=2", MULTIHEAD) == {"shape": 2.0, "texture": 1.0,
                                                                   "size": 0.5}
-    for bad, needle in [("colour=1", "HEAD one of shape, texture, size"),
+    assert parse_head_weights("regression=0.5,classification=2,shape=3", MULTIHEAD) == {
+        "shape": 3.0, "texture": 2.0, "size": 0.5}
+    from tasks import get_task
+    assert parse_head_weights("volume=2", get_task("multihead/csv")) == {}  # names come later
+    with pytest.raises(ConfigError, match="HEAD=WEIGHT"):
+        parse_head_weights("tumour volume=2", get_task("multihead/csv"))
+    for bad, needle in [("colour=1", "HEAD one of shape, texture, size, classification"),
                         ("size", "HEAD=WEIGHT"), ("size=big", "'big'"),
                         ("size=0", "must be > 0")]:
         with pytest.raises(ConfigError, match=needle):

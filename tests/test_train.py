@@ -135,3 +135,39 @@ def test_a_cross_validation_trial_predicts_its_fold_and_keeps_the_last_epoch(tmp
     assert np.load(out / VAL_PROBS).shape == (len(held), 3)
     with pytest.raises(Exception, match="cv_fold"):
         TrialConfig(**BASE, cv_folds=2, cv_fold=2)
+
+
+# --- several heads -------------------------------------------------------------------------------
+
+def test_a_multihead_trial_beats_chance_on_every_head_and_resumes(tmp_path):
+    """The recipe's model on its phantom: MixUp per head, the FFT stream, label smoothing; both
+    classifications beat chance and the size beats the mean predictor, on validation. Then a
+    crash after epoch 3 resumes from its checkpoint to the same end."""
+    from orchestrator.heads import as_matrix
+
+    cfg = TrialConfig(task="multihead", backbone="baseline_cnn", resolution=64, batch_size=16,
+                      schedule="full", lr_multiplier=10.0, augment="none", epochs=8,
+                      phantom_per_class=40, mixup_alpha=0.2, frequency_stream=True,
+                      head_weights="regression=2")
+    data = load_trial_data(cfg, log=lambda _: None)
+    assert data.y_train.shape[1] == 3 and data.y_val.dtype == np.float64
+    result = train_trial(cfg, data, output_dir=tmp_path / "a", log=lambda _: None)
+    row = next(r for r in result.history if r["epoch"] == result.best_epoch)
+    assert result.metric == "mean_skill" and result.best_metric == row["val_mean_skill"]
+    assert row["val_shape_balanced_accuracy"] > 0.25 + 0.1
+    assert row["val_texture_balanced_accuracy"] > 1 / 3 + 0.05
+    assert row["val_size_r2"] > 0.2 and row["val_size_mae"] < np.std(data.y_val[:, 2])
+    inputs = json.loads((tmp_path / "a" / "inputs.json").read_text())
+    assert inputs["target_scales"]["size"]["mean"] == pytest.approx(data.y_train[:, 2].mean())
+    model = keras.models.load_model(tmp_path / "a" / BEST_MODEL)
+    saved = np.load(tmp_path / "a" / VAL_PROBS)
+    assert saved.shape == (len(data.y_val), 4 + 3 + 1)
+    np.testing.assert_allclose(as_matrix(model.predict(data.x_val, verbose=0), data.task), saved,
+                               rtol=1e-4, atol=1e-4)
+
+    crashed = cfg.replace(epochs=4, fail_at_epoch=3, mixup_alpha=0.0)
+    with pytest.raises(InjectedFault):
+        train_trial(crashed, data, output_dir=tmp_path / "b", log=lambda _: None)
+    resumed = train_trial(crashed, data, output_dir=tmp_path / "b",
+                          resume_from=tmp_path / "b" / CHECKPOINT_DIR, log=lambda _: None)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]

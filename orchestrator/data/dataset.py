@@ -58,9 +58,10 @@ class PreparedData:
 
     def labels(self, split: str) -> np.ndarray:
         """Targets of one split (as `arrays`), without gathering its images."""
-        return self._targets(self.table[self.table["split"] == split])
+        return self.targets(self.table[self.table["split"] == split])
 
-    def _targets(self, rows: pd.DataFrame) -> np.ndarray:
+    def targets(self, rows: pd.DataFrame) -> np.ndarray:
+        """Targets (as `arrays`) of some rows of `table`, in their order."""
         if self.task.is_multihead:
             return target_matrix(rows, self.task)
         return np.array([self.task.class_index(c) for c in rows["label"]], dtype=np.int64)
@@ -79,7 +80,7 @@ class PreparedData:
 
     def rows_arrays(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(images, targets as `arrays`) of some rows of `table`, in their order."""
-        return self.images[rows["row"].to_numpy()], self._targets(rows)
+        return self.images[rows["row"].to_numpy()], self.targets(rows)
 
     @property
     def leaking_pairs(self) -> pd.DataFrame:

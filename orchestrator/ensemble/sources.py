@@ -193,7 +193,7 @@ def cross_validated(sweep: SweepInfo, task, runs: list, work: Path, log: Log,
             key = (resolution, fold)
             if key not in images:
                 images[key], _ = prepared.rows_arrays(pool.iloc[rows])
-            y_fold = np.array([prepared.task.class_index(c) for c in pool["label"].iloc[rows]])
+            y_fold = prepared.targets(pool.iloc[rows])
             model = _download_model(sweep, run, f"{finalist}-f{fold}", resolution, work, log,
                                     y_fold, images_key=key)
             if model is not None:
@@ -207,7 +207,7 @@ def cross_validated(sweep: SweepInfo, task, runs: list, work: Path, log: Log,
         raise ConfigError(f"sweep {sweep.parent_run_id}: no finalist has all its fold models")
     first = next(iter(data.values()))
     pool = first.table[first.table["split"] != "test"]
-    y = np.array([first.task.class_index(c) for c in pool["label"]], dtype=np.int64)
+    y = first.targets(pool)
     return HeldOut(kind="out-of-fold", models=models, images=images, positions=positions, y=y,
                    data=data)
 
