@@ -83,7 +83,7 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
                 callbacks=[TrialTracker(cv_context)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1,
-                progress_reporter=ProgressTable(context.metric, ["finalist", "cv_fold"])))
+                progress_reporter=ProgressTable(context.metric, list(space))))
     grid = tuner.fit()
     runs = tracking.list_trial_runs(context.tracking_uri, context.experiment_id,
                                     context.parent_run_id, kind=tracking.KIND_CV_TRIAL)
