@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from orchestrator import console
 from orchestrator.augmentations import AUGMENTATIONS
 from orchestrator.backbones import BACKBONES
 from orchestrator.config import PRECISIONS, WEIGHTS, TrialConfig
@@ -65,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                    "probabilities, history and checkpoint go (default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT_DIR/checkpoint if an earlier run left one")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's C++ start-up "
+                   "lines and Python warnings (off by default)")
     return p
 
 
@@ -72,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     output_dir = Path(args.pop("output_dir"))
     resume = args.pop("resume")
+    if args.pop("verbose"):
+        os.environ[console.VERBOSE_ENV] = "1"
     try:
+        console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
         cfg = TrialConfig.from_dict({k: v for k, v in args.items()})
         checkpoint = output_dir / CHECKPOINT_DIR
         result = train_trial(cfg, output_dir=output_dir,
