@@ -265,6 +265,10 @@ def test_multihead_model_has_one_named_output_per_head_in_the_heads_units(tmp_pa
                                as_matrix(out, MULTIHEAD), rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="no target scale"):
         build_model("baseline_cnn", 0, 32, heads=MULTIHEAD.heads)
+    from orchestrator.train.phases import set_trainable  # the schedules work unchanged
+    trainable, total = set_trainable(model, 0.5)
+    assert 0 < trainable <= total
+    assert all(model.get_layer(n).trainable for n in ("shape_logits", "size_standardised"))
 
 
 def test_frequency_magnitude_ignores_where_the_object_sits_and_its_brightness():
