@@ -1,5 +1,6 @@
 """A multi-head ensemble after its choice: per-head calibration and refer cuts fitted on held-out
-predictions only, test figures with bootstrap intervals for every head, and report.html.
+predictions only, test figures with bootstrap intervals for every head, report.html, the served
+per-head columns through a real logged MLflow pyfunc, and promotion on mean_skill.
 
 The members are two small multi-head CNNs trained here for a few epochs on drawn images (the
 shape class is the quadrant of a disc, the texture class its colour, the size its diameter)."""
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from html import unescape
+from pathlib import Path
 
 import cv2
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,9 +21,17 @@ from orchestrator.clinical.calibration import apply_temperature, fit_temperature
 from orchestrator.clinical.evaluate import ClinicalInputs, ClinicalOptions, Member, evaluate
 from orchestrator.clinical.resampled_metrics import fast_multihead_metrics
 from orchestrator.data.cache import decode_bytes, preprocess_image
+from orchestrator.data.dataset import PreparedData
+from orchestrator.ensemble import publish
+from orchestrator.ensemble.choice import Choice
+from orchestrator.ensemble.promote import compare
+from orchestrator.ensemble.selection import Ensemble
+from orchestrator.errors import ConfigError
 from orchestrator.heads import TargetScale, column_slices
 from orchestrator.metrics import multihead_metrics
 from orchestrator.models import build_model
+from orchestrator.serving import contract
+from orchestrator.tracking import ensemble_model
 from orchestrator.tta.policies import policy_for_task
 from orchestrator.tta.predict import tta_predict
 from tasks.base import Preprocessing
@@ -243,3 +254,151 @@ def test_the_report_has_a_section_and_figures_per_head(evaluated):
     assert len(review) == 20 and review["lowest_confidence"].is_monotonic_increasing
     assert {"shape_true", "shape_predicted", "texture_confidence", "size_abs_error"} <= set(
         review.columns)
+
+
+# --- serving --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def logged(evaluated, case, members, tmp_path_factory):
+    """The ensemble logged as the project's pyfunc in a real SQLite MLflow store, loaded back."""
+    result, _ = evaluated
+    work = tmp_path_factory.mktemp("model")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("mh", artifact_location=str(work / "artifacts"))
+    run_id = client.create_run(experiment).info.run_id
+    spec = publish.serving_spec(MULTIHEAD, result, "validation")
+    base = {"task": MULTIHEAD.key, "classes": list(MULTIHEAD.classes),
+            "preprocessing": dataclasses.asdict(Preprocessing()),
+            "transforms": [dataclasses.asdict(t) for t in TRANSFORMS],
+            "members": [{"name": f"m{i}", "weight": w, "resolution": SIZE}
+                        for i, w in enumerate(WEIGHTS)]}
+    files = {f"m{i}": ensemble_model.copy_member(p, work / "members", f"m{i}")
+             for i, p in enumerate(members)}
+    model_uri = ensemble_model.log_ensemble_model(uri, run_id, {**base,
+                                                                "serving": spec.to_dict()},
+                                                  files, work)
+    return ensemble_model.load(model_uri, uri), spec
+
+
+def test_the_logged_model_answers_every_head_as_the_in_process_ensemble(logged, case):
+    model, spec = logged
+    columns = [c for c, _ in contract.output_columns(spec)]
+    assert columns == [
+        "shape_prob_disc", "shape_prob_square", "shape_prob_triangle", "shape_prob_ring",
+        "shape_decision", "shape_confidence", "shape_refer",
+        "texture_prob_smooth", "texture_prob_stripes", "texture_prob_dots",
+        "texture_decision", "texture_confidence", "texture_refer", "size_value"]
+    assert model.metadata.get_output_schema().input_names() == columns
+    served = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in case["files"]]}))
+    assert list(served.columns) == columns and len(served) == N_TEST
+    raw = case["test"]["ensemble"]
+    slices = column_slices(MULTIHEAD)
+    for head in spec.heads:
+        if not head.is_classification:
+            np.testing.assert_allclose(served["size_value"], raw[:, slices["size"]][:, 0],
+                                       atol=1e-5)
+            continue
+        probs = served[[f"{head.name}_prob_{c}" for c in head.classes]].to_numpy()
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+        calibrated = apply_temperature(raw[:, slices[head.name]], head.temperature)
+        np.testing.assert_allclose(probs, calibrated, atol=1e-5)
+        assert served[f"{head.name}_decision"].tolist() == [
+            head.classes[k] for k in calibrated.argmax(axis=1)]
+        assert served[f"{head.name}_refer"].tolist() == (
+            served[f"{head.name}_confidence"] < head.refer_cut).tolist()
+
+
+def test_the_served_check_compares_every_head_and_catches_a_difference(logged, case, evaluated):
+    model, spec = logged
+    raw = case["test"]["ensemble"]
+    expected = contract.answer(raw, spec)
+    paths = [str(f) for f in case["files"]]
+    assert publish.check_served(model, paths, expected, spec, **QUIET) <= 1e-5
+    shifted = raw.copy()
+    shifted[:, -1] += 5e-5  # < 1e-5 of a value of 5 mm or more: float32 noise, accepted
+    assert raw[:, -1].min() > 5
+    assert publish.check_served(model, paths, contract.answer(shifted, spec), spec,
+                                **QUIET) <= 1e-5
+    shifted[:, -1] += 1e-3  # the size value only
+    with pytest.raises(publish.ServedModelMismatch, match="probabilities and values differ"):
+        publish.check_served(model, paths, contract.answer(shifted, spec), spec, **QUIET)
+    other = dataclasses.replace(spec, heads=tuple(
+        dataclasses.replace(h, refer_cut=2.0) if h.name == "texture" else h
+        for h in spec.heads))
+    with pytest.raises(publish.ServedModelMismatch, match="`texture_refer` differs"):
+        publish.check_served(model, paths, contract.answer(raw, other), spec, **QUIET)
+
+
+# --- what the run records and promotion reads ------------------------------------------------
+def _prepared(case) -> PreparedData:
+    files = case["files"]
+    table = pd.DataFrame({"path": [str(f) for f in files], "split": "test",
+                          "group": [f"g{i // 2}" for i in range(len(files))],
+                          "label": "disc", "row": np.arange(len(files))})
+    return PreparedData(task=MULTIHEAD, root=case["root"], table=table, images=case["x_test"],
+                        resolution=SIZE, fingerprint="f" * 32, synthetic=True,
+                        manifest_path=case["root"] / "manifest.csv")
+
+
+def _predictions(case, matrix: np.ndarray, spec) -> pd.DataFrame:
+    recorded = pd.DataFrame({"path": [str(f) for f in case["files"]],
+                             "hash": [f"{i:04x}" for i in range(N_TEST)]})
+    return publish.test_predictions(_prepared(case), recorded, case["y_test"],
+                                    contract.answer(matrix, spec))
+
+
+def test_test_predictions_hold_each_heads_truth_and_promotion_compares_mean_skill(
+        logged, case):
+    _, spec = logged
+    good = _predictions(case, case["test"]["ensemble"], spec)
+    assert "label" not in good.columns
+    assert list(good.columns[:6]) == ["path", "hash", "group", "shape_true", "texture_true",
+                                      "size_true"]
+    assert not any(Path(p).is_absolute() for p in good["path"])
+    assert set(good["shape_true"]) <= set(MULTIHEAD.head("shape").classes)
+    np.testing.assert_allclose(good["size_true"], case["y_test"][:, 2])
+    # a worse model: every classification answer moved, the sizes shuffled
+    worse = case["test"]["ensemble"].copy()
+    worse[:, :4] = np.roll(worse[:, :4], 1, axis=1)
+    worse[:, 4:7] = np.roll(worse[:, 4:7], 1, axis=1)
+    worse[:, 7] = np.random.default_rng(0).permutation(worse[:, 7])
+    bad = _predictions(case, worse, spec)
+    # through the CSV, as promote reads it
+    for frame, name in ((good, "good"), (bad, "bad")):
+        frame.to_csv(case["root"] / f"{name}.csv", index=False)
+    from orchestrator.ensemble.promote import _read_predictions
+    good_csv, bad_csv = (_read_predictions(case["root"] / f"{n}.csv") for n in ("good", "bad"))
+    better = compare(good_csv.sample(frac=1.0, random_state=1), bad_csv, "mean_skill",
+                     task=MULTIHEAD)
+    assert better.better and better.metric == "mean_skill" and better.cases == N_TEST
+    assert better.point == pytest.approx(
+        multihead_metrics(case["y_test"], case["test"]["ensemble"], MULTIHEAD)["mean_skill"]
+        - multihead_metrics(case["y_test"], worse, MULTIHEAD)["mean_skill"])
+    assert not compare(bad_csv, good_csv, "mean_skill", task=MULTIHEAD).better
+    relabelled = good_csv.copy()
+    relabelled.loc[0, "shape_true"] = "ring" if relabelled.loc[0, "shape_true"] != "ring" \
+        else "disc"
+    with pytest.raises(ConfigError, match="not the same images with the same labels"):
+        compare(relabelled, bad_csv, "mean_skill", task=MULTIHEAD)
+    with pytest.raises(ConfigError, match="no multi-head task"):
+        compare(good_csv, bad_csv, "mean_skill")
+
+
+def test_the_build_reports_one_classification_report_per_head(case, tmp_path):
+    from orchestrator.ensemble.build import _multihead_reports
+
+    ens = Ensemble(("m0", "m1"), WEIGHTS, 0.5, "caruana", (("m0", 0.4), ("m1", 0.5)))
+    single = Ensemble(("m0",), (1.0,), 0.4, "best_single")
+    choice = Choice("standard6", ens, single, single, {}, {"none": 0.45, "standard6": 0.5})
+    table = pd.DataFrame({"model": ["ensemble"], "test_mean_skill": [0.5]})
+    paths = _multihead_reports(table, case["y_test"], case["test"]["ensemble"], MULTIHEAD,
+                               choice, tmp_path)
+    assert [p.name for p in paths] == ["comparison.csv", "selection_trajectory.csv",
+                                       "tta_policy_scores.csv",
+                                       "classification_report_shape.csv",
+                                       "classification_report_texture.csv"]
+    shape = pd.read_csv(tmp_path / "classification_report_shape.csv", index_col=0)
+    assert {"disc", "square", "triangle", "ring", "accuracy"} <= set(shape.index)
+    assert shape.loc["accuracy", "precision"] == pytest.approx(
+        multihead_metrics(case["y_test"], case["test"]["ensemble"],
+                          MULTIHEAD)["shape_accuracy"])
