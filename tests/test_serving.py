@@ -132,3 +132,104 @@ def test_the_card_states_data_members_figures_operating_point_and_limits():
     tags = card_tags(_facts())
     assert tags["test_balanced_accuracy"] == "0.880 [0.800, 0.950]"
     assert tags["test_fingerprint"] == "e" * 32 and tags["positive_class"] == "pneumonia"
+
+
+# --- a multi-head model ------------------------------------------------------------------------
+def _heads_spec() -> contract.ServingSpec:
+    heads = (contract.HeadSpec("shape", "classification", classes=("disc", "square", "ring"),
+                               temperature=2.0, refer_cut=0.6, target_accuracy=0.95,
+                               held_out_coverage=0.7),
+             contract.HeadSpec("grade", "classification", classes=("low", "high"),
+                               temperature=0.5, refer_cut=2.0, target_accuracy=0.95,
+                               held_out_coverage=0.0),
+             contract.HeadSpec("size", "regression", unit="mm"))
+    return contract.ServingSpec(classes=("disc", "square", "ring"), temperature=2.0,
+                                refer_cut=0.6, target_accuracy=0.95, held_out_coverage=0.7,
+                                heads=heads)
+
+
+def test_a_multihead_answer_has_a_block_of_columns_per_head():
+    spec = _heads_spec()
+    raw = np.array([[0.7, 0.2, 0.1, 0.45, 0.55, 31.5],
+                    [0.1, 0.3, 0.6, 0.9, 0.1, 12.25]])
+    out = contract.answer(raw, spec)
+    assert list(out.columns) == [
+        "shape_prob_disc", "shape_prob_square", "shape_prob_ring", "shape_decision",
+        "shape_confidence", "shape_refer", "grade_prob_low", "grade_prob_high",
+        "grade_decision", "grade_confidence", "grade_refer", "size_value"]
+    assert [c for c, _ in contract.output_columns(spec)] == list(out.columns)
+    shape = apply_temperature(raw[:, :3], 2.0)
+    grade = apply_temperature(raw[:, 3:5], 0.5)  # its own temperature
+    np.testing.assert_allclose(out[["shape_prob_disc", "shape_prob_square",
+                                    "shape_prob_ring"]], shape)
+    np.testing.assert_allclose(out[["grade_prob_low", "grade_prob_high"]], grade)
+    np.testing.assert_allclose(out[["grade_prob_low", "grade_prob_high"]].sum(axis=1), 1.0)
+    assert out["shape_decision"].tolist() == ["disc", "ring"]
+    assert out["grade_decision"].tolist() == ["high", "low"]  # two classes: argmax
+    np.testing.assert_allclose(out["shape_confidence"], shape.max(axis=1))
+    assert out["shape_refer"].tolist() == (shape.max(axis=1) < 0.6).tolist()
+    assert out["grade_refer"].tolist() == [True, True]  # no cut reached the target
+    assert out["size_value"].tolist() == [31.5, 12.25]  # a value, uncalibrated, in mm
+    with pytest.raises(ValueError, match="take 6 columns"):
+        contract.answer(raw[:, :5], spec)
+
+
+def test_a_multihead_spec_round_trips_and_a_single_heads_keeps_its_format():
+    spec = _heads_spec()
+    data = spec.to_dict()
+    assert [h["name"] for h in data["heads"]] == ["shape", "grade", "size"]
+    assert contract.ServingSpec.from_dict(data) == spec
+    single = _spec()
+    assert "heads" not in single.to_dict()  # as models logged before multi-head ones
+    old = {"classes": ["normal", "pneumonia"], "temperature": 2.0, "refer_cut": 0.7,
+           "target_accuracy": 0.95, "held_out_coverage": 0.8, "positive_class": "pneumonia",
+           "threshold": 0.3, "chosen_on": "validation"}
+    assert contract.ServingSpec.from_dict(old) == single
+    with pytest.raises(ValueError, match="needs >= 2 classes, a temperature"):
+        contract.HeadSpec("shape", "classification", classes=("a", "b"))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        contract.HeadSpec("shape", "classification", classes=("a", "b"), temperature=0.0,
+                          refer_cut=0.5)
+    with pytest.raises(ValueError, match="no classes"):
+        contract.HeadSpec("size", "regression", classes=("a",))
+
+
+def test_the_signature_declares_every_served_column():
+    from orchestrator.tracking.ensemble_model import signature
+
+    spec = _heads_spec()
+    outputs = signature(spec).outputs
+    assert outputs.input_names() == [c for c, _ in contract.output_columns(spec)]
+    types = dict(zip(outputs.input_names(), (str(t) for t in outputs.input_types())))
+    assert types["shape_refer"].endswith("boolean") and types["size_value"].endswith("double")
+    assert types["grade_decision"].endswith("string")
+    single = signature(["normal", "pneumonia"]).outputs.input_names()
+    assert single == ["prob_normal", "prob_pneumonia", "decision", "confidence", "refer"]
+    assert signature(_spec()).outputs.input_names() == single
+
+
+def test_the_card_of_a_multihead_model_lists_every_head():
+    test = {"mean_skill": Interval(0.61, 0.52, 0.7), "loss": Interval(0.9, 0.8, 1.0),
+            "shape_balanced_accuracy": Interval(0.81, 0.7, 0.9),
+            "grade_balanced_accuracy": Interval(0.66, 0.55, 0.77),
+            "size_mae": Interval(3.2, 2.5, 4.1), "size_r2": Interval(0.4, 0.2, 0.55)}
+    facts = _facts(task="multihead/default", metric="mean_skill", spec=_heads_spec(),
+                   held_out={"mean_skill": 0.65, "shape_balanced_accuracy": 0.85},
+                   test=test)
+    card = model_card(facts)
+    assert card.splitlines()[0] == ("MedSweep ensemble for multihead/default: test mean_skill "
+                                    "0.610 [0.520, 0.700]; SYNTHETIC phantom data.")
+    for text in ("3 heads", "- `shape`: classification, 3 classes: `disc`, `square`, `ring`",
+                 "`size_value`", "- `size`: regression, in mm",
+                 "### shape (classification, 3 classes", "| balanced_accuracy | 0.850 | "
+                 "0.810 [0.700, 0.900] |", "### size (regression, in mm)",
+                 "| mae |  | 3.200 [2.500, 4.100] |", "| mean_skill | 0.650 | 0.610",
+                 "T = 2.0000 (fitted on validation predictions of this head)",
+                 "`shape_refer` is true when `shape_confidence` is below 0.6000",
+                 "`grade_refer` is always true", "`size_value`: the members' weighted mean, "
+                 "in mm"):
+        assert text in card, text
+    assert "Operating point" not in card and "## Calibration and referral" in card
+    tags = card_tags(facts)
+    assert tags["test_mean_skill"] == "0.610 [0.520, 0.700]"
+    assert tags["heads"] == "shape,grade,size" and "positive_class" not in tags

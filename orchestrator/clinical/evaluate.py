@@ -1,10 +1,11 @@
 """The clinical evaluation of a final ensemble: fit on validation (threshold, temperature),
 measure on test with bootstrap intervals, draw, explain, list the cases to review, write
 report.html. Called by `orchestrator.ensemble.build` after every choice is fixed; returns the
-files to log and the figures to record."""
+files to log and the figures to record. A multi-head task's ensemble is evaluated head by head
+in `multihead.py`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -18,12 +19,14 @@ from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, bootstrap_interv
 from orchestrator.clinical.calibration import (apply_temperature, brier_score,
                                                expected_calibration_error, fit_temperature, nll)
 from orchestrator.clinical.html import write_report
+from orchestrator.clinical.multihead import evaluate_multihead
 from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, sections
-from orchestrator.clinical.operating_point import (RULES, OperatingPoint, binary_figures,
-                                                   choose_threshold, threshold_table)
-from orchestrator.clinical.referral import (DEFAULT_TARGET_ACCURACY, Referral, choose_refer_cut,
-                                            decide, referral_figures)
+from orchestrator.clinical.operating_point import (RULES, binary_figures, choose_threshold,
+                                                   threshold_table)
+from orchestrator.clinical.referral import (DEFAULT_TARGET_ACCURACY, choose_refer_cut, decide,
+                                            referral_figures)
 from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.result import ClinicalResult
 from orchestrator.clinical.uncertainty import (ensemble_mc, mc_dropout_probs, mc_summary,
                                                review_table)
 from orchestrator.errors import ConfigError
@@ -70,7 +73,9 @@ class ClinicalInputs:
     task: Task
     y_val: np.ndarray
     y_test: np.ndarray
-    val_probs: Mapping[str, np.ndarray]  # model row ("ensemble", "best_single", ...) -> (N, C)
+    # model row ("ensemble", "best_single", ...) -> (N, C); a multi-head task's (N, D) matrix
+    # (orchestrator.heads), with (N, heads) targets in y_val / y_test
+    val_probs: Mapping[str, np.ndarray]
     test_probs: Mapping[str, np.ndarray]
     test_groups: np.ndarray
     test_paths: Sequence[str]  # relative to the data root: the review CSV is read elsewhere
@@ -84,20 +89,10 @@ class ClinicalInputs:
     held_out: str = "validation"  # what y_val/val_probs are: "validation" or "out-of-fold"
 
 
-@dataclass
-class ClinicalResult:
-    files: list[Path]
-    metrics: dict[str, float]  # flat, for MLflow
-    intervals: pd.DataFrame  # model, metric, point, low, high, resamples
-    temperature: float
-    operating_point: OperatingPoint | None
-    referral: Referral
-    test_calibrated: np.ndarray  # (N, C): the served probabilities of the test split
-    notes: list[str] = field(default_factory=list)
-
-
 def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
              log: Log = print) -> ClinicalResult:
+    if inputs.task.is_multihead:
+        return evaluate_multihead(inputs, options, out, log)
     task, y_val, y_test = inputs.task, inputs.y_val, inputs.y_test
     ens_val, ens_test = inputs.val_probs[ENSEMBLE], inputs.test_probs[ENSEMBLE]
     pos = (1 if task.positive_index is None else task.positive_index) if task.is_binary else None

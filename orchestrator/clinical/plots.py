@@ -91,6 +91,30 @@ def reliability_diagram(y: np.ndarray, before: np.ndarray, after: np.ndarray, pa
     return _save(fig, path)
 
 
+def regression_scatter(y: np.ndarray, pred: np.ndarray, path: Path, *, unit: str = "",
+                       title: str = "") -> Path:
+    """A regression head's predicted against true values, with the identity line (a perfect
+    prediction), both axes in the head's unit."""
+    y, pred = np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    finite = np.concatenate([y, pred])
+    finite = finite[np.isfinite(finite)]
+    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    pad = 0.05 * (high - low) or 1.0
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], ":", color="grey",
+            label="identity (perfect prediction)")
+    ax.scatter(y, pred, s=14, alpha=0.7, color="steelblue", label="test cases")
+    suffix = f" ({unit})" if unit else ""
+    ax.set_xlabel(f"true{suffix}")
+    ax.set_ylabel(f"predicted{suffix}")
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_aspect("equal")
+    ax.set_title(f"{title}: predicted vs true")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
 def training_curves(history: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
     """Per-epoch loss (train and validation) and the task's metric; `history` has columns
     step, key, value (one row per logged point)."""

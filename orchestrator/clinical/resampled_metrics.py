@@ -75,3 +75,40 @@ def fast_metrics(y: np.ndarray, probs: np.ndarray, positive_index: int | None = 
     if c == 2:
         out["predicted_positive_rate"] = float(np.mean(pred == pos))
     return out
+
+
+def fast_multihead_metrics(y: np.ndarray, matrix: np.ndarray, task) -> dict[str, float]:
+    """`orchestrator.metrics.multihead_metrics` in numpy, the same keys and values (per head
+    `<head>_accuracy`, `_balanced_accuracy`, `_macro_f1`, `_loss`, `_skill` or `_mae`, `_rmse`,
+    `_r2`, `_skill`; then `mean_skill` and `loss`), for a multi-head bootstrap."""
+    from orchestrator.heads import split_predictions, split_targets
+    from orchestrator.metrics import regression_metrics
+
+    targets, preds = split_targets(y, task), split_predictions(matrix, task)
+    out: dict[str, float] = {}
+    skills, losses = [], []
+    for head in task.heads:
+        t, p = targets[head.name], np.asarray(preds[head.name], dtype=np.float64)
+        if head.is_classification:
+            c = len(head.classes)
+            cm = confusion(t, p.argmax(axis=1), c)
+            support, predicted, tp = cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
+            present = support > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recall = np.where(present, tp / support, 0.0)
+                f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0)
+            bacc = float(recall[present].mean()) if present.any() else float("nan")
+            scores = {"accuracy": float(tp.sum() / len(t)), "balanced_accuracy": bacc,
+                      "macro_f1": float(f1.mean()), "loss": log_loss(t, p),
+                      "skill": (bacc - 1.0 / c) / (1.0 - 1.0 / c)}
+            losses.append(scores["loss"])
+        else:
+            scores = regression_metrics(t, p)
+            variance = float(np.var(t))
+            losses.append(scores["rmse"] ** 2 / variance if variance > 0 else float("nan"))
+            scores["skill"] = scores["r2"]
+        skills.append(scores["skill"])
+        out.update({f"{head.name}_{k}": v for k, v in scores.items()})
+    out["mean_skill"] = float(np.mean(skills))
+    out["loss"] = float(np.mean(losses))
+    return out

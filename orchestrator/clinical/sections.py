@@ -45,12 +45,15 @@ def _difference_text(task: Task, difference: dict | None) -> str:
             f"the ensemble is {verdict} the best single configuration on this test split.")
 
 
-def _referral_text(referral: Referral, held: str, intervals: pd.DataFrame) -> str:
+def _referral_text(referral: Referral, held: str, intervals: pd.DataFrame,
+                   prefix: str = "") -> str:
+    """`prefix`: a head's (`shape_`), whose figures the intervals name so."""
     if referral.refers_everything:
         return (f"No confidence cut reaches accuracy {referral.target_accuracy} on the {held} "
                 "predictions, so the served model refers every case.")
     test = intervals[intervals.model == ENSEMBLE].set_index("metric")
-    cov, acc = test.loc["coverage_at_refer_cut"], test.loc["accuracy_accepted_at_refer_cut"]
+    cov = test.loc[f"{prefix}coverage_at_refer_cut"]
+    acc = test.loc[f"{prefix}accuracy_accepted_at_refer_cut"]
     return (f"The served model refers a case to a person when its calibrated confidence (the "
             f"probability of its decision) is below {referral.cut:.4f}: the lowest cut at "
             f"which the accepted {held} cases reach accuracy {referral.target_accuracy} "
@@ -60,12 +63,8 @@ def _referral_text(referral: Referral, held: str, intervals: pd.DataFrame) -> st
             f"accepted {format_interval(acc.point, acc.low, acc.high)}.")
 
 
-def sections(inputs, options, op, temperature, intervals, figures, review, groups_note,
-              metric, referral: Referral, difference: dict | None) -> list[Section]:
-    names = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc"]
-    val_rows = pd.DataFrame([{"model": name, **fast_metrics(inputs.y_val, probs,
-                                                            inputs.task.positive_index)}
-                             for name, probs in inputs.val_probs.items()])
+def _ensemble_sections(inputs) -> list[Section]:
+    """The ensemble's composition and what was left out of the data: the report's opening."""
     composition = pd.DataFrame([{"member": m.name, "weight": m.weight,
                                  "resolution": m.resolution} for m in inputs.members])
     held = inputs.held_out
@@ -74,12 +73,24 @@ def sections(inputs, options, op, temperature, intervals, figures, review, group
     single = [m.name for m in inputs.members]
     same = (f" The ensemble is the best single configuration ({single[0]}): no addition "
             f"improved the {held} score.") if len(single) == 1 else ""
-    sections = [
+    return [
         Section("Ensemble", [f"Task {inputs.task.key}; TTA policy {inputs.policy}; TTA policy, "
                              f"members and weights chosen on {source} only (Caruana "
                              f"selection).{same}"],
                 tables=[composition]),
         *([Section("Data", list(inputs.data_notes))] if inputs.data_notes else []),
+    ]
+
+
+def sections(inputs, options, op, temperature, intervals, figures, review, groups_note,
+              metric, referral: Referral, difference: dict | None) -> list[Section]:
+    names = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc"]
+    val_rows = pd.DataFrame([{"model": name, **fast_metrics(inputs.y_val, probs,
+                                                            inputs.task.positive_index)}
+                             for name, probs in inputs.val_probs.items()])
+    held = inputs.held_out
+    sections = [
+        *_ensemble_sections(inputs),
         Section(f"{held.capitalize()} predictions (where every choice was made)",
                 tables=[val_rows]),
         Section("Test, with 95% bootstrap intervals",
@@ -119,3 +130,96 @@ def sections(inputs, options, op, temperature, intervals, figures, review, group
         ["The test cases the ensemble is least sure about (calibrated probabilities), for a "
          "person to look at: review_low_confidence.csv."], tables=[review]))
     return sections
+
+
+# --- a multi-head ensemble ---------------------------------------------------------------------
+CLASSIFICATION_SHOWN = ("balanced_accuracy", "accuracy", "macro_f1", "loss", "skill")
+CALIBRATION_SHOWN = ("brier", "brier_calibrated", "ece", "ece_calibrated", "nll",
+                     "nll_calibrated", "coverage_at_refer_cut", "accuracy_accepted_at_refer_cut")
+REGRESSION_SHOWN = ("mae", "rmse", "r2", "skill")
+
+
+def _by_metric(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows `model` x metric columns -> one row per metric, one column per model."""
+    return (frame.set_index("model").T.reset_index().rename(columns={"index": "metric"})
+            .rename_axis(columns=None))
+
+
+def _head_section(head, fit, inputs, intervals, figures, held: str) -> Section:
+    from orchestrator.heads import column_slices, split_targets
+
+    name = head.name
+    if not head.is_classification:
+        unit = head.unit or "the head's unit"
+        return Section(
+            f"Head {name}: regression, in {unit}",
+            [f"Nothing is fitted for a regression head: the served `{name}_value` is the "
+             f"members' weighted mean value (each member's own TTA mean), in {unit}. MAE and "
+             f"RMSE are in {unit}; R² is 1 - squared error / variance of the true test values, "
+             "and is the head's skill (0: no better than the mean, 1: perfect). Test figures "
+             "with 95% bootstrap intervals; the scatter plot shows every test case against "
+             "the identity line."],
+            tables=[_interval_table(intervals, [f"{name}_{m}" for m in REGRESSION_SHOWN])],
+            figures=figures)
+    y = split_targets(inputs.y_test, inputs.task)[name]
+    raw = inputs.test_probs[ENSEMBLE][:, column_slices(inputs.task)[name]]
+    two = (" With two classes too: a head of a multi-head model has no threshold rule."
+           if len(head.classes) == 2 else "")
+    return Section(
+        f"Head {name}: classification, {len(head.classes)} classes "
+        f"({', '.join(head.classes)})",
+        [f"The served `{name}_decision` is the most probable class after this head's own "
+         f"temperature scaling, and `{name}_confidence` its calibrated probability.{two} "
+         f"Skill is balanced accuracy rescaled so that chance (1/{len(head.classes)}) is 0.",
+         calibration_sentence(fit.temperature, held, confidence_gap(y, raw),
+                              confidence_gap(y, apply_temperature(raw, fit.temperature))),
+         f"Referral on this head (`{name}_refer`): "
+         + _referral_text(fit.referral, held, intervals, prefix=f"{name}_")],
+        tables=[_interval_table(intervals, [f"{name}_{m}" for m in CLASSIFICATION_SHOWN]),
+                _interval_table(intervals[intervals.model == ENSEMBLE],
+                                [f"{name}_{m}" for m in CALIBRATION_SHOWN])],
+        figures=figures)
+
+
+def multihead_sections(inputs, options, fits, intervals, head_figures, figures, review,
+                       groups_note, metric, difference: dict | None) -> list[Section]:
+    """report.html of a multi-head ensemble: the summary over heads, then a section per head
+    (its classes or unit, test figures with intervals, its figures)."""
+    from orchestrator.metrics import multihead_metrics
+
+    task, held = inputs.task, inputs.held_out
+    first = next(h for h in task.heads if h.is_classification)
+    val_rows = _by_metric(pd.DataFrame([{"model": name, **multihead_metrics(inputs.y_val, probs,
+                                                                             task)}
+                                        for name, probs in inputs.val_probs.items()]))
+    heads = "; ".join(f"{h.name} ({', '.join(h.classes)})" if h.is_classification else
+                      f"{h.name} ({h.unit or 'no unit'})" for h in task.heads)
+    out = [
+        *_ensemble_sections(inputs),
+        Section(f"{held.capitalize()} predictions (where every choice was made)",
+                [f"Heads: {heads}. Every head's figures, and mean_skill, the mean of the "
+                 "heads' skills that chose the ensemble."], tables=[val_rows]),
+        Section("Test, with 95% bootstrap intervals",
+                [f"{options.resamples} resamples, stratified by the class of the first "
+                 f"classification head ({first.name}), {groups_note}. The test split was "
+                 "predicted once, after every choice was fixed. mean_skill is the mean over "
+                 "heads of each head's skill (a classification head's balanced accuracy "
+                 "rescaled so that chance is 0, a regression head's R²); loss the mean of each "
+                 "head's log loss or squared error over the variance of its values."
+                 + _difference_text(task, difference)],
+                tables=[_interval_table(intervals, ["mean_skill", "loss"])]),
+    ]
+    out += [_head_section(h, fits[h.name], inputs, intervals, head_figures[h.name], held)
+            for h in task.heads]
+    out.append(Section("Explanations", [
+        "Grad-CAM maps and MC-dropout figures are not drawn for a multi-head ensemble: both "
+        "read a single softmax head's logits."]))
+    out.append(Section("Figures", figures=figures))
+    board = inputs.leaderboard.drop(columns=["label"], errors="ignore")
+    out.append(Section(f"Trials (by {metric})", tables=[board]))
+    out.append(Section(
+        "Cases to review",
+        ["The test cases whose least confident classification head is least sure (calibrated "
+         "probabilities), every head's answer beside the truth, for a person to look at: "
+         "review_low_confidence.csv."], tables=[review]))
+    return out

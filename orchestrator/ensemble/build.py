@@ -162,7 +162,9 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         for path in result.files:
             tracking.log_file(sweep.uri, run_id, path)
         table = with_intervals(table, result.intervals)
-        for path in write_reports(table, y_test, probs, task, choice, work / "reports"):
+        written = (_multihead_reports if task.is_multihead else write_reports)(
+            table, y_test, probs, task, choice, work / "reports")
+        for path in written:
             tracking.log_file(sweep.uri, run_id, path)
         # A member is its configuration's models averaged: K fold models under CV, one else.
         parts = [(model, w / len(held.models[m])) for m, w in zip(ens.members, ens.weights)
@@ -183,15 +185,49 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
     tracking.finish_run(sweep.uri, run_id, "FINISHED")
     log(f"ensemble run {run_id}; model registered as {name}@candidate (version {version}), "
         "its card on the model-version page")
+    # A multi-head ensemble has a temperature and a refer cut per head (its run's metrics
+    # `<head>_temperature`, `<head>_refer_cut`, and the served spec), none of its own.
+    referral = result.referral
     return EnsembleReport(run_id=run_id, task=task.key, policy=choice.policy,
                           members=ens.members, weights=ens.weights, table=table,
                           model_uri=model_uri, registered=f"{name}@candidate (version {version})",
                           tracking_uri=sweep.uri, intervals=result.intervals,
-                          temperature=result.temperature,
+                          temperature=None if task.is_multihead else result.temperature,
                           threshold=result.operating_point.threshold
                           if result.operating_point else None, chosen_on=held.kind,
-                          held_out_images=len(held.y), refer_cut=result.referral.cut,
-                          refer_coverage=result.referral.coverage,
+                          held_out_images=len(held.y),
+                          refer_cut=referral.cut if referral is not None else None,
+                          refer_coverage=referral.coverage if referral is not None
+                          else float("nan"),
                           registered_name=name, registered_version=version)
+
+
+def _multihead_reports(table: pd.DataFrame, y_test, probs, task, choice,
+                       out: Path) -> list[Path]:
+    """`report.write_reports` for a multi-head task: the same comparison, selection and policy
+    files, and one classification report per classification head
+    (`classification_report_<head>.csv`); a regression head's figures are in the comparison."""
+    from sklearn.metrics import classification_report
+
+    from orchestrator.heads import split_predictions, split_targets
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "comparison.csv", out / "selection_trajectory.csv",
+             out / "tta_policy_scores.csv"]
+    table.to_csv(paths[0], index=False)
+    pd.DataFrame(choice.ensemble.trajectory, columns=["added", "val_score"]).to_csv(
+        paths[1], index_label="step")
+    pd.Series(choice.scores_by_policy, name="val_score").to_csv(paths[2], index_label="policy")
+    targets, preds = split_targets(y_test, task), split_predictions(probs, task)
+    for head in task.heads:
+        if not head.is_classification:
+            continue
+        report = classification_report(targets[head.name], preds[head.name].argmax(axis=1),
+                                       labels=list(range(len(head.classes))),
+                                       target_names=list(head.classes), output_dict=True,
+                                       zero_division=0)
+        paths.append(out / f"classification_report_{head.name}.csv")
+        pd.DataFrame(report).T.to_csv(paths[-1])
+    return paths
 
 

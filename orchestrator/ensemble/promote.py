@@ -3,7 +3,9 @@ the same cases and the paired bootstrap interval of (candidate - champion) on th
 lies above 0. `--force` overrides a refusal, and the version says so in a tag.
 
 `compare` is the pure part (two models' test predictions in, the paired difference out); the
-report's ensemble-vs-best-single comparison uses the same `paired_difference`.
+report's ensemble-vs-best-single comparison uses the same `paired_difference`. A multi-head
+model's test predictions (`<head>_true` per head, no `label`) are compared on mean_skill, which
+calibration does not change (argmax and values only).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, paired_differenc
                                              resample_indices)
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.errors import ConfigError
-from orchestrator.serving.contract import PROBABILITY_PREFIX
+from orchestrator.serving.contract import PROBABILITY_PREFIX, VALUE
 
 Log = Callable[[str], None]
 TAG_PROMOTION = "medsweep.promotion"  # "paired bootstrap" | "forced" | "first champion"
@@ -52,9 +54,12 @@ def _aligned(frame: pd.DataFrame) -> pd.DataFrame:
 
 def compare(candidate: pd.DataFrame, champion: pd.DataFrame, metric: str,
             positive_class: str | None = None, resamples: int = DEFAULT_RESAMPLES,
-            seed: int = 0) -> Comparison:
+            seed: int = 0, task=None) -> Comparison:
     """Both frames are `test_predictions.csv` (path, hash, group, label, prob_<class>...): the
-    same images (by content) with the same labels, else a ConfigError says what differs."""
+    same images (by content) with the same labels, else a ConfigError says what differs.
+    Multi-head frames (`<head>_true` columns) need the multi-head `task`."""
+    if "label" not in candidate.columns or "label" not in champion.columns:
+        return _compare_multihead(candidate, champion, metric, task, resamples, seed)
     a, b = _aligned(candidate), _aligned(champion)
     if list(a["hash"]) != list(b["hash"]) or list(a["label"]) != list(b["label"]):
         raise ConfigError(f"the candidate was tested on {len(a)} images and the champion on "
@@ -74,6 +79,79 @@ def compare(candidate: pd.DataFrame, champion: pd.DataFrame, metric: str,
     d = paired_difference(score, y, a[columns].to_numpy(np.float64),
                           b[columns].to_numpy(np.float64), draws)
     return Comparison(metric, len(y), d["point"], d["low"], d["high"], d["resamples"])
+
+
+TRUE_SUFFIX = "_true"
+
+
+def _heads_of(frame: pd.DataFrame, task):
+    """The heads a multi-head `test_predictions.csv` answers, in its column order: a
+    `<head>_true` column each, then `<head>_prob_<class>` columns or a `<head>_value`."""
+    from tasks.base import Head
+
+    names = [c[:-len(TRUE_SUFFIX)] for c in frame.columns if c.endswith(TRUE_SUFFIX)]
+    if task is None or not task.is_multihead or not names:
+        raise ConfigError("these test predictions have no `label` column and no multi-head "
+                          "`<head>_true` columns (or no multi-head task was given): they cannot "
+                          "be compared")
+    heads = []
+    for name in names:
+        prefix = f"{name}_{PROBABILITY_PREFIX}"
+        classes = [c[len(prefix):] for c in frame.columns if c.startswith(prefix)]
+        heads.append(Head(name, "classification", classes=tuple(classes)) if classes else
+                     Head(name, "regression"))
+    return task.with_heads(tuple(heads))
+
+
+def _compare_multihead(candidate: pd.DataFrame, champion: pd.DataFrame, metric: str, task,
+                       resamples: int, seed: int) -> Comparison:
+    from orchestrator.clinical.resampled_metrics import fast_multihead_metrics
+
+    heads_a, heads_b = _heads_of(candidate, task), _heads_of(champion, task)
+    if heads_a.heads != heads_b.heads:
+        raise ConfigError(f"the candidate's heads {_names(heads_a)} differ from the "
+                          f"champion's {_names(heads_b)}")
+    task = heads_a
+    truth = [f"{h.name}{TRUE_SUFFIX}" for h in task.heads]
+    key = ["hash", *truth, "path"]
+    a = candidate.sort_values(key, kind="mergesort").reset_index(drop=True)
+    b = champion.sort_values(key, kind="mergesort").reset_index(drop=True)
+    if list(a["hash"]) != list(b["hash"]) or not a[truth].equals(b[truth]):
+        raise ConfigError(f"the candidate was tested on {len(a)} images and the champion on "
+                          f"{len(b)}, not the same images with the same labels: their test "
+                          "figures cannot be compared")
+    y = np.column_stack([
+        [h.classes.index(str(v)) for v in a[f"{h.name}{TRUE_SUFFIX}"]] if h.is_classification
+        else a[f"{h.name}{TRUE_SUFFIX}"].to_numpy(np.float64) for h in task.heads]).astype(
+            np.float64)
+
+    columns = [c for h in task.heads for c in (
+        [f"{h.name}_{PROBABILITY_PREFIX}{k}" for k in h.classes] if h.is_classification
+        else [f"{h.name}_{VALUE}"])]
+
+    def score(labels: np.ndarray, probs: np.ndarray) -> float:
+        return fast_multihead_metrics(labels, probs, task)[metric]
+
+    first = next(i for i, h in enumerate(task.heads) if h.is_classification)
+    draws = resample_indices(y[:, first].astype(np.int64), a["group"].astype(str).to_numpy(),
+                             resamples, seed)
+    d = paired_difference(score, y, a[columns].to_numpy(np.float64),
+                          b[columns].to_numpy(np.float64), draws)
+    return Comparison(metric, len(y), d["point"], d["low"], d["high"], d["resamples"])
+
+
+def _names(task) -> list[str]:
+    return [h.name for h in task.heads]
+
+
+def _read_predictions(path: Path) -> pd.DataFrame:
+    """Paths, hashes, groups and labels as text (a class named `1` stays `1`); a multi-head
+    file's `<head>_true` columns too (a regression head's value is read back as a number)."""
+    columns = pd.read_csv(path, nrows=0).columns
+    text = {"path": str, "hash": str, "group": str, "label": str}
+    if "label" not in columns:
+        text.update({c: str for c in columns if c.endswith(TRUE_SUFFIX)})
+    return pd.read_csv(path, dtype=text)
 
 
 def promote(task_name: str, *, tracking_uri: str | None = None, force: bool = False,
@@ -111,12 +189,11 @@ def promote(task_name: str, *, tracking_uri: str | None = None, force: bool = Fa
                   f"{champion.tags.get('test_fingerprint', '?')[:12]})")
     else:
         with tempfile.TemporaryDirectory(prefix="medsweep-promote-") as tmp:
-            frames = [pd.read_csv(tracking.download(uri, v.run_id, TEST_PREDICTIONS,
-                                                    Path(tmp) / str(v.version)), dtype={
-                "path": str, "hash": str, "group": str, "label": str})
-                for v in (candidate, champion)]
+            frames = [_read_predictions(tracking.download(uri, v.run_id, TEST_PREDICTIONS,
+                                                          Path(tmp) / str(v.version)))
+                      for v in (candidate, champion)]
         comparison = compare(*frames, task.metric, candidate.tags.get("positive_class"),
-                             resamples)
+                             resamples, task=task)
         log(comparison.text())
         if not comparison.better:
             reason = "the interval does not lie above 0"

@@ -1,7 +1,7 @@
 """Publish the chosen ensemble: its serving spec (temperature, threshold, refer cut chosen on
-held-out predictions), the test predictions promotion compares, the logged pyfunc model, the
-check that the logged model answers exactly as the in-process ensemble, and the registered
-version with its card and tags."""
+held-out predictions; per head for a multi-head task), the test predictions promotion compares,
+the logged pyfunc model, the check that the logged model answers exactly as the in-process
+ensemble, and the registered version with its card and tags."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,8 @@ from orchestrator.serving.card import CardFacts, Interval, card_tags, model_card
 
 Log = Callable[[str], None]
 TEST_PREDICTIONS = "test_predictions.csv"
-CHECK_TOLERANCE = 1e-5  # largest allowed |served - in-process| probability
+CHECK_TOLERANCE = 1e-5  # largest allowed |served - in-process| probability; a regression
+# head's value: relative to its size when above 1 (float32 spacing at 1000 mm is 6e-5)
 CHECK_BATCH = 64
 
 
@@ -28,6 +29,8 @@ class ServedModelMismatch(ConfigError):
 
 
 def serving_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
+    if task.is_multihead:
+        return _multihead_spec(task, clinical_result, held_kind)
     op, referral = clinical_result.operating_point, clinical_result.referral
     return contract.ServingSpec(
         classes=tuple(task.classes), temperature=float(clinical_result.temperature),
@@ -37,49 +40,110 @@ def serving_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
         threshold=float(op.threshold) if op is not None else None, chosen_on=held_kind)
 
 
+def _multihead_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
+    """Every head's own temperature and refer cut (a regression head: its unit); the single-head
+    fields repeat the first classification head's, as `Task.classes` does."""
+    heads = []
+    for head in task.heads:
+        fit = clinical_result.heads[head.name]
+        if not head.is_classification:
+            heads.append(contract.HeadSpec(head.name, head.kind, unit=head.unit))
+            continue
+        heads.append(contract.HeadSpec(
+            head.name, head.kind, classes=tuple(head.classes), unit=head.unit,
+            temperature=float(fit.temperature), refer_cut=float(fit.referral.cut),
+            target_accuracy=float(fit.referral.target_accuracy),
+            held_out_coverage=float(fit.referral.coverage)))
+    first = next(h for h in heads if h.is_classification)
+    return contract.ServingSpec(
+        classes=first.classes, temperature=first.temperature, refer_cut=first.refer_cut,
+        target_accuracy=first.target_accuracy, held_out_coverage=first.held_out_coverage,
+        chosen_on=held_kind, heads=tuple(heads))
+
+
+def truth_columns(task, y_test: np.ndarray) -> dict[str, list]:
+    """A multi-head task's test truth, one column per head: `<head>_true`, a class name or a
+    value in the head's unit."""
+    from orchestrator.heads import split_targets
+
+    targets = split_targets(y_test, task)
+    return {f"{h.name}_true": ([h.classes[k] for k in targets[h.name]] if h.is_classification
+                               else targets[h.name].tolist()) for h in task.heads}
+
+
 def test_predictions(prepared, recorded: pd.DataFrame, y_test: np.ndarray,
                      served: pd.DataFrame) -> pd.DataFrame:
     """One row per test image: where it is (relative to the data root), its content hash (from
-    the `recorded` manifest), group and label, and the served answer. What `promote` pairs
-    between two models."""
+    the `recorded` manifest), group and label (a multi-head task: `<head>_true` per head), and
+    the served answer. What `promote` pairs between two models."""
     hashes = dict(zip(recorded["path"], recorded["hash"]))
     rows = prepared.table[prepared.table["split"] == "test"]
+    task = prepared.task
+    labels = (truth_columns(task, y_test) if task.is_multihead else
+              {"label": [task.classes[k] for k in y_test]})
     frame = pd.DataFrame({
         "path": [Path(os.path.relpath(p, prepared.root)).as_posix() for p in rows["path"]],
         "hash": [hashes[p] for p in rows["path"]], "group": rows["group"].to_numpy(),
-        "label": [prepared.task.classes[k] for k in y_test]})
+        **labels})
     return pd.concat([frame, served.reset_index(drop=True)], axis=1)
+
+
+def _compared(spec: contract.ServingSpec) -> tuple[list[str], list[tuple[list[str], Callable]]]:
+    """The columns that must match within CHECK_TOLERANCE, and the decision columns that must
+    match exactly, each with the cases where they may differ (a probability on the threshold,
+    a confidence on the cut)."""
+    if spec.heads:
+        numbers = [c for c, kind in contract.output_columns(spec) if kind == "double"]
+        decisions = [([f"{h.name}_{contract.DECISION}", f"{h.name}_{contract.REFER}"],
+                      lambda want, h=h: np.abs(want[f"{h.name}_{contract.CONFIDENCE}"]
+                                               - h.refer_cut).to_numpy() <= CHECK_TOLERANCE)
+                     for h in spec.heads if h.is_classification]
+        return numbers, decisions
+
+    def near(want: pd.DataFrame) -> np.ndarray:
+        close = np.zeros(len(want), dtype=bool)
+        if spec.threshold is not None:
+            close |= np.abs(want[f"{contract.PROBABILITY_PREFIX}{spec.positive_class}"]
+                            - spec.threshold).to_numpy() <= CHECK_TOLERANCE
+        close |= np.abs(want[contract.CONFIDENCE] - spec.refer_cut).to_numpy() <= CHECK_TOLERANCE
+        return close
+
+    return (contract.probability_columns(spec.classes) + [contract.CONFIDENCE],
+            [([contract.DECISION, contract.REFER], near)])
 
 
 def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
                  spec: contract.ServingSpec, log: Log) -> float:
     """Send every test image's file bytes (what a REST client sends, after base64) through the
-    logged model; its answer must equal the in-process one. Returns the largest difference."""
-    probs = contract.probability_columns(spec.classes)
+    logged model; its answer must equal the in-process one: every probability, confidence and
+    (multi-head) value within CHECK_TOLERANCE (a value's relative to its size above 1), every
+    decision and refer flag exactly. Returns the largest difference."""
+    cols, decisions = _compared(spec)
+    value_columns = {f"{h.name}_{contract.VALUE}" for h in spec.heads if not h.is_classification}
+    values = np.array([c in value_columns for c in cols])
     worst = 0.0
     for start in range(0, len(paths), CHECK_BATCH):
         chunk = paths[start:start + CHECK_BATCH]
         served = model.predict(pd.DataFrame({contract.IMAGE: [Path(p).read_bytes()
                                                               for p in chunk]}))
         want = expected.iloc[start:start + CHECK_BATCH].reset_index(drop=True)
-        cols = probs + [contract.CONFIDENCE]
-        diff = float(np.max(np.abs(served[cols].to_numpy(np.float64)
-                                   - want[cols].to_numpy(np.float64))))
+        gap = np.abs(served[cols].to_numpy(np.float64) - want[cols].to_numpy(np.float64))
+        if values.any():
+            gap[:, values] /= np.maximum(1.0, np.abs(want[cols].to_numpy(np.float64)[:, values]))
+        diff = float(np.max(gap))
         worst = max(worst, diff)
         # a decision may differ only where the probability sits on the threshold or cut
-        near = np.zeros(len(chunk), dtype=bool)
-        if spec.threshold is not None:
-            near |= np.abs(want[f"{contract.PROBABILITY_PREFIX}{spec.positive_class}"]
-                           - spec.threshold).to_numpy() <= CHECK_TOLERANCE
-        near |= np.abs(want[contract.CONFIDENCE] - spec.refer_cut).to_numpy() <= CHECK_TOLERANCE
-        for column in (contract.DECISION, contract.REFER):
-            differs = (served[column].to_numpy() != want[column].to_numpy()) & ~near
-            if differs.any():
-                bad = chunk[int(np.flatnonzero(differs)[0])]
-                raise ServedModelMismatch(f"the logged model's `{column}` differs from the "
-                                          f"evaluated ensemble's on {bad}; not registered")
+        for columns, near in decisions:
+            close = near(want)
+            for column in columns:
+                differs = (served[column].to_numpy() != want[column].to_numpy()) & ~close
+                if differs.any():
+                    bad = chunk[int(np.flatnonzero(differs)[0])]
+                    raise ServedModelMismatch(f"the logged model's `{column}` differs from the "
+                                              f"evaluated ensemble's on {bad}; not registered")
     if not worst <= CHECK_TOLERANCE:
-        raise ServedModelMismatch(f"the logged model's probabilities differ from the evaluated "
+        what = "probabilities and values" if spec.heads else "probabilities"
+        raise ServedModelMismatch(f"the logged model's {what} differ from the evaluated "
                                   f"ensemble's by up to {worst:.2e} on the test images (allowed "
                                   f"{CHECK_TOLERANCE:.0e}); not registered")
     log(f"served-model check: {len(paths)} test images sent as encoded files answer as the "
@@ -92,9 +156,10 @@ def card_facts(sweep, task, prepared, recorded: pd.DataFrame, meta: dict, held, 
                spec: contract.ServingSpec, run_id: str) -> CardFacts:
     ens = choice.ensemble
     row = table.set_index("model").loc["ensemble"]
-    shown = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss",
-             "sensitivity_at_threshold", "specificity_at_threshold",
-             "coverage_at_refer_cut", "accuracy_accepted_at_refer_cut")
+    shown = (_multihead_shown(task) if task.is_multihead else
+             ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss",
+              "sensitivity_at_threshold", "specificity_at_threshold",
+              "coverage_at_refer_cut", "accuracy_accepted_at_refer_cut"))
     test = intervals[intervals.model == "ensemble"].set_index("metric")
     return CardFacts(
         task=task.key, metric=task.metric, data_fingerprint=meta["fingerprint"],
@@ -109,6 +174,15 @@ def card_facts(sweep, task, prepared, recorded: pd.DataFrame, meta: dict, held, 
                           float(test.loc[m, "high"])) for m in shown if m in test.index},
         spec=spec, sweep_run_id=sweep.parent_run_id, ensemble_run_id=run_id,
         data_notes=sweep.data_notes)
+
+
+def _multihead_shown(task) -> tuple[str, ...]:
+    """The card's figures of a multi-head ensemble: over all heads, then each head's."""
+    per_head = {"classification": ("balanced_accuracy", "accuracy", "macro_f1", "loss", "skill",
+                                   "ece_calibrated", "coverage_at_refer_cut",
+                                   "accuracy_accepted_at_refer_cut"),
+                "regression": ("mae", "rmse", "r2", "skill")}
+    return ("mean_skill", "loss", *(f"{h.name}_{m}" for h in task.heads for m in per_head[h.kind]))
 
 
 def publish(sweep, task, spec_base: dict, parts, work: Path, clinical_result, prepared,

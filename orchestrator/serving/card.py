@@ -60,8 +60,9 @@ def model_card(facts: CardFacts) -> str:
         lines += [SYNTHETIC_BANNER, ""]
     lines += [
         "## Task", "",
-        f"Classes: {', '.join(f'`{c}`' for c in spec.classes)}"
-        + (f"; positive class `{spec.positive_class}`." if spec.positive_class else "."),
+        *(_heads_lines(spec) if spec.heads else [
+            f"Classes: {', '.join(f'`{c}`' for c in spec.classes)}"
+            + (f"; positive class `{spec.positive_class}`." if spec.positive_class else ".")]),
         f"Selection metric: {facts.metric}.", "",
         "## Data", "",
         f"Data fingerprint `{facts.data_fingerprint}` (content, labels, groups and splits); "
@@ -78,21 +79,23 @@ def model_card(facts: CardFacts) -> str:
         f"Every choice (members, weights, TTA policy, temperature, threshold, refer cut) was made "
         f"on {held} predictions; the test split was predicted once, afterwards. Test figures "
         "with 95% group-aware bootstrap intervals.", "",
-        *_table(["metric", held, "test [95% interval]"],
-                [(k, f"{facts.held_out[k]:.3f}" if k in facts.held_out else "", v.text())
-                 for k, v in facts.test.items()]), "",
-        "## Operating point and calibration", "",
-        f"- Probabilities are calibrated by temperature scaling, T = {spec.temperature:.4f} "
-        f"(fitted on {held} predictions).",
-        (f"- `decision` is `{spec.positive_class}` when its calibrated probability is at least "
-         f"{spec.threshold:.4f}." if spec.threshold is not None else
-         "- `decision` is the most probable class."),
-        (f"- `refer` is true when `confidence` (the calibrated probability of the decision) is "
-         f"below {spec.refer_cut:.4f}: on {held} predictions the accepted cases reached accuracy "
-         f"{spec.target_accuracy} with {spec.held_out_coverage:.1%} of cases accepted."
-         if spec.refer_cut <= 1.0 else
-         f"- `refer` is always true: no confidence reached accuracy {spec.target_accuracy} on "
-         f"{held} predictions."), "",
+        *(_heads_performance(facts) if spec.heads else [
+            *_table(["metric", held, "test [95% interval]"],
+                    [(k, f"{facts.held_out[k]:.3f}" if k in facts.held_out else "", v.text())
+                     for k, v in facts.test.items()]), ""]),
+        *(_heads_calibration(spec) if spec.heads else [
+            "## Operating point and calibration", "",
+            f"- Probabilities are calibrated by temperature scaling, T = {spec.temperature:.4f} "
+            f"(fitted on {held} predictions).",
+            (f"- `decision` is `{spec.positive_class}` when its calibrated probability is at "
+             f"least {spec.threshold:.4f}." if spec.threshold is not None else
+             "- `decision` is the most probable class."),
+            (f"- `refer` is true when `confidence` (the calibrated probability of the decision) "
+             f"is below {spec.refer_cut:.4f}: on {held} predictions the accepted cases reached "
+             f"accuracy {spec.target_accuracy} with {spec.held_out_coverage:.1%} of cases "
+             "accepted." if spec.refer_cut <= 1.0 else
+             f"- `refer` is always true: no confidence reached accuracy {spec.target_accuracy} "
+             f"on {held} predictions."), ""]),
         "## Intended use and limits", "",
         "- Research use: decision support to be read by a clinician, never a diagnosis on its "
         "own. Referred cases need a person.",
@@ -107,6 +110,61 @@ def model_card(facts: CardFacts) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _head_text(head) -> str:
+    if head.is_classification:
+        return (f"classification, {len(head.classes)} classes: "
+                f"{', '.join(f'`{c}`' for c in head.classes)}")
+    return f"regression, in {head.unit}" if head.unit else "regression"
+
+
+def _heads_lines(spec: ServingSpec) -> list[str]:
+    """A multi-head model's task: one line per head and the columns it answers in."""
+    return ([f"{len(spec.heads)} heads, each answered in its own columns:", ""]
+            + [f"- `{h.name}`: {_head_text(h)} (columns "
+               f"{', '.join(f'`{c}`' for c, _ in h.columns())})." for h in spec.heads]
+            + [""])
+
+
+def _heads_performance(facts: CardFacts) -> list[str]:
+    """The figures over all heads, then a table per head (its figures named without the
+    `<head>_` prefix)."""
+    held = facts.spec.chosen_on
+    names = [h.name for h in facts.spec.heads]
+
+    def row(key: str, shown: str) -> tuple[str, str, str]:
+        value = facts.held_out.get(key)
+        return (shown, f"{value:.3f}" if value is not None else "", facts.test[key].text())
+
+    overall = [k for k in facts.test if not any(k.startswith(f"{n}_") for n in names)]
+    lines = [*_table(["metric", held, "test [95% interval]"], [row(k, k) for k in overall]), ""]
+    for head in facts.spec.heads:
+        keys = [k for k in facts.test if k.startswith(f"{head.name}_")]
+        lines += [f"### {head.name} ({_head_text(head)})", "",
+                  *_table(["metric", held, "test [95% interval]"],
+                          [row(k, k[len(head.name) + 1:]) for k in keys]), ""]
+    return lines
+
+
+def _heads_calibration(spec: ServingSpec) -> list[str]:
+    held = spec.chosen_on
+    lines = ["## Calibration and referral, head by head", ""]
+    for h in spec.heads:
+        if not h.is_classification:
+            lines.append(f"- `{h.name}_value`: the members' weighted mean"
+                         + (f", in {h.unit}" if h.unit else "") + "; nothing is fitted.")
+            continue
+        refer = (f"`{h.name}_refer` is true when `{h.name}_confidence` is below "
+                 f"{h.refer_cut:.4f}: on {held} predictions the accepted cases reached accuracy "
+                 f"{h.target_accuracy} with {h.held_out_coverage:.1%} of cases accepted."
+                 if h.refer_cut <= 1.0 else
+                 f"`{h.name}_refer` is always true: no confidence reached accuracy "
+                 f"{h.target_accuracy} on {held} predictions.")
+        lines.append(f"- `{h.name}`: probabilities calibrated by temperature scaling, "
+                     f"T = {h.temperature:.4f} (fitted on {held} predictions of this head); "
+                     f"`{h.name}_decision` is the most probable class; {refer}")
+    return lines + [""]
+
+
 def card_tags(facts: CardFacts) -> dict[str, str]:
     metric = facts.test.get(facts.metric)
     tags = {"task": facts.task, "data_fingerprint": facts.data_fingerprint,
@@ -114,6 +172,8 @@ def card_tags(facts: CardFacts) -> dict[str, str]:
             "ensemble_run": facts.ensemble_run_id, "synthetic_data": str(facts.synthetic).lower()}
     if facts.spec.positive_class is not None:
         tags["positive_class"] = facts.spec.positive_class
+    if facts.spec.heads:
+        tags["heads"] = ",".join(h.name for h in facts.spec.heads)
     if metric is not None:
         tags[f"test_{facts.metric}"] = metric.text()
     return tags

@@ -9,6 +9,11 @@ Inputs, one image per row, any of:
 Output, one row per image: `prob_<class>` (calibrated by the fitted temperature), `decision`
 (the validated threshold for a binary task, else the most probable class), `confidence` (the
 calibrated probability of the decision) and `refer` (confidence below the validated cut).
+
+A multi-head model (a spec with `heads`) answers one block of columns per head, in the task's
+head order: a classification head `<head>_prob_<class>`, `<head>_decision` (the most probable
+calibrated class, also for two classes), `<head>_confidence` and `<head>_refer`, each with its
+own temperature and refer cut; a regression head `<head>_value`, in the head's unit.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from orchestrator.data.cache import decode_bytes, decode_image
 IMAGE, PATH = "image", "path"
 DECISION, CONFIDENCE, REFER = "decision", "confidence", "refer"
 PROBABILITY_PREFIX = "prob_"
+VALUE = "value"  # a regression head's column: `<head>_value`, in the head's unit
 
 
 class InputError(ValueError):
@@ -35,8 +41,62 @@ class InputError(ValueError):
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """One head of a multi-head model: a classification head's classes, temperature and refer
+    cut (chosen on held-out predictions of that head only), or a regression head's unit."""
+
+    name: str
+    kind: str  # "classification" or "regression"
+    classes: tuple[str, ...] = ()
+    unit: str = ""
+    temperature: float | None = None  # classification only
+    refer_cut: float | None = None  # classification only: refer when confidence is below it
+    target_accuracy: float | None = None
+    held_out_coverage: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if self.kind == "classification":
+            if len(self.classes) < 2 or self.temperature is None or self.refer_cut is None:
+                raise ValueError(f"head {self.name}: a classification head needs >= 2 classes, "
+                                 "a temperature and a refer cut")
+            if self.temperature <= 0:
+                raise ValueError(f"head {self.name}: temperature must be > 0, got "
+                                 f"{self.temperature}")
+        elif self.kind == "regression":
+            if self.classes:
+                raise ValueError(f"head {self.name}: a regression head has no classes")
+        else:
+            raise ValueError(f"head {self.name}: kind {self.kind!r} is not classification or "
+                             "regression")
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind == "classification"
+
+    @property
+    def width(self) -> int:
+        """Its columns in the members' averaged (N, D) matrix."""
+        return len(self.classes) if self.is_classification else 1
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(served column, type: double, string or boolean), in order."""
+        if not self.is_classification:
+            return [(f"{self.name}_{VALUE}", "double")]
+        return ([(f"{self.name}_{c}", "double") for c in probability_columns(self.classes)]
+                + [(f"{self.name}_{DECISION}", "string"), (f"{self.name}_{CONFIDENCE}", "double"),
+                   (f"{self.name}_{REFER}", "boolean")])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "classes": list(self.classes)}
+
+
+@dataclass(frozen=True)
 class ServingSpec:
-    """Everything after the members' averaged probabilities, versioned with the model."""
+    """Everything after the members' averaged probabilities, versioned with the model.
+
+    With `heads` (a multi-head model) the answer comes from the heads alone; the single-head
+    fields then repeat the first classification head's (as `Task.classes` does)."""
 
     classes: tuple[str, ...]
     temperature: float
@@ -46,8 +106,10 @@ class ServingSpec:
     positive_class: str | None = None
     threshold: float | None = None  # on the calibrated positive probability; binary tasks only
     chosen_on: str = "validation"  # or "out-of-fold"
+    heads: tuple[HeadSpec, ...] = ()  # a multi-head model's; () for a single head
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(self.heads))
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.threshold is not None and (len(self.classes) != 2
@@ -59,19 +121,42 @@ class ServingSpec:
         return None if self.positive_class is None else self.classes.index(self.positive_class)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "classes": list(self.classes)}
+        """A single head's dict has no `heads` key: the format models were logged with before
+        multi-head models existed."""
+        out = {**asdict(self), "classes": list(self.classes)}
+        del out["heads"]
+        if self.heads:
+            out["heads"] = [h.to_dict() for h in self.heads]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ServingSpec":
-        return cls(**{**data, "classes": tuple(data["classes"])})
+        heads = tuple(HeadSpec(**h) for h in data.get("heads", ()))
+        return cls(**{**data, "classes": tuple(data["classes"]), "heads": heads})
 
 
 def probability_columns(classes: Sequence[str]) -> list[str]:
     return [f"{PROBABILITY_PREFIX}{c}" for c in classes]
 
 
+def output_columns(spec: ServingSpec) -> list[tuple[str, str]]:
+    """The served columns in order, with their types (double, string, boolean): what the
+    model's MLflow signature declares."""
+    if spec.heads:
+        return [column for head in spec.heads for column in head.columns()]
+    return class_columns(spec.classes)
+
+
+def class_columns(classes: Sequence[str]) -> list[tuple[str, str]]:
+    """A single head's served columns, with their types."""
+    return ([(c, "double") for c in probability_columns(classes)]
+            + [(DECISION, "string"), (CONFIDENCE, "double"), (REFER, "boolean")])
+
+
 def answer(raw_probs: np.ndarray, spec: ServingSpec) -> pd.DataFrame:
     """The members' averaged probabilities -> the served answer (see the module docstring)."""
+    if spec.heads:
+        return _answer_heads(np.asarray(raw_probs), spec.heads)
     calibrated = apply_temperature(raw_probs, spec.temperature)
     decision, confidence = decide(calibrated, spec.threshold, spec.positive_index)
     frame = pd.DataFrame(calibrated, columns=probability_columns(spec.classes))
@@ -79,6 +164,31 @@ def answer(raw_probs: np.ndarray, spec: ServingSpec) -> pd.DataFrame:
     frame[CONFIDENCE] = confidence
     frame[REFER] = confidence < spec.refer_cut
     return frame
+
+
+def _answer_heads(raw: np.ndarray, heads: Sequence[HeadSpec]) -> pd.DataFrame:
+    """The (N, D) matrix (each classification head's C probabilities, each regression head's
+    value, in head order) -> one block of columns per head."""
+    width = sum(h.width for h in heads)
+    if raw.ndim != 2 or raw.shape[1] != width:
+        raise ValueError(f"the members' output has shape {raw.shape}; the heads "
+                         f"{', '.join(h.name for h in heads)} take {width} columns")
+    columns: dict[str, Any] = {}
+    start = 0
+    for head in heads:
+        block = raw[:, start:start + head.width]
+        start += head.width
+        if not head.is_classification:
+            columns[f"{head.name}_{VALUE}"] = block[:, 0].astype(np.float64)
+            continue
+        calibrated = apply_temperature(block, head.temperature)
+        decision, confidence = decide(calibrated, None, None)
+        for k, name in enumerate(probability_columns(head.classes)):
+            columns[f"{head.name}_{name}"] = calibrated[:, k]
+        columns[f"{head.name}_{DECISION}"] = [head.classes[k] for k in decision]
+        columns[f"{head.name}_{CONFIDENCE}"] = confidence
+        columns[f"{head.name}_{REFER}"] = confidence < head.refer_cut
+    return pd.DataFrame(columns)
 
 
 def decode_inputs(model_input: Any) -> list[np.ndarray]:

@@ -3,6 +3,8 @@ tensors, or local paths; `orchestrator.serving.contract`), calibrated probabilit
 validated decision, its confidence and the refer flag out. Exactly the training preprocessing
 (decode, grayscale, CLAHE, resize, RGB; each member's own `preprocess_input` is inside its Keras
 model) and the chosen TTA policy; the temperature, threshold and refer cut travel in its spec.
+A multi-head member's dict output is read as one (N, D) matrix in its heads' order
+(`orchestrator.tta.predict.flat_outputs`), averaged like probabilities, and answered per head.
 """
 from __future__ import annotations
 
@@ -52,7 +54,10 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
                                contract.ServingSpec.from_dict(self.spec["serving"]))
 
     def raw_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        """The members' weighted soft vote under the TTA policy, before calibration."""
+        """The members' weighted soft vote under the TTA policy, before calibration: (N, C), or
+        for a multi-head model (N, D), each classification head's probabilities and each
+        regression head's value in its unit (`tta_predict` flattens the members' dict outputs
+        in head order)."""
         from orchestrator.tta.policies import NamedTransform
         from orchestrator.tta.predict import tta_predict
 
@@ -86,7 +91,9 @@ def log_ensemble_model(uri: str, run_id: str, spec: Mapping[str, Any],
         info = mlflow.pyfunc.log_model(
             name="model", python_model=EnsembleModel(), artifacts=artifacts,
             code_paths=[str(PROJECT / "orchestrator"), str(PROJECT / "tasks")],
-            pip_requirements=_requirements(), signature=signature(spec["classes"]),
+            pip_requirements=_requirements(),
+            signature=signature(contract.ServingSpec.from_dict(spec["serving"])
+                                if "serving" in spec else spec["classes"]),
             input_example=input_example())
     # Leaving `start_run` marked the run FINISHED; it is finished only once the model is checked
     # and registered, so it goes back to RUNNING until then.
@@ -94,14 +101,16 @@ def log_ensemble_model(uri: str, run_id: str, spec: Mapping[str, Any],
     return info.model_uri
 
 
-def signature(classes) -> ModelSignature:
-    """One encoded image per row in `image` (base64 in JSON), or a local file in `path`."""
+def signature(served) -> ModelSignature:
+    """One encoded image per row in `image` (base64 in JSON), or a local file in `path`; out,
+    the columns `contract.output_columns` lists. `served`: the serving spec, or a single head's
+    classes."""
+    columns = (contract.output_columns(served) if isinstance(served, contract.ServingSpec)
+               else contract.class_columns(served))
     inputs = Schema([ColSpec(DataType.binary, contract.IMAGE, required=False),
                      ColSpec(DataType.string, contract.PATH, required=False)])
-    outputs = Schema([ColSpec(DataType.double, c) for c in contract.probability_columns(classes)]
-                     + [ColSpec(DataType.string, contract.DECISION),
-                        ColSpec(DataType.double, contract.CONFIDENCE),
-                        ColSpec(DataType.boolean, contract.REFER)])
+    outputs = Schema([ColSpec(getattr(DataType, kind), name)
+                      for name, kind in columns])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
