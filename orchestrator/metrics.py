@@ -79,6 +79,25 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, task: Task) -> dict
     return out
 
 
+def task_loss(y: np.ndarray, probs: np.ndarray, task: Task) -> float:
+    """The log loss; a multi-head task's scale-free `loss` (`multihead_metrics`)."""
+    if not task.is_multihead:
+        return log_loss(np.asarray(y, dtype=int), np.asarray(probs, dtype=np.float64))
+    from orchestrator.heads import split_predictions, split_targets
+
+    targets, preds = split_targets(y, task), split_predictions(probs, task)
+    losses = []
+    for head in task.heads:
+        t, p = targets[head.name], preds[head.name]
+        if head.is_classification:
+            losses.append(log_loss(t, p))
+        else:
+            variance = float(np.var(t))
+            losses.append(float(np.mean((p - t) ** 2)) / variance if variance > 0
+                          else float("nan"))
+    return float(np.mean(losses))
+
+
 def primary_metric(y: np.ndarray, probs: np.ndarray, task: Task) -> float:
     """Only the task's metric: ensemble selection calls this hundreds of times."""
     if task.is_multihead:

@@ -270,6 +270,17 @@ def build_model(
     return keras.Model(inputs, outputs, name=f"medsweep_{bb.name}")
 
 
+def head_inputs(model: keras.Model, features, images):
+    """What `head_dense` reads, from the backbone's feature map: its pooled features, fused
+    with the frequency stream's (computed from `images`, in inference mode) when the model has
+    one. For code that runs the head by hand (Grad-CAM, MC dropout)."""
+    pooled = model.get_layer("pool")(features)
+    if not any(layer.name == "fused_features" for layer in model.layers):
+        return pooled
+    stream = keras.Model(model.inputs, model.get_layer("frequency_dropout").output)
+    return model.get_layer("fused_features")([pooled, stream(images, training=False)])
+
+
 def _head_outputs(features, heads: tuple[Head, ...],
                   scales: Mapping[str, TargetScale]) -> dict:
     outputs = {}

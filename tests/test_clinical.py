@@ -278,6 +278,20 @@ def test_mc_dropout_samples_vary_and_entropy_is_a_real_entropy(planted_model):
     assert entropy(np.array([[0.5, 0.5]]))[0] == pytest.approx(np.log(2))
 
 
+def test_gradcam_and_mc_dropout_run_the_head_of_a_model_with_the_frequency_stream():
+    """A model with the FFT stream: the head reads fused features, and running it by hand must
+    give the model's own answer (dropout off: every MC sample at rate 0 is the prediction)."""
+    keras.utils.set_random_seed(1)
+    model = build_model("baseline_cnn", 2, SIZE, weights="none", head_units=16, dropout=0.0,
+                        frequency_stream=True)
+    x, _, _ = _planted(6, 3)
+    expected = model.predict(x.astype(np.float32), verbose=0)
+    samples = mc_dropout_probs(model, x, passes=2, seed=0)
+    np.testing.assert_allclose(samples[0], expected, atol=1e-5)
+    maps = gradcam(model, x, 1)
+    assert maps.shape == (6, SIZE, SIZE) and np.isfinite(maps).all()
+
+
 def test_review_table_lists_the_least_confident_cases_first():
     probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.51, 0.49]])
     table = review_table(["a", "b", "c", "d"], np.array([0, 1, 1, 0]), probs, ["neg", "pos"], 3)

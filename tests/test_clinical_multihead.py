@@ -385,13 +385,13 @@ def test_test_predictions_hold_each_heads_truth_and_promotion_compares_mean_skil
 
 
 def test_the_build_reports_one_classification_report_per_head(case, tmp_path):
-    from orchestrator.ensemble.build import _multihead_reports
+    from orchestrator.ensemble.report import write_reports
 
     ens = Ensemble(("m0", "m1"), WEIGHTS, 0.5, "caruana", (("m0", 0.4), ("m1", 0.5)))
     single = Ensemble(("m0",), (1.0,), 0.4, "best_single")
     choice = Choice("standard6", ens, single, single, {}, {"none": 0.45, "standard6": 0.5})
     table = pd.DataFrame({"model": ["ensemble"], "test_mean_skill": [0.5]})
-    paths = _multihead_reports(table, case["y_test"], case["test"]["ensemble"], MULTIHEAD,
+    paths = write_reports(table, case["y_test"], case["test"]["ensemble"], MULTIHEAD,
                                choice, tmp_path)
     assert [p.name for p in paths] == ["comparison.csv", "selection_trajectory.csv",
                                        "tta_policy_scores.csv",

@@ -256,3 +256,31 @@ def test_caruana_never_does_worse_than_the_best_single(seed, n_models, n_samples
     assert set(ens.members) <= set(probs)
     assert len(set(ens.members)) == len(ens.members)
     assert len(ens.trajectory) == 1 + 8
+
+
+def test_selection_on_a_multihead_task_scores_every_head_at_once():
+    """Candidates good on different heads: the ensemble of both beats either alone on
+    mean_skill; ties break on the multi-head loss, never on a single head's log loss."""
+    from orchestrator.ensemble.selection import caruana_select, task_scorer
+    from orchestrator.metrics import multihead_metrics, task_loss
+    from tasks.multihead import MULTIHEAD
+
+    rng = np.random.default_rng(0)
+    n = 80
+    y = np.stack([rng.integers(0, 4, n), rng.integers(0, 3, n), rng.uniform(20, 60, n)], 1)
+    truth = np.concatenate([np.eye(4)[y[:, 0].astype(int)], np.eye(3)[y[:, 1].astype(int)],
+                            y[:, 2:3]], axis=1)
+    flat = np.concatenate([np.full((n, 4), 0.25), np.full((n, 3), 1 / 3),
+                           np.full((n, 1), y[:, 2].mean())], axis=1)
+    good_shape = flat.copy()
+    good_shape[:, :4] = 0.7 * truth[:, :4] + 0.3 * 0.25
+    good_rest = flat.copy()
+    good_rest[:, 4:] = 0.7 * truth[:, 4:] + 0.3 * flat[:, 4:]
+    scorer, mode = task_scorer(MULTIHEAD)
+    assert scorer.loss(y, truth) == pytest.approx(task_loss(y, truth, MULTIHEAD))
+    assert task_loss(y, good_rest, MULTIHEAD) == pytest.approx(
+        multihead_metrics(y, good_rest, MULTIHEAD)["loss"])
+    ens = caruana_select({"shape": good_shape, "rest": good_rest}, y, scorer, mode,
+                         max_iterations=6)
+    assert set(ens.members) == {"shape", "rest"}
+    assert ens.score > max(scorer(y, good_shape), scorer(y, good_rest))

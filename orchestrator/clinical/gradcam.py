@@ -16,9 +16,10 @@ def _features(model, images):
     return model.get_layer("backbone")(model.get_layer("preprocess")(images), training=False)
 
 
-def _logits(model, features):
-    h = model.get_layer("pool")(features)
-    h = model.get_layer("head_dense")(h)
+def _logits(model, features, images):
+    from orchestrator.models import head_inputs
+
+    h = model.get_layer("head_dense")(head_inputs(model, features, images))
     h = model.get_layer("head_dropout")(h, training=False)
     return model.get_layer("logits")(h)
 
@@ -33,7 +34,7 @@ def gradcam(model, images: np.ndarray, class_index: int | np.ndarray) -> np.ndar
     features = _features(model, x)
     with tf.GradientTape() as tape:
         tape.watch(features)
-        logits = _logits(model, features)
+        logits = _logits(model, features, x)
         chosen = tf.gather(logits, classes, axis=1, batch_dims=1)
     grads = tape.gradient(chosen, features)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)

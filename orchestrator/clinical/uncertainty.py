@@ -29,6 +29,8 @@ def mc_dropout_probs(model, images: np.ndarray, passes: int, *, batch_size: int 
     same call gives the same samples (a Keras Dropout layer's own generator keeps its state)."""
     import tensorflow as tf
 
+    from orchestrator.models import head_inputs
+
     if passes < 1:
         raise ValueError(f"MC-dropout passes must be >= 1, got {passes}")
     rate = float(model.get_layer("head_dropout").rate)
@@ -36,7 +38,7 @@ def mc_dropout_probs(model, images: np.ndarray, passes: int, *, batch_size: int 
     for b, start in enumerate(range(0, len(images), batch_size)):
         x = tf.convert_to_tensor(np.asarray(images[start:start + batch_size], dtype=np.float32))
         features = model.get_layer("backbone")(model.get_layer("preprocess")(x), training=False)
-        dense = model.get_layer("head_dense")(model.get_layer("pool")(features))
+        dense = model.get_layer("head_dense")(head_inputs(model, features, x))
         samples = []
         for k in range(passes):
             keep = tf.random.stateless_uniform(tf.shape(dense), seed=(seed, b * passes + k)) \

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from orchestrator.ensemble.sources import (HeldOut, SweepInfo, cross_validated, 
                                            ranked_trials, sweep_info)
 from orchestrator.errors import ConfigError
 from orchestrator.tta.pool import ScoringPool, pool_size
+
+if TYPE_CHECKING:
+    from orchestrator.clinical.evaluate import ClinicalOptions
 
 DEFAULT_POLICIES = ("none", "standard6", "aggressive17")
 Log = Callable[[str], None]
@@ -162,9 +165,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         for path in result.files:
             tracking.log_file(sweep.uri, run_id, path)
         table = with_intervals(table, result.intervals)
-        written = (_multihead_reports if task.is_multihead else write_reports)(
-            table, y_test, probs, task, choice, work / "reports")
-        for path in written:
+        for path in write_reports(table, y_test, probs, task, choice, work / "reports"):
             tracking.log_file(sweep.uri, run_id, path)
         # A member is its configuration's models averaged: K fold models under CV, one else.
         parts = [(model, w / len(held.models[m])) for m, w in zip(ens.members, ens.weights)
@@ -199,35 +200,5 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           refer_cut=referral.cut if referral is not None else None,
                           refer_coverage=referral.coverage if referral is not None
                           else float("nan"),
-                          registered_name=name, registered_version=version)
-
-
-def _multihead_reports(table: pd.DataFrame, y_test, probs, task, choice,
-                       out: Path) -> list[Path]:
-    """`report.write_reports` for a multi-head task: the same comparison, selection and policy
-    files, and one classification report per classification head
-    (`classification_report_<head>.csv`); a regression head's figures are in the comparison."""
-    from sklearn.metrics import classification_report
-
-    from orchestrator.heads import split_predictions, split_targets
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "comparison.csv", out / "selection_trajectory.csv",
-             out / "tta_policy_scores.csv"]
-    table.to_csv(paths[0], index=False)
-    pd.DataFrame(choice.ensemble.trajectory, columns=["added", "val_score"]).to_csv(
-        paths[1], index_label="step")
-    pd.Series(choice.scores_by_policy, name="val_score").to_csv(paths[2], index_label="policy")
-    targets, preds = split_targets(y_test, task), split_predictions(probs, task)
-    for head in task.heads:
-        if not head.is_classification:
-            continue
-        report = classification_report(targets[head.name], preds[head.name].argmax(axis=1),
-                                       labels=list(range(len(head.classes))),
-                                       target_names=list(head.classes), output_dict=True,
-                                       zero_division=0)
-        paths.append(out / f"classification_report_{head.name}.csv")
-        pd.DataFrame(report).T.to_csv(paths[-1])
-    return paths
-
-
+                          registered_name=name, registered_version=version,
+                          head_fits=tuple(result.heads.values()))

@@ -33,10 +33,14 @@ class EnsembleReport:
     refer_coverage: float = 0.0  # share of held-out cases accepted at the cut
     registered_name: str = ""  # medsweep-<task>
     registered_version: str = ""
+    # A multi-head ensemble: each classification head's temperature and refer cut (HeadFit)
+    head_fits: tuple = ()
 
 
 def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, task: Task,
                   choice, out: Path) -> list[Path]:
+    if task.is_multihead:
+        return _multihead_reports(table, y_test, probs, task, choice, out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "comparison.csv", out / "classification_report.csv",
              out / "selection_trajectory.csv", out / "tta_policy_scores.csv"]
@@ -50,6 +54,48 @@ def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, ta
         paths[2], index_label="step")
     pd.Series(choice.scores_by_policy, name="val_score").to_csv(paths[3], index_label="policy")
     return paths
+
+
+def _multihead_reports(table: pd.DataFrame, y_test, probs, task, choice,
+                       out: Path) -> list[Path]:
+    """`write_reports` for a multi-head task: the same comparison, selection and policy
+    files, and one classification report per classification head
+    (`classification_report_<head>.csv`); a regression head's figures are in the comparison."""
+    from orchestrator.heads import split_predictions, split_targets
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "comparison.csv", out / "selection_trajectory.csv",
+             out / "tta_policy_scores.csv"]
+    table.to_csv(paths[0], index=False)
+    pd.DataFrame(choice.ensemble.trajectory, columns=["added", "val_score"]).to_csv(
+        paths[1], index_label="step")
+    pd.Series(choice.scores_by_policy, name="val_score").to_csv(paths[2], index_label="policy")
+    targets, preds = split_targets(y_test, task), split_predictions(probs, task)
+    for head in task.heads:
+        if not head.is_classification:
+            continue
+        report = classification_report(targets[head.name], preds[head.name].argmax(axis=1),
+                                       labels=list(range(len(head.classes))),
+                                       target_names=list(head.classes), output_dict=True,
+                                       zero_division=0)
+        paths.append(out / f"classification_report_{head.name}.csv")
+        pd.DataFrame(report).T.to_csv(paths[-1])
+    return paths
+
+
+SHOWN_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc")
+# A multi-head table: the sweep metric, then per head (in the table's order) these
+SHOWN_HEAD_SUFFIXES = ("_balanced_accuracy", "_macro_f1", "_mae", "_r2")
+
+
+def shown_metrics(table: pd.DataFrame) -> list[str]:
+    """The metrics the console shows of a comparison table: a multi-head one's mean_skill and
+    each head's balanced accuracy and macro F1, or MAE and R²."""
+    if "val_mean_skill" not in table.columns:
+        return list(SHOWN_METRICS)
+    return ["mean_skill"] + [c[4:] for c in table.columns if c.startswith("val_")
+                             and c.endswith(SHOWN_HEAD_SUFFIXES)
+                             and not c.startswith("val_mean_skill")]
 
 
 def print_report(report: EnsembleReport) -> None:
@@ -69,7 +115,7 @@ def print_report(report: EnsembleReport) -> None:
     print("\n" + "=" * 78)
     print(f"final ensemble for {report.task}: TTA {report.policy}; members "
           + ", ".join(f"{m} ({w:.2f})" for m, w in zip(report.members, report.weights)))
-    metrics = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc"]
+    metrics = shown_metrics(report.table)
     rows = []
     for _, row in report.table.iterrows():
         for m in metrics:
@@ -90,6 +136,15 @@ def print_report(report: EnsembleReport) -> None:
         if report.temperature is not None:
             print(f"temperature (fitted on {report.chosen_on} predictions): "
                   f"{report.temperature:.3f}")
+        for fit in report.head_fits:
+            if fit.referral is None:
+                continue
+            cut = fit.referral
+            print(f"head {fit.name} (fitted on {report.chosen_on} predictions): temperature "
+                  f"{fit.temperature:.3f}; " + (
+                      "no confidence reaches the target accuracy, every case referred"
+                      if cut.refers_everything else
+                      f"confidence < {cut.cut:.4f} referred ({cut.coverage:.0%} accepted)"))
         if report.refer_cut is not None and report.refer_cut > 1.0:
             print(f"refer cut (chosen on {report.chosen_on} predictions): no confidence "
                   "reaches the target accuracy, so every case is referred to a person")

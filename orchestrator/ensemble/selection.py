@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from orchestrator.metrics import is_better, log_loss, primary_metric
+from orchestrator.metrics import is_better, log_loss, primary_metric, task_loss
 from tasks.base import Task
 
 Scorer = Callable[[np.ndarray, np.ndarray], float]  # (y_true, probs) -> score
@@ -50,13 +50,28 @@ class Ensemble:
         return np.tensordot(np.asarray(self.weights), stack, axes=1)
 
 
+@dataclass(frozen=True)
+class TaskScorer:
+    """The task's primary metric (called as a Scorer), and the loss that breaks its ties, so
+    selection scores as the trainer does, for one head or several."""
+
+    task: Task
+
+    def __call__(self, y_true: np.ndarray, probs: np.ndarray) -> float:
+        return primary_metric(y_true, probs, self.task)
+
+    def loss(self, y_true: np.ndarray, probs: np.ndarray) -> float:
+        return task_loss(y_true, probs, self.task)
+
+
 def task_scorer(task: Task) -> tuple[Scorer, str]:
     """The task's primary metric and its mode, so selection scores as the trainer does."""
+    return TaskScorer(task), task.mode
 
-    def score(y_true: np.ndarray, probs: np.ndarray) -> float:
-        return primary_metric(y_true, probs, task)
 
-    return score, task.mode
+def _tie_loss(scorer: Scorer) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The loss that breaks a scorer's ties: its own (`TaskScorer.loss`), else the log loss."""
+    return getattr(scorer, "loss", log_loss)
 
 
 def best_single(probs_by_name: Mapping[str, np.ndarray], y: np.ndarray, scorer: Scorer,
@@ -121,7 +136,7 @@ def caruana_select(probs_by_name: Mapping[str, np.ndarray], y: np.ndarray, score
         trajectory.append((names[pick], score))
         if step >= init_size - 1:
             points.append((counts.copy(), score,
-                           log_loss(labels, running / counts.sum())))
+                           _tie_loss(scorer)(labels, running / counts.sum())))
     chosen_counts, score = _best_point(points, mode)
     members = [i for i in order if chosen_counts[i] > 0]
     total = chosen_counts.sum()
@@ -145,7 +160,7 @@ def _best_addition(stack: np.ndarray, running: np.ndarray, counts: np.ndarray, l
     # or in log-loss at an equal score) is needed to displace an earlier one: the tie rule.
     for i in [*np.flatnonzero(inside & allowed), *np.flatnonzero(~inside & allowed)]:
         score = float(scorer(labels, trials[i]))
-        loss = log_loss(labels, trials[i])
+        loss = _tie_loss(scorer)(labels, trials[i])
         if best is None or _better(score, loss, best[1], best[2], mode):
             best = (int(i), score, loss)
     return None if best is None or math.isnan(best[1]) else (best[0], best[1])
@@ -189,7 +204,8 @@ def _ranked_candidates(probs_by_name: Mapping[str, np.ndarray], y: np.ndarray, s
     if not scores:
         raise ValueError(f"no candidate has a finite validation score: {sorted(probs_by_name)}")
     sign = -1.0 if mode == "max" else 1.0
-    losses = {name: log_loss(labels, probs) for name, probs in zip(probs_by_name, stack)}
+    losses = {name: _tie_loss(scorer)(labels, probs)
+              for name, probs in zip(probs_by_name, stack)}
     ranked = sorted(scores, key=lambda n: (sign * scores[n], round(losses[n], 9), n))
     return ranked, scores
 
