@@ -1,7 +1,8 @@
 """What a sweep's console shows: its own lines, Tune's table, the results. TensorFlow's C++
 start-up lines (oneDNN, CUDA probing), Python warnings, MLflow's and Ray Train's INFO lines
-(checkpoint paths) and each trial's per-epoch lines are off unless `--verbose`
-(MEDSWEEP_VERBOSE=1), in the driver and in every Ray worker.
+(checkpoint paths), Ray's notices that token authentication is on and that a Tune step was slow,
+and each trial's per-epoch lines are off unless `--verbose` (MEDSWEEP_VERBOSE=1), in the driver
+and in every Ray worker.
 
 Read lazily from the environment (MEDSWEEP_VERBOSE), so a worker on another node follows the
 driver once `connect_ray` has put `worker_env()` in Ray's runtime_env. No TensorFlow, Ray or
@@ -26,6 +27,29 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 QUIET_LOGGERS = ("ray.train", "mlflow")
 # TensorFlow's Python-side warnings (tf.function retracing notices) as well; its errors still show.
 QUIET_ERRORS_ONLY = ("tensorflow",)
+# Library lines dropped by what they say, each from one logger: Ray's notice that token
+# authentication is on (logged whenever `ray.init` starts a local cluster, where it is on by
+# default and stays on; its warning when authentication is off still shows), and Tune's notice
+# that a step took over 0.5 s (the driver's MLflow writes, on a loaded CPU: nothing to act on).
+QUIET_MESSAGES = {
+    "ray._private.authentication.authentication_token_setup":
+        "Token authentication is enabled for this Ray cluster",
+    "ray.tune.utils.util": "which may be a performance bottleneck",
+}
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records whose message contains `text`; every other record passes."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in str(record.getMessage())
+
+
+_FILTERS = {name: _DropMessage(text) for name, text in QUIET_MESSAGES.items()}
 
 
 def verbose() -> bool:
@@ -52,6 +76,8 @@ def quiet_process() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in QUIET_ERRORS_ONLY:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name, drop in _FILTERS.items():
+        logging.getLogger(name).addFilter(drop)  # added once, however often this runs
 
 
 def trial_log(line: str) -> None:

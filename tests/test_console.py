@@ -2,6 +2,7 @@
 lines stay off (driver and workers) unless --verbose; Tune's table shows the task metric."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import console
 from orchestrator.console import QUIET_ENV, VERBOSE_ENV, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,12 +19,28 @@ CHECKPOINT_LINES = ("Checkpoint successfully created", "checkpoint_0000")
 # MLflow's own notices while the model is logged and registered (the sweep says it itself)
 MLFLOW_NOTICES = ("CloudPickle", "Created version", "already exists. Creating a new version",
                   "Successfully registered model")
+RAY_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
 
 
 def test_workers_get_quiet_settings_unless_verbose():
     assert worker_env(False) == {VERBOSE_ENV: "0", **QUIET_ENV}
     assert QUIET_ENV["TF_CPP_MIN_LOG_LEVEL"] == "3"
     assert worker_env(True) == {VERBOSE_ENV: "1"}  # nothing silenced, nothing overridden
+
+
+def test_rays_token_and_slow_step_notices_are_dropped_and_its_other_warnings_pass():
+    def passes(logger: str, message: str) -> bool:
+        record = logging.LogRecord(logger, logging.WARNING, __file__, 1, message, None, None)
+        return console._FILTERS[logger].filter(record)
+
+    token = "ray._private.authentication.authentication_token_setup"
+    assert not passes(token, RAY_TOKEN_NOTICE + ". Set RAY_AUTH_MODE=disabled to opt out.")
+    assert passes(token, "Token authentication is disabled for this Ray cluster. Anyone with "
+                         "network access to the cluster can run arbitrary code")
+    tune_util = "ray.tune.utils.util"
+    assert not passes(tune_util, "The `process_trial_result` operation took 0.600 s, which may "
+                                 "be a performance bottleneck.")
+    assert passes(tune_util, "Install psutil to monitor system performance.")
 
 
 def test_the_status_line_counts_trials_and_names_the_best_with_its_searched_values():
