@@ -1,8 +1,8 @@
-"""What a sweep's console shows: its own lines, Tune's table, the results. TensorFlow's C++
-start-up lines (oneDNN, CUDA probing), Python warnings, MLflow's and Ray Train's INFO lines
-(checkpoint paths), Ray's notices that token authentication is on and that a Tune step was slow,
-and each trial's per-epoch lines are off unless `--verbose` (MEDSWEEP_VERBOSE=1), in the driver
-and in every Ray worker.
+"""What a sweep's console shows: its own lines, one line per trial and epoch, the results.
+TensorFlow's C++ start-up lines (oneDNN, CUDA probing), Python warnings, MLflow's and Ray Train's
+INFO lines (checkpoint paths), Ray's notices that token authentication is on and that a Tune
+step was slow, and each trial's own detailed per-epoch lines are off unless `--verbose`
+(MEDSWEEP_VERBOSE=1), in the driver and in every Ray worker.
 
 Read lazily from the environment (MEDSWEEP_VERBOSE), so a worker on another node follows the
 driver once `connect_ray` has put `worker_env()` in Ray's runtime_env. No TensorFlow, Ray or
@@ -81,11 +81,17 @@ def quiet_process() -> None:
 
 
 def trial_log(line: str) -> None:
-    """A trial's own lines: its per-epoch and per-phase lines only when verbose (Tune's table
-    shows each trial's metric and epoch, MLflow every curve); warnings, resumes and early stops
-    always."""
+    """A trial's own lines: its detailed per-epoch and per-phase lines only when verbose (the
+    driver prints one line per trial and epoch, `sweep/progress.py`; MLflow has every curve);
+    warnings, resumes and early stops always."""
     if verbose() or not line.startswith(("epoch ", "phase ")):
         print(line, flush=True)
+
+
+def say(line: str) -> None:
+    """A sweep's own line, flushed at once: it interleaves in order with Ray's forwarded worker
+    output and shows at once when piped (`make demo | tee`)."""
+    print(line, flush=True)
 
 
 def _drop_warning(*args, **kwargs) -> None:

@@ -19,8 +19,9 @@ from orchestrator import tracking
 from orchestrator.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
 from orchestrator.sweep.state import Log
-from orchestrator.sweep.trainable import (ProgressTable, SweepContext, TrialTracker,
-                                          run_cv_trial)
+from orchestrator.sweep.progress import EpochLines, ProgressTable
+from orchestrator.sweep.records import short_trial_name
+from orchestrator.sweep.trainable import SweepContext, TrialTracker, run_cv_trial
 from orchestrator.train.trial import load_folded_data
 
 CV_SUFFIX = "-cv"  # the stage's Tune experiment: beside the search's, its name plus this
@@ -60,7 +61,7 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
     trainable = tune.with_resources(
         tune.with_parameters(run_cv_trial, folded=folded, context=cv_context), resources)
     log(f"cross-validation: {len(chosen)} finalist(s) x {folds} folds = "
-        f"{len(chosen) * folds} trials: " + ", ".join(t for t, _ in chosen))
+        f"{len(chosen) * folds} trials: " + ", ".join(short_trial_name(t) for t, _ in chosen))
     if restore:
         tuner = tune.Tuner.restore(restore, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
@@ -74,7 +75,7 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
                                         reuse_actors=reuse_actors),
             run_config=tune.RunConfig(
                 name=name + CV_SUFFIX, storage_path=storage,
-                callbacks=[TrialTracker(cv_context)],
+                callbacks=[TrialTracker(cv_context), EpochLines(cv_context, log)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1,
                 progress_reporter=ProgressTable(context.metric, ["finalist", "cv_fold"])))

@@ -62,6 +62,12 @@ def trial_run_name(trial_id: str, config: Mapping[str, Any], searched: Sequence[
     return " ".join(parts)
 
 
+def cv_run_name(finalist_id: str, fold: int, folds: int) -> str:
+    """`cv t03 fold 2/3`: a cross-validation trial, by its finalist's number and its fold,
+    counted from 1 (the tag `medsweep.fold` and the param `cv_fold` count from 0)."""
+    return f"cv {short_trial_name(finalist_id)} fold {fold + 1}" + (f"/{folds}" if folds else "")
+
+
 def leaderboard(grid, metric: str, mode: str, max_epochs: int | None = None) -> pd.DataFrame:
     """One row per trial (its best validation metric, epochs, seconds, status and searched
     values), best first; NaN metrics last. A trial that ended without error before

@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from orchestrator import tracking
+from orchestrator import console, tracking
 
 # Per-epoch checkpoints are the point; Tune's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -30,7 +30,7 @@ from orchestrator.sweep.state import WORKER_ENV  # noqa: E402
 for _key, _value in WORKER_ENV.items():
     os.environ.setdefault(_key, _value)
 # Tune's classic console table: the newer engine ignores a progress_reporter and shows columns
-# of its own choosing (trainable.ProgressTable says which ones this one shows).
+# of its own choosing (progress.ProgressTable says which ones this one shows).
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
@@ -43,8 +43,8 @@ from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noq
                                       save_recorded_data, write_sweep_state)
 from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists  # noqa: E402
-from orchestrator.sweep.trainable import (SweepContext, TrialTracker,  # noqa: E402
-                                          ProgressTable, run_tune_trial)
+from orchestrator.sweep.progress import EpochLines, ProgressTable  # noqa: E402
+from orchestrator.sweep.trainable import SweepContext, TrialTracker, run_tune_trial  # noqa: E402
 from orchestrator.train.artifacts import TrialData  # noqa: E402
 from orchestrator.train.trial import load_trial_data  # noqa: E402
 from search_spaces import (check_space, choose_profile, discrete_values,  # noqa: E402
@@ -92,7 +92,7 @@ def run_sweep(
     space_overrides: dict | None = None,
     weights_dir: str | os.PathLike | None = None,
     reuse_actors: bool = True,
-    log: Log = print,
+    log: Log = console.say,
 ) -> SweepResult:
     """Run (or resume) one sweep and return its leaderboard; see `--help` for each argument.
 
@@ -107,6 +107,8 @@ def run_sweep(
     Every name and value (task, profile, scheduler, each override, the profile's whole space) is
     checked here, on the driver, before Ray starts: a typo fails in a second with the valid names,
     not in a worker once trials run.
+
+    `log` receives the sweep's lines, one line per trial and epoch included.
     """
     task_record = get_task(task)
     if scheduler not in SCHEDULERS:
@@ -226,7 +228,8 @@ class SweepRunner:
                 search_alg=BasicVariantGenerator(random_state=self.seed),
                 scheduler=self._scheduler(), reuse_actors=self.reuse_actors),
             run_config=tune.RunConfig(
-                name=name, storage_path=self.storage, callbacks=[TrialTracker(context)],
+                name=name, storage_path=self.storage,
+                callbacks=[TrialTracker(context), EpochLines(context, self.log)],
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute=self.metric,
                     checkpoint_score_order=self.task_record.mode),
@@ -235,6 +238,7 @@ class SweepRunner:
                     self.metric, [k for k, v in space.items() if is_dimension(v)])))
         write_sweep_state(path, state)
         save_recorded_data(path, records)
+        self.log(self._search_line())
         return self._fit(tuner, context, path)
 
     def resume(self, previous: str) -> SweepResult:
@@ -264,6 +268,14 @@ class SweepRunner:
         return self._fit(tuner, context, previous)
 
     # -------------------------------------------------------------------------- helpers
+    def _search_line(self) -> str:
+        """What the search is about to run; one line per trial and epoch follows."""
+        p = self.profile
+        stop = ("every trial runs all its epochs" if self.scheduler == "fifo" else
+                f"ASHA stops trailing trials from epoch {p.grace_period}")
+        trials = f"{p.trials} trial{'s' if p.trials != 1 else ''}"
+        return f"search: {trials} of up to {p.max_epochs} epochs; {stop}"
+
     def _space(self) -> dict:
         """The profile's space with the overrides laid over it: what Tune samples."""
         return {**self.profile.space, **overrides_space(self.space_overrides),
