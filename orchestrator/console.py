@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 VERBOSE_ENV = "MEDSWEEP_VERBOSE"
 # TF_CPP_MIN_LOG_LEVEL 3: no C++ INFO/WARNING/ERROR lines once TensorFlow has read it; the lines
@@ -88,10 +88,40 @@ def trial_log(line: str) -> None:
         print(line, flush=True)
 
 
+RULE_WIDTH = 78
+
+
+def rule(title: str) -> str:
+    """`== title ======`: the line that opens a part of a sweep's summary."""
+    line = f"== {title} "
+    return line + "=" * max(2, RULE_WIDTH - len(line))
+
+
 def say(line: str) -> None:
     """A sweep's own line, flushed at once: it interleaves in order with Ray's forwarded worker
     output and shows at once when piped (`make demo | tee`)."""
     print(line, flush=True)
+
+
+def detail(log: Callable[[str], None], line: str) -> None:
+    """A line that a later summary repeats, or one per item of a loop the summary counts: shown
+    only when verbose."""
+    if verbose():
+        log(line)
+
+
+def once(log: Callable[[str], None] = print) -> Callable[[str], None]:
+    """`log` that skips a line identical to one it has already printed, unless verbose: the
+    sweep reloads its data for each stage, and the cache hit and the check that every file is
+    unchanged would repeat word for word."""
+    seen: set[str] = set()
+
+    def log_once(line: str) -> None:
+        if verbose() or line not in seen:
+            seen.add(line)
+            log(line)
+
+    return log_once
 
 
 def _drop_warning(*args, **kwargs) -> None:

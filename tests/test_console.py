@@ -59,6 +59,18 @@ def test_rays_token_and_slow_step_notices_are_dropped_and_its_other_warnings_pas
     assert passes(tune_util, "Install psutil to monitor system performance.")
 
 
+def test_a_repeated_line_is_logged_once_unless_verbose(monkeypatch):
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    lines: list[str] = []
+    log = console.once(lines.append)
+    for line in ("cache hit: 300 images", "data: 300 images", "cache hit: 300 images"):
+        log(line)
+    assert lines == ["cache hit: 300 images", "data: 300 images"]
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    log("cache hit: 300 images")
+    assert lines[-1] == "cache hit: 300 images" and len(lines) == 3
+
+
 def test_the_status_line_counts_trials_and_names_the_best_with_its_searched_values():
     from types import SimpleNamespace as Trial
 
@@ -126,6 +138,10 @@ def test_a_sweep_prints_a_line_per_trial_and_epoch_and_no_library_noise(tmp_path
     assert "Number of trials" not in out  # Tune's table and status lines: --verbose only
     assert not re.search(r"^trials: \d+ ", out, re.M)
     assert "final ensemble for brain/3class" in out and "test [95% CI]" in out
+    # every other line is the sweep's own: data, stages, leaderboard, links, ensemble figures
+    epoch_lines = sum(len(epochs) for epochs in shown.values())
+    assert len(lines) - epoch_lines <= 40, out
+    assert len(lines) <= 55, out
 
 
 @pytest.mark.slow

@@ -35,6 +35,13 @@ def data_facts(records: dict[str, Path]) -> dict[str, int]:
     return {fact: len(rows(name)) for fact, name in DATA_FACTS.items()}
 
 
+def data_line(facts: Mapping[str, int]) -> str:
+    """The console's line about the data a sweep used (`data_facts`)."""
+    return (f"data: {facts['images']} images; {facts['images_unreadable']} missing or "
+            f"unreadable left out; {facts['duplicate_pairs']} duplicate pair(s) grouped, "
+            f"{facts['duplicates_left_out']} copy(ies) left out (files in the parent run)")
+
+
 STOPPED_EARLY = "stopped early (ASHA)"
 # How a searched key shows in a trial's run name: a value alone where it names itself.
 _NAME_FORMS = {"backbone": "{}", "schedule": "{}", "loss": "{}", "resolution": "{}px",

@@ -36,8 +36,8 @@ from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
 from orchestrator.sweep.summary import record_summary  # noqa: E402
-from orchestrator.sweep.records import (DATA_FACTS, data_facts, data_records,  # noqa: E402
-                                        leaderboard)
+from orchestrator.sweep.records import (DATA_FACTS, data_facts, data_line,  # noqa: E402
+                                        data_records, leaderboard)
 from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noqa: E402
                                       fetch_recorded_data, find_resumable, is_uri, read_sweep_state,
                                       save_recorded_data, write_sweep_state)
@@ -108,8 +108,10 @@ def run_sweep(
     checked here, on the driver, before Ray starts: a typo fails in a second with the valid names,
     not in a worker once trials run.
 
-    `log` receives the sweep's lines, one line per trial and epoch included.
+    `log` receives the sweep's lines, one line per trial and epoch included; a line identical to
+    one already given (the data reloaded for a later stage) is given once, unless verbose.
     """
+    log = console.once(log)
     task_record = get_task(task)
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
@@ -187,7 +189,7 @@ class SweepRunner:
         any_data = next(iter(datasets.values()))
         records = data_records(Path(any_data.manifest_path))
         facts = self.data_facts = data_facts(records)
-        self.log("data: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items()))
+        self.log(data_line(facts))
         name = f"{self.experiment}-{datetime.now():%Y%m%d-%H%M%S}"
         path = self._experiment_path(name)
         experiment_id = tracking.ensure_experiment(self.uri, self.experiment,
@@ -261,6 +263,8 @@ class SweepRunner:
                                       recorded / MANIFEST_CSV if recorded else None)
         self.data_facts = {k: int(v) for k, v in tracking.get_run(
             self.uri, state["parent_run_id"]).data.params.items() if k in DATA_FACTS}
+        if len(self.data_facts) == len(DATA_FACTS):
+            self.log(data_line(self.data_facts))
         tracking.reopen_run(self.uri, state["parent_run_id"])
         context = self._context(state["experiment_id"], state["parent_run_id"])
         tuner = tune.Tuner.restore(previous, trainable=self._trainable(datasets, context),
