@@ -1,6 +1,7 @@
-"""What a sweep's console shows: its own lines, Tune's table, the results. TensorFlow's C++
-start-up lines (oneDNN, CUDA probing), Python warnings, MLflow's and Ray Train's INFO lines
-(checkpoint paths) and each trial's per-epoch lines are off unless `--verbose`
+"""What a sweep's console shows: its own lines, one line per trial and epoch, the results.
+TensorFlow's C++ start-up lines (oneDNN, CUDA probing), Python warnings, MLflow's and Ray Train's
+INFO lines (checkpoint paths), Ray's notices that token authentication is on and that a Tune
+step was slow, and each trial's own detailed per-epoch lines are off unless `--verbose`
 (MEDSWEEP_VERBOSE=1), in the driver and in every Ray worker.
 
 Read lazily from the environment (MEDSWEEP_VERBOSE), so a worker on another node follows the
@@ -14,7 +15,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 VERBOSE_ENV = "MEDSWEEP_VERBOSE"
 # TF_CPP_MIN_LOG_LEVEL 3: no C++ INFO/WARNING/ERROR lines once TensorFlow has read it; the lines
@@ -26,6 +27,29 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 QUIET_LOGGERS = ("ray.train", "mlflow")
 # TensorFlow's Python-side warnings (tf.function retracing notices) as well; its errors still show.
 QUIET_ERRORS_ONLY = ("tensorflow",)
+# Library lines dropped by what they say, each from one logger: Ray's notice that token
+# authentication is on (logged whenever `ray.init` starts a local cluster, where it is on by
+# default and stays on; its warning when authentication is off still shows), and Tune's notice
+# that a step took over 0.5 s (the driver's MLflow writes, on a loaded CPU: nothing to act on).
+QUIET_MESSAGES = {
+    "ray._private.authentication.authentication_token_setup":
+        "Token authentication is enabled for this Ray cluster",
+    "ray.tune.utils.util": "which may be a performance bottleneck",
+}
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records whose message contains `text`; every other record passes."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in str(record.getMessage())
+
+
+_FILTERS = {name: _DropMessage(text) for name, text in QUIET_MESSAGES.items()}
 
 
 def verbose() -> bool:
@@ -52,14 +76,52 @@ def quiet_process() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in QUIET_ERRORS_ONLY:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name, drop in _FILTERS.items():
+        logging.getLogger(name).addFilter(drop)  # added once, however often this runs
 
 
 def trial_log(line: str) -> None:
-    """A trial's own lines: its per-epoch and per-phase lines only when verbose (Tune's table
-    shows each trial's metric and epoch, MLflow every curve); warnings, resumes and early stops
-    always."""
+    """A trial's own lines: its detailed per-epoch and per-phase lines only when verbose (the
+    driver prints one line per trial and epoch, `sweep/progress.py`; MLflow has every curve);
+    warnings, resumes and early stops always."""
     if verbose() or not line.startswith(("epoch ", "phase ")):
         print(line, flush=True)
+
+
+RULE_WIDTH = 78
+
+
+def rule(title: str) -> str:
+    """`== title ======`: the line that opens a part of a sweep's summary."""
+    line = f"== {title} "
+    return line + "=" * max(2, RULE_WIDTH - len(line))
+
+
+def say(line: str) -> None:
+    """A sweep's own line, flushed at once: it interleaves in order with Ray's forwarded worker
+    output and shows at once when piped (`make demo | tee`)."""
+    print(line, flush=True)
+
+
+def detail(log: Callable[[str], None], line: str) -> None:
+    """A line that a later summary repeats, or one per item of a loop the summary counts: shown
+    only when verbose."""
+    if verbose():
+        log(line)
+
+
+def once(log: Callable[[str], None] = print) -> Callable[[str], None]:
+    """`log` that skips a line identical to one it has already printed, unless verbose: the
+    sweep reloads its data for each stage, and the cache hit and the check that every file is
+    unchanged would repeat word for word."""
+    seen: set[str] = set()
+
+    def log_once(line: str) -> None:
+        if verbose() or line not in seen:
+            seen.add(line)
+            log(line)
+
+    return log_once
 
 
 def _drop_warning(*args, **kwargs) -> None:

@@ -1,14 +1,18 @@
-"""What a sweep prints: TensorFlow's C++ start-up lines, Python warnings and Ray's checkpoint-path
-lines stay off (driver and workers) unless --verbose; Tune's table shows the task metric."""
+"""What a sweep prints: one line per trial and epoch, printed by the driver; TensorFlow's C++
+start-up lines, Python warnings, Ray's checkpoint-path lines and token-authentication notice,
+Tune's status lines and tables stay off (driver and workers) unless --verbose."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from orchestrator import console
 from orchestrator.console import QUIET_ENV, VERBOSE_ENV, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +21,11 @@ CHECKPOINT_LINES = ("Checkpoint successfully created", "checkpoint_0000")
 # MLflow's own notices while the model is logged and registered (the sweep says it itself)
 MLFLOW_NOTICES = ("CloudPickle", "Created version", "already exists. Creating a new version",
                   "Successfully registered model")
+RAY_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+# The driver's line per trial and epoch (docs/sweep.md, "Output"): the trial's name as in MLflow,
+# the epoch, the task metric, the epoch's seconds; nothing before it (no Ray worker prefix).
+EPOCH_LINE = re.compile(r"(?P<name>t\d\d\b.*?|cv t\d\d fold \d+/\d+) +epoch +(?P<epoch>\d+)/"
+                        r"(?P<epochs>\d+)  val_accuracy (?:\d\.\d{3}|n/a)  \d+\.\ds")
 
 
 def test_workers_get_quiet_settings_unless_verbose():
@@ -25,10 +34,47 @@ def test_workers_get_quiet_settings_unless_verbose():
     assert worker_env(True) == {VERBOSE_ENV: "1"}  # nothing silenced, nothing overridden
 
 
+def test_the_epoch_line_names_the_trial_its_epoch_metric_and_seconds():
+    from orchestrator.sweep.progress import epoch_line
+
+    line = epoch_line("t03 three_phase lr x3.496", 4, 8, "val_accuracy", 0.80555, 2.94)
+    assert line == "t03 three_phase lr x3.496  epoch 4/8  val_accuracy 0.806  2.9s"
+    assert EPOCH_LINE.fullmatch(line)
+    assert epoch_line("cv t03 fold 2/3", 7, 30, "val_accuracy", None, float("nan")) == \
+        "cv t03 fold 2/3  epoch  7/30  val_accuracy n/a"  # epochs aligned; no time: none shown
+
+
+def test_rays_token_and_slow_step_notices_are_dropped_and_its_other_warnings_pass():
+    def passes(logger: str, message: str) -> bool:
+        record = logging.LogRecord(logger, logging.WARNING, __file__, 1, message, None, None)
+        return console._FILTERS[logger].filter(record)
+
+    token = "ray._private.authentication.authentication_token_setup"
+    assert not passes(token, RAY_TOKEN_NOTICE + ". Set RAY_AUTH_MODE=disabled to opt out.")
+    assert passes(token, "Token authentication is disabled for this Ray cluster. Anyone with "
+                         "network access to the cluster can run arbitrary code")
+    tune_util = "ray.tune.utils.util"
+    assert not passes(tune_util, "The `process_trial_result` operation took 0.600 s, which may "
+                                 "be a performance bottleneck.")
+    assert passes(tune_util, "Install psutil to monitor system performance.")
+
+
+def test_a_repeated_line_is_logged_once_unless_verbose(monkeypatch):
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    lines: list[str] = []
+    log = console.once(lines.append)
+    for line in ("cache hit: 300 images", "data: 300 images", "cache hit: 300 images"):
+        log(line)
+    assert lines == ["cache hit: 300 images", "data: 300 images"]
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    log("cache hit: 300 images")
+    assert lines[-1] == "cache hit: 300 images" and len(lines) == 3
+
+
 def test_the_status_line_counts_trials_and_names_the_best_with_its_searched_values():
     from types import SimpleNamespace as Trial
 
-    from orchestrator.sweep.trainable import status_line
+    from orchestrator.sweep.progress import status_line
 
     trials = [Trial(trial_id="a", status="TERMINATED", config={"lr": 0.0123456, "aug": "none"},
                     last_result={"val_accuracy": 0.75, "epoch": 8}),
@@ -46,28 +92,62 @@ def test_the_status_line_counts_trials_and_names_the_best_with_its_searched_valu
 def _sweep(cwd: Path, *args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for key in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS", VERBOSE_ENV, "RAY_ADDRESS",
-                "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)  # as a user's shell would have it: TensorFlow's defaults
+                "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE"):
+        env.pop(key, None)  # as a user's shell would have it: TensorFlow's and Ray's defaults
     proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", "brain", "--profile",
-                           "smoke", "--cv-folds", "0", *args], cwd=cwd, env=env,
+                           "smoke", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return proc.stdout + proc.stderr
 
 
+def _epochs_in_mlflow(cwd: Path) -> dict[str, int]:
+    """Each trial run's name (search and cross-validation) -> how many epochs it logged."""
+    import mlflow
+
+    from orchestrator import tracking
+
+    client = mlflow.MlflowClient(f"sqlite:///{cwd / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("medsweep-brain")
+    return {run.info.run_name: len(client.get_metric_history(run.info.run_id, "val_accuracy"))
+            for run in client.search_runs([experiment.experiment_id])
+            if run.data.tags.get(tracking.TAG_KIND) in (tracking.KIND_TRIAL,
+                                                         tracking.KIND_CV_TRIAL)}
+
+
 @pytest.mark.slow
-def test_a_sweep_prints_no_tensorflow_start_up_or_checkpoint_lines(tmp_path):
-    out = _sweep(tmp_path)  # trials and the ensemble's TTA actors: every kind of worker
-    noisy = [line for line in out.splitlines()
-             if any(word in line for word in TF_START_UP + CHECKPOINT_LINES + MLFLOW_NOTICES)]
+def test_a_sweep_prints_a_line_per_trial_and_epoch_and_no_library_noise(tmp_path):
+    out = _sweep(tmp_path)  # the search, cross-validation, the ensemble's TTA actors: every stage
+    lines = out.splitlines()
+    noisy = [line for line in lines if any(word in line for word in TF_START_UP
+                                           + CHECKPOINT_LINES + MLFLOW_NOTICES)]
     assert noisy == []
-    assert "val_accuracy" in out and "lr_multiplier" in out  # Tune's table: metric, searched
-    assert "epoch 1/2" not in out  # per-epoch lines only with --verbose
-    assert "final ensemble" in out
+    assert RAY_TOKEN_NOTICE not in out
+    # each epoch of each trial exactly once, in the documented form, from the driver
+    shown: dict[str, list[int]] = {}
+    for line in lines:
+        found = EPOCH_LINE.fullmatch(line)
+        if found:
+            shown.setdefault(found["name"].strip(), []).append(int(found["epoch"]))
+    logged = _epochs_in_mlflow(tmp_path)
+    assert len(logged) == 2 + 2 * 2  # the smoke profile: 2 trials, 2 finalists x 2 folds
+    assert {name: sorted(epochs) for name, epochs in shown.items()} == {
+        name: list(range(1, n + 1)) for name, n in logged.items()}
+    assert not [line for line in lines if "epoch" in line and not EPOCH_LINE.fullmatch(line)
+                and re.search(r"epoch \d+/\d+", line)]  # no worker's own line, no pid= prefix
+    assert "Number of trials" not in out  # Tune's table and status lines: --verbose only
+    assert not re.search(r"^trials: \d+ ", out, re.M)
+    assert "final ensemble for brain/3class" in out and "test [95% CI]" in out
+    # every other line is the sweep's own: data, stages, leaderboard, links, ensemble figures
+    epoch_lines = sum(len(epochs) for epochs in shown.values())
+    assert len(lines) - epoch_lines <= 40, out
+    assert len(lines) <= 55, out
 
 
 @pytest.mark.slow
 def test_verbose_brings_tensorflow_start_up_lines_back(tmp_path):
-    out = _sweep(tmp_path, "--verbose", "--no-ensemble", "--num-samples", "1")
+    out = _sweep(tmp_path, "--verbose", "--no-ensemble", "--num-samples", "1", "--cv-folds", "0")
     assert any(word in out for word in TF_START_UP)
-    assert "epoch 1/2" in out  # and each trial's per-epoch lines
+    assert "epoch 1/2 [phase 1/1" in out  # each trial's own per-epoch lines
+    assert "Number of trials: 1/1 (1 TERMINATED)" in out  # Tune's table at the end
+    assert RAY_TOKEN_NOTICE in out

@@ -29,6 +29,7 @@ from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.result import ClinicalResult
 from orchestrator.clinical.uncertainty import (ensemble_mc, mc_dropout_probs, mc_summary,
                                                review_table)
+from orchestrator.console import detail
 from orchestrator.errors import ConfigError
 from tasks.base import Task
 
@@ -106,7 +107,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     temperature = fit_temperature(y_val, ens_val)
     val_calibrated = apply_temperature(ens_val, temperature)
     calibrated = apply_temperature(ens_test, temperature)
-    log(f"temperature fitted on {inputs.held_out} predictions: T = {temperature:.3f}")
+    detail(log, f"temperature fitted on {inputs.held_out} predictions: T = {temperature:.3f}")
     op = None
     if task.is_binary:
         op = choose_threshold(y_val == pos, val_calibrated[:, pos], rule=options.threshold_rule,
@@ -122,12 +123,12 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     val_decision, val_confidence = decide(val_calibrated, threshold, pos)
     referral = choose_refer_cut(y_val, val_decision, val_confidence, options.target_accuracy)
     test_decision, test_confidence = decide(calibrated, threshold, pos)
-    log(f"refer cut chosen on {inputs.held_out} predictions: confidence < "
-        f"{referral.cut:.4f} is referred ({referral.coverage:.1%} of held-out cases accepted "
-        f"at accuracy {referral.accuracy:.3f}; target {referral.target_accuracy})"
-        if not referral.refers_everything else
-        f"refer cut: no confidence reaches accuracy {referral.target_accuracy} on "
-        f"{inputs.held_out} predictions, so every case is referred")
+    detail(log, f"refer cut chosen on {inputs.held_out} predictions: confidence < "
+           f"{referral.cut:.4f} is referred ({referral.coverage:.1%} of held-out cases accepted "
+           f"at accuracy {referral.accuracy:.3f}; target {referral.target_accuracy})"
+           if not referral.refers_everything else
+           f"refer cut: no confidence reaches accuracy {referral.target_accuracy} on "
+           f"{inputs.held_out} predictions, so every case is referred")
 
     # --- measured on test, with intervals ----------------------------------------------------------
     resamples = resample_indices(y_test, inputs.test_groups, options.resamples, options.seed)
@@ -163,7 +164,8 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     intervals.to_csv(files[-1], index=False)
     groups_note = ("whole groups (patient / lesion) resampled" if len(np.unique(
         inputs.test_groups)) < len(y_test) else "each image its own group")
-    log(f"bootstrap: {options.resamples} stratified resamples of the test split, {groups_note}")
+    detail(log, f"bootstrap: {options.resamples} stratified resamples of the test split, "
+                f"{groups_note}")
 
     # --- figures ------------------------------------------------------------------------------
     classes = list(task.classes)

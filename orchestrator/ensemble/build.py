@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import tracking
+from orchestrator.console import detail
 from orchestrator.ensemble.report import EnsembleReport
 from orchestrator.ensemble.sources import (HeldOut, SweepInfo, cross_validated, holdout,
                                            ranked_trials, sweep_info)
@@ -68,9 +69,9 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
                 raise ConfigError(f"sweep {sweep_run_id}: no candidate model could be loaded")
             choice = choose(per_transform, transforms, by_policy, held.y, task,
                             max_iterations=max_iterations)
-            log(f"chosen on {held.kind} predictions: TTA {choice.policy}, members "
-                + ", ".join(f"{m} x{w:.2f}" for m, w in zip(choice.ensemble.members,
-                                                          choice.ensemble.weights)))
+            detail(log, f"chosen on {held.kind} predictions: TTA {choice.policy}, members "
+                   + ", ".join(f"{m} x{w:.2f}" for m, w in zip(choice.ensemble.members,
+                                                             choice.ensemble.weights)))
             # The test split is touched here, once, after every choice above is fixed: every
             # model of every configuration the comparison needs (all K fold models under CV).
             needed = [dataclasses.replace(m, images_key=None)
@@ -184,8 +185,8 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         tracking.finish_run(sweep.uri, run_id, "FAILED")
         raise
     tracking.finish_run(sweep.uri, run_id, "FINISHED")
-    log(f"ensemble run {run_id}; model registered as {name}@candidate (version {version}), "
-        "its card on the model-version page")
+    detail(log, f"ensemble run {run_id}; model registered as {name}@candidate (version "
+                f"{version}), its card on the model-version page")
     # A multi-head ensemble has a temperature and a refer cut per head (its run's metrics
     # `<head>_temperature`, `<head>_refer_cut`, and the served spec), none of its own.
     referral = result.referral

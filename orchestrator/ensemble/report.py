@@ -83,7 +83,7 @@ def _multihead_reports(table: pd.DataFrame, y_test, probs, task, choice,
     return paths
 
 
-SHOWN_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc")
 # A multi-head table: the sweep metric, then per head (in the table's order) these
 SHOWN_HEAD_SUFFIXES = ("_balanced_accuracy", "_macro_f1", "_mae", "_r2")
 
@@ -92,16 +92,24 @@ def shown_metrics(table: pd.DataFrame) -> list[str]:
     """The metrics the console shows of a comparison table: a multi-head one's mean_skill and
     each head's balanced accuracy and macro F1, or MAE and R²."""
     if "val_mean_skill" not in table.columns:
-        return list(SHOWN_METRICS)
+        return list(METRICS)
     return ["mean_skill"] + [c[4:] for c in table.columns if c.startswith("val_")
                              and c.endswith(SHOWN_HEAD_SUFFIXES)
                              and not c.startswith("val_mean_skill")]
+# The ensemble's other test figures, a line per group
+EXTRA_GROUPS = (("sensitivity_at_threshold", "specificity_at_threshold", "ppv_at_threshold",
+                 "npv_at_threshold"),
+                ("brier", "brier_calibrated", "ece", "ece_calibrated"),
+                ("coverage_at_refer_cut", "accuracy_accepted_at_refer_cut"))
 
 
 def print_report(report: EnsembleReport) -> None:
     """Held-out and test figures side by side: the choice was made on the first, judged on the
-    second (test figures with their 95% bootstrap intervals)."""
+    second (test figures with their 95% bootstrap intervals). Members by their trials' short
+    names (`t03`), as the sweep's epoch lines and leaderboard show them."""
     from orchestrator.clinical.bootstrap import format_interval
+    from orchestrator.console import rule
+    from orchestrator.sweep.records import short_trial_name
 
     def test_value(model: str, metric: str, point: float) -> str:
         if report.intervals is None:
@@ -112,53 +120,71 @@ def print_report(report: EnsembleReport) -> None:
             return f"{point:.3f}"
         return format_interval(point, found.low.iloc[0], found.high.iloc[0])
 
-    print("\n" + "=" * 78)
-    print(f"final ensemble for {report.task}: TTA {report.policy}; members "
-          + ", ".join(f"{m} ({w:.2f})" for m, w in zip(report.members, report.weights)))
+    print(rule(f"final ensemble for {report.task}: TTA {report.policy}; members " + ", ".join(
+        f"{short_trial_name(m)} ({w:.2f})" for m, w in zip(report.members, report.weights))))
+    models = list(report.table["model"])
+    rows = report.table.set_index("model")
     metrics = shown_metrics(report.table)
-    rows = []
-    for _, row in report.table.iterrows():
-        for m in metrics:
-            rows.append({"model": row["model"], "metric": m,
-                         report.chosen_on: f"{row[f'val_{m}']:.3f}",
-                         "test [95% CI]": test_value(row["model"], m, row[f"test_{m}"])})
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(pd.DataFrame(rows).to_string(index=False))
+    print("\n".join(_side_by_side(
+        [[f"{rows.loc[model, f'val_{m}']:.3f}" for model in models] for m in metrics],
+        [[test_value(model, m, rows.loc[model, f"test_{m}"]) for model in models]
+         for m in metrics], models, report.chosen_on, metrics)))
     if report.intervals is not None:
         ens = report.intervals[report.intervals.model == "ensemble"].set_index("metric")
-        extra = [m for m in ("sensitivity_at_threshold", "specificity_at_threshold",
-                             "ppv_at_threshold", "npv_at_threshold", "brier", "brier_calibrated",
-                             "ece", "ece_calibrated", "coverage_at_refer_cut",
-                             "accuracy_accepted_at_refer_cut") if m in ens.index]
         if report.threshold is not None:
             print(f"operating point (chosen on {report.chosen_on} predictions): threshold "
                   f"{report.threshold:.4f} on the calibrated positive probability")
+        chosen = []
         if report.temperature is not None:
-            print(f"temperature (fitted on {report.chosen_on} predictions): "
-                  f"{report.temperature:.3f}")
+            chosen.append(f"temperature (fitted on {report.chosen_on} predictions): "
+                          f"{report.temperature:.3f}")
         for fit in report.head_fits:
-            if fit.referral is None:
-                continue
-            cut = fit.referral
-            print(f"head {fit.name} (fitted on {report.chosen_on} predictions): temperature "
-                  f"{fit.temperature:.3f}; " + (
-                      "no confidence reaches the target accuracy, every case referred"
-                      if cut.refers_everything else
-                      f"confidence < {cut.cut:.4f} referred ({cut.coverage:.0%} accepted)"))
+            if fit.referral is not None:
+                cut = fit.referral
+                print(f"head {fit.name} (fitted on {report.chosen_on} predictions): "
+                      f"temperature {fit.temperature:.3f}; " + (
+                          "refer cut: no confidence reaches the target accuracy, every case "
+                          "referred" if cut.refers_everything else
+                          f"refer cut: confidence < {cut.cut:.4f} ({cut.coverage:.1%} of "
+                          f"{report.chosen_on} cases accepted)"))
         if report.refer_cut is not None and report.refer_cut > 1.0:
-            print(f"refer cut (chosen on {report.chosen_on} predictions): no confidence "
-                  "reaches the target accuracy, so every case is referred to a person")
+            chosen.append("refer cut: no confidence reaches the target accuracy, so every "
+                          "case is referred to a person")
         elif report.refer_cut is not None:
-            print(f"refer cut (chosen on {report.chosen_on} predictions): confidence < "
-                  f"{report.refer_cut:.4f} is referred to a person ({report.refer_coverage:.0%} "
-                  f"of {report.chosen_on} cases accepted)")
-        for m in extra:
-            point, low, high = ens.loc[m, ["point", "low", "high"]]
-            shown = format_interval(point, low, high) if np.isfinite(point) else \
-                "none (no test case accepted)"
-            print(f"  ensemble test {m}: {shown}")
+            chosen.append(f"refer cut: confidence < {report.refer_cut:.4f} is referred to a "
+                          f"person ({report.refer_coverage:.1%} of {report.chosen_on} cases "
+                          "accepted)")
+        if chosen:
+            print("; ".join(chosen))
+        for group in EXTRA_GROUPS:
+            shown = []
+            for m in (m for m in group if m in ens.index):
+                point, low, high = ens.loc[m, ["point", "low", "high"]]
+                shown.append(f"{m} " + (format_interval(point, low, high) if np.isfinite(point)
+                                        else "none (no test case accepted)"))
+            if shown:
+                print("  ensemble test: " + "; ".join(shown))
     print(f"ensemble run {report.run_id}; model {report.registered}; report.html in its "
           "artifacts")
     print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "
           f"-m models:/{report.registered.split(' ')[0]} --env-manager local")
-    print("=" * 78)
+
+
+def _side_by_side(held: list[list[str]], test: list[list[str]], models: list[str],
+                  held_name: str, metrics: list[str]) -> list[str]:
+    """One row per metric: each model's held-out figure, then each model's test figure, under
+    two header lines (the split, then the model)."""
+    def widths(cells: list[list[str]]) -> list[int]:
+        return [max(len(models[i]), *(len(row[i]) for row in cells)) for i in range(len(models))]
+
+    held_w, test_w, name_w = widths(held), widths(test), max(map(len, metrics))
+    held_span = sum(held_w) + 2 * (len(models) - 1)
+
+    def row(name: str, left: list[str], right: list[str]) -> str:
+        return "  ".join([name.ljust(name_w), "  ".join(c.rjust(w) for c, w in zip(left, held_w)),
+                          "  ".join(c.rjust(w) for c, w in zip(right, test_w))]).rstrip()
+
+    lines = ["  ".join([" " * name_w, held_name.ljust(held_span), "test [95% CI]"]),
+             row("metric", models, models)]
+    lines += [row(m, left, right) for m, left, right in zip(metrics, held, test)]
+    return lines

@@ -1,2 +1,3 @@
 """The Ray Tune sweep: `runner.run_sweep` (the API), `trainable` (the Ray side of a trial),
-`state` (storage path, resume, connecting to Ray), the CLI in `__main__`."""
+`progress` (what the console shows while trials run), `state` (storage path, resume,
+connecting to Ray), the CLI in `__main__`."""

@@ -15,7 +15,9 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import console
+from orchestrator.console import rule
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
+from orchestrator.sweep.records import short_trial_name
 from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
 from orchestrator.sweep.state import disconnect_ray
 from tasks import task_names
@@ -78,9 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="replace one key of the profile's search space (repeatable): "
                    "--set backbone=resnet50 fixes it, --set 'resolution=[128,224]' makes it a "
                    "choice; VALUE is read as JSON, else as a string. Checked before Ray starts")
-    p.add_argument("--verbose", action="store_true", help="show TensorFlow's C++ start-up "
-                   "lines, Python warnings and Ray's checkpoint lines, in the driver and every "
-                   "worker (off by default)")
+    p.add_argument("--verbose", action="store_true", help="also show each trial's own "
+                   "detailed epoch lines, Tune's status lines and tables, TensorFlow's C++ "
+                   "start-up lines, Python warnings and Ray's checkpoint lines and notices, in "
+                   "the driver and every worker (off by default: one line per trial and epoch)")
     return p
 
 
@@ -138,23 +141,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_summary(result: SweepResult, seconds: float) -> None:
+    """The leaderboard (trials by the short names their epoch lines used), where everything
+    is, then the ensemble's figures: the sweep's last lines, under a titled rule each. The data
+    line was printed when the data were prepared."""
     board = result.leaderboard
-    print("\n" + "=" * 78)
-    print(f"sweep finished in {seconds / 60:.1f} min: {len(board)} trials, best first "
-          f"(val {result.metric}, {result.mode})")
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(board.head(10).to_string(index=False))
-    if result.data_facts:
-        facts = result.data_facts
-        print(f"\ndata: {facts['images']} images; {facts['images_unreadable']} missing or "
-              f"unreadable left out; {facts['duplicate_pairs']} duplicate pair(s) grouped, "
-              f"{facts['duplicates_left_out']} copy(ies) left out (files in the parent run)")
-    print(f"\nMLflow parent run: {result.parent_run_id}  (tracking URI {result.tracking_uri})")
+    print(rule(f"sweep finished in {seconds / 60:.1f} min: {len(board)} trials, best first "
+               f"(val {result.metric}, {result.mode})"))
+    if not board.empty:
+        shown = board.assign(trial_id=board["trial_id"].map(short_trial_name)).rename(
+            columns={"trial_id": "trial"})
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(shown.head(10).to_string(index=False))
+    print(f"MLflow parent run: {result.parent_run_id}  (tracking URI {result.tracking_uri})")
     print(f"open the MLflow UI: {result.ui_command}")
     if result.runs_url:
         print(f"  then the runs table: {result.runs_url}")
     print(f"checkpoints: {result.experiment_path}")
-    print("=" * 78)
     if result.ensemble is not None:
         from orchestrator.ensemble.report import print_report
 

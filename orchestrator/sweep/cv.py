@@ -19,8 +19,9 @@ from orchestrator import tracking
 from orchestrator.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
 from orchestrator.sweep.state import Log
-from orchestrator.sweep.trainable import (ProgressTable, SweepContext, TrialTracker,
-                                          run_cv_trial)
+from orchestrator.sweep.progress import EpochLines, ProgressTable
+from orchestrator.sweep.records import short_trial_name
+from orchestrator.sweep.trainable import SweepContext, TrialTracker, run_cv_trial
 from orchestrator.train.trial import load_folded_data
 
 CV_SUFFIX = "-cv"  # the stage's Tune experiment: beside the search's, its name plus this
@@ -63,7 +64,8 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
         tune.with_parameters(run_cv_trial, folded=folded, context=cv_context), resources)
     seeds = f" x {replicates} seeds" if replicates > 1 else ""
     log(f"cross-validation: {len(chosen)} finalist(s){seeds} x {folds} folds = "
-        f"{len(chosen) * replicates * folds} trials: " + ", ".join(t for t, _ in chosen))
+        f"{len(chosen) * replicates * folds} trials: "
+        + ", ".join(short_trial_name(t) for t, _ in chosen))
     space = {"finalist": tune.grid_search(list(range(len(chosen)))),
              "cv_fold": tune.grid_search(list(range(folds)))}
     if replicates > 1:
@@ -80,7 +82,7 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
                                         reuse_actors=reuse_actors),
             run_config=tune.RunConfig(
                 name=name + CV_SUFFIX, storage_path=storage,
-                callbacks=[TrialTracker(cv_context)],
+                callbacks=[TrialTracker(cv_context), EpochLines(cv_context, log)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=2), verbose=1,
                 progress_reporter=ProgressTable(context.metric, list(space))))

@@ -36,6 +36,13 @@ def data_facts(records: dict[str, Path]) -> dict[str, int]:
     return {fact: len(rows(name)) for fact, name in DATA_FACTS.items()}
 
 
+def data_line(facts: Mapping[str, int]) -> str:
+    """The console's line about the data a sweep used (`data_facts`)."""
+    return (f"data: {facts['images']} images; {facts['images_unreadable']} missing or "
+            f"unreadable left out; {facts['duplicate_pairs']} duplicate pair(s) grouped, "
+            f"{facts['duplicates_left_out']} copy(ies) left out (files in the parent run)")
+
+
 STOPPED_EARLY = "stopped early (ASHA)"
 # How a searched key shows in a trial's run name: a value alone where it names itself.
 _NAME_FORMS = {"backbone": "{}", "schedule": "{}", "loss": "{}", "resolution": "{}px",
@@ -61,6 +68,15 @@ def trial_run_name(trial_id: str, config: Mapping[str, Any], searched: Sequence[
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
             parts.append(_NAME_FORMS.get(key, key + " {}").format(text))
     return " ".join(parts)
+
+
+def cv_run_name(finalist_id: str, fold: int, folds: int, replicate: int = 0) -> str:
+    """`cv t03 fold 2/3`: a cross-validation trial, by its finalist's number and its fold,
+    counted from 1 (the tag `medsweep.fold` and the param `cv_fold` count from 0); an extra
+    seed of the finalist (`--replicates`) is `cv t03 seed 2 fold 2/3`."""
+    seed = f" seed {replicate + 1}" if replicate else ""
+    return (f"cv {short_trial_name(finalist_id)}{seed} fold {fold + 1}"
+            + (f"/{folds}" if folds else ""))
 
 
 def leaderboard(grid, metric: str, mode: str, max_epochs: int | None = None) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from orchestrator import tracking
+from orchestrator import console, tracking
 
 # Per-epoch checkpoints are the point; Tune's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -30,21 +30,21 @@ from orchestrator.sweep.state import WORKER_ENV  # noqa: E402
 for _key, _value in WORKER_ENV.items():
     os.environ.setdefault(_key, _value)
 # Tune's classic console table: the newer engine ignores a progress_reporter and shows columns
-# of its own choosing (trainable.ProgressTable says which ones this one shows).
+# of its own choosing (progress.ProgressTable says which ones this one shows).
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
 from orchestrator.sweep.summary import record_summary  # noqa: E402
-from orchestrator.sweep.records import (DATA_FACTS, data_facts, data_records,  # noqa: E402
-                                        leaderboard)
+from orchestrator.sweep.records import (DATA_FACTS, data_facts, data_line,  # noqa: E402
+                                        data_records, leaderboard)
 from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noqa: E402
                                       fetch_recorded_data, find_resumable, is_uri, read_sweep_state,
                                       save_recorded_data, write_sweep_state)
 from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists  # noqa: E402
-from orchestrator.sweep.trainable import (SweepContext, TrialTracker,  # noqa: E402
-                                          ProgressTable, run_tune_trial)
+from orchestrator.sweep.progress import EpochLines, ProgressTable  # noqa: E402
+from orchestrator.sweep.trainable import SweepContext, TrialTracker, run_tune_trial  # noqa: E402
 from orchestrator.train.artifacts import TrialData  # noqa: E402
 from orchestrator.train.trial import load_trial_data  # noqa: E402
 from search_spaces import (check_space, choose_profile, discrete_values,  # noqa: E402
@@ -93,7 +93,7 @@ def run_sweep(
     space_overrides: dict | None = None,
     weights_dir: str | os.PathLike | None = None,
     reuse_actors: bool = True,
-    log: Log = print,
+    log: Log = console.say,
 ) -> SweepResult:
     """Run (or resume) one sweep and return its leaderboard; see `--help` for each argument.
 
@@ -108,7 +108,11 @@ def run_sweep(
     Every name and value (task, profile, scheduler, each override, the profile's whole space) is
     checked here, on the driver, before Ray starts: a typo fails in a second with the valid names,
     not in a worker once trials run.
+
+    `log` receives the sweep's lines, one line per trial and epoch included; a line identical to
+    one already given (the data reloaded for a later stage) is given once, unless verbose.
     """
+    log = console.once(log)
     task_record = get_task(task)
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
@@ -188,7 +192,7 @@ class SweepRunner:
         any_data = next(iter(datasets.values()))
         records = data_records(Path(any_data.manifest_path))
         facts = self.data_facts = data_facts(records)
-        self.log("data: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items()))
+        self.log(data_line(facts))
         name = f"{self.experiment}-{datetime.now():%Y%m%d-%H%M%S}"
         path = self._experiment_path(name)
         experiment_id = tracking.ensure_experiment(self.uri, self.experiment,
@@ -231,7 +235,8 @@ class SweepRunner:
                 search_alg=BasicVariantGenerator(random_state=self.seed),
                 scheduler=self._scheduler(), reuse_actors=self.reuse_actors),
             run_config=tune.RunConfig(
-                name=name, storage_path=self.storage, callbacks=[TrialTracker(context)],
+                name=name, storage_path=self.storage,
+                callbacks=[TrialTracker(context), EpochLines(context, self.log)],
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute=self.metric,
                     checkpoint_score_order=self.task_record.mode),
@@ -240,6 +245,7 @@ class SweepRunner:
                     self.metric, [k for k, v in space.items() if is_dimension(v)])))
         write_sweep_state(path, state)
         save_recorded_data(path, records)
+        self.log(self._search_line())
         return self._fit(tuner, context, path)
 
     def resume(self, previous: str) -> SweepResult:
@@ -262,6 +268,8 @@ class SweepRunner:
                                       recorded / MANIFEST_CSV if recorded else None)
         self.data_facts = {k: int(v) for k, v in tracking.get_run(
             self.uri, state["parent_run_id"]).data.params.items() if k in DATA_FACTS}
+        if len(self.data_facts) == len(DATA_FACTS):
+            self.log(data_line(self.data_facts))
         tracking.reopen_run(self.uri, state["parent_run_id"])
         context = self._context(state["experiment_id"], state["parent_run_id"])
         tuner = tune.Tuner.restore(previous, trainable=self._trainable(datasets, context),
@@ -269,6 +277,14 @@ class SweepRunner:
         return self._fit(tuner, context, previous)
 
     # -------------------------------------------------------------------------- helpers
+    def _search_line(self) -> str:
+        """What the search is about to run; one line per trial and epoch follows."""
+        p = self.profile
+        stop = ("every trial runs all its epochs" if self.scheduler == "fifo" else
+                f"ASHA stops trailing trials from epoch {p.grace_period}")
+        trials = f"{p.trials} trial{'s' if p.trials != 1 else ''}"
+        return f"search: {trials} of up to {p.max_epochs} epochs; {stop}"
+
     def _space(self) -> dict:
         """The profile's space with the overrides laid over it: what Tune samples."""
         return {**self.profile.space, **overrides_space(self.space_overrides),

@@ -9,19 +9,17 @@ node's loopback: GPU workers never need to reach it, nor hold its credentials.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import ray
 from ray import tune
-from ray.tune import CLIReporter
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestrator import console, tracking
 from orchestrator.config import TrialConfig
-from orchestrator.sweep.records import (replicate_of, replicate_seed, short_trial_name,
+from orchestrator.sweep.records import (cv_run_name, replicate_of, replicate_seed,
                                        trial_run_name)
 from orchestrator.train.artifacts import (CHECKPOINT_FILES, STATE, EpochReport, FoldedData,
                                           TrialData)
@@ -73,6 +71,16 @@ def trial_config(sampled: Mapping[str, Any], context: SweepContext) -> TrialConf
     })
 
 
+def run_name(trial_id: str, sampled: Mapping[str, Any], context: SweepContext) -> str:
+    """What the console and the MLflow runs table call a trial: `t03 three_phase lr x4.042`
+    for a search trial, `cv t03 fold 2/3` for a cross-validation one."""
+    if not context.is_cv:
+        return trial_run_name(trial_id, sampled, context.searched)
+    finalist, config = context.finalists[int(sampled["finalist"])]
+    return cv_run_name(finalist, int(sampled["cv_fold"]), int(config.get("cv_folds") or 0),
+                       replicate_of(sampled))
+
+
 def run_tune_trial(config: dict, datasets: dict[int, TrialData], context: SweepContext) -> None:
     """One Tune trial: train, report each epoch with its checkpoint, resume from the last one."""
     cfg = trial_config(config, context)
@@ -116,61 +124,6 @@ def run_cv_trial(config: dict, folded: dict[int, FoldedData], context: SweepCont
     _train_reporting(cfg, folded[cfg.resolution].trial_data(cfg.cv_fold))
 
 
-class ProgressTable(CLIReporter):
-    """Tune's console output for a sweep: while it runs, one line when trials have started or
-    ended since the last one (at most every `every` s): trials per state and the best so far;
-    at the end, Tune's table of every trial's searched values, task metric (best first) and
-    epoch, nothing else. Tune passes the TuneConfig's metric and mode. The runner sets
-    `RAY_AIR_NEW_OUTPUT=0`: Tune's newer output engine ignores a reporter."""
-
-    def __init__(self, metric: str, parameters: list[str], every: float = 60.0) -> None:
-        super().__init__(metric_columns={metric: metric, "epoch": "epoch"},
-                         parameter_columns=parameters, sort_by_metric=True,
-                         max_progress_rows=12, print_intermediate_tables=True)
-        # own names: CLIReporter keeps Tune's metric and mode in _metric and _mode
-        self._line_metric, self._line_parameters, self._every = metric, parameters, every
-        self._maximise = True
-        self._printed_at, self._printed_states = float("-inf"), ()
-
-    def set_search_properties(self, metric: str | None, mode: str | None) -> bool:
-        self._maximise = mode != "min"
-        return super().set_search_properties(metric, mode)
-
-    def should_report(self, trials, done: bool = False) -> bool:
-        states = tuple(sorted(t.status for t in trials))
-        due = time.monotonic() - self._printed_at >= self._every
-        if done or (due and states != self._printed_states):
-            self._printed_at, self._printed_states = time.monotonic(), states
-            return True
-        return False
-
-    def report(self, trials, done: bool, *sys_info: str) -> None:
-        if done:
-            super().report(trials, done, *sys_info)
-        else:
-            print(status_line(trials, self._line_metric, self._maximise,
-                              self._line_parameters), flush=True)
-
-
-def status_line(trials, metric: str, maximise: bool, parameters: list[str]) -> str:
-    """"trials: 2 RUNNING, 5 PENDING, 1 TERMINATED; best so far <id> (<params>) <metric> 0.806"."""
-    counts: dict[str, int] = {}
-    for trial in trials:
-        counts[trial.status] = counts.get(trial.status, 0) + 1
-    line = "trials: " + ", ".join(f"{n} {state}" for state, n in counts.items())
-    scored = [t for t in trials if isinstance((t.last_result or {}).get(metric), (int, float))]
-    if scored:
-        best = (max if maximise else min)(scored, key=lambda t: t.last_result[metric])
-        values = ", ".join(f"{k}={_short_value(best.config.get(k))}" for k in parameters)
-        line += (f"; best so far {best.trial_id} ({values}) {metric} "
-                 f"{best.last_result[metric]:.3f} at epoch {best.last_result.get('epoch', '?')}")
-    return line
-
-
-def _short_value(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def epoch_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
     """A reported result less Tune's bookkeeping and the phase (a tag, not a figure to plot):
     the trial's own figures for that epoch."""
@@ -199,22 +152,18 @@ class TrialTracker(tune.Callback):
         if trial.trial_id not in self._runs:
             ctx = self.context
             kind, tags = tracking.KIND_TRIAL, {}
-            name = trial_run_name(trial.trial_id, trial.config, ctx.searched)
             if ctx.is_cv:
                 finalist = ctx.finalists[int(trial.config["finalist"])][0]
                 fold = int(trial.config["cv_fold"])
-                replicate = replicate_of(trial.config)
-                seed = f" seed {replicate + 1}" if replicate else ""
                 kind = tracking.KIND_CV_TRIAL
-                name = f"cv {short_trial_name(finalist)}{seed} fold {fold}"
                 tags = {tracking.TAG_FINALIST: finalist, tracking.TAG_FOLD: str(fold),
-                        tracking.TAG_REPLICATE: str(replicate)}
+                        tracking.TAG_REPLICATE: str(replicate_of(trial.config))}
             params = trial_config(trial.config, ctx).to_dict()
             if ctx.task_key:  # the same meaning as the parent run's `task`
                 params["task"] = ctx.task_key
             self._runs[trial.trial_id] = tracking.get_or_create_trial_run(
                 ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial.trial_id,
-                name, params=params, kind=kind, tags=tags)
+                run_name(trial.trial_id, trial.config, ctx), params=params, kind=kind, tags=tags)
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -278,7 +227,7 @@ class TrialTracker(tune.Callback):
                 state = json.loads((Path(directory) / STATE).read_text())
                 extra[tracking.TAG_BEST_EPOCH] = str(state["best_epoch"])
                 extra[tracking.TAG_CHECKPOINT] = checkpoint_uri(checkpoint)
-        self._log_curves(run_id, trial_run_name(trial.trial_id, trial.config, ctx.searched))
+        self._log_curves(run_id, run_name(trial.trial_id, trial.config, ctx))
         tracking.set_trial_status(ctx.tracking_uri, run_id, status, extra_tags=extra)
 
     def _log_curves(self, run_id: str, name: str) -> None:

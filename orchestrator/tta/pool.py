@@ -18,6 +18,7 @@ import numpy as np
 import ray
 from ray.util import ActorPool
 
+from orchestrator.console import detail
 from orchestrator.train.artifacts import BEST_MODEL
 
 Log = Callable[[str], None]
@@ -158,9 +159,12 @@ class ScoringPool:
         out: dict[str, Scored] = {}
         for scored in ActorPool(self.workers).map_unordered(submit, list(candidates)):
             out[scored.name] = scored
-            self.log(f"scored {scored.name} on node {scored.node[:8]}"
-                     + (f" from {_short(scored.source)}" if scored.source else "")
-                     + (f": SKIPPED ({scored.error})" if scored.error else ""))
+            line = (f"scored {scored.name} on node {scored.node[:8]}"
+                    + (f" from {_short(scored.source)}" if scored.source else ""))
+            if scored.error:  # always said; a model scored is counted in the scoring table
+                self.log(f"{line}: SKIPPED ({scored.error})")
+            else:
+                detail(self.log, line)
         return out
 
 
