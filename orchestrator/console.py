@@ -78,6 +78,18 @@ def quiet_process() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     for name, drop in _FILTERS.items():
         logging.getLogger(name).addFilter(drop)  # added once, however often this runs
+    sys.unraisablehook = _exit_unraisable_dropped
+
+
+def _exit_unraisable_dropped(unraisable) -> None:
+    """`sys.unraisablehook` when quiet: a trial's process that Tune ends (ASHA stopping it, the
+    sweep's end, Ctrl+C) gets SIGTERM, and Ray's handler raises SystemExit in whatever runs
+    at that instant; inside a weakref callback Python cannot raise it and prints "Exception
+    ignored in ..." with a traceback, forwarded to the driver's console. That exit is the
+    intended one: dropped. Anything else goes to Python's own hook."""
+    if isinstance(unraisable.exc_value, (SystemExit, KeyboardInterrupt)):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def trial_log(line: str) -> None:

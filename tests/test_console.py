@@ -34,6 +34,32 @@ def test_workers_get_quiet_settings_unless_verbose():
     assert worker_env(True) == {VERBOSE_ENV: "1"}  # nothing silenced, nothing overridden
 
 
+def test_an_exit_in_a_weakref_callback_prints_nothing_and_other_errors_still_show():
+    """Tune ends a trial's process with SIGTERM; Ray's handler raises SystemExit wherever the
+    process is, and inside a weakref callback Python prints a traceback instead. Quiet, that
+    one is dropped; an error of any other kind still shows."""
+    code = "\n".join([
+        "import weakref",
+        "from orchestrator import console",
+        "console.quiet_process()",
+        "class Thing: pass",
+        "def stop(_): raise SystemExit(1)",
+        "def broken(_): raise ValueError('a real problem')",
+        "a, b = Thing(), Thing()",
+        "r1, r2 = weakref.ref(a, stop), weakref.ref(b, broken)",
+        "del a, b",
+        "print('still running')"])
+    env = {**os.environ, VERBOSE_ENV: "0", "PYTHONPATH": str(ROOT)}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                           cwd=ROOT, timeout=60)
+    assert quiet.returncode == 0 and "still running" in quiet.stdout
+    assert "SystemExit" not in quiet.stderr and "Exception ignored" in quiet.stderr
+    assert "a real problem" in quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, VERBOSE_ENV: "1"}, cwd=ROOT, timeout=60)
+    assert "SystemExit" in loud.stderr
+
+
 def test_the_epoch_line_names_the_trial_its_epoch_metric_and_seconds():
     from orchestrator.sweep.progress import epoch_line
 

@@ -9,6 +9,8 @@ node's loopback: GPU workers never need to reach it, nor hold its credentials.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -98,14 +100,21 @@ def _train_reporting(cfg: TrialConfig, data: TrialData) -> None:
         tune.report({**epoch.metrics, "epoch": epoch.epoch, NODE_KEY: node},
                     checkpoint=tune.Checkpoint.from_directory(str(epoch.checkpoint_dir)))
 
-    output_dir = Path(trial.get_trial_dir()) / "trial"
+    # The trainer's working folder sits outside the trial's folder: Tune uploads that folder
+    # with the experiment state while the trainer renames a new checkpoint into place, and the
+    # upload then fails on a vanished file. Every epoch's checkpoint is persisted by
+    # `tune.report` before it returns, so the working folder is only scratch.
+    output_dir = Path(tempfile.mkdtemp(prefix=f"medsweep-trial-{trial.get_trial_id()}-"))
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        train_trial(cfg, data, output_dir=output_dir, report=report, log=console.trial_log)
-        return
-    with checkpoint.as_directory() as resume_from:
-        train_trial(cfg, data, output_dir=output_dir, report=report, resume_from=resume_from,
-                    log=console.trial_log)
+    try:
+        if checkpoint is None:
+            train_trial(cfg, data, output_dir=output_dir, report=report, log=console.trial_log)
+            return
+        with checkpoint.as_directory() as resume_from:
+            train_trial(cfg, data, output_dir=output_dir, report=report,
+                        resume_from=resume_from, log=console.trial_log)
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def _fresh_keras() -> None:
