@@ -122,14 +122,21 @@ def detail(log: Callable[[str], None], line: str) -> None:
         log(line)
 
 
+# A sweep's lines that say only that nothing needed doing (a decode on a miss is progress and
+# shows; a hit is not): verbose only.
+ROUTINE_PREFIXES = ("cache hit: ",)
+
+
 def once(log: Callable[[str], None] = print) -> Callable[[str], None]:
     """`log` that skips a line identical to one it has already printed, unless verbose: the
-    sweep reloads its data for each stage, and the cache hit and the check that every file is
-    unchanged would repeat word for word."""
+    sweep reloads its data for each stage, and the check that every file is unchanged would
+    repeat word for word. Routine lines (`ROUTINE_PREFIXES`) only when verbose."""
     seen: set[str] = set()
 
     def log_once(line: str) -> None:
-        if verbose() or line not in seen:
+        if verbose():
+            log(line)
+        elif line not in seen and not line.startswith(ROUTINE_PREFIXES):
             seen.add(line)
             log(line)
 

@@ -116,14 +116,11 @@ def ensure_phantom(task: Task, per_class: int = 40, seed: int = 0) -> Path:
 
 def phantom_banner(task: Task, root: Path) -> str:
     """A loud several-line notice that the data in `root` are synthetic."""
-    rule = "=" * 78
     return "\n".join([
-        rule,
-        "  SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES",
-        f"  task {task.key}: generated images ({task.synthetic_note})",
-        f"  at {root}",
+        "== SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES ".ljust(78, "="),
+        f"  task {task.key}: generated images ({task.synthetic_note}), at {root}",
         "  Scores on these data say nothing about real patients.",
-        rule,
+        "=" * 78,
     ])
 
 

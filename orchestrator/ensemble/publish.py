@@ -13,6 +13,7 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.data.splits import read_manifest, split_fingerprint
+from orchestrator.console import detail
 from orchestrator.errors import ConfigError
 from orchestrator.serving import contract
 from orchestrator.serving.card import CardFacts, Interval, card_tags, model_card
@@ -146,8 +147,8 @@ def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
         raise ServedModelMismatch(f"the logged model's {what} differ from the evaluated "
                                   f"ensemble's by up to {worst:.2e} on the test images (allowed "
                                   f"{CHECK_TOLERANCE:.0e}); not registered")
-    log(f"served-model check: {len(paths)} test images sent as encoded files answer as the "
-        f"evaluated ensemble (max |difference| {worst:.1e})")
+    detail(log, f"served-model check: {len(paths)} test images sent as encoded files answer "
+                f"as the evaluated ensemble (max |difference| {worst:.1e})")
     return worst
 
 

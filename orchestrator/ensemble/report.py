@@ -164,8 +164,9 @@ def print_report(report: EnsembleReport) -> None:
                                         else "none (no test case accepted)"))
             if shown:
                 print("  ensemble test: " + "; ".join(shown))
-    print(f"ensemble run {report.run_id}; model {report.registered}; report.html in its "
-          "artifacts")
+    # registered only after the logged model answered every test image as evaluated
+    print(f"ensemble run {report.run_id}; model {report.registered}, its served answers "
+          "checked against the evaluated ensemble; report.html in its artifacts")
     print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "
           f"-m models:/{report.registered.split(' ')[0]} --env-manager local")
 
