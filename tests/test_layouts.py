@@ -319,3 +319,13 @@ def test_folder_needs_two_non_empty_classes(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="class folder .*/empty holds no images"):
         read_layout(get_task("folder"), tmp_path)
+
+
+def test_a_class_the_variant_leaves_out_is_one_line_without_paths(tmp_path):
+    from orchestrator.data.table import Skipped, summarize_skipped
+
+    lines = summarize_skipped([Skipped(f"/d/notumor/{i}.jpg", "class notumor left out by "
+                                       "variant 3class", chosen=True) for i in range(7)]
+                              + [Skipped("/d/glioma/x.jpg", "not an image")])
+    assert lines == ["left out 7 image(s): class notumor left out by variant 3class",
+                     "skipped 1 (not an image): /d/glioma/x.jpg"]

@@ -36,6 +36,7 @@ class Skipped:
 
     path: str
     reason: str
+    chosen: bool = False  # left out by the task's definition (a variant's classes), not a fault
 
 
 @dataclass
@@ -79,11 +80,14 @@ def make_table(rows: list[dict], extra: tuple[str, ...] | list[str] = ()) -> pd.
 
 def summarize_skipped(skipped: list[Skipped], show: int = 5) -> list[str]:
     """One line per reason with a count and the first few paths: what a user needs to act."""
-    by_reason: dict[str, list[str]] = {}
+    by_reason: dict[tuple[str, bool], list[str]] = {}
     for item in skipped:
-        by_reason.setdefault(item.reason, []).append(item.path)
+        by_reason.setdefault((item.reason, item.chosen), []).append(item.path)
     lines = []
-    for reason, paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+    for (reason, chosen), paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        if chosen:  # nothing to act on: no paths
+            lines.append(f"left out {len(paths)} image(s): {reason}")
+            continue
         shown = ", ".join(paths[:show]) + (", ..." if len(paths) > show else "")
         lines.append(f"skipped {len(paths)} ({reason}): {shown}")
     return lines

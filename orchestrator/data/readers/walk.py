@@ -106,7 +106,8 @@ class Collector:
         """One image of `source` label; left out (and said so) where the variant drops it."""
         label = self.task.class_of(source)
         if label is None:
-            self.skip(path, f"class {source} left out by variant {self.task.variant}")
+            self.skipped.append(Skipped(str(path), f"class {source} left out by variant "
+                                                   f"{self.task.variant}", chosen=True))
         else:
             self.add_labelled(path, label, source, group, split)
 
