@@ -3,7 +3,9 @@ reused trial processes (Tune's `reuse_actors`).
 
 Prints, for each run (FIFO and ASHA with reused actors, the default; ASHA with a fresh process per
 trial): trials, epochs consumed, best validation metric, wall time, the sum of the trials' own
-training times and the overhead (wall time / (trial time / parallel slots)). Runs on the brain
+training times and the overhead (wall time / (trial time / parallel slots)); then the part paid
+once per sweep before the first trial starts (Ray, the data, MLflow's parent run, the first
+trial processes) and the overhead within the trials' span alone. Runs on the brain
 phantom; the space is the `cpu` profile, shortened to fit a few minutes.
 
     .venv/bin/python bench/sweep_efficiency.py [--num-samples 8] [--max-epochs 8]
@@ -25,13 +27,16 @@ def run(scheduler: str, reuse: bool, args: argparse.Namespace, workdir: Path) ->
 
     from orchestrator.sweep.runner import run_sweep
 
-    started = time.perf_counter()
+    from orchestrator import tracking
+
+    started, started_at = time.perf_counter(), time.time()
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
     result = run_sweep("brain", profile="cpu", num_samples=args.num_samples,
                        max_epochs=args.max_epochs, scheduler=scheduler, seed=args.seed,
                        cv_folds=0,  # the search alone: ASHA against FIFO
                        storage_path=str(workdir / f"{scheduler}-{reuse}"),
                        reuse_actors=reuse,
-                       tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+                       tracking_uri=uri,
                        space_overrides={"resolution": args.resolution,
                                         "phantom_per_class": args.per_class},
                        ensemble=False, log=lambda _: None)
@@ -40,10 +45,18 @@ def run(scheduler: str, reuse: bool, args: argparse.Namespace, workdir: Path) ->
     ray.shutdown()
     board = result.leaderboard
     trial_seconds = float(board["seconds"].sum())
+    # The trials' span (first trial run opened to last closed, from MLflow): what is left of
+    # the wall time outside it is paid once per sweep (Ray, the data, the first processes;
+    # the summary and shutdown), inside it once per trial.
+    parent = tracking.get_run(uri, result.parent_run_id)
+    runs = tracking.list_trial_runs(uri, parent.info.experiment_id, result.parent_run_id)
+    first = min(r.info.start_time for r in runs) / 1000.0
+    last = max(r.info.end_time or r.info.start_time for r in runs) / 1000.0
     return {"scheduler": scheduler, "reuse": reuse, "trials": len(board),
             "epochs": int(board["epochs"].sum()),
             "best": float(board.iloc[0, 1]), "wall_s": wall, "trial_s": trial_seconds,
-            "overhead": wall / (trial_seconds / slots)}
+            "overhead": wall / (trial_seconds / slots), "start_s": first - started_at,
+            "span_s": last - first, "span_overhead": (last - first) / (trial_seconds / slots)}
 
 
 def main() -> None:
@@ -62,10 +75,13 @@ def main() -> None:
           f"{args.max_epochs} epochs at {args.resolution} px, seed {args.seed}, "
           f"{os.cpu_count()} cores")
     print(f"{'scheduler':<10}{'reuse actors':>13}{'trials':>7}{'epochs':>8}{'best val acc':>14}"
-          f"{'wall s':>9}{'sum trial s':>13}{'overhead':>10}")
+          f"{'wall s':>9}{'sum trial s':>13}{'overhead':>10}{'start s':>9}{'span s':>8}"
+          f"{'span overhead':>15}")
     for r in rows:
         print(f"{r['scheduler']:<10}{'yes' if r['reuse'] else 'no':>13}{r['trials']:>7}"
-              f"{r['epochs']:>8}{r['best']:>14.3f}{r['wall_s']:>9.1f}{r['trial_s']:>13.1f}{r['overhead']:>9.2f}x")
+              f"{r['epochs']:>8}{r['best']:>14.3f}{r['wall_s']:>9.1f}{r['trial_s']:>13.1f}"
+              f"{r['overhead']:>9.2f}x{r['start_s']:>9.1f}{r['span_s']:>8.1f}"
+              f"{r['span_overhead']:>14.2f}x")
     fifo, asha, fresh = rows
     print(f"ASHA used {asha['epochs'] / fifo['epochs']:.0%} of FIFO's epochs; best metric "
           f"{asha['best']:.3f} vs {fifo['best']:.3f}")

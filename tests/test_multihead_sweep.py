@@ -3,6 +3,11 @@ finalist, cross-validated, ensembled on out-of-fold predictions for every head, 
 registered and served (image bytes in, one block of columns per head out)."""
 from __future__ import annotations
 
+import base64
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -14,6 +19,9 @@ import ray
 from orchestrator import tracking
 from orchestrator.data.splits import read_manifest
 from orchestrator.sweep.runner import run_sweep
+from test_ensemble_build import _free_port, _post  # the model-server helpers
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +110,49 @@ def test_the_report_shows_every_head_and_the_registered_model_answers_per_head(
     assert set(answer["shape_decision"]) <= {"disc", "square", "triangle", "ring"}
     assert answer["size_value"].between(0, 200).all()
     assert {"shape_refer", "texture_confidence"} <= set(answer.columns)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_every_head_as_the_registered_model(multihead_sweep,
+                                                                         tmp_path):
+    """A real `mlflow models serve`: base64 images in over HTTP, a block of columns per head
+    out, the same numbers as the registered model in this process."""
+    result, uri, _ = multihead_sweep
+    name = result.ensemble.registered_name
+    client = mlflow.MlflowClient(uri)
+    folder = Path(client.download_artifacts(result.parent_run_id, "manifest.csv",
+                                            str(tmp_path))).parent
+    client.download_artifacts(result.parent_run_id, "manifest.json", str(folder))
+    recorded, _ = read_manifest(folder / "manifest.csv")
+    images = [Path(p).read_bytes() for p in recorded["path"].iloc[:3]]
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve",
+                               "-m", f"models:/{name}@candidate", "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        payload = {"dataframe_split": {"columns": ["image"], "data": [
+            [base64.b64encode(b).decode()] for b in images]}}
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and answer is None:
+            try:
+                status, answer = _post(port, payload)
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        assert answer is not None and status == 200, answer
+        served = pd.DataFrame(answer["predictions"])
+        mlflow.set_tracking_uri(uri)
+        local = mlflow.pyfunc.load_model(f"models:/{name}@candidate").predict(
+            pd.DataFrame({"image": images}))
+        assert list(served.columns) == list(local.columns)
+        numbers = [c for c in local.columns if c.endswith("_value") or "_prob_" in c]
+        np.testing.assert_allclose(served[numbers].to_numpy(float),
+                                   local[numbers].to_numpy(float), rtol=1e-5, atol=1e-6)
+        for head in ("shape", "texture"):
+            assert served[f"{head}_decision"].tolist() == local[f"{head}_decision"].tolist()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
