@@ -63,6 +63,23 @@ def bootstrap_intervals(metrics: Callable[[np.ndarray], Mapping[str, float]], n_
     return pd.DataFrame(rows)
 
 
+def intervals_by_model(test_probs: Mapping[str, np.ndarray], ensemble: str,
+                       ensemble_metrics: Callable[[np.ndarray], Mapping[str, float]],
+                       metrics: Callable[[np.ndarray, np.ndarray], Mapping[str, float]],
+                       resamples: Sequence[np.ndarray]) -> pd.DataFrame:
+    """`bootstrap_intervals` of every model row on the same resamples: the `ensemble` row by
+    its own function (it adds the operating point, calibration, referral), every other row by
+    `metrics(idx, probs)`; one frame with a `model` column first."""
+    frames = []
+    for name, probs in test_probs.items():
+        fn = ensemble_metrics if name == ensemble else (
+            lambda idx, p=probs: metrics(idx, p))
+        frame = bootstrap_intervals(fn, len(next(iter(test_probs.values()))), resamples)
+        frame.insert(0, "model", name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def format_interval(point: float, low: float, high: float, digits: int = 3) -> str:
     """'0.912 [0.874, 0.945]' (or just the point when there is no interval)."""
     if not np.isfinite(low) or not np.isfinite(high):

@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.clinical import plots
-from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, bootstrap_intervals,
-                                             paired_difference,
-                                             resample_indices)
+from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, intervals_by_model,
+                                             paired_difference, resample_indices)
 from orchestrator.clinical.calibration import (apply_temperature, brier_score,
                                                expected_calibration_error, fit_temperature, nll)
 from orchestrator.clinical.html import write_report
@@ -147,14 +146,9 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
                      "nll_calibrated": nll(y, c)})
         return out_
 
-    frames = []
-    for name, probs in inputs.test_probs.items():
-        fn = ensemble_metrics if name == ENSEMBLE else (
-            lambda idx, p=probs: fast_metrics(y_test[idx], p[idx], task.positive_index))
-        frame = bootstrap_intervals(fn, len(y_test), resamples)
-        frame.insert(0, "model", name)
-        frames.append(frame)
-    intervals = pd.concat(frames, ignore_index=True)
+    intervals = intervals_by_model(
+        inputs.test_probs, ENSEMBLE, ensemble_metrics,
+        lambda idx, p: fast_metrics(y_test[idx], p[idx], task.positive_index), resamples)
     difference = None
     if BEST_SINGLE in inputs.test_probs:
         difference = paired_difference(

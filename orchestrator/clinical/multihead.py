@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.clinical import plots
-from orchestrator.clinical.bootstrap import (bootstrap_intervals, paired_difference,
+from orchestrator.clinical.bootstrap import (intervals_by_model, paired_difference,
                                              resample_indices)
 from orchestrator.clinical.calibration import (apply_temperature, brier_score,
                                                expected_calibration_error, fit_temperature, nll)
@@ -96,15 +96,10 @@ def evaluate_multihead(inputs, options, out: Path, log: Log = print):
                          f"{name}_nll_calibrated": nll(t, cal)})
         return out_
 
-    frames = []
-    for name, matrix in inputs.test_probs.items():
-        fn = ensemble_metrics if name == ENSEMBLE else (
-            lambda idx, p=np.asarray(matrix, dtype=np.float64):
-            fast_multihead_metrics(y_test[idx], p[idx], task))
-        frame = bootstrap_intervals(fn, len(y_test), resamples)
-        frame.insert(0, "model", name)
-        frames.append(frame)
-    intervals = pd.concat(frames, ignore_index=True)
+    intervals = intervals_by_model(
+        {k: np.asarray(v, dtype=np.float64) for k, v in inputs.test_probs.items()}, ENSEMBLE,
+        ensemble_metrics, lambda idx, p: fast_multihead_metrics(y_test[idx], p[idx], task),
+        resamples)
     difference = None
     if BEST_SINGLE in inputs.test_probs:
         difference = paired_difference(
