@@ -230,6 +230,7 @@ def test_the_card_of_a_multihead_model_lists_every_head():
                  "in mm"):
         assert text in card, text
     assert "Operating point" not in card and "## Calibration and referral" in card
+    assert "each head's temperature and refer cut" in card and "threshold" not in card
     tags = card_tags(facts)
     assert tags["test_mean_skill"] == "0.610 [0.520, 0.700]"
     assert tags["heads"] == "shape,grade,size" and "positive_class" not in tags

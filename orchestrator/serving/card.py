@@ -43,6 +43,10 @@ class CardFacts:
     data_notes: Sequence[str] = ()
 
 
+_CHOICES = "members, weights, TTA policy, temperature, threshold, refer cut"
+_CHOICES_OF_HEADS = "members, weights, TTA policy, each head's temperature and refer cut"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -76,7 +80,7 @@ def model_card(facts: CardFacts) -> str:
         *_table(["configuration", "weight", "resolution", "models"],
                 [(m, f"{w:.3f}", f"{r} px", k) for m, w, r, k in facts.members]), "",
         "## Performance", "",
-        f"Every choice (members, weights, TTA policy, temperature, threshold, refer cut) was made "
+        f"Every choice ({_CHOICES_OF_HEADS if spec.heads else _CHOICES}) was made "
         f"on {held} predictions; the test split was predicted once, afterwards. Test figures "
         "with 95% group-aware bootstrap intervals.", "",
         *(_heads_performance(facts) if spec.heads else [
