@@ -166,6 +166,13 @@ def test_a_sweep_prints_a_line_per_trial_and_epoch_and_no_library_noise(tmp_path
     assert "Number of trials" not in out  # Tune's table and status lines: --verbose only
     assert not re.search(r"^trials: \d+ ", out, re.M)
     assert "final ensemble for brain/3class" in out and "test [95% CI]" in out
+    # what every trial shares is said once, when the search starts; the leaderboard shows
+    # only what differs
+    search = next(line for line in lines if line.startswith("search: "))
+    assert "the same in every trial: backbone baseline_cnn, resolution 32" in search
+    header = lines[next(i for i, line in enumerate(lines) if "sweep finished" in line) + 1]
+    assert header.split()[:2] == ["trial", "best_val_accuracy"]
+    assert "backbone" not in header and "resolution" not in header
     # every other line is the sweep's own: data, stages, leaderboard, links, ensemble figures
     epoch_lines = sum(len(epochs) for epochs in shown.values())
     assert len(lines) - epoch_lines <= 40, out

@@ -17,7 +17,7 @@ import pandas as pd
 from orchestrator import console
 from orchestrator.console import rule
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
-from orchestrator.sweep.records import short_trial_name
+from orchestrator.sweep.records import LEADERBOARD_COLUMNS, short_trial_name
 from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
 from orchestrator.sweep.state import disconnect_ray
 from tasks import task_names
@@ -150,6 +150,10 @@ def _print_summary(result: SweepResult, seconds: float) -> None:
     if not board.empty:
         shown = board.assign(trial_id=board["trial_id"].map(short_trial_name)).rename(
             columns={"trial_id": "trial"})
+        # what every trial shares was said when the search started: only what differs
+        same = [c for c in LEADERBOARD_COLUMNS if c in shown and len(shown) > 1
+                and shown[c].astype(str).nunique() == 1]
+        shown = shown.drop(columns=same)
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(shown.head(10).to_string(index=False))
     print(f"MLflow parent run: {result.parent_run_id}  (tracking URI {result.tracking_uri})")

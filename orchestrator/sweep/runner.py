@@ -36,8 +36,8 @@ from orchestrator.config import TrialConfig  # noqa: E402
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
 from orchestrator.sweep.summary import record_summary  # noqa: E402
-from orchestrator.sweep.records import (DATA_FACTS, data_facts, data_line,  # noqa: E402
-                                        data_records, leaderboard)
+from orchestrator.sweep.records import (DATA_FACTS, LEADERBOARD_COLUMNS,  # noqa: E402
+                                        data_facts, data_line, data_records, leaderboard)
 from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noqa: E402
                                       fetch_recorded_data, find_resumable, is_uri, read_sweep_state,
                                       save_recorded_data, write_sweep_state)
@@ -283,7 +283,10 @@ class SweepRunner:
         stop = ("every trial runs all its epochs" if self.scheduler == "fifo" else
                 f"ASHA stops trailing trials from epoch {p.grace_period}")
         trials = f"{p.trials} trial{'s' if p.trials != 1 else ''}"
-        return f"search: {trials} of up to {p.max_epochs} epochs; {stop}"
+        fixed = [f"{k} {v}" for k, v in self._space().items()
+                 if k in LEADERBOARD_COLUMNS and not is_dimension(v) and v is not None]
+        return (f"search: {trials} of up to {p.max_epochs} epochs; {stop}"
+                + (f"; the same in every trial: {', '.join(fixed)}" if fixed else ""))
 
     def _space(self) -> dict:
         """The profile's space with the overrides laid over it: what Tune samples."""
