@@ -251,7 +251,10 @@ def test_caruana_never_does_worse_than_the_best_single(seed, n_models, n_samples
     probs = {f"m{i}": rng.dirichlet(np.ones(n_classes) * 0.5, len(y)) for i in range(n_models)}
     single = best_single(probs, y, scorer, mode)
     ens = caruana_select(probs, y, scorer, mode, max_iterations=8)
-    assert (ens.score >= single.score) if mode == "max" else (ens.score <= single.score)
+    # never worse, up to the 1e-12 within which selection calls two scores a tie (and prefers
+    # the lower loss): an ensemble's AUC can differ from its best member's in the last bit
+    assert (ens.score >= single.score - 1e-12) if mode == "max" else (
+        ens.score <= single.score + 1e-12)
     assert sum(ens.weights) == pytest.approx(1.0)
     assert set(ens.members) <= set(probs)
     assert len(set(ens.members)) == len(ens.members)

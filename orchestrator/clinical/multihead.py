@@ -28,6 +28,7 @@ from orchestrator.clinical.resampled_metrics import fast_multihead_metrics
 from orchestrator.clinical.result import ClinicalResult, HeadFit
 from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, multihead_sections
 from orchestrator.clinical.uncertainty import entropy
+from orchestrator.console import detail
 from orchestrator.heads import column_slices, split_targets
 
 Log = Callable[[str], None]
@@ -66,8 +67,8 @@ def evaluate_multihead(inputs, options, out: Path, log: Log = print):
         calibrated[:, s] = apply_temperature(ens_test[:, s], temperature)
         decided[head.name] = decide(calibrated[:, s], None, None)
         fits[head.name] = HeadFit(head.name, temperature, referral)
-        log(f"head {head.name}: temperature fitted on {inputs.held_out} predictions T = "
-            f"{temperature:.3f}; " + (
+        detail(log, f"head {head.name}: temperature fitted on {inputs.held_out} predictions "
+               f"T = {temperature:.3f}; " + (
                 f"refer cut: confidence < {referral.cut:.4f} is referred ({referral.coverage:.1%}"
                 f" of held-out cases accepted at accuracy {referral.accuracy:.3f}; target "
                 f"{referral.target_accuracy})" if not referral.refers_everything else

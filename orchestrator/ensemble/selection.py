@@ -168,7 +168,7 @@ def _best_addition(stack: np.ndarray, running: np.ndarray, counts: np.ndarray, l
 
 def _best_point(points: list[tuple[np.ndarray, float, float]],
                 mode: str) -> tuple[np.ndarray, float]:
-    """The earliest best point: the best score, ties broken by the lower log-loss. Members only
+    """The earliest best point: the best score, ties broken by the lower loss. Members only
     accumulate along the trajectory, so on a full tie the earliest point is also the one with
     the fewest distinct members."""
     best_counts, best_score, best_loss = points[0]
@@ -179,7 +179,8 @@ def _best_point(points: list[tuple[np.ndarray, float, float]],
 
 
 def _better(score: float, loss: float, best_score: float, best_loss: float, mode: str) -> bool:
-    """A better score, or the same score (to 1e-12) with a log-loss lower by more than 1e-9:
+    """A better score, or the same score (to 1e-12) with a loss lower by more than 1e-9 (the
+    scorer's `loss`: the log loss for one head, `metrics.task_loss` for several):
     on a small held-out set many candidates tie on accuracy, and the better-calibrated one is
     then the better choice."""
     if math.isnan(score):
