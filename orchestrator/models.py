@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -17,6 +18,7 @@ from keras import layers
 
 from orchestrator.backbones import BACKBONES, Backbone, get_backbone
 from orchestrator.errors import ConfigError, WeightsUnavailable
+from orchestrator.frequency import frequency_features
 from orchestrator.heads import TargetScale
 from tasks.base import Head
 
@@ -170,54 +172,6 @@ def model_backbone(model: keras.Model) -> Backbone:
     raise ValueError(f"model {model.name} has no BackbonePreprocess layer; not from build_model")
 
 
-# --- the frequency stream -------------------------------------------------------------------------
-
-FREQUENCY_CLIP = 3.0  # standardised log-magnitudes beyond +-3 sigma are clipped
-
-
-@keras.saving.register_keras_serializable(package="medsweep")
-class FrequencyMagnitude(layers.Layer):
-    """The image's 2-D Fourier magnitude as a one-channel image: grey levels -> |FFT2|, log1p,
-    centred (low frequencies in the middle), standardised per image and clipped to +-3, so its
-    scale does not depend on brightness or size. The magnitude ignores where an object sits,
-    and holds periodic texture and overall scale that a spatial CNN sees only locally.
-    Always float32: an FFT in float16 overflows."""
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-
-    def call(self, inputs):
-        ops = keras.ops
-        x = ops.cast(inputs, "float32")
-        grey = ops.mean(x, axis=-1)  # (N, H, W)
-        real, imag = ops.fft2((grey, ops.zeros_like(grey)))
-        magnitude = ops.log1p(ops.sqrt(real * real + imag * imag))
-        height, width = ops.shape(grey)[1], ops.shape(grey)[2]
-        magnitude = ops.roll(magnitude, shift=(height // 2, width // 2), axis=(1, 2))
-        mean = ops.mean(magnitude, axis=(1, 2), keepdims=True)
-        std = ops.std(magnitude, axis=(1, 2), keepdims=True)
-        z = (magnitude - mean) / (std + 1e-6)
-        return ops.expand_dims(ops.clip(z, -FREQUENCY_CLIP, FREQUENCY_CLIP), -1)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], 1)
-
-
-def _frequency_features(pixels, units: int = 64):
-    """FFT magnitude -> a small CNN (BatchNorm, Dropout 0.2) -> `units` features; it always
-    trains, like the head, whatever the unfreezing phase."""
-    x = FrequencyMagnitude(name="frequency_magnitude")(pixels)
-    for i, filters in enumerate((16, 32, 64), start=1):
-        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
-                          name=f"frequency_conv{i}")(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"frequency_bn{i}")(x)
-        x = layers.ReLU(name=f"frequency_relu{i}")(x)
-    x = layers.GlobalAveragePooling2D(name="frequency_pool")(x)
-    x = layers.Dense(units, activation="relu", name="frequency_dense")(x)
-    return layers.Dropout(0.2, name="frequency_dropout")(x)
-
-
 # --- the classifier -------------------------------------------------------------------------------
 
 
@@ -259,7 +213,7 @@ def build_model(
     x = base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if frequency_stream:
-        x = layers.Concatenate(name="fused_features")([x, _frequency_features(inputs)])
+        x = layers.Concatenate(name="fused_features")([x, frequency_features(inputs)])
     x = layers.Dense(head_units, activation="relu", name="head_dense")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     if heads:
@@ -277,8 +231,13 @@ def head_inputs(model: keras.Model, features, images):
     pooled = model.get_layer("pool")(features)
     if not any(layer.name == "fused_features" for layer in model.layers):
         return pooled
-    stream = keras.Model(model.inputs, model.get_layer("frequency_dropout").output)
-    return model.get_layer("fused_features")([pooled, stream(images, training=False)])
+    if model not in _STREAMS:  # built once per model, not per batch
+        _STREAMS[model] = keras.Model(model.inputs, model.get_layer("frequency_dropout").output)
+    return model.get_layer("fused_features")([pooled, _STREAMS[model](images, training=False)])
+
+
+# model -> its frequency stream as a model of its own (weak keys: a dropped model is freed)
+_STREAMS: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = weakref.WeakKeyDictionary()
 
 
 def _head_outputs(features, heads: tuple[Head, ...],

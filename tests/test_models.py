@@ -272,7 +272,7 @@ def test_multihead_model_has_one_named_output_per_head_in_the_heads_units(tmp_pa
 
 
 def test_frequency_magnitude_ignores_where_the_object_sits_and_its_brightness():
-    from orchestrator.models import FREQUENCY_CLIP, FrequencyMagnitude
+    from orchestrator.frequency import FREQUENCY_CLIP, FrequencyMagnitude
 
     image = np.zeros((1, 32, 32, 3), np.float32)
     image[0, 4:12, 6:10] = 200.0

@@ -4,6 +4,7 @@ Kept apart from `trial.py` so importing the CLI or the config never imports Tens
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -106,7 +107,7 @@ class Trainer:
                            target_scales=self.scales,
                            frequency_stream=self.cfg.frequency_stream)
 
-    @property
+    @functools.cached_property
     def scales(self) -> dict[str, TargetScale]:
         """Regression heads' training mean and spread (none for single-head tasks)."""
         return target_scales(self.data.y_train, self.task) if self.task.is_multihead else {}
