@@ -5,7 +5,8 @@ Prints, for each run (FIFO and ASHA with reused actors, the default; ASHA with a
 trial): trials, epochs consumed, best validation metric, wall time, the sum of the trials' own
 training times and the overhead (wall time / (trial time / parallel slots)); then the part paid
 once per sweep before the first trial starts (Ray, the data, MLflow's parent run, the first
-trial processes) and the overhead within the trials' span alone. Runs on the brain
+trial processes), the overhead within the trials' span alone, and the idle slots within it:
+between trials (switch) and once no trial is left to start (tail). Runs on the brain
 phantom; the space is the `cpu` profile, shortened to fit a few minutes.
 
     .venv/bin/python bench/sweep_efficiency.py [--num-samples 8] [--max-epochs 8]
@@ -50,13 +51,35 @@ def run(scheduler: str, reuse: bool, args: argparse.Namespace, workdir: Path) ->
     # the summary and shutdown), inside it once per trial.
     parent = tracking.get_run(uri, result.parent_run_id)
     runs = tracking.list_trial_runs(uri, parent.info.experiment_id, result.parent_run_id)
-    first = min(r.info.start_time for r in runs) / 1000.0
-    last = max(r.info.end_time or r.info.start_time for r in runs) / 1000.0
+    spans = [(r.info.start_time / 1000.0, (r.info.end_time or r.info.start_time) / 1000.0)
+             for r in runs]
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    switch, tail = idle_slot_seconds(spans, slots)
     return {"scheduler": scheduler, "reuse": reuse, "trials": len(board),
             "epochs": int(board["epochs"].sum()),
             "best": float(board.iloc[0, 1]), "wall_s": wall, "trial_s": trial_seconds,
             "overhead": wall / (trial_seconds / slots), "start_s": first - started_at,
-            "span_s": last - first, "span_overhead": (last - first) / (trial_seconds / slots)}
+            "span_s": last - first, "span_overhead": (last - first) / (trial_seconds / slots),
+            "switch_s": switch, "tail_s": tail,
+            "no_tail_overhead": (wall - tail) / (trial_seconds / slots)}
+
+
+def idle_slot_seconds(spans: list[tuple[float, float]], slots: float) -> tuple[float, float]:
+    """Wall seconds lost to slots without a trial, from the trial runs' open and close times:
+    before the last trial opens (a slot waiting between one trial and the next: the
+    orchestrator's cost) and after (the tail: no trial is left to start, so the last ones run
+    alone whatever the orchestrator does). Each is idle slot-seconds / slots."""
+    last_open = max(a for a, _ in spans)
+    edges = sorted({t for span in spans for t in span})
+    switch = tail = 0.0
+    for a, b in zip(edges, edges[1:]):
+        running = sum(1 for s, e in spans if s <= a and e >= b)
+        idle = max(0.0, slots - running) * (b - a) / slots
+        if b <= last_open:
+            switch += idle
+        else:
+            tail += idle
+    return switch, tail
 
 
 def main() -> None:
@@ -76,12 +99,16 @@ def main() -> None:
           f"{os.cpu_count()} cores")
     print(f"{'scheduler':<10}{'reuse actors':>13}{'trials':>7}{'epochs':>8}{'best val acc':>14}"
           f"{'wall s':>9}{'sum trial s':>13}{'overhead':>10}{'start s':>9}{'span s':>8}"
-          f"{'span overhead':>15}")
+          f"{'span overhead':>15}{'switch s':>10}{'tail s':>8}{'without tail':>14}")
     for r in rows:
         print(f"{r['scheduler']:<10}{'yes' if r['reuse'] else 'no':>13}{r['trials']:>7}"
               f"{r['epochs']:>8}{r['best']:>14.3f}{r['wall_s']:>9.1f}{r['trial_s']:>13.1f}"
               f"{r['overhead']:>9.2f}x{r['start_s']:>9.1f}{r['span_s']:>8.1f}"
-              f"{r['span_overhead']:>14.2f}x")
+              f"{r['span_overhead']:>14.2f}x{r['switch_s']:>10.1f}{r['tail_s']:>8.1f}"
+              f"{r['no_tail_overhead']:>13.2f}x")
+    print("overhead: wall / (sum of trial s / slots). start: before the first trial opens. "
+          "switch: slots idle between trials. tail: slots idle once no trial is left to start "
+          "(the last trials run alone); 'without tail' leaves it out.")
     fifo, asha, fresh = rows
     print(f"ASHA used {asha['epochs'] / fifo['epochs']:.0%} of FIFO's epochs; best metric "
           f"{asha['best']:.3f} vs {fifo['best']:.3f}")

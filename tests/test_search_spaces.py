@@ -287,7 +287,7 @@ def test_sample_from_sees_the_rest_of_the_config() -> None:
 
 
 def test_replicates_are_extra_seeds_of_the_cross_validated_finalists() -> None:
-    from orchestrator.sweep.records import candidate_name, replicate_of, replicate_seed
+    from orchestrator.naming import candidate_name, replicate_of, replicate_seed
 
     profile = with_overrides(get_profile("brain", "smoke"), replicates=3)
     assert profile.replicates == 3 and get_profile("brain", "smoke").replicates == 1

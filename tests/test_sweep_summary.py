@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.ensemble.report import EnsembleReport
-from orchestrator.sweep.records import STOPPED_EARLY, short_trial_name, trial_run_name
+from orchestrator.naming import STOPPED_EARLY, short_trial_name, trial_run_name
 from orchestrator.sweep.summary import summary_metrics, summary_note
 
 

@@ -295,3 +295,15 @@ def test_unknown_trial_status_is_refused(store, sweep):
     run_id = T.get_or_create_trial_run(uri, experiment_id, sweep, "t_bad", "b", {})
     with pytest.raises(ValueError, match="not one of"):
         T.set_trial_status(uri, run_id, "done")
+
+
+def test_open_store_gives_a_new_database_its_tables_before_any_run(tmp_path):
+    """The sweep opens the store while Ray starts; afterwards the database is ready to use."""
+    import sqlite3
+
+    db = tmp_path / "new.db"
+    T.open_store(f"sqlite:///{db}")
+    with sqlite3.connect(db) as connection:
+        tables = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"experiments", "runs", "metrics", "params"} <= tables

@@ -109,7 +109,7 @@ def print_report(report: EnsembleReport) -> None:
     names (`t03`), as the sweep's epoch lines and leaderboard show them."""
     from orchestrator.clinical.bootstrap import format_interval
     from orchestrator.console import rule
-    from orchestrator.sweep.records import short_trial_name
+    from orchestrator.naming import short_trial_name
 
     def test_value(model: str, metric: str, point: float) -> str:
         if report.intervals is None:

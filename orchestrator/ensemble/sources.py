@@ -15,7 +15,7 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.errors import ConfigError
-from orchestrator.sweep.records import STOPPED_EARLY, candidate_name
+from orchestrator.naming import STOPPED_EARLY, candidate_name
 from orchestrator.train.artifacts import BEST_MODEL, VAL_LABELS
 from orchestrator.tta.pool import Candidate
 

@@ -17,7 +17,8 @@ import pandas as pd
 from orchestrator import console
 from orchestrator.console import rule
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
-from orchestrator.sweep.records import LEADERBOARD_COLUMNS, short_trial_name
+from orchestrator.naming import short_trial_name
+from orchestrator.sweep.records import LEADERBOARD_COLUMNS
 from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
 from orchestrator.sweep.state import disconnect_ray
 from tasks import task_names

@@ -20,8 +20,9 @@ from orchestrator.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
 from orchestrator.sweep.state import Log
 from orchestrator.sweep.progress import EpochLines, ProgressTable
-from orchestrator.sweep.records import short_trial_name
-from orchestrator.sweep.trainable import SweepContext, TrialTracker, run_cv_trial
+from orchestrator.naming import short_trial_name
+from orchestrator.sweep.tracker import TrialTracker
+from orchestrator.sweep.trainable import SweepContext, run_cv_trial
 from orchestrator.train.trial import load_folded_data
 
 CV_SUFFIX = "-cv"  # the stage's Tune experiment: beside the search's, its name plus this

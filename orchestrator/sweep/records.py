@@ -3,12 +3,13 @@ their counts, logged in the parent run; and the leaderboard of its trials."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
 import pandas as pd
 
 from orchestrator.data.dataset import DUPLICATES_CSV, LEFT_OUT_CSV, UNREADABLE_CSV
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
+from orchestrator.naming import STOPPED_EARLY
 
 # parent-run param -> the record whose rows it counts
 DATA_FACTS = {"images": MANIFEST_CSV, "images_unreadable": UNREADABLE_CSV,
@@ -43,42 +44,6 @@ def data_line(facts: Mapping[str, int]) -> str:
             f"{facts['duplicates_left_out']} copy(ies) left out (files in the parent run)")
 
 
-STOPPED_EARLY = "stopped early (ASHA)"
-# How a searched key shows in a trial's run name: a value alone where it names itself.
-_NAME_FORMS = {"backbone": "{}", "schedule": "{}", "loss": "{}", "resolution": "{}px",
-               "augment": "aug {}", "lr_multiplier": "lr x{}", "label_smoothing": "ls {}",
-               "mixup_alpha": "mixup {}", "batch_size": "bs {}", "dropout": "dropout {}",
-               "focal_gamma": "gamma {}", "weights": "{} weights"}
-
-
-def short_trial_name(trial_id: str) -> str:
-    """`f35f0_00003` -> `t03`: Tune's counter, which the console and the leaderboard show."""
-    counter = trial_id.rsplit("_", 1)[-1]
-    return f"t{int(counter):02d}" if counter.isdigit() else trial_id
-
-
-def trial_run_name(trial_id: str, config: Mapping[str, Any], searched: Sequence[str]) -> str:
-    """`t03 resnet50 224px three_phase lr x4.042`: the trial's number and what differs between
-    trials (every searched key, floats to 4 significant digits), so names tell runs apart in
-    the MLflow runs table."""
-    parts = [short_trial_name(trial_id)]
-    for key in searched:
-        if key in config:
-            value = config[key]
-            text = f"{value:.4g}" if isinstance(value, float) else str(value)
-            parts.append(_NAME_FORMS.get(key, key + " {}").format(text))
-    return " ".join(parts)
-
-
-def cv_run_name(finalist_id: str, fold: int, folds: int, replicate: int = 0) -> str:
-    """`cv t03 fold 2/3`: a cross-validation trial, by its finalist's number and its fold,
-    counted from 1 (the tag `medsweep.fold` and the param `cv_fold` count from 0); an extra
-    seed of the finalist (`--replicates`) is `cv t03 seed 2 fold 2/3`."""
-    seed = f" seed {replicate + 1}" if replicate else ""
-    return (f"cv {short_trial_name(finalist_id)}{seed} fold {fold + 1}"
-            + (f"/{folds}" if folds else ""))
-
-
 def leaderboard(grid, metric: str, mode: str, max_epochs: int | None = None) -> pd.DataFrame:
     """One row per trial (its best validation metric, epochs, seconds, status and searched
     values), best first; NaN metrics last. A trial that ended without error before
@@ -101,18 +66,3 @@ def leaderboard(grid, metric: str, mode: str, max_epochs: int | None = None) -> 
         return board
     return board.sort_values(f"best_{metric}", ascending=(mode == "min"),
                              na_position="last").reset_index(drop=True)
-
-
-def replicate_of(sampled: Mapping[str, Any]) -> int:
-    """Which seed of its finalist a cross-validation trial trains (0: the finalist's own)."""
-    return int(sampled.get("replicate", 0))
-
-
-def replicate_seed(seed: int, replicate: int) -> int:
-    """Replicate r trains with seed + 1000 r: far from any seed a search samples."""
-    return seed + 1000 * replicate
-
-
-def candidate_name(finalist: str, replicate: int) -> str:
-    """How the ensemble calls one seed of a finalist: its trial id, `-r<k>` for extra seeds."""
-    return finalist if replicate == 0 else f"{finalist}-r{replicate}"

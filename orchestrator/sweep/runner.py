@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +45,8 @@ from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noq
 from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists  # noqa: E402
 from orchestrator.sweep.progress import EpochLines, ProgressTable  # noqa: E402
-from orchestrator.sweep.trainable import SweepContext, TrialTracker, run_tune_trial  # noqa: E402
+from orchestrator.sweep.trainable import SweepContext, run_tune_trial  # noqa: E402
+from orchestrator.sweep.tracker import TrialTracker  # noqa: E402
 from orchestrator.train.artifacts import TrialData  # noqa: E402
 from orchestrator.train.trial import load_trial_data  # noqa: E402
 from search_spaces import (check_space, choose_profile, discrete_values,  # noqa: E402
@@ -130,7 +132,12 @@ def run_sweep(
     storage = storage_path_for(storage_path)
     experiment = experiment or f"medsweep-{task_record.name}"
     previous = find_resumable(storage, experiment) if resume else None
-    can_grow = connect_ray(address, log)
+    # MLflow's store opens (its tables created, or its migrations checked) while Ray starts:
+    # seconds each on a small machine, and neither needs the other.
+    with ThreadPoolExecutor(1, thread_name_prefix="medsweep-mlflow") as pool:
+        store_opened = pool.submit(tracking.open_store, uri)
+        can_grow = connect_ray(address, log)
+        store_opened.result()  # an unreachable server fails here, before any trial
     runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
                          num_samples=num_samples, max_epochs=max_epochs,
                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import tracking
-from orchestrator.sweep.records import STOPPED_EARLY, short_trial_name
+from orchestrator.naming import STOPPED_EARLY, short_trial_name
 
 TAG_BEST_TRIAL_RUN = "medsweep.best_trial_run"
 TAG_ENSEMBLE_RUN = "medsweep.ensemble_run"

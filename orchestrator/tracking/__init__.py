@@ -17,7 +17,8 @@ from orchestrator.tracking.runs import (
     start_sweep_run)
 from orchestrator.tracking.store import (
     TRACKING_URI_ENV, check_tracking_uri, default_artifact_root, default_tracking_uri,
-    ensure_experiment, environment_params, local_artifact_root, runs_table_url, ui_command)
+    ensure_experiment, environment_params, local_artifact_root, open_store, runs_table_url,
+    ui_command)
 
 __all__ = [
     "KIND_CV_TRIAL", "KIND_ENSEMBLE", "KIND_SWEEP", "KIND_TRIAL", "TAG_FINALIST", "TAG_FOLD", "TAG_REPLICATE", "PARENT_TAG", "STATUS_COMPLETED",
@@ -28,7 +29,7 @@ __all__ = [
     "TRIAL_STATUSES", "check_tracking_uri", "default_artifact_root", "default_tracking_uri",
     "ensure_experiment", "environment_params", "find_runs_by_tag", "finish_run",
     "get_or_create_trial_run", "list_trial_runs", "local_artifact_root", "log_epoch_metrics",
-    "log_json_artifact", "log_params", "log_table_artifact", "log_trial_files", "reopen_run",
+    "log_json_artifact", "log_params", "open_store", "log_table_artifact", "log_trial_files", "reopen_run",
     "set_tags", "set_trial_status", "start_sweep_run", "ui_command", "format_value",
     "runs_table_url",
 ]

@@ -134,6 +134,13 @@ def local_artifact_root(uri: str) -> str | None:
     return None if db is None else (db.absolute().parent / "artifacts").as_uri()
 
 
+def open_store(client_uri: str) -> None:
+    """Open the tracking store once: a new SQLite database gets its tables, an existing one has
+    its migrations checked, a server is reached. Seconds on a small machine, paid here (the
+    sweep does it while Ray starts); MLflow keeps the store for the process's later calls."""
+    MlflowClient(client_uri).search_experiments(max_results=1)
+
+
 def ensure_experiment(client_uri: str, name: str, artifact_location: str | None) -> str:
     """The experiment's id, created if missing and restored if deleted.
 
