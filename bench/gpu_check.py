@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = DRY if args.dry_run else GPU
     import ray
 
-    from orchestrator.sweep.state import connect_ray
+    from orchestrator.cluster import connect_ray
 
     started = time.perf_counter()
     connect_ray(None, lambda _: None)

@@ -20,7 +20,8 @@ from orchestrator import tracking
 from orchestrator.data.phantoms import write_phantom
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.errors import ConfigError
-from orchestrator.sweep.state import SWEEP_STATE, check_trial_fits
+from orchestrator.cluster import check_trial_fits
+from orchestrator.sweep.state import SWEEP_STATE
 from orchestrator.train.artifacts import FAULT_MARKER
 from tasks import get_task
 

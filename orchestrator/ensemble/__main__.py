@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.clinical.evaluate import ClinicalOptions
         from orchestrator.ensemble.build import build_ensemble
         from orchestrator.ensemble.report import print_report
-        from orchestrator.sweep.state import connect_ray
+        from orchestrator.cluster import connect_ray
 
         clinical = ClinicalOptions(threshold_rule=args.threshold_rule,
                                    target_sensitivity=args.target_sensitivity,

@@ -20,7 +20,7 @@ from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.naming import short_trial_name
 from orchestrator.sweep.records import LEADERBOARD_COLUMNS
 from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
-from orchestrator.sweep.state import disconnect_ray
+from orchestrator.cluster import disconnect_ray
 from tasks import task_names
 
 

@@ -18,7 +18,7 @@ from ray.tune.schedulers import FIFOScheduler
 from orchestrator import tracking
 from orchestrator.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
-from orchestrator.sweep.state import Log
+from orchestrator.cluster import Log
 from orchestrator.sweep.progress import EpochLines, ProgressTable
 from orchestrator.naming import short_trial_name
 from orchestrator.sweep.tracker import TrialTracker

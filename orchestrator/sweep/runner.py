@@ -25,7 +25,7 @@ from orchestrator import console, tracking
 
 # Per-epoch checkpoints are the point; Tune's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-from orchestrator.sweep.state import WORKER_ENV  # noqa: E402
+from orchestrator.cluster import WORKER_ENV, Log, check_trial_fits, connect_ray  # noqa: E402
 
 # A local Ray started after this import (by the caller, or connect_ray) inherits them too.
 for _key, _value in WORKER_ENV.items():
@@ -39,9 +39,8 @@ from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
 from orchestrator.sweep.summary import record_summary  # noqa: E402
 from orchestrator.sweep.records import (DATA_FACTS, LEADERBOARD_COLUMNS,  # noqa: E402
                                         data_facts, data_line, data_records, leaderboard)
-from orchestrator.sweep.state import (Log, check_trial_fits, connect_ray,  # noqa: E402
-                                      fetch_recorded_data, find_resumable, is_uri, read_sweep_state,
-                                      save_recorded_data, write_sweep_state)
+from orchestrator.sweep.state import (fetch_recorded_data, find_resumable, is_uri,  # noqa: E402
+                                      read_sweep_state, save_recorded_data, write_sweep_state)
 from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists  # noqa: E402
 from orchestrator.sweep.progress import EpochLines, ProgressTable  # noqa: E402

@@ -1,0 +1,100 @@
+"""This driver's Ray: connecting to a cluster (or starting a local single-node one) with the
+console settings every worker inherits, refusing a trial request no node can meet, handling
+SIGTERM as Ctrl+C, and shutting down. The sweep and the ensemble CLI both connect here. Imports
+Ray only inside the functions that need it, so a CLI's `--help` stays fast.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from typing import Callable
+
+from orchestrator.errors import ConfigError
+
+Log = Callable[[str], None]
+# Every Ray worker of a sweep gets these (Ray's runtime_env). A reused trial process
+# (`reuse_actors`) first waits for the last trial's thread to end; Tune's default wait, 2 s, is
+# shorter than a stopped Keras trial takes to unwind on a loaded CPU, and a wait that runs out
+# fails the next trial ("Trainable runner reuse requires reset_config()...").
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
+
+
+def connect_ray(address: str | None, log: Log) -> bool:
+    """`--address`, else RAY_ADDRESS, else a local single-node Ray; fail fast if unreachable.
+    Returns whether the cluster may grow (one reached by address; a local Ray never does)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return bool(address) and address != "local"
+    if address and address not in ("auto", "local") and "://" not in address:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Ray cluster at --address {address} does not answer ({err}); "
+                              "start it with `ray start --head` or `ray up cluster.yaml`") from None
+    from orchestrator import console
+
+    # every worker, on any node, starts with the driver's console settings (TensorFlow's C++
+    # logging and Python warnings off unless --verbose)
+    ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
+             logging_level="WARNING", configure_logging=True,
+             runtime_env={"env_vars": {**WORKER_ENV, **console.worker_env()}})
+    sigterm_as_ctrl_c()
+    resources = ray.cluster_resources()
+    log(f"ray: {'connected to ' + address if address else 'local single-node'}; "
+        f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
+    return bool(address) and address != "local"
+
+
+def sigterm_as_ctrl_c() -> None:
+    """Make SIGTERM (`timeout`, `kill`, a batch scheduler) do what Ctrl+C does: Tune saves the
+    sweep's state and stops its trials, the CLI says how to resume, Ray shuts down.
+
+    `ray.init` replaces the process's SIGTERM handler (its core worker aborts the driver on one,
+    leaving nothing to resume), so this is called after it. Only the main thread may set one."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _as_ctrl_c)
+
+
+def _as_ctrl_c(signum, frame) -> None:
+    """Whatever SIGINT does now: Tune's handler while a Tuner runs (a graceful stop, then its
+    own handler restored, so a second signal interrupts at once), else KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIG_IGN or SIG_DFL: a termination request still ends the sweep
+        raise KeyboardInterrupt
+
+
+def disconnect_ray() -> None:
+    """Shut down this driver's Ray (a local one stops with its workers), if it started one."""
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
+def check_trial_fits(cpus: float, gpus: float, log: Log, *, can_grow: bool) -> None:
+    """Refuse, at once, a per-trial request that no node can ever meet: Tune would otherwise
+    leave every trial pending forever. A cluster reached by address may have an autoscaler
+    that adds such a node (`can_grow`), so there it is said, and the request left as it is;
+    the local single-node Ray this process started never grows."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    need = {"CPU": float(cpus), "GPU": float(gpus)}
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items() if v > 0) for node in nodes):
+        return
+    have = "; ".join(f"{node.get('CPU', 0):g} CPU, {node.get('GPU', 0):g} GPU" for node in nodes)
+    if can_grow:
+        log(f"no node has {cpus:g} CPU and {gpus:g} GPU for one trial yet (nodes: {have}); if "
+            "the cluster autoscales, nodes that do are being requested and trials wait for "
+            "them; otherwise stop with Ctrl+C and lower --cpus-per-trial/--gpus-per-trial")
+        return
+    raise ConfigError(f"one trial needs {cpus:g} CPU and {gpus:g} GPU, and no node of this "
+                      f"cluster has that (nodes: {have}); lower --cpus-per-trial or "
+                      "--gpus-per-trial, or run on a cluster that has such nodes")
