@@ -14,8 +14,9 @@ import contextlib
 import logging
 import os
 import sys
+import time
 import warnings
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 VERBOSE_ENV = "MEDSWEEP_VERBOSE"
 # TF_CPP_MIN_LOG_LEVEL 3: no C++ INFO/WARNING/ERROR lines once TensorFlow has read it; the lines
@@ -60,6 +61,14 @@ def worker_env(is_verbose: bool | None = None) -> dict[str, str]:
     """Environment variables for Ray's runtime_env: every worker, on any node, as the driver."""
     is_verbose = verbose() if is_verbose is None else is_verbose
     return {VERBOSE_ENV: "1"} if is_verbose else {VERBOSE_ENV: "0", **QUIET_ENV}
+
+
+def set_verbose(on: bool) -> None:
+    """A CLI's --verbose, applied before anything loads: on, this process and (through Ray's
+    runtime_env) every worker it starts show everything; off, this process is quieted now."""
+    if on:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_process()
 
 
 def quiet_process() -> None:
@@ -141,6 +150,33 @@ def once(log: Callable[[str], None] = print) -> Callable[[str], None]:
             log(line)
 
     return log_once
+
+
+class Progress:
+    """One line that redraws itself on a terminal (`tty=False`: never redrawn). Piped (logs, CI):
+    a line per tenth, or none with `piped=False` where the caller's next lines say the work is
+    done."""
+
+    def __init__(self, total: int, verb: str, noun: str, rate_unit: str = "",
+                 stream: TextIO | None = None, piped: bool = True, tty: bool = True) -> None:
+        self.total, self.verb, self.noun, self.rate_unit = total, verb, noun, rate_unit
+        self.stream = stream or sys.stderr
+        self.start, self.tty, self.piped = time.monotonic(), tty and self.stream.isatty(), piped
+        self.shown_tenth = -1
+
+    def update(self, done: int) -> None:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        filled = int(30 * done / max(self.total, 1))
+        speed = f", {done / elapsed:.1f} {self.rate_unit}" if self.rate_unit else \
+            f", {elapsed:.0f} s"
+        line = (f"{self.verb} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} "
+                f"{self.noun}{speed}")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done >= self.total else ""))
+            self.stream.flush()
+        elif self.piped and done * 10 // max(self.total, 1) > self.shown_tenth:
+            self.shown_tenth = done * 10 // max(self.total, 1)
+            print(line, file=self.stream, flush=True)
 
 
 def _drop_warning(*args, **kwargs) -> None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable
 
 import pandas as pd
 
 from orchestrator.data.cache import decode_image
 from orchestrator.data.table import IMAGE_EXTENSIONS
-from orchestrator.cli import add_tracking_uri
+from orchestrator import console
+from orchestrator.cli import add_tracking_uri, add_verbose
 from orchestrator.errors import ConfigError, DataError, MedSweepError
 
 Log = Callable[[str], None]
@@ -45,30 +45,8 @@ def image_paths(source: Path) -> tuple[list[str], Path]:
     raise DataError(f"{source}: neither a folder of images nor a .csv with a `path` column")
 
 
-class Progress:
-    """One line that redraws itself on a terminal; a line per tenth otherwise (logs, CI)."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.total, self.stream, self.start = total, stream, time.monotonic()
-        self.tty = stream.isatty()
-        self.shown_tenth = -1
-
-    def update(self, done: int) -> None:
-        rate = done / max(time.monotonic() - self.start, 1e-9)
-        width = 30
-        filled = int(width * done / self.total)
-        line = (f"predicting [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-                f"images, {rate:.1f} img/s")
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if done == self.total else ""))
-            self.stream.flush()
-        elif done * 10 // self.total > self.shown_tenth:
-            self.shown_tenth = done * 10 // self.total
-            print(line, file=self.stream, flush=True)
-
-
 def predict_files(model, paths: list[str], root: Path, batch_size: int = DEFAULT_BATCH,
-                  progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  progress: console.Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per readable image, the unreadable files); paths relative to `root`."""
     def shown(path: str) -> str:
         return Path(os.path.relpath(path, root)).as_posix()
@@ -107,13 +85,14 @@ def run(model_uri: str, source: str, out: str, *, tracking_uri: str | None = Non
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     paths, root = image_paths(Path(source))
     uri = tracking_uri or tracking.default_tracking_uri()
+    console.import_tensorflow()  # the model's, without its C++ start-up lines unless verbose
     try:
         model = ensemble_model.load(model_uri, uri)
     except Exception as err:  # MLflow's message names what is missing; no traceback
         raise ConfigError(f"cannot load {model_uri} from {uri}: "
                           f"{str(err).splitlines()[0]}") from None
     log(f"{model_uri}: {len(paths)} file(s) from {source}")
-    rows, skipped = predict_files(model, paths, root, batch_size, Progress(len(paths)))
+    rows, skipped = predict_files(model, paths, root, batch_size, console.Progress(len(paths), "predicting", "images", "img/s"))
     out_path = Path(out)
     _write_atomic(rows, out_path)
     if len(skipped):
@@ -137,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a folder of images, or a CSV with a `path` column")
     p.add_argument("--out", required=True, help="the predictions CSV to write")
     add_tracking_uri(p)
+    add_verbose(p)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help="images per call of the model (default %(default)s)")
     return p
@@ -144,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    console.set_verbose(args.verbose)
     try:
         run(args.model_uri, args.source, args.out, tracking_uri=args.tracking_uri,
             batch_size=args.batch_size)

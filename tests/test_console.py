@@ -3,6 +3,7 @@ start-up lines, Python warnings, Ray's checkpoint-path lines and token-authentic
 Tune's status lines and tables stay off (driver and workers) unless --verbose."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -186,3 +187,33 @@ def test_verbose_brings_tensorflow_start_up_lines_back(tmp_path):
     assert "epoch 1/2 [phase 1/1" in out  # each trial's own per-epoch lines
     assert "Number of trials: 1/1 (1 TERMINATED)" in out  # Tune's table at the end
     assert RAY_TOKEN_NOTICE in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_redraws_one_line_on_a_terminal_and_prints_tenths_when_piped():
+    terminal = _Terminal()
+    bar = console.Progress(4, "scoring", "models", stream=terminal)
+    for done in range(1, 5):
+        bar.update(done)
+    text = terminal.getvalue()
+    assert text.count("\r") == 4 and text.count("\n") == 1 and text.endswith("4/4 models, 0 s\n")
+    assert "\rscoring [#######.......................] 1/4 models" in text
+
+    piped = io.StringIO()
+    bar = console.Progress(20, "predicting", "images", "img/s", stream=piped)
+    for done in range(1, 21):
+        bar.update(done)
+    lines = piped.getvalue().splitlines()  # the first image, then each tenth
+    assert len(lines) == 11 and lines[-1].startswith("predicting [" + "#" * 30 + "] 20/20 images, ")
+    assert all(line.endswith(" img/s") for line in lines)
+
+    for quiet in (console.Progress(3, "scoring", "models", stream=io.StringIO(), piped=False),
+                  console.Progress(3, "scoring", "models", stream=_Terminal(), piped=False,
+                                   tty=False)):
+        for done in range(1, 4):
+            quiet.update(done)
+        assert quiet.stream.getvalue() == ""

@@ -32,6 +32,8 @@ from orchestrator.errors import ConfigError
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.tta.policies import get_policy
 from orchestrator.tta.pool import Candidate, ScoringPool
+
+from test_console import RAY_TOKEN_NOTICE, TF_START_UP  # what a quiet command never prints
 from orchestrator.tta.predict import tta_predict, tta_predict_each
 from tasks import get_task
 
@@ -211,6 +213,7 @@ def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "predicting [" in proc.stderr
+    assert [n for n in TF_START_UP if n in proc.stderr] == []  # quiet unless --verbose
     assert "skipped 1 unreadable file(s): broken.png" in proc.stdout
     rows = pd.read_csv(out)
     assert sorted(rows["path"]) == ["case0.jpg", "sub/case1.jpg", "sub/case2.jpg"]
@@ -392,6 +395,8 @@ def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test [95% CI]" in proc.stdout
     assert "temperature (fitted on validation predictions)" in proc.stdout
+    printed = proc.stdout + proc.stderr  # quiet unless --verbose, as the sweep
+    assert [n for n in (*TF_START_UP, RAY_TOKEN_NOTICE, "retracing") if n in printed] == []
     client = mlflow.MlflowClient(uri)
     version = client.get_model_version_by_alias("medsweep-brain", "candidate")
     run = client.get_run(version.run_id)

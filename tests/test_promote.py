@@ -20,6 +20,8 @@ from orchestrator.ensemble.promote import TAG_OVER, TAG_PROMOTION, compare
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.errors import ConfigError
 
+from test_console import TF_START_UP  # what a quiet command never prints
+
 CLASSES = ("a", "b", "c")
 
 
@@ -118,6 +120,7 @@ def test_promote_accepts_a_better_candidate_refuses_a_worse_one_and_records_forc
             **DATA, "epochs": 1, "lr_multiplier": 1e-4}, **common)
         first = _promote_cli(uri)
         assert first.returncode == 0, first.stderr
+        assert [n for n in TF_START_UP if n in first.stderr] == []  # quiet unless --verbose
         assert "no champion yet" in first.stdout
         champion = client.get_model_version_by_alias("medsweep-brain", "champion")
         assert champion.tags[TAG_PROMOTION] == "first champion"

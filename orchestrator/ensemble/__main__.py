@@ -7,7 +7,8 @@ import sys
 
 from orchestrator.ensemble.build import DEFAULT_POLICIES as POLICIES
 from orchestrator.clinical.operating_point import RULES
-from orchestrator.cli import add_tracking_uri
+from orchestrator import console
+from orchestrator.cli import add_tracking_uri, add_verbose
 from orchestrator.errors import MedSweepError
 
 
@@ -22,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-run", required=True, help="the sweep's MLflow parent run id "
                    "(printed at the end of every sweep)")
     add_tracking_uri(p)
+    add_verbose(p)
     p.add_argument("--tta", nargs="+", default=list(POLICIES), metavar="POLICY",
                    help=f"TTA policies to choose from, cheapest first ({', '.join(POLICIES)})")
     p.add_argument("--top-k", type=int, default=8, help="candidate trials, best by validation "
@@ -58,6 +60,7 @@ def _promote_parser() -> argparse.ArgumentParser:
         "(exit 1).")
     p.add_argument("task", help="the task whose registered model to promote (brain, skin, ...)")
     add_tracking_uri(p)
+    add_verbose(p)
     p.add_argument("--force", action="store_true", help="promote even when refused; the model "
                    "version records it in the tag medsweep.promotion")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples "
@@ -67,7 +70,9 @@ def _promote_parser() -> argparse.ArgumentParser:
 
 def _promote(argv: list[str]) -> int:
     args = _promote_parser().parse_args(argv)
+    console.set_verbose(args.verbose)
     try:
+        console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
         from orchestrator.ensemble.promote import promote
 
         if args.resamples < 1000:
@@ -85,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "promote":
         return _promote(argv[1:])
     args = _parser().parse_args(argv)
+    console.set_verbose(args.verbose)
     try:
+        console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
         from orchestrator.clinical.evaluate import ClinicalOptions
         from orchestrator.ensemble.build import build_ensemble
         from orchestrator.ensemble.report import print_report
@@ -99,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         report = build_ensemble(args.sweep_run, tracking_uri=args.tracking_uri,
                                 policies=args.tta, top_k=args.top_k,
                                 max_iterations=args.iterations, data_dir=args.data_dir,
-                                gpus_per_actor=args.gpus_per_actor, clinical=clinical)
+                                gpus_per_actor=args.gpus_per_actor, clinical=clinical,
+                                log=console.once(console.say))
     except MedSweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

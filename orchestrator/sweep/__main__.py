@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -105,9 +104,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.verbose:
-        os.environ[console.VERBOSE_ENV] = "1"  # read by this process and, via Ray, every worker
-    console.quiet_process()
+    console.set_verbose(args.verbose)  # this process and, via Ray, every worker
     started = time.perf_counter()
     try:
         overrides = parse_overrides(args.overrides)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -76,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     output_dir = Path(args.pop("output_dir"))
     resume = args.pop("resume")
-    if args.pop("verbose"):
-        os.environ[console.VERBOSE_ENV] = "1"
+    console.set_verbose(args.pop("verbose"))
     try:
         console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
         cfg = TrialConfig.from_dict({k: v for k, v in args.items()})

@@ -18,7 +18,7 @@ import numpy as np
 import ray
 from ray.util import ActorPool
 
-from orchestrator.console import detail
+from orchestrator.console import Progress, detail, verbose
 from orchestrator.train.artifacts import BEST_MODEL
 
 Log = Callable[[str], None]
@@ -157,8 +157,12 @@ class ScoringPool:
             return actor.score.remote(c, copy, refs[c.images], transforms, self.batch_size)
 
         out: dict[str, Scored] = {}
+        # On a terminal, one line redrawn as models finish; piped, the scoring table that
+        # follows says it. Verbose: a line per model instead (below).
+        progress = Progress(len(candidates), "scoring", "models", piped=False, tty=not verbose())
         for scored in ActorPool(self.workers).map_unordered(submit, list(candidates)):
             out[scored.name] = scored
+            progress.update(len(out))
             line = (f"scored {scored.name} on node {scored.node[:8]}"
                     + (f" from {_short(scored.source)}" if scored.source else ""))
             if scored.error:  # always said; a model scored is counted in the scoring table
@@ -170,8 +174,6 @@ class ScoringPool:
 
 def _short(source: str) -> str:
     """Where a model came from, for the console: the checkpoint's path only when verbose."""
-    from orchestrator.console import verbose
-
     return source if verbose() or not source.startswith("checkpoint ") else "its checkpoint"
 
 
