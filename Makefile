@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# No command echo: at most 150 lines, 112 of them epoch lines when ASHA stops no trial.
 demo: $(STAMP)
-	$(PY) -m orchestrator.sweep brain
+	@$(PY) -m orchestrator.sweep brain
 
 trial: $(STAMP)
 	$(PY) -m orchestrator.train brain --backbone baseline_cnn --resolution 64 \
