@@ -3,6 +3,7 @@ registry alias, and `mlflow models serve` answering predictions."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -294,30 +295,42 @@ def _post(port: int, payload: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_mlflow_models_serve_answers_base64_jpegs_with_the_same_numbers(swept, tmp_path):
-    """A real `mlflow models serve` on loopback: base64 JPEGs in over HTTP, the same numbers
-    as the pyfunc in this process; bad input is MLflow's JSON error naming the row."""
-    _, uri, _ = swept
+@contextlib.contextmanager
+def _model_server(uri: str, model_uri: str, first_payload: dict):
+    """A real `mlflow models serve` of `model_uri` on a free loopback port: yields the port
+    and its answer to `first_payload` (asked until the server is up, at most 120 s); stopped
+    on exit."""
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # uvicorn
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m",
-                               "models:/medsweep-brain@candidate", "--env-manager", "local",
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve",
+                               "-m", model_uri, "--env-manager", "local",
                                "-h", "127.0.0.1", "-p", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        jpegs = [Path(p).read_bytes() for p in _prepared().paths("test")[:3]]
-        encoded = [base64.b64encode(j).decode() for j in jpegs]
-        payload = {"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}
-        deadline, answer = time.time() + 120, None
+        deadline, answer, status = time.time() + 120, None, None
         while time.time() < deadline and answer is None:
             try:
-                status, answer = _post(port, payload)
+                status, answer = _post(port, first_payload)
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 time.sleep(1)
         assert answer is not None, "the model server never answered"
+        yield port, status, answer
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_mlflow_models_serve_answers_base64_jpegs_with_the_same_numbers(swept, tmp_path):
+    """A real `mlflow models serve` on loopback: base64 JPEGs in over HTTP, the same numbers
+    as the pyfunc in this process; bad input is MLflow's JSON error naming the row."""
+    _, uri, _ = swept
+    jpegs = [Path(p).read_bytes() for p in _prepared().paths("test")[:3]]
+    encoded = [base64.b64encode(j).decode() for j in jpegs]
+    payload = {"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}
+    with _model_server(uri, "models:/medsweep-brain@candidate", payload) as (port, status,
+                                                                            answer):
         assert status == 200, answer
         served = pd.DataFrame(answer["predictions"])
         mlflow.set_tracking_uri(uri)
@@ -352,9 +365,6 @@ def test_mlflow_models_serve_answers_base64_jpegs_with_the_same_numbers(swept, t
             assert status == 400, error
             assert error["error_code"] == "INVALID_PARAMETER_VALUE", error
             assert message in error["message"] and "Traceback" not in error["message"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_default_policies_are_the_registered_ones_cheapest_first():

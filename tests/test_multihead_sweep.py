@@ -4,10 +4,6 @@ registered and served (image bytes in, one block of columns per head out)."""
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -19,7 +15,7 @@ import ray
 from orchestrator import tracking
 from orchestrator.data.splits import read_manifest
 from orchestrator.sweep.runner import run_sweep
-from test_ensemble_build import _free_port, _post  # the model-server helpers
+from test_ensemble_build import _model_server  # a real `mlflow models serve`
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,24 +121,10 @@ def test_mlflow_models_serve_answers_every_head_as_the_registered_model(multihea
     client.download_artifacts(result.parent_run_id, "manifest.json", str(folder))
     recorded, _ = read_manifest(folder / "manifest.csv")
     images = [Path(p).read_bytes() for p in recorded["path"].iloc[:3]]
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve",
-                               "-m", f"models:/{name}@candidate", "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        payload = {"dataframe_split": {"columns": ["image"], "data": [
-            [base64.b64encode(b).decode()] for b in images]}}
-        deadline, answer = time.time() + 120, None
-        while time.time() < deadline and answer is None:
-            try:
-                status, answer = _post(port, payload)
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                time.sleep(1)
-        assert answer is not None and status == 200, answer
+    payload = {"dataframe_split": {"columns": ["image"], "data": [
+        [base64.b64encode(b).decode()] for b in images]}}
+    with _model_server(uri, f"models:/{name}@candidate", payload) as (_, status, answer):
+        assert status == 200, answer
         served = pd.DataFrame(answer["predictions"])
         mlflow.set_tracking_uri(uri)
         local = mlflow.pyfunc.load_model(f"models:/{name}@candidate").predict(
@@ -153,6 +135,3 @@ def test_mlflow_models_serve_answers_every_head_as_the_registered_model(multihea
                                    local[numbers].to_numpy(float), rtol=1e-5, atol=1e-6)
         for head in ("shape", "texture"):
             assert served[f"{head}_decision"].tolist() == local[f"{head}_decision"].tolist()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
