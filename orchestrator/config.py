@@ -50,6 +50,7 @@ class TrialConfig:
     seed: int = 0  # weights init, shuffling, augmentation
     split_seed: int = 0  # fixed across a sweep so every trial validates on the same images
     keep_duplicates: bool = False  # True: copies of an image are not grouped before splitting
+    duplicate_threshold: float = 0.995  # similarity from which two images are copies
     positive_class: str | None = None  # your own folders/CSV: the class binary metrics call positive
     cv_folds: int = 0  # folds made over the non-test images (0: none; the holdout split only)
     cv_fold: int = -1  # >= 0: train on the other folds, predict this one, keep the last epoch
@@ -79,6 +80,7 @@ class TrialConfig:
         if self.focal_gamma is not None:
             _check_range("focal_gamma", self.focal_gamma, 0.0, 10.0)
         _check_range("phantom_per_class", self.phantom_per_class, 4, 100_000)
+        _check_range("duplicate_threshold", self.duplicate_threshold, 0.9, 1.0)
         _check_range("cpu_threads", self.cpu_threads, 0, 1024)
         _check_range("gpu_memory_fraction", self.gpu_memory_fraction, 0.0, 1.0)
         _check_range("early_stopping_patience", self.early_stopping_patience, 0, 10_000)

@@ -99,6 +99,7 @@ def prepare_dataset(
     *,
     split_seed: int = 0,
     keep_duplicates: bool = False,
+    duplicate_threshold: float = duplicates.DEFAULT_THRESHOLD,
     positive_class: str | None = None,
     cv_folds: int = 0,
     phantom_per_class: int = 40,
@@ -127,15 +128,18 @@ def prepare_dataset(
         log(f"warning: {report.summary()}")
     table = listed.assign(row=np.arange(len(listed)))[small.ok].reset_index(drop=True)
 
-    hashes = duplicates.perceptual_hashes(small.images)[table["row"].to_numpy()]
-    pairs = duplicates.duplicate_pairs(table, hashes)
+    copies = duplicates.find_copies(table, small.images[table["row"].to_numpy()],
+                                    threshold=duplicate_threshold,
+                                    digests=[digests[p] for p in table["path"]])
+    pairs = copies.pairs
     dropped = table.iloc[0:0]
     if not keep_duplicates:
+        duplicates.check_clusters(table, copies, scan.root)
         table, dropped = duplicates.group_duplicates(table, pairs)
     table = splits.assign_splits(table, task, split_seed)
     table = splits.assign_folds(table, cv_folds, split_seed)
     pairs = duplicates.pairs_outcome(pairs, table)
-    _log_duplicates(pairs, dropped, keep_duplicates, log)
+    _log_duplicates(pairs, dropped, keep_duplicates, copies, log)
 
     # Only the images kept, keyed by their own content: `load_recorded` (other resolutions,
     # the ensemble, a resume) computes the same key from the manifest and finds this cache.
@@ -250,11 +254,14 @@ def _relative(frame: pd.DataFrame, root: Path, *columns: str) -> pd.DataFrame:
                            for c in columns})
 
 
-def _log_duplicates(pairs: pd.DataFrame, dropped: pd.DataFrame, kept: bool, log: Log) -> None:
+def _log_duplicates(pairs: pd.DataFrame, dropped: pd.DataFrame, kept: bool,
+                    copies: duplicates.Copies, log: Log) -> None:
     if pairs.empty:
         return
-    log(f"{len(pairs)} duplicate image pair(s) found (exact or near copies), e.g. "
-        f"{pairs.iloc[0]['path_a']} ~ {pairs.iloc[0]['path_b']}")
+    sizes = pd.Series(copies.cluster).value_counts()
+    log(f"{len(pairs)} duplicate image pair(s) verified (exact or near copies, similarity >= "
+        f"{copies.threshold} of {copies.candidates} candidate pairs; largest copy cluster "
+        f"{sizes.iloc[0]} images), e.g. {pairs.iloc[0]['path_a']} ~ {pairs.iloc[0]['path_b']}")
     if kept:
         straddle = (pairs["final_split_a"] != pairs["final_split_b"]).sum()
         log(f"warning: --keep-duplicates: {straddle} pair(s) straddle two splits; their test "

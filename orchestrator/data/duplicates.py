@@ -1,11 +1,23 @@
-"""Exact and near-duplicate images (public data sets have them), made into groups before splitting.
+"""Exact and near copies of an image (public data sets have them), verified at the pixel level
+and made into groups before splitting.
 
 A test image that is a copy, re-encoding or slight re-exposure of a training image inflates the
-test score. A 256-bit dHash (brightness gradients of a 16x17 thumbnail of a 64 px gray decode)
-survives JPEG re-compression, resizing and brightness shifts; two images within MAX_DISTANCE bits
-are the same picture. The threshold is validated in `tests/test_duplicates.py`: copies re-encoded
-at JPEG quality 70-95, resized by +-10% or re-exposed by +-10% are found (recall >= 0.95), and
-distinct phantom images of one class merge in <= 1% of cases.
+test score. But real medical images are alike by nature (chest X-rays share their layout, MRI
+slices their anatomy), so a cheap likeness test closed transitively merges different patients
+into giant groups. Hence three steps, each measured in `docs/benchmarks.md`:
+
+1. Candidates, cheaply: pairs whose 256-bit dHash (brightness gradients of a 16x17 thumbnail of
+   the 64 px gray decode) differ in <= HASH_RADIUS bits, plus each image's NEIGHBOURS nearest
+   blurred 16x16 thumbnails (a crop or shift moves the hash, not the thumbnail).
+2. Verification of each candidate pair on the 64 px decode (`similarity`): the copy is aligned
+   to the original (shifts and scales of a few percent: crops), both are slightly blurred, and
+   their normalised cross-correlation is credited with the images' own fine texture (a copy of
+   a textured image loses more to re-encoding than one of a smooth image). A pair is a copy
+   when that similarity reaches the threshold (DEFAULT_THRESHOLD, `--duplicate-threshold`) and
+   its contrast differs by at most MAX_GAIN. Byte-identical files are copies whatever they show.
+3. Clusters by complete linkage over verified pairs: a chain A~B~C of merely similar images
+   does not join A and C unless A~C is verified too. `check_clusters` then refuses a cluster
+   larger than max(MAX_CLUSTER, MAX_CLUSTER_SHARE of the data set) before anything is split.
 
 Copies join one group, so a split or a fold never separates them. Where a copy sits in a given
 held-out split (an official `test/` or `val/` folder), the other copies leave the data set: the
@@ -13,27 +25,46 @@ published evaluation split stays as it is, and training loses an image it alread
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
 import numpy as np
 import pandas as pd
+from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from orchestrator.errors import DataError
 from tasks.base import SPLITS, Preprocessing
 
 HASH_SIZE = 16  # a HASH_SIZE x (HASH_SIZE + 1) thumbnail: HASH_SIZE**2 gradient bits
 HASH_WORDS = HASH_SIZE * HASH_SIZE // 64
-HASH_RESOLUTION = 64  # images are hashed from this decode, whatever a trial's resolution
+HASH_RESOLUTION = 64  # images are compared at this decode, whatever a trial's resolution
 # ... in plain gray: a task's contrast enhancement (CLAHE) amplifies re-encoding noise, and the
-# same picture must hash alike whatever a task does to it for training.
+# same picture must compare alike whatever a task does to it for training.
 HASH_PREPROCESSING = Preprocessing(grayscale=True)
-MAX_DISTANCE = 25  # of 256 bits (~10%)
+HASH_RADIUS = 25  # of 256 bits (~10%): candidates only, every pair is verified
+NEIGHBOURS = 8  # nearest thumbnails per image, also candidates
+THUMB_SIZE, THUMB_BLUR, MIN_THUMB_SIMILARITY = 16, 2.0, 0.8
+SCALES = (0.94, 1.0, 1.06)  # per axis: a crop of up to ~6% is a zoom of the rest
+MARGIN = 6  # px of the 64 px decode: shifts up to ~9%
+BLUR = 1.0  # px: re-sampling and JPEG noise mostly lives below this scale
+TEXTURE_CREDIT = 0.2  # of the pair's fine texture (1 - NCC of an image with its blurred self)
+DEFAULT_THRESHOLD = 0.995
+MAX_GAIN = 2.0  # contrast ratio: a re-exposure or a 16-bit file's stretch stays within
+MIN_OVERLAP = 0.5  # of the decode's pixels, after alignment
+FULL_LINKAGE = 120  # components up to this size get every pair measured before linkage
+MAX_CLUSTER, MAX_CLUSTER_SHARE = 50, 0.01  # a copy cluster above both is refused
 CHUNK = 64  # images converted to float at a time
 BLOCK = 64  # hashes per XOR block: a BLOCK x U x 4 block is 40 MB of uint64 at U = 20k
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # RGB, as cv2's RGB2GRAY
-PAIR_COLUMNS = ["path_a", "split_a", "path_b", "split_b", "distance"]
+PAIR_COLUMNS = ["path_a", "split_a", "path_b", "split_b", "distance", "similarity"]
 _HELD_OUT = {s: i for i, s in enumerate(SPLITS)}  # train < val < test
 
 
+# --- 1. candidates -------------------------------------------------------------------------------
 def perceptual_hashes(images: np.ndarray) -> np.ndarray:
     """dHash of each (N, H, W, 3) uint8 RGB image (a memmap is read chunk by chunk) ->
     (N, HASH_WORDS) uint64."""
@@ -53,7 +84,7 @@ def hash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.asarray(a) ^ np.asarray(b)).sum(axis=-1).astype(np.int64)
 
 
-def near_duplicate_rows(hashes: np.ndarray, max_distance: int = MAX_DISTANCE
+def near_duplicate_rows(hashes: np.ndarray, max_distance: int = HASH_RADIUS
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(a, b, distance) for every row pair a < b whose hashes differ in <= `max_distance` bits."""
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64).reshape(len(hashes), -1)
@@ -77,22 +108,225 @@ def near_duplicate_rows(hashes: np.ndarray, max_distance: int = MAX_DISTANCE
     return np.minimum(a, b), np.maximum(a, b), pairs["distance"].to_numpy()
 
 
-def duplicate_pairs(table: pd.DataFrame, hashes: np.ndarray,
-                    max_distance: int = MAX_DISTANCE) -> pd.DataFrame:
-    """Every pair of rows of `table` (aligned with `hashes`; decoded rows only: every blank image
-    looks alike) within `max_distance` bits; the earlier split (train < val < test) is `a`."""
-    if len(hashes) != len(table):
-        raise ValueError(f"{len(hashes)} hashes for a table of {len(table)} rows")
-    a, b, distance = near_duplicate_rows(hashes, max_distance)
-    split = table["split"].to_numpy()
+def thumbnails(gray: np.ndarray) -> np.ndarray:
+    """(N, 64, 64) float32 gray -> (N, THUMB_SIZE**2) zero-mean unit vectors of blurred
+    thumbnails: their dot product is a crop- and shift-tolerant likeness."""
+    out = np.stack([cv2.resize(cv2.GaussianBlur(g, (0, 0), THUMB_BLUR),
+                               (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA).ravel()
+                    for g in gray]) if len(gray) else np.zeros((0, THUMB_SIZE ** 2), np.float32)
+    out -= out.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norm > 0, norm, 1.0)
+
+
+def nearest_rows(thumbs: np.ndarray, k: int = NEIGHBOURS,
+                 floor: float = MIN_THUMB_SIMILARITY) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b), a < b: each row with its `k` most alike thumbnails at or above `floor`."""
+    n = len(thumbs)
+    k = min(k, n - 1)
+    if k < 1:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    a_all, b_all = [], []
+    for start in range(0, n, 1024):
+        sims = thumbs[start:start + 1024] @ thumbs.T
+        rows = np.arange(start, start + len(sims))
+        sims[rows - start, rows] = -np.inf
+        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        keep = np.take_along_axis(sims, nearest, axis=1) >= floor
+        a_all.append(np.repeat(rows, k)[keep.ravel()])
+        b_all.append(nearest.ravel()[keep.ravel()])
+    a, b = np.concatenate(a_all), np.concatenate(b_all)
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def candidate_pairs(gray: np.ndarray, hashes: np.ndarray) -> pd.DataFrame:
+    """Row pairs worth verifying (a < b), with their hash distance in bits."""
+    a, b, _ = near_duplicate_rows(hashes)
+    na, nb = nearest_rows(thumbnails(gray))
+    frame = pd.concat([pd.DataFrame({"a": a, "b": b}),
+                       pd.DataFrame({"a": na, "b": nb})]).drop_duplicates(["a", "b"])
+    frame = frame[frame["a"] != frame["b"]].reset_index(drop=True)
+    frame["distance"] = hash_distance(hashes[frame["a"].to_numpy()],
+                                      hashes[frame["b"].to_numpy()]) if len(frame) else 0
+    return frame
+
+
+# --- 2. verification -----------------------------------------------------------------------------
+def gray_decodes(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB (a memmap is read chunk by chunk) -> (N, H, W) float32 gray."""
+    out = np.empty(images.shape[:3], dtype=np.float32)
+    for start in range(0, len(images), CHUNK):
+        out[start:start + CHUNK] = np.asarray(images[start:start + CHUNK],
+                                              dtype=np.float32) @ GRAY_WEIGHTS
+    return out
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """How surely `b` is a copy of `a` (two (H, W) float32 gray decodes): 1 for the same
+    picture, lower for another one, 0 where no alignment overlaps or the contrast differs by
+    more than MAX_GAIN. Symmetric up to alignment error."""
+    warp = _alignment(a, b)
+    h, w = a.shape
+    moved = cv2.warpAffine(b, warp, (w, h), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(np.ones_like(b), warp, (w, h), flags=cv2.INTER_NEAREST)
+    mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
+    if mask.sum() < MIN_OVERLAP * a.size:
+        return 0.0
+    sa, sb = a[mask].std(), moved[mask].std()
+    if sa == 0 or sb == 0 or not 1 / MAX_GAIN <= sb / sa <= MAX_GAIN:
+        return 0.0
+    blur_a, blur_b = (cv2.GaussianBlur(x, (0, 0), BLUR) for x in (a, moved))
+    texture = (1 - _ncc(a, blur_a, mask)) + (1 - _ncc(moved, blur_b, mask))
+    shortfall = (1 - _ncc(blur_a, blur_b, mask)) - TEXTURE_CREDIT * texture
+    return float(np.clip(1 - max(shortfall, 0.0), 0.0, 1.0))
+
+
+def _ncc(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
+    x, y = x[mask] - x[mask].mean(), y[mask] - y[mask].mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator > 0 else 0.0
+
+
+def _alignment(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The 2x3 warp (b's pixels -> a's) that best correlates b's centre with a: scales per axis
+    on the SCALES grid, then refined by half a step, and shifts up to MARGIN px."""
+    best = _best_warp(a, b, [(sx, sy) for sx in SCALES for sy in SCALES])
+    step = (SCALES[1] - SCALES[0]) / 2
+    sx, sy = best[1]
+    return _best_warp(a, b, [(sx + dx, sy + dy) for dx in (-step, 0, step)
+                             for dy in (-step, 0, step) if dx or dy], best)[2]
+
+
+def _best_warp(a: np.ndarray, b: np.ndarray, scales: list[tuple[float, float]],
+               best: tuple | None = None) -> tuple[float, tuple[float, float], np.ndarray]:
+    h, w = a.shape
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    best = best or (-np.inf, (1.0, 1.0), np.float32([[1, 0, 0], [0, 1, 0]]))
+    for sx, sy in scales:
+        scale = np.float32([[sx, 0, cx - sx * cx], [0, sy, cy - sy * cy]])
+        scaled = cv2.warpAffine(b, scale, (w, h), flags=cv2.INTER_LINEAR)
+        found = cv2.matchTemplate(a, scaled[MARGIN:h - MARGIN, MARGIN:w - MARGIN],
+                                  cv2.TM_CCOEFF_NORMED)
+        _, value, _, (x, y) = cv2.minMaxLoc(found)
+        if value > best[0]:
+            warp = scale.copy()
+            warp[0, 2] += x - MARGIN
+            warp[1, 2] += y - MARGIN
+            best = (value, (sx, sy), warp)
+    return best
+
+
+def similarities(gray: np.ndarray, a: np.ndarray, b: np.ndarray,
+                 workers: int | None = None) -> np.ndarray:
+    """`similarity` of each row pair (a[i], b[i]) of (N, H, W) gray decodes; OpenCV releases
+    the GIL, so threads share the work."""
+    if not len(a):
+        return np.zeros(0)
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        return np.fromiter(pool.map(lambda ij: similarity(gray[ij[0]], gray[ij[1]]),
+                                    zip(a, b), chunksize=64), dtype=np.float64, count=len(a))
+
+
+# --- 3. clusters ---------------------------------------------------------------------------------
+def copy_clusters(gray: np.ndarray, a: np.ndarray, b: np.ndarray, score: np.ndarray,
+                  threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """A cluster number per row: rows in one cluster are pairwise verified copies (complete
+    linkage; a component of verified pairs up to FULL_LINKAGE rows has every pair measured,
+    a larger one counts unmeasured pairs as different). Singletons are their own cluster."""
+    n = len(gray)
+    verified = score >= threshold
+    graph = coo_matrix((np.ones(int(verified.sum())), (a[verified], b[verified])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    cluster = component.copy()
+    next_id = n
+    known = dict(zip(zip(a.tolist(), b.tolist()), score.tolist()))
+    for c in np.flatnonzero(np.bincount(component) > 2):
+        rows = np.flatnonzero(component == c)
+        i, j = np.triu_indices(len(rows), 1)
+        pairs = list(zip(rows[i].tolist(), rows[j].tolist()))
+        scores = np.array([known.get(p, np.nan) for p in pairs])
+        if len(rows) <= FULL_LINKAGE and np.isnan(scores).any():
+            missing = np.isnan(scores)
+            scores[missing] = similarities(gray, rows[i][missing], rows[j][missing])
+        distance = np.where(np.nan_to_num(scores, nan=0.0) >= threshold,
+                            1 - np.nan_to_num(scores, nan=0.0), 1.0)
+        labels = fcluster(linkage(distance, method="complete"), t=1 - threshold,
+                          criterion="distance")
+        cluster[rows] = next_id + labels
+        next_id += labels.max() + 1
+    return cluster
+
+
+@dataclass(frozen=True)
+class Copies:
+    """The verified copies of a table's rows."""
+
+    pairs: pd.DataFrame  # PAIR_COLUMNS: verified pairs within one cluster, earlier split first
+    cluster: np.ndarray  # a number per row of the table; rows sharing one are copies
+    candidates: int  # pairs verified
+    verified_apart: int  # verified pairs that complete linkage left in different clusters
+    threshold: float = DEFAULT_THRESHOLD
+
+
+def find_copies(table: pd.DataFrame, images: np.ndarray, *,
+                threshold: float = DEFAULT_THRESHOLD, digests: list[str] | None = None,
+                workers: int | None = None) -> Copies:
+    """The copies among `table`'s rows (aligned with `images`: their 64 px decodes; decoded
+    rows only); with `digests` (each row's file hash), byte-identical files are copies too."""
+    if len(images) != len(table):
+        raise ValueError(f"{len(images)} images for a table of {len(table)} rows")
+    gray = gray_decodes(images)
+    hashes = perceptual_hashes(images)
+    frame = candidate_pairs(gray, hashes)
+    a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
+    score = similarities(gray, a, b, workers)
+    if digests is not None:
+        same = pd.Series(np.arange(len(table))).groupby(np.asarray(digests)).agg(list)
+        extra = [(r[0], s) for r in same if len(r) > 1 for s in r[1:]]
+        if extra:
+            ea, eb = np.array(extra).T
+            a, b = np.concatenate([a, ea]), np.concatenate([b, eb])
+            score = np.concatenate([score, np.ones(len(ea))])
+            frame = pd.concat([frame, pd.DataFrame({"a": ea, "b": eb, "distance": hash_distance(
+                hashes[ea], hashes[eb])})], ignore_index=True)
+            keep = ~frame.duplicated(["a", "b"], keep="last").to_numpy()
+            a, b, score, frame = a[keep], b[keep], score[keep], frame[keep]
+    cluster = copy_clusters(gray, a, b, score, threshold)
+    verified = score >= threshold
+    together = cluster[a] == cluster[b]
+    chosen = frame.assign(similarity=score)[verified & together]
+    return Copies(pairs=_pair_frame(table, chosen), cluster=cluster, candidates=len(frame),
+                  verified_apart=int((verified & ~together).sum()), threshold=threshold)
+
+
+def _pair_frame(table: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    a, b = chosen["a"].to_numpy(dtype=np.int64), chosen["b"].to_numpy(dtype=np.int64)
     rank = table["split"].map(_HELD_OUT).fillna(-1).to_numpy()
     swap = rank[a] > rank[b]
     a, b = np.where(swap, b, a), np.where(swap, a, b)
-    path = table["path"].to_numpy()
+    path, split = table["path"].to_numpy(), table["split"].to_numpy()
     out = pd.DataFrame({"path_a": path[a], "split_a": split[a], "path_b": path[b],
-                        "split_b": split[b], "distance": distance}, columns=PAIR_COLUMNS)
+                        "split_b": split[b], "distance": chosen["distance"].to_numpy(),
+                        "similarity": chosen["similarity"].to_numpy().round(4)},
+                       columns=PAIR_COLUMNS)
     return out.astype({"distance": int}).sort_values(
-        ["distance", "path_b", "path_a"], kind="stable").reset_index(drop=True)
+        ["similarity", "path_b", "path_a"], ascending=[False, True, True],
+        kind="stable").reset_index(drop=True)
+
+
+def check_clusters(table: pd.DataFrame, copies: Copies, root: str | os.PathLike) -> None:
+    """Refuse copy clusters too large to be copies: more likely alike, distinct images."""
+    sizes = pd.Series(copies.cluster).value_counts()
+    bound = max(MAX_CLUSTER, int(MAX_CLUSTER_SHARE * len(table)))
+    if sizes.empty or sizes.iloc[0] <= bound:
+        return
+    rows = np.flatnonzero(copies.cluster == sizes.index[0])
+    shown = ", ".join(os.path.relpath(p, root) for p in table["path"].to_numpy()[rows[:4]])
+    raise DataError(
+        f"the largest cluster of copies holds {sizes.iloc[0]} images ({sizes.iloc[0] / len(table):.1%} "
+        f"of {len(table)}; at most {bound} are believable), e.g. {shown}: these images are alike, "
+        f"not copies. Raise --duplicate-threshold (now {copies.threshold}) or pass "
+        "--keep-duplicates to not group copies")
 
 
 def group_duplicates(table: pd.DataFrame,

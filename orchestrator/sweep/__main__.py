@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-duplicates", action="store_true", help="do not group copies of an "
                    "image before splitting (by default exact and near copies share a group, and "
                    "copies of a given test image leave training; the pairs are logged either way)")
+    p.add_argument("--duplicate-threshold", type=float, default=None, metavar="S",
+                   help="similarity (0.9-1) from which two images count as copies (default "
+                   "0.995, measured in docs/benchmarks.md); raise it when alike, distinct "
+                   "images are grouped")
     p.add_argument("--positive-class", help="your own folders or CSV: the class that binary "
                    "metrics, the threshold and the report call positive")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -110,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.overrides)
         if args.keep_duplicates:
             overrides["keep_duplicates"] = True
+        if args.duplicate_threshold is not None:
+            overrides["duplicate_threshold"] = args.duplicate_threshold
         if args.positive_class:
             overrides["positive_class"] = args.positive_class
         result = run_sweep(args.task, space_overrides=overrides, data_dir=args.data_dir, profile=args.profile,

@@ -217,6 +217,8 @@ class SweepRunner:
                     "scheduler": self.scheduler,
                     "storage_path": path, **facts,
                     "keep_duplicates": bool(space.get("keep_duplicates", False)),
+                    "duplicate_threshold": space.get("duplicate_threshold",
+                                                        TrialConfig.duplicate_threshold),
                     "cv_folds": self.profile.cv_folds, "cv_top": self.profile.cv_top,
                     "replicates": self.profile.replicates,
                     **({"positive_class": space["positive_class"]}

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not group copies of an image before splitting (by default exact "
                    "and near copies share a group, and copies of a given test image leave "
                    "training)")
+    p.add_argument("--duplicate-threshold", type=float, default=d.duplicate_threshold,
+                   metavar="S", help="similarity (0.9-1) from which two images count as copies "
+                   "(default %(default)s); raise it when alike, distinct images are grouped")
     p.add_argument("--positive-class", help="your own folders or CSV: the class that binary "
                    "metrics, the threshold and the report call positive (default: the "
                    "alphabetically second)")

@@ -27,6 +27,7 @@ def load_trial_data(config: TrialConfig, log: Callable[[str], None] = print,
         prepared = prepare_dataset(get_task(config.task), config.data_dir, config.resolution,
                                    split_seed=config.split_seed,
                                    keep_duplicates=config.keep_duplicates,
+                                   duplicate_threshold=config.duplicate_threshold,
                                    positive_class=config.positive_class,
                                    cv_folds=config.cv_folds,
                                    phantom_per_class=config.phantom_per_class, log=log)
