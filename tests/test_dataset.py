@@ -21,7 +21,7 @@ QUIET = dict(log=lambda _: None)
 @pytest.mark.parametrize("key", ALL)
 def test_every_task_phantom_prepares_into_split_arrays(key):
     task = get_task(key)
-    data = prepare_dataset(task, None, 32, phantom_per_class=8, **QUIET)
+    data = prepare_dataset(task, None, 32, phantom_per_class=12, **QUIET)
     assert data.synthetic
     for split in ("train", "val", "test"):
         x, y = data.arrays(split)
@@ -109,7 +109,7 @@ def test_the_split_does_not_depend_on_the_trial_resolution(tmp_path):
 
 def test_positive_class_for_your_own_folders(tmp_path):
     task = get_task("folder")
-    data = prepare_dataset(task, None, 32, phantom_per_class=8, **QUIET)
+    data = prepare_dataset(task, None, 32, phantom_per_class=12, **QUIET)
     classes = data.task.classes
     chosen = prepare_dataset(task, None, 32, phantom_per_class=8, positive_class=classes[0],
                              **QUIET)

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.data.splits import (SplitWarning, assign_folds, assign_splits,
+from orchestrator.data.splits import (MIN_TRAIN_PER_CLASS, SHARE_TOLERANCE, SplitWarning,
+                                      assign_folds, assign_splits,
                                       check_group_leaks,
                                       content_fingerprint, data_fingerprint, read_manifest,
                                       write_manifest)
@@ -133,11 +134,41 @@ def test_too_little_data_for_a_val_split_is_a_clear_error():
         assign_splits(table_of(["a"] * 30, groups=["p"] * 30), TASK, seed=0)
 
 
-def test_a_class_missing_from_a_split_is_a_warning():
-    labels = ["a"] * 40 + ["rare"]
+def test_a_class_missing_from_a_given_split_is_a_warning():
+    labels = ["a"] * 40 + ["rare"] * 6
+    splits = ["train"] * 30 + ["val"] * 5 + ["test"] * 5 + ["train"] * 6
     with pytest.warns(SplitWarning, match="rare"):
-        out = assign_splits(table_of(labels), TASK, seed=0)
+        out = assign_splits(table_of(labels, splits=splits), TASK, seed=0)
     assert (out["split"] != "").all()
+
+
+def test_a_class_with_too_few_training_images_is_refused():
+    with pytest.raises(DataError, match=r"too few images of class\(es\) 'rare' 1 \(at least "
+                       rf"{MIN_TRAIN_PER_CLASS} each"):
+        assign_splits(table_of(["a"] * 40 + ["rare"]), TASK, seed=0)
+
+
+def test_a_split_pulled_off_its_share_by_one_large_group_is_refused():
+    """One group of 74% of the images (alike images chained into one 'copy' group) goes whole
+    to one split: refused, naming the group, instead of training on what is left."""
+    labels = [str(i % 10) for i in range(1000)]
+    groups = ["big"] * 740 + [f"g{i}" for i in range(260)]
+    with pytest.raises(DataError) as err:
+        assign_splits(table_of(labels, groups), TASK, seed=0)
+    text = str(err.value)
+    assert "came out with" in text and "group 'big' has 740 image(s) (74.0%)" in text
+    fine = assign_splits(table_of(labels, [f"g{i // 2}" for i in range(1000)]), TASK, seed=0)
+    shares = fine["split"].value_counts(normalize=True)
+    assert abs(shares["test"] - TASK.split.test_fraction) <= SHARE_TOLERANCE
+
+
+def test_a_fold_pulled_off_its_share_is_refused():
+    labels = [str(i % 4) for i in range(400)]
+    groups = ["big"] * 150 + [f"g{i}" for i in range(250)]
+    table = table_of(labels, groups, ["train"] * 150 + [""] * 250)
+    out = assign_splits(table, TASK, seed=0)
+    with pytest.raises(DataError, match="fold '.' came out with"):
+        assign_folds(out, 3, 0)
 
 
 @QUIET
@@ -154,7 +185,11 @@ def test_property_groups_never_straddle_and_every_row_is_assigned(sizes, n_class
     group_labels = [lab for lab, size in zip(labels, sizes) for _ in range(size)]
     groups = [f"g{i}" for i, size in enumerate(sizes) for _ in range(size)]
     table = table_of(group_labels, groups)
-    out = assign_splits(table, TASK, seed)
+    try:
+        out = assign_splits(table, TASK, seed)
+    except DataError as err:  # refused (too few of a class, a share missed): never a leak
+        assert "too few" in str(err) or "came out with" in str(err)
+        return
     again = assign_splits(table, TASK, seed)
     assert out["split"].isin(["train", "val", "test"]).all()
     assert out.groupby("group")["split"].nunique().max() == 1
@@ -171,7 +206,11 @@ def test_property_groups_never_straddle_and_every_row_is_assigned(sizes, n_class
 def test_property_folds_hold_whole_groups_and_every_non_test_row_once(sizes, folds, seed):
     labels = ["abc"[i % 3] for i, size in enumerate(sizes) for _ in range(size)]
     groups = [f"g{i}" for i, size in enumerate(sizes) for _ in range(size)]
-    out = assign_folds(assign_splits(table_of(labels, groups), TASK, seed), folds, seed)
+    try:
+        out = assign_folds(assign_splits(table_of(labels, groups), TASK, seed), folds, seed)
+    except DataError as err:  # refused (too few of a class, a share missed): never a leak
+        assert "too few" in str(err) or "came out with" in str(err)
+        return
     pool = out[out["split"] != "test"]
     assert set(pool["fold"]) == {str(k) for k in range(folds)}  # each row exactly one fold
     assert (out.loc[out["split"] == "test", "fold"] == "").all()  # test never in a fold
@@ -181,9 +220,9 @@ def test_property_folds_hold_whole_groups_and_every_non_test_row_once(sizes, fol
 
 
 def test_more_folds_than_groups_or_class_members_is_a_clear_error():
-    out = assign_splits(table_of(list("ab" * 5)), TASK, 0)
-    with pytest.raises(DataError, match="cannot make 20 folds"):
-        assign_folds(out, 20, 0)
+    out = assign_splits(table_of(list("ab" * 20)), TASK, 0)
+    with pytest.raises(DataError, match="cannot make 40 folds"):
+        assign_folds(out, 40, 0)
     small = assign_splits(table_of(list("ab" * 20)), TASK, 0)
     largest = int(small.loc[small["split"] != "test", "label"].value_counts().max())
     with pytest.raises(DataError, match=f"the largest class outside the test split has "
@@ -199,7 +238,11 @@ def test_more_folds_than_groups_or_class_members_is_a_clear_error():
     seed=st.integers(0, 2**32 - 1),
 )
 def test_property_singleton_groups_keep_label_proportions(labels, seed):
-    out = assign_splits(table_of(labels), TASK, seed)
+    try:
+        out = assign_splits(table_of(labels), TASK, seed)
+    except DataError as err:  # a class too rare to train on
+        assert "too few" in str(err)
+        return
     whole = out["label"].value_counts(normalize=True)
     train = out.loc[out["split"] == "train", "label"].value_counts(normalize=True)
     # Stratification rounds each class by at most one image per held-out split.
