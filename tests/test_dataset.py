@@ -173,3 +173,22 @@ def test_reloading_the_recorded_split_reuses_the_decode_even_when_files_were_lef
     assert any(line.startswith("cache hit") for line in logs), logs
     assert not any("decoded" in line for line in logs)
     assert np.array_equal(again.arrays("val")[0], original.arrays("val")[0])
+
+
+def test_a_folder_of_real_alike_distinct_images_prepares_with_no_giant_group(tmp_path):
+    """1,100 real handwritten digits (scikit-learn's), alike within each class and without
+    copies, in a user's own folder layout: almost no copy groups, and the realised split and
+    folds hold their asked shares (the hash alone once sent a 74% group whole to test)."""
+    from orchestrator.data.splits import MIN_TRAIN_PER_CLASS, SHARE_TOLERANCE
+    from tests.real_images import write_digits_folder
+
+    root = write_digits_folder(tmp_path / "digits", per_class=110)
+    data = prepare_dataset(get_task("folder"), root, 32, cv_folds=3, **QUIET)
+    assert len(data.table) == 1100
+    assert data.table.groupby("group").size().max() <= 2
+    shares = data.table["split"].value_counts(normalize=True)
+    task = data.task
+    assert abs(shares["test"] - task.split.test_fraction) <= SHARE_TOLERANCE
+    counts = data.counts()
+    assert (counts.loc["train"] >= MIN_TRAIN_PER_CLASS).all() and (counts.loc["test"] > 0).all()
+    assert data.table.loc[data.table["split"] == "test", "group"].nunique() >= 20
