@@ -429,6 +429,48 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
             "was under-confident") in text
 
 
+@pytest.mark.slow
+def test_a_test_split_of_one_group_is_reported_without_any_interval(planted_model, tmp_path):
+    """A real run had one patient group in test: every resample is that group, so every
+    interval came out as [point, point]. Points only now, with the reason, everywhere."""
+    _, model_path = planted_model
+    model = keras.models.load_model(model_path)
+    x_val, y_val, _ = _planted(60, 3)
+    x_test, y_test, _ = _planted(40, 4)
+    val = model.predict(x_val.astype(np.float32), verbose=0)
+    test = model.predict(x_test.astype(np.float32), verbose=0)
+    test[:5] = test[:5, ::-1]  # five wrong answers: figures inside (0, 1), as in that run
+    worse = test.copy()
+    worse[5:10] = worse[5:10, ::-1]
+    board = pd.DataFrame({"trial": ["t1"], "best_val_roc_auc": [0.9], "status": ["completed"],
+                          "label": ["t1"]})
+    inputs = ClinicalInputs(
+        task=get_task("pneumonia"), y_val=y_val, y_test=y_test,
+        val_probs={"ensemble": val, "best_single": val},
+        test_probs={"ensemble": test, "best_single": worse},
+        test_groups=np.full(len(y_test), "patient-1"),
+        test_paths=[f"img{i}.png" for i in range(40)], test_images={SIZE: x_test},
+        members=[Member("t1", 1.0, model_path, SIZE)], policy="none", leaderboard=board,
+        synthetic=True, title="one group")
+    lines = []
+    result = evaluate(inputs, ClinicalOptions(gradcam_per_group=1), tmp_path, log=lines.append)
+    assert not [k for k in result.metrics if k.endswith(("_ci_low", "_ci_high"))]
+    assert 0 < result.metrics["test_balanced_accuracy"] < 1  # the points stay
+    assert "test_roc_auc_minus_best_single" in result.metrics
+    assert result.interval_notes == ["test holds 1 group: no interval for any test figure"]
+    assert result.interval_notes[0] in lines
+    assert (result.intervals.groups == 1).all() and result.intervals.low.isna().all()
+    saved = pd.read_csv(tmp_path / "test_metrics_with_ci.csv")
+    assert set(saved.note) == {"test holds 1 group: no interval"}
+    html = unescape((tmp_path / "report.html").read_text())
+    assert "no interval" in html and "Test holds 1 group: no interval for any test figure" in html
+    assert f"{result.metrics['test_balanced_accuracy']:.3f} [no interval]" in html
+    assert not re.search(r"\[[+-]?\d\.\d{3}, [+-]?\d\.\d{3}\]", html)  # no [x, y] at all
+    for verdict in ("is better than", "is worse than", "is not distinguishable from"):
+        assert f"{verdict} the best single" not in html  # no verdict from no interval
+    assert "this test split cannot tell whether the ensemble beats" in html
+
+
 def _table_headers(page: str) -> list[list[str]]:
     """The <th> texts of each table's header row(s)."""
     class Parser(HTMLParser):

@@ -179,3 +179,31 @@ def note_lines(intervals: pd.DataFrame) -> list[str]:
                  ", ".join(dict.fromkeys(rows["metric"].astype(str))))
         lines.append(f"{note} for {where}")
     return lines
+
+
+def no_interval_lines(intervals: pd.DataFrame, difference: dict | None, metric: str) -> list[str]:
+    """`note_lines` of the frame, then the paired difference's reason when it has its own (one
+    that the frame already states for every figure is not said twice)."""
+    lines = note_lines(intervals)
+    note = (difference or {}).get("note", "")
+    if note and f"{note} for any test figure" not in lines:
+        lines.append(f"{note} for ensemble - best single ({metric}, paired)")
+    return lines
+
+
+def sound_interval_metrics(intervals: pd.DataFrame, difference: dict | None,
+                           metric: str) -> dict[str, float]:
+    """The flat test figures of one model's rows: `test_<m>` always, `test_<m>_ci_low/_ci_high`
+    only beside a sound interval; the same for `test_<metric>_minus_best_single`."""
+    out: dict[str, float] = {}
+    for row in intervals.itertuples():
+        out[f"test_{row.metric}"] = row.point
+        if not row_note(row):
+            out[f"test_{row.metric}_ci_low"] = row.low
+            out[f"test_{row.metric}_ci_high"] = row.high
+    if difference is not None:
+        key = f"test_{metric}_minus_best_single"
+        out[key] = difference["point"]
+        if not difference.get("note"):
+            out.update({f"{key}_ci_low": difference["low"], f"{key}_ci_high": difference["high"]})
+    return out
