@@ -41,7 +41,11 @@ from tasks import get_task
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 QUIET = dict(log=lambda _: None)
-OVERRIDES = {"resolution": 48, "phantom_per_class": 30, "epochs": 3, "lr_multiplier": 10.0}
+# 34 per class: a test split of 21 images, each its own group, so at least the 20 groups a
+# bootstrap interval needs (bootstrap.MIN_GROUPS); below that the figures have none
+PER_CLASS = 34
+OVERRIDES = {"resolution": 48, "phantom_per_class": PER_CLASS, "epochs": 3,
+             "lr_multiplier": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def _member_file(uri: str, result, trial_id: str, dst: Path) -> str:
 
 
 def _prepared():
-    return prepare_dataset(get_task("brain"), None, 48, phantom_per_class=30, **QUIET)
+    return prepare_dataset(get_task("brain"), None, 48, phantom_per_class=PER_CLASS, **QUIET)
 
 
 def test_the_sweep_ends_with_an_ensemble_run_and_a_registered_model(swept):
@@ -92,6 +96,7 @@ def test_the_sweep_ends_with_an_ensemble_run_and_a_registered_model(swept):
         assert key in run.data.metrics
     low, high = run.data.metrics["test_accuracy_ci_low"], run.data.metrics["test_accuracy_ci_high"]
     assert low <= run.data.metrics["test_accuracy"] <= high
+    assert tracking.TAG_INTERVAL_NOTE not in run.data.tags  # every interval sound
     assert list(report.table["model"]) == ["ensemble", "best_single", "top2_soft_vote"]
     for metric in ("accuracy", "macro_f1", "loss"):  # every reported test figure has its interval
         t = report.table
@@ -403,7 +408,8 @@ def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
                            "--top-k", "2", "--mc-dropout", "3"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "test [95% CI]" in proc.stdout
+    assert "test [95% CI]" in proc.stdout and "no interval" not in proc.stdout
+    assert re.search(r"^accuracy .* \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", proc.stdout, re.M)
     assert "temperature (fitted on validation predictions)" in proc.stdout
     printed = proc.stdout + proc.stderr  # quiet unless --verbose, as the sweep
     assert [n for n in (*TF_START_UP, RAY_TOKEN_NOTICE, "retracing") if n in printed] == []
