@@ -77,7 +77,7 @@ def _notes_text(intervals: pd.DataFrame, difference: dict | None, metric: str) -
     if not lines:
         return ""
     why = []
-    if any("group" in line for line in lines):
+    if any(line.startswith("test holds") for line in lines):
         why.append(f"A percentile bootstrap needs at least {MIN_GROUPS} groups (patients, "
                    "lesions or duplicate clusters; each image its own group where the task has "
                    "none) before its interval says how far a figure could move; with fewer it "

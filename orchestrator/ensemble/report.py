@@ -131,10 +131,9 @@ def print_report(report: EnsembleReport) -> None:
         [[f"{rows.loc[model, f'val_{m}']:.3f}" for model in models] for m in metrics],
         [[test_value(model, m, rows.loc[model, f"test_{m}"]) for model in models]
          for m in metrics], models, report.chosen_on, metrics)))
-    if report.intervals is not None:  # why a cell says [no interval], once
-        for line in note_lines(report.intervals):
-            print(line)
     if report.intervals is not None:
+        for line in note_lines(report.intervals):  # why a cell says [no interval], once
+            print(line)
         ens = report.intervals[report.intervals.model == "ensemble"].set_index("metric")
         if report.threshold is not None:
             print(f"operating point (chosen on {report.chosen_on} predictions): threshold "
