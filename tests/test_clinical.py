@@ -16,8 +16,9 @@ import pytest
 from scipy.stats import binomtest
 from sklearn import metrics as skm
 
-from orchestrator.clinical.bootstrap import (bootstrap_intervals, format_interval,
-                                             resample_indices)
+from orchestrator.clinical.bootstrap import (MIN_GROUPS, bootstrap_intervals, count_units,
+                                             format_interval, interval_note, note_lines,
+                                             paired_difference, resample_indices)
 from orchestrator.clinical.calibration import (apply_temperature, binary_brier, brier_score,
                                                calibration_sentence, confidence_gap,
                                                expected_calibration_error, fit_temperature, nll,
@@ -211,6 +212,75 @@ def test_group_resampling_keeps_groups_whole_and_strata_sized():
     assert any((np.bincount(groups[idx], minlength=8) % 3 != 0).any() for idx in plain)
 
 
+def test_an_interval_means_nothing_below_20_groups_or_at_zero_width_inside_the_range():
+    assert MIN_GROUPS == 20
+    assert interval_note(1, 0.83, 0.83, 0.83) == "test holds 1 group: no interval"
+    assert interval_note(12, 0.83, 0.70, 0.95) == "test holds 12 groups (< 20): no interval"
+    assert interval_note(19, 0.83, 0.70, 0.95) != ""
+    assert interval_note(25, 0.83, 0.70, 0.95) == ""  # enough groups, a real spread
+    assert interval_note(25, 0.83, 0.83, 0.83) == "zero-width interval: no interval"
+    assert interval_note(25, 1.0, 1.0, 1.0) == ""  # perfect on every resample: the truth
+    assert interval_note(25, 0.0, 0.0, 0.0) == ""  # e.g. an error of 0
+    assert interval_note(25, float("nan"), float("nan"), float("nan")) == ""
+
+
+def test_units_are_the_distinct_groups_or_else_the_cases():
+    labels = np.zeros(30, dtype=int)
+    assert count_units(labels, None) == 30
+    assert count_units(labels, np.repeat(["p1", "p2", "p3"], 10)) == 3
+    assert count_units(labels, np.zeros(30)) == 1
+
+
+def _one_group_frame(groups: np.ndarray) -> pd.DataFrame:
+    y = np.arange(len(groups)) % 2
+    pred = np.where(np.arange(len(groups)) % 6 == 0, 1 - y, y)  # 0.833 right
+    resamples = resample_indices(y, groups, 1000, 0)
+    return bootstrap_intervals(lambda idx: {"accuracy": float(np.mean(pred[idx] == y[idx])),
+                                            "perfect": 1.0},
+                               len(y), resamples, units=count_units(y, groups))
+
+
+def test_one_group_gives_points_without_intervals_and_says_why_once():
+    frame = _one_group_frame(np.zeros(60)).set_index("metric")
+    row = frame.loc["accuracy"]
+    assert row.point == pytest.approx(50 / 60) and row.groups == 1
+    assert np.isnan(row.low) and np.isnan(row.high)  # no consumer can print [0.833, 0.833]
+    assert row.note == "test holds 1 group: no interval"
+    assert format_interval(row.point, row.low, row.high, note=row.note) == "0.833 [no interval]"
+    assert note_lines(frame.reset_index()) == ["test holds 1 group: no interval for any "
+                                               "test figure"]
+    enough = _one_group_frame(np.arange(60) // 2).set_index("metric")  # 30 groups of 2
+    assert enough.loc["accuracy", "note"] == "" and enough.loc["accuracy", "groups"] == 30
+    assert enough.loc["accuracy", "low"] < enough.loc["accuracy", "point"] \
+        < enough.loc["accuracy", "high"]
+    assert enough.loc["perfect", "note"] == "" and enough.loc["perfect", "low"] == 1.0
+    assert note_lines(enough.reset_index()) == []
+
+
+def test_a_zero_width_interval_inside_the_range_is_named_for_its_figure_only():
+    y = np.arange(40) % 2
+    frame = bootstrap_intervals(lambda idx: {"accuracy": float(np.mean(y[idx] == y[idx])),
+                                             "constant": 0.5}, 40, resample_indices(y, None, 50))
+    assert list(frame.note) == ["", "zero-width interval: no interval"]
+    assert note_lines(frame) == ["zero-width interval: no interval for constant"]
+
+
+def test_the_paired_difference_of_too_few_groups_has_no_interval():
+    y = np.arange(24) % 2
+    a, b = np.eye(2)[y] * 0.8 + 0.1, np.eye(2)[1 - y] * 0.8 + 0.1
+    groups = np.arange(24) // 3  # 8 patients
+
+    def acc(labels, probs):
+        return float(np.mean(probs.argmax(1) == labels))
+
+    draws = resample_indices(y, groups, 1000, 0)
+    d = paired_difference(acc, y, a, b, draws, units=count_units(y, groups))
+    assert d["point"] == 1.0 and d["groups"] == 8
+    assert np.isnan(d["low"]) and d["note"] == "test holds 8 groups (< 20): no interval"
+    same = paired_difference(acc, y, a, a, resample_indices(y, None, 1000, 0))
+    assert same["note"] == "" and same["low"] == same["high"] == 0.0  # identical models
+
+
 # --- a tiny CNN with a planted feature -----------------------------------------------------------
 SIZE, SQUARE = 64, 10
 
@@ -357,6 +427,48 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
     assert ("> 1: on the validation predictions the ensemble was over-confident"
             if result.temperature > 1 else "< 1: on the validation predictions the ensemble "
             "was under-confident") in text
+
+
+@pytest.mark.slow
+def test_a_test_split_of_one_group_is_reported_without_any_interval(planted_model, tmp_path):
+    """A real run had one patient group in test: every resample is that group, so every
+    interval came out as [point, point]. Points only now, with the reason, everywhere."""
+    _, model_path = planted_model
+    model = keras.models.load_model(model_path)
+    x_val, y_val, _ = _planted(60, 3)
+    x_test, y_test, _ = _planted(40, 4)
+    val = model.predict(x_val.astype(np.float32), verbose=0)
+    test = model.predict(x_test.astype(np.float32), verbose=0)
+    test[:5] = test[:5, ::-1]  # five wrong answers: figures inside (0, 1), as in that run
+    worse = test.copy()
+    worse[5:10] = worse[5:10, ::-1]
+    board = pd.DataFrame({"trial": ["t1"], "best_val_roc_auc": [0.9], "status": ["completed"],
+                          "label": ["t1"]})
+    inputs = ClinicalInputs(
+        task=get_task("pneumonia"), y_val=y_val, y_test=y_test,
+        val_probs={"ensemble": val, "best_single": val},
+        test_probs={"ensemble": test, "best_single": worse},
+        test_groups=np.full(len(y_test), "patient-1"),
+        test_paths=[f"img{i}.png" for i in range(40)], test_images={SIZE: x_test},
+        members=[Member("t1", 1.0, model_path, SIZE)], policy="none", leaderboard=board,
+        synthetic=True, title="one group")
+    lines = []
+    result = evaluate(inputs, ClinicalOptions(gradcam_per_group=1), tmp_path, log=lines.append)
+    assert not [k for k in result.metrics if k.endswith(("_ci_low", "_ci_high"))]
+    assert 0 < result.metrics["test_balanced_accuracy"] < 1  # the points stay
+    assert "test_roc_auc_minus_best_single" in result.metrics
+    assert result.interval_notes == ["test holds 1 group: no interval for any test figure"]
+    assert result.interval_notes[0] in lines
+    assert (result.intervals.groups == 1).all() and result.intervals.low.isna().all()
+    saved = pd.read_csv(tmp_path / "test_metrics_with_ci.csv")
+    assert set(saved.note) == {"test holds 1 group: no interval"}
+    html = unescape((tmp_path / "report.html").read_text())
+    assert "no interval" in html and "Test holds 1 group: no interval for any test figure" in html
+    assert f"{result.metrics['test_balanced_accuracy']:.3f} [no interval]" in html
+    assert not re.search(r"\[[+-]?\d\.\d{3}, [+-]?\d\.\d{3}\]", html)  # no [x, y] at all
+    for verdict in ("is better than", "is worse than", "is not distinguishable from"):
+        assert f"{verdict} the best single" not in html  # no verdict from no interval
+    assert "this test split cannot tell whether the ensemble beats" in html
 
 
 def _table_headers(page: str) -> list[list[str]]:

@@ -217,3 +217,56 @@ def test_progress_redraws_one_line_on_a_terminal_and_prints_tenths_when_piped():
         for done in range(1, 4):
             quiet.update(done)
         assert quiet.stream.getvalue() == ""
+
+
+# --- the ensemble's summary ------------------------------------------------------------------
+def _ensemble_report(groups):
+    """A summary of two models' figures on 40 test cases in `groups`, with their intervals
+    from the real bootstrap."""
+    import numpy as np
+    import pandas as pd
+
+    from orchestrator.clinical.bootstrap import count_units, intervals_by_model, resample_indices
+    from orchestrator.clinical.calibration import brier_score
+    from orchestrator.clinical.resampled_metrics import fast_metrics
+    from orchestrator.ensemble.report import EnsembleReport
+
+    y = np.arange(40) % 2
+    probs = {}
+    for name, wrong in (("ensemble", 7), ("best_single", 5)):
+        pred = np.where(np.arange(40) % wrong == 0, 1 - y, y)
+        probs[name] = np.eye(2)[pred] * 0.7 + 0.15
+    table = pd.DataFrame([{"model": k, **{f"{split}_{m}": v for m, v in fast_metrics(y, p).items()
+                                          for split in ("val", "test")}}
+                          for k, p in probs.items()])
+    draws = resample_indices(y, groups, 1000, 0)
+    intervals = intervals_by_model(
+        probs, "ensemble",
+        lambda idx: {**fast_metrics(y[idx], probs["ensemble"][idx]),
+                     "brier": brier_score(y[idx], probs["ensemble"][idx])},
+        lambda idx, p: fast_metrics(y[idx], p[idx]), draws, count_units(y, groups))
+    return EnsembleReport(run_id="r" * 32, task="pneumonia", policy="none", members=("t01",),
+                          weights=(1.0,), table=table, model_uri="models:/m/1",
+                          registered="medsweep-pneumonia@candidate (version 1)",
+                          tracking_uri="sqlite:///mlflow.db", intervals=intervals)
+
+
+def test_the_summary_of_a_one_group_test_split_shows_points_and_says_why_once(capsys):
+    import numpy as np
+
+    from orchestrator.ensemble.report import print_report
+
+    print_report(_ensemble_report(np.zeros(40)))
+    out = capsys.readouterr().out
+    assert "test [95% CI]" in out
+    assert not re.search(r"\[\d\.\d{3}, \d\.\d{3}\]", out)  # no [x, x] anywhere
+    row = next(line for line in out.splitlines() if line.startswith("balanced_accuracy"))
+    assert row.count("[no interval]") == 2  # both models' test cells
+    assert out.count("test holds 1 group: no interval for any test figure") == 1
+    assert re.search(r"ensemble test: brier \d\.\d{3} \[no interval\]", out)
+
+    print_report(_ensemble_report(np.arange(40) // 2))  # 20 groups: as before
+    out = capsys.readouterr().out
+    assert "no interval" not in out
+    row = next(line for line in out.splitlines() if line.startswith("balanced_accuracy"))
+    assert len(re.findall(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", row)) == 2

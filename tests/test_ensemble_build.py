@@ -41,7 +41,11 @@ from tasks import get_task
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 QUIET = dict(log=lambda _: None)
-OVERRIDES = {"resolution": 48, "phantom_per_class": 30, "epochs": 3, "lr_multiplier": 10.0}
+# 34 per class: a test split of 21 images, each its own group, so at least the 20 groups a
+# bootstrap interval needs (bootstrap.MIN_GROUPS); below that the figures have none
+PER_CLASS = 34
+OVERRIDES = {"resolution": 48, "phantom_per_class": PER_CLASS, "epochs": 3,
+             "lr_multiplier": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def _member_file(uri: str, result, trial_id: str, dst: Path) -> str:
 
 
 def _prepared():
-    return prepare_dataset(get_task("brain"), None, 48, phantom_per_class=30, **QUIET)
+    return prepare_dataset(get_task("brain"), None, 48, phantom_per_class=PER_CLASS, **QUIET)
 
 
 def test_the_sweep_ends_with_an_ensemble_run_and_a_registered_model(swept):
@@ -87,16 +91,37 @@ def test_the_sweep_ends_with_an_ensemble_run_and_a_registered_model(swept):
             "trial_comparison.png", "test_metrics_with_ci.csv",
             "review_low_confidence.csv"} <= files
     assert any(f.startswith("gradcam_") for f in files)
-    for key in ("test_accuracy_ci_low", "test_accuracy_ci_high", "temperature",
-                "test_ece_calibrated"):
+    for key in ("temperature", "test_ece_calibrated"):
         assert key in run.data.metrics
-    low, high = run.data.metrics["test_accuracy_ci_low"], run.data.metrics["test_accuracy_ci_high"]
-    assert low <= run.data.metrics["test_accuracy"] <= high
+    # 21 test groups: every figure has its interval, unless that interval is zero-width away
+    # from 0 and 1 (a small model that answers one class for every case scores exactly 1/3 on
+    # every class-stratified resample), which is no interval, said in the run's tag
+    intervals = report.intervals
+    assert (intervals.groups == 21).all()
+    ens = intervals[intervals.model == "ensemble"].set_index("metric")
+    metrics = run.data.metrics
+    for metric, row in ens.iterrows():
+        if not np.isfinite(row.point):  # e.g. the accuracy of no accepted case: not logged
+            assert f"test_{metric}" not in metrics, metric
+        elif row.note:
+            assert row.note == "zero-width interval: no interval", metric
+            assert f"test_{metric}_ci_low" not in metrics and metric in run.data.tags[
+                tracking.TAG_INTERVAL_NOTE]
+        else:
+            assert metrics[f"test_{metric}_ci_low"] <= metrics[f"test_{metric}"] + 1e-12
+            assert metrics[f"test_{metric}"] <= metrics[f"test_{metric}_ci_high"] + 1e-12
+    assert (ens.note == "").any() and "test_loss_ci_low" in metrics
+    assert (tracking.TAG_INTERVAL_NOTE in run.data.tags) == (intervals.note != "").any()
     assert list(report.table["model"]) == ["ensemble", "best_single", "top2_soft_vote"]
-    for metric in ("accuracy", "macro_f1", "loss"):  # every reported test figure has its interval
+    for metric in ("accuracy", "macro_f1", "loss"):  # every test figure: interval or reason
         t = report.table
-        assert (t[f"test_{metric}_ci_low"] <= t[f"test_{metric}"] + 1e-12).all()
-        assert (t[f"test_{metric}"] <= t[f"test_{metric}_ci_high"] + 1e-12).all()
+        sound = t[f"test_{metric}_ci_low"].notna()
+        assert (t.loc[sound, f"test_{metric}_ci_low"] <= t.loc[sound, f"test_{metric}"]
+                + 1e-12).all()
+        assert (t.loc[sound, f"test_{metric}"] <= t.loc[sound, f"test_{metric}_ci_high"]
+                + 1e-12).all()
+        noted = intervals[(intervals.metric == metric) & (intervals.note != "")]
+        assert set(t.loc[~sound, "model"]) == set(noted.model), metric
     # every trial's run carries its training curves
     for trial in tracking.list_trial_runs(uri, run.info.experiment_id, result.parent_run_id):
         assert "training_curves.png" in {a.path for a in client.list_artifacts(
@@ -176,7 +201,10 @@ def test_the_registered_version_carries_its_card_and_tags(swept):
     tags = version.tags
     assert tags["task"] == "brain/3class" and tags["sweep_run"] == result.parent_run_id
     assert len(tags["data_fingerprint"]) == 32 and len(tags["test_fingerprint"]) == 32
-    assert re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", tags["test_accuracy"])
+    assert re.fullmatch(r"\d\.\d{3} (\[\d\.\d{3}, \d\.\d{3}\]|\[no interval\])",
+                        tags["test_accuracy"])
+    if tags["test_accuracy"].endswith("[no interval]"):  # zero-width: the card says so
+        assert re.search(r"^- Zero-width interval: no interval for accuracy\b", card, re.M)
     assert client.get_registered_model("medsweep-brain").description
     preds = pd.read_csv(client.download_artifacts(result.ensemble.run_id, "test_predictions.csv"))
     data = _prepared()
@@ -403,7 +431,10 @@ def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
                            "--top-k", "2", "--mc-dropout", "3"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "test [95% CI]" in proc.stdout
+    assert "test [95% CI]" in proc.stdout and "test holds" not in proc.stdout  # 21 groups
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", proc.stdout)
+    if "[no interval]" in proc.stdout:  # a zero-width interval, and the line that says so
+        assert re.search(r"^zero-width interval: no interval for ", proc.stdout, re.M)
     assert "temperature (fitted on validation predictions)" in proc.stdout
     printed = proc.stdout + proc.stderr  # quiet unless --verbose, as the sweep
     assert [n for n in (*TF_START_UP, RAY_TOKEN_NOTICE, "retracing") if n in printed] == []

@@ -16,7 +16,8 @@ import ray
 
 from orchestrator.clinical.bootstrap import paired_difference, resample_indices
 from orchestrator.ensemble.build import build_ensemble
-from orchestrator.ensemble.promote import TAG_OVER, TAG_PROMOTION, compare
+from orchestrator.ensemble.promote import (TAG_DIFFERENCE, TAG_OVER, TAG_PROMOTION, compare,
+                                           promote)
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.errors import ConfigError
 
@@ -90,6 +91,65 @@ def test_paired_intervals_are_narrower_than_the_difference_of_independent_ones()
     independent_b = np.quantile([acc(labels[i], pb[i]) for i in draws], [0.025, 0.975])
     assert paired["low"] > 0  # a is better, and the paired interval shows it
     assert independent_a[0] < independent_b[1]  # while the separate intervals overlap
+
+
+def _one_patient(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(group="patient-1")
+
+
+def test_a_test_split_of_too_few_groups_gives_no_paired_interval():
+    labels = np.arange(120) % 3
+    good, bad = _probs(labels, 0.95, 1), _probs(labels, 0.5, 2)
+    one = compare(_one_patient(_frame(good, labels)), _one_patient(_frame(bad, labels)),
+                  "balanced_accuracy")
+    assert one.point > 0.3 and one.groups == 1 and np.isnan(one.low) and not one.better
+    assert one.text().startswith("candidate - champion balanced_accuracy = +0.")
+    assert "[no interval] (test holds 1 group: no interval; 120 test images in 1 group(s))" \
+        in one.text()
+    twelve = _frame(good, labels).assign(group=[f"p{i % 12}" for i in range(120)])
+    few = compare(twelve, twelve.assign(**{f"prob_{c}": bad[:, k]
+                                           for k, c in enumerate(CLASSES)}), "accuracy")
+    assert few.groups == 12 and few.note == "test holds 12 groups (< 20): no interval"
+
+
+def _registered(tmp_path, candidate: pd.DataFrame, champion: pd.DataFrame) -> str:
+    """A local registry holding two versions of medsweep-brain tested on the same images, each
+    with its run's test_predictions.csv, as a sweep leaves them."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("promote",
+                                          artifact_location=(tmp_path / "artifacts").as_uri())
+    client.create_registered_model("medsweep-brain")
+    for alias, frame in (("champion", champion), ("candidate", candidate)):
+        run = client.create_run(experiment).info.run_id
+        client.log_text(run, frame.to_csv(index=False), "test_predictions.csv")
+        version = client.create_model_version("medsweep-brain",
+                                              client.get_run(run).info.artifact_uri, run_id=run)
+        client.set_model_version_tag("medsweep-brain", version.version, "test_fingerprint",
+                                     "f" * 64)
+        client.set_registered_model_alias("medsweep-brain", alias, version.version)
+    return uri
+
+
+def test_promote_refuses_when_the_test_split_holds_too_few_groups(tmp_path):
+    labels = np.arange(120) % 3
+    good, bad = _probs(labels, 0.95, 1), _probs(labels, 0.5, 2)
+    uri = _registered(tmp_path, _one_patient(_frame(good, labels)),
+                      _one_patient(_frame(bad, labels)))
+    client = mlflow.MlflowClient(uri)
+    lines = []
+    assert promote("brain", tracking_uri=uri, log=lines.append) is False
+    assert any(line.startswith("candidate - champion accuracy = +") and "[no interval]" in line
+               for line in lines), lines
+    assert "refused: the test split holds 1 group(s), fewer than the 20 a paired interval " \
+           "needs, so nothing shows the candidate better" in "\n".join(lines)
+    assert str(client.get_model_version_by_alias("medsweep-brain", "champion").version) == "1"
+
+    assert promote("brain", tracking_uri=uri, force=True, log=lines.append) is True
+    champion = client.get_model_version_by_alias("medsweep-brain", "champion")
+    assert str(champion.version) == "2"
+    assert champion.tags[TAG_PROMOTION].startswith("forced (the test split holds 1 group(s)")
+    assert "[no interval]" in champion.tags[TAG_DIFFERENCE]
 
 
 # --------------------------------------------------------------------------------------------

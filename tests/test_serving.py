@@ -134,6 +134,25 @@ def test_the_card_states_data_members_figures_operating_point_and_limits():
     assert tags["test_fingerprint"] == "e" * 32 and tags["positive_class"] == "pneumonia"
 
 
+def test_the_card_of_a_one_group_test_split_gives_points_and_says_why():
+    note = "test holds 1 group: no interval"
+    nan = float("nan")
+    facts = _facts(test={"balanced_accuracy": Interval(0.83, nan, nan, note),
+                         "roc_auc": Interval(0.9, nan, nan, note)},
+                   interval_notes=[f"{note} for any test figure"])
+    card = model_card(facts)
+    assert card.splitlines()[0] == ("MedSweep ensemble for pneumonia/2class: test "
+                                    "balanced_accuracy 0.830 [no interval]; SYNTHETIC phantom "
+                                    "data.")
+    assert "| balanced_accuracy | 0.900 | 0.830 [no interval] |" in card
+    assert "- Test holds 1 group: no interval for any test figure." in card
+    assert "[0.830, 0.830]" not in card and "nan" not in card
+    assert card_tags(facts)["test_balanced_accuracy"] == "0.830 [no interval]"
+    # a sound interval reads as before, and a card without notes has no such line
+    assert Interval(0.88, 0.8, 0.95).text() == "0.880 [0.800, 0.950]"
+    assert "no interval" not in model_card(_facts())
+
+
 # --- a multi-head model ------------------------------------------------------------------------
 def _heads_spec() -> contract.ServingSpec:
     heads = (contract.HeadSpec("shape", "classification", classes=("disc", "square", "ring"),

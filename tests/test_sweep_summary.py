@@ -30,11 +30,14 @@ def _board():
                          "status": ["completed", STOPPED_EARLY, STOPPED_EARLY, "errored"]})
 
 
-def _report():
+def _report(note: str = ""):
+    nan = float("nan")
     intervals = pd.DataFrame({"model": ["ensemble", "ensemble", "best_single"],
                               "metric": ["accuracy", "macro_f1", "accuracy"],
-                              "point": [0.91, 0.9, 0.88], "low": [0.85, 0.8, 0.8],
-                              "high": [0.96, 0.95, 0.93]})
+                              "point": [0.91, 0.9, 0.88],
+                              "low": [nan if note else 0.85, 0.8, 0.8],
+                              "high": [nan if note else 0.96, 0.95, 0.93],
+                              "note": [note, "", ""]})
     return EnsembleReport(run_id="e" * 32, task="brain/3class", policy="none",
                           members=("a_00002",), weights=(1.0,), table=pd.DataFrame(),
                           model_uri="runs:/x/model", registered="medsweep-brain@candidate",
@@ -64,6 +67,16 @@ def test_the_parent_run_note_links_the_best_trial_the_ensemble_and_the_model():
     assert "[medsweep-brain version 7](#/models/medsweep-brain/versions/7)" in note
     bare = summary_note("3", None, None, {"trials_run": 1.0})
     assert "1 trial(s)" in bare and "ensemble" not in bare
+
+
+def test_a_summary_without_an_interval_shows_the_point_and_why():
+    report = _report("test holds 9 groups (< 20): no interval")
+    metrics = summary_metrics(_board(), "val_accuracy", report, "accuracy")
+    assert metrics["ensemble_test_accuracy"] == 0.91
+    assert "ensemble_test_accuracy_ci_low" not in metrics
+    assert "ensemble_test_accuracy_ci_high" not in metrics
+    note = summary_note("3", None, report, metrics, "accuracy")
+    assert "test accuracy 0.910 [no interval] (test holds 9 groups (< 20): no interval)" in note
 
 
 @pytest.mark.parametrize("trial_id, short", [("f35f0_00003", "t03"), ("ab_00123", "t123")])

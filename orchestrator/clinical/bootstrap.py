@@ -4,6 +4,11 @@ A group (patient, lesion) is what must not be split: when one patient has severa
 are drawn together or not at all, else the interval is too narrow. Each group belongs to the
 stratum of its most frequent class; each stratum keeps its number of groups in every resample,
 so a rare class is never missing from a resample by chance. Percentile intervals.
+
+An interval can also mean nothing (`interval_note`): when the split holds fewer than
+MIN_GROUPS groups, or when it comes out zero-width at a value the metric could move away from.
+Such a row keeps its point, loses its low and high (NaN) and says why in its `note`, so no
+reader mistakes a single resampled patient for perfect precision.
 """
 from __future__ import annotations
 
@@ -13,6 +18,39 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_RESAMPLES = 1000
+# A percentile bootstrap redraws the groups it was given: with n of them it sees only their
+# spread (too small by about sqrt((n-1)/n), more for a rate near 0 or 1), and its 2.5% and
+# 97.5% percentiles rest on the few most extreme of the resamples those n allow (1 group: one
+# resample, the sample itself, so a zero-width interval). Its coverage then falls below the 95%
+# it claims, badly so for a handful of groups; about 20 units is the usual floor below which a
+# percentile interval is not trusted. Fewer: no interval is shown, only the point.
+MIN_GROUPS = 20
+ZERO_WIDTH = 1e-12  # high - low below this is no spread at all
+# Values at which a figure cannot move within its range (0 and 1 for a rate, 0 for a loss or
+# an error, 1 for R²): there a zero-width interval is the truth, e.g. every resample perfect.
+BOUNDS = (0.0, 1.0)
+# A paired difference also sits still at 0 when both models answer every case alike.
+DIFFERENCE_BOUNDS = (-1.0, 0.0, 1.0)
+NO_INTERVAL = "[no interval]"  # shown in place of "[low, high]"
+
+
+def count_units(labels: np.ndarray, groups: np.ndarray | None) -> int:
+    """The resampling units of a split: its distinct groups, or its cases when none given."""
+    return len(labels) if groups is None else int(len(np.unique(np.asarray(groups))))
+
+
+def interval_note(units: int, point: float, low: float, high: float,
+                  bounds: Sequence[float] = BOUNDS) -> str:
+    """Why this interval means nothing, or "" when it is sound: too few groups to resample
+    (< MIN_GROUPS), or zero width while the point sits away from every value in `bounds`."""
+    if units < MIN_GROUPS:
+        return (f"test holds {units} group: no interval" if units == 1 else
+                f"test holds {units} groups (< {MIN_GROUPS}): no interval")
+    if (np.isfinite(point) and np.isfinite(low) and np.isfinite(high)
+            and high - low < ZERO_WIDTH
+            and all(abs(point - b) > ZERO_WIDTH for b in bounds)):
+        return "zero-width interval: no interval"
+    return ""
 
 
 def resample_indices(labels: np.ndarray, groups: np.ndarray | None, n_resamples: int,
@@ -37,9 +75,13 @@ def resample_indices(labels: np.ndarray, groups: np.ndarray | None, n_resamples:
 
 
 def bootstrap_intervals(metrics: Callable[[np.ndarray], Mapping[str, float]], n_cases: int,
-                        resamples: Sequence[np.ndarray], *, level: float = 0.95) -> pd.DataFrame:
+                        resamples: Sequence[np.ndarray], *, level: float = 0.95,
+                        units: int | None = None,
+                        bounds: Sequence[float] = BOUNDS) -> pd.DataFrame:
     """`metrics(indices)` -> {name: value}; one row per metric: point (on all `n_cases`), low,
-    high (percentiles of the resampled values, NaNs dropped), resamples used.
+    high (percentiles of the resampled values, NaNs dropped), resamples used, groups (`units`,
+    from `count_units`; None: each case its own) and note (`interval_note`; when set, low and
+    high are NaN).
 
     Pass the same `resamples` (from `resample_indices`) for every model compared: paired
     intervals, and the resampling is paid once."""
@@ -52,21 +94,26 @@ def bootstrap_intervals(metrics: Callable[[np.ndarray], Mapping[str, float]], n_
             if k in draws:
                 draws[k].append(v)
     alpha = (1.0 - level) / 2.0
+    units = n_cases if units is None else int(units)
     rows = []
     for name, value in point.items():
         values = np.asarray(draws[name], dtype=np.float64)
         values = values[np.isfinite(values)]
         low, high = (np.quantile(values, [alpha, 1.0 - alpha]) if len(values)
                      else (np.nan, np.nan))
+        note = interval_note(units, float(value), float(low), float(high), bounds)
+        if note:
+            low = high = np.nan
         rows.append({"metric": name, "point": float(value), "low": float(low),
-                     "high": float(high), "resamples": int(len(values))})
+                     "high": float(high), "resamples": int(len(values)), "groups": units,
+                     "note": note})
     return pd.DataFrame(rows)
 
 
 def intervals_by_model(test_probs: Mapping[str, np.ndarray], ensemble: str,
                        ensemble_metrics: Callable[[np.ndarray], Mapping[str, float]],
                        metrics: Callable[[np.ndarray, np.ndarray], Mapping[str, float]],
-                       resamples: Sequence[np.ndarray]) -> pd.DataFrame:
+                       resamples: Sequence[np.ndarray], units: int | None = None) -> pd.DataFrame:
     """`bootstrap_intervals` of every model row on the same resamples: the `ensemble` row by
     its own function (it adds the operating point, calibration, referral), every other row by
     `metrics(idx, probs)`; one frame with a `model` column first."""
@@ -74,14 +121,19 @@ def intervals_by_model(test_probs: Mapping[str, np.ndarray], ensemble: str,
     for name, probs in test_probs.items():
         fn = ensemble_metrics if name == ensemble else (
             lambda idx, p=probs: metrics(idx, p))
-        frame = bootstrap_intervals(fn, len(next(iter(test_probs.values()))), resamples)
+        frame = bootstrap_intervals(fn, len(next(iter(test_probs.values()))), resamples,
+                                    units=units)
         frame.insert(0, "model", name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def format_interval(point: float, low: float, high: float, digits: int = 3) -> str:
-    """'0.912 [0.874, 0.945]' (or just the point when there is no interval)."""
+def format_interval(point: float, low: float, high: float, digits: int = 3,
+                    note: str = "") -> str:
+    """'0.912 [0.874, 0.945]'; '0.830 [no interval]' when a `note` says it means nothing (the
+    reason is stated once elsewhere, `note_lines`); just the point when there is none."""
+    if note:
+        return f"{point:.{digits}f} {NO_INTERVAL}"
     if not np.isfinite(low) or not np.isfinite(high):
         return f"{point:.{digits}f}"
     return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -89,10 +141,12 @@ def format_interval(point: float, low: float, high: float, digits: int = 3) -> s
 
 def paired_difference(metric: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray,
                       probs_a: np.ndarray, probs_b: np.ndarray,
-                      resamples: Sequence[np.ndarray], *, level: float = 0.95) -> dict:
+                      resamples: Sequence[np.ndarray], *, level: float = 0.95,
+                      units: int | None = None) -> dict:
     """`metric(y, probs)` of A minus that of B on the same resampled cases each time: the
     interval of the difference, which is what says whether A is better (independent intervals
-    that overlap say nothing). {point, low, high, resamples}."""
+    that overlap say nothing). {point, low, high, resamples, groups, note}: with a note, low
+    and high are NaN and no verdict may be drawn."""
     y, probs_a, probs_b = np.asarray(y), np.asarray(probs_a), np.asarray(probs_b)
     if len(probs_a) != len(y) or len(probs_b) != len(y):
         raise ValueError(f"{len(y)} labels, {len(probs_a)} and {len(probs_b)} predictions")
@@ -100,6 +154,56 @@ def paired_difference(metric: Callable[[np.ndarray, np.ndarray], float], y: np.n
     def difference(idx: np.ndarray) -> dict[str, float]:
         return {"difference": metric(y[idx], probs_a[idx]) - metric(y[idx], probs_b[idx])}
 
-    row = bootstrap_intervals(difference, len(y), resamples, level=level).iloc[0]
+    row = bootstrap_intervals(difference, len(y), resamples, level=level, units=units,
+                              bounds=DIFFERENCE_BOUNDS).iloc[0]
     return {"point": float(row.point), "low": float(row.low), "high": float(row.high),
-            "resamples": int(row.resamples)}
+            "resamples": int(row.resamples), "groups": int(row.groups), "note": str(row.note)}
+
+
+def row_note(row) -> str:
+    """A row's note; "" for a frame written before notes existed."""
+    note = getattr(row, "note", "") if not isinstance(row, Mapping) else row.get("note", "")
+    return note if isinstance(note, str) else ""
+
+
+def note_lines(intervals: pd.DataFrame) -> list[str]:
+    """Each reason the frame's intervals mean nothing, once: 'test holds 1 group: no interval
+    for any test figure', or '... for brier, ece' when only some rows carry it."""
+    if "note" not in intervals.columns or intervals.empty:
+        return []
+    notes = intervals["note"].fillna("").astype(str)
+    lines = []
+    for note in dict.fromkeys(n for n in notes if n):
+        rows = intervals[notes == note]
+        where = ("any test figure" if len(rows) == len(intervals) else
+                 ", ".join(dict.fromkeys(rows["metric"].astype(str))))
+        lines.append(f"{note} for {where}")
+    return lines
+
+
+def no_interval_lines(intervals: pd.DataFrame, difference: dict | None, metric: str) -> list[str]:
+    """`note_lines` of the frame, then the paired difference's reason when it has its own (one
+    that the frame already states for every figure is not said twice)."""
+    lines = note_lines(intervals)
+    note = (difference or {}).get("note", "")
+    if note and f"{note} for any test figure" not in lines:
+        lines.append(f"{note} for ensemble - best single ({metric}, paired)")
+    return lines
+
+
+def sound_interval_metrics(intervals: pd.DataFrame, difference: dict | None,
+                           metric: str) -> dict[str, float]:
+    """The flat test figures of one model's rows: `test_<m>` always, `test_<m>_ci_low/_ci_high`
+    only beside a sound interval; the same for `test_<metric>_minus_best_single`."""
+    out: dict[str, float] = {}
+    for row in intervals.itertuples():
+        out[f"test_{row.metric}"] = row.point
+        if not row_note(row):
+            out[f"test_{row.metric}_ci_low"] = row.low
+            out[f"test_{row.metric}_ci_high"] = row.high
+    if difference is not None:
+        key = f"test_{metric}_minus_best_single"
+        out[key] = difference["point"]
+        if not difference.get("note"):
+            out.update({f"{key}_ci_low": difference["low"], f"{key}_ci_high": difference["high"]})
+    return out

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.clinical import plots
-from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, intervals_by_model,
-                                             paired_difference, resample_indices)
+from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, count_units, intervals_by_model,
+                                             no_interval_lines, paired_difference,
+                                             resample_indices, sound_interval_metrics)
 from orchestrator.clinical.calibration import (apply_temperature, brier_score,
                                                expected_calibration_error, fit_temperature, nll)
 from orchestrator.clinical.html import write_report
@@ -131,6 +132,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
 
     # --- measured on test, with intervals ----------------------------------------------------------
     resamples = resample_indices(y_test, inputs.test_groups, options.resamples, options.seed)
+    units = count_units(y_test, inputs.test_groups)
 
     def ensemble_metrics(idx: np.ndarray) -> dict[str, float]:
         y, p, c = y_test[idx], ens_test[idx], calibrated[idx]
@@ -148,18 +150,22 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
 
     intervals = intervals_by_model(
         inputs.test_probs, ENSEMBLE, ensemble_metrics,
-        lambda idx, p: fast_metrics(y_test[idx], p[idx], task.positive_index), resamples)
+        lambda idx, p: fast_metrics(y_test[idx], p[idx], task.positive_index), resamples,
+        units)
     difference = None
     if BEST_SINGLE in inputs.test_probs:
         difference = paired_difference(
             lambda y, p: fast_metrics(y, p, task.positive_index)[task.metric], y_test,
-            ens_test, inputs.test_probs[BEST_SINGLE], resamples)
+            ens_test, inputs.test_probs[BEST_SINGLE], resamples, units=units)
     files.append(out / "test_metrics_with_ci.csv")
     intervals.to_csv(files[-1], index=False)
     groups_note = ("whole groups (patient / lesion) resampled" if len(np.unique(
         inputs.test_groups)) < len(y_test) else "each image its own group")
     detail(log, f"bootstrap: {options.resamples} stratified resamples of the test split, "
                 f"{groups_note}")
+    interval_notes = no_interval_lines(intervals, difference, task.metric)
+    for line in interval_notes:
+        log(line)
 
     # --- figures ------------------------------------------------------------------------------
     classes = list(task.classes)
@@ -197,15 +203,9 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     review.to_csv(files[-1], index=False)
     files += figures
 
-    for _, row in intervals[intervals.model == ENSEMBLE].iterrows():
-        metrics[f"test_{row.metric}"] = row.point
-        metrics[f"test_{row.metric}_ci_low"] = row.low
-        metrics[f"test_{row.metric}_ci_high"] = row.high
+    metrics.update(sound_interval_metrics(intervals[intervals.model == ENSEMBLE], difference,
+                                          task.metric))
     metrics["temperature"] = temperature
-    if difference is not None:
-        metrics.update({f"test_{task.metric}_minus_best_single{suffix}": difference[key]
-                        for key, suffix in (("point", ""), ("low", "_ci_low"),
-                                            ("high", "_ci_high"))})
     if op is not None:
         metrics.update({"threshold": op.threshold, "val_sensitivity_at_threshold":
                         op.val_sensitivity, "val_specificity_at_threshold": op.val_specificity})
@@ -217,7 +217,8 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
               "real patients.") if inputs.synthetic else None
     files.append(write_report(out / "report.html", inputs.title, report_sections, banner))
-    return ClinicalResult(files, metrics, intervals, temperature, op, referral, calibrated)
+    return ClinicalResult(files, metrics, intervals, temperature, op, referral, calibrated,
+                          interval_notes=interval_notes)
 
 
 def _load(path: str):

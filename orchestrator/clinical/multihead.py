@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.clinical import plots
-from orchestrator.clinical.bootstrap import (intervals_by_model, paired_difference,
-                                             resample_indices)
+from orchestrator.clinical.bootstrap import (count_units, intervals_by_model, no_interval_lines,
+                                             paired_difference, resample_indices,
+                                             sound_interval_metrics)
 from orchestrator.clinical.calibration import (apply_temperature, brier_score,
                                                expected_calibration_error, fit_temperature, nll)
 from orchestrator.clinical.html import write_report
@@ -79,6 +80,7 @@ def evaluate_multihead(inputs, options, out: Path, log: Log = print):
     first = next(i for i, h in enumerate(task.heads) if h.is_classification)
     resamples = resample_indices(y_test[:, first].astype(np.int64), inputs.test_groups,
                                  options.resamples, options.seed)
+    units = count_units(y_test, inputs.test_groups)
 
     def ensemble_metrics(idx: np.ndarray) -> dict[str, float]:
         out_ = fast_multihead_metrics(y_test[idx], ens_test[idx], task)
@@ -100,18 +102,22 @@ def evaluate_multihead(inputs, options, out: Path, log: Log = print):
     intervals = intervals_by_model(
         {k: np.asarray(v, dtype=np.float64) for k, v in inputs.test_probs.items()}, ENSEMBLE,
         ensemble_metrics, lambda idx, p: fast_multihead_metrics(y_test[idx], p[idx], task),
-        resamples)
+        resamples, units)
     difference = None
     if BEST_SINGLE in inputs.test_probs:
         difference = paired_difference(
             lambda y, p: fast_multihead_metrics(y, p, task)[task.metric], y_test, ens_test,
-            np.asarray(inputs.test_probs[BEST_SINGLE], dtype=np.float64), resamples)
+            np.asarray(inputs.test_probs[BEST_SINGLE], dtype=np.float64), resamples,
+            units=units)
     files.append(out / "test_metrics_with_ci.csv")
     intervals.to_csv(files[-1], index=False)
     groups_note = ("whole groups (patient / lesion) resampled" if len(np.unique(
         inputs.test_groups)) < len(y_test) else "each image its own group")
     log(f"bootstrap: {options.resamples} resamples of the test split stratified by the "
         f"{task.heads[first].name} class, {groups_note}")
+    interval_notes = no_interval_lines(intervals, difference, task.metric)
+    for line in interval_notes:
+        log(line)
 
     # --- figures ------------------------------------------------------------------------------
     head_figures: dict[str, list[Path]] = {}
@@ -144,14 +150,8 @@ def evaluate_multihead(inputs, options, out: Path, log: Log = print):
 
     # --- the flat metrics for MLflow ---------------------------------------------------------
     metrics: dict[str, float] = {}
-    for _, row in intervals[intervals.model == ENSEMBLE].iterrows():
-        metrics[f"test_{row.metric}"] = row.point
-        metrics[f"test_{row.metric}_ci_low"] = row.low
-        metrics[f"test_{row.metric}_ci_high"] = row.high
-    if difference is not None:
-        metrics.update({f"test_{task.metric}_minus_best_single{suffix}": difference[key]
-                        for key, suffix in (("point", ""), ("low", "_ci_low"),
-                                            ("high", "_ci_high"))})
+    metrics.update(sound_interval_metrics(intervals[intervals.model == ENSEMBLE], difference,
+                                          task.metric))
     for name, fit in fits.items():
         if fit.referral is None:
             continue
@@ -166,7 +166,7 @@ def evaluate_multihead(inputs, options, out: Path, log: Log = print):
               "real patients.") if inputs.synthetic else None
     files.append(write_report(out / "report.html", inputs.title, report_sections, banner))
     return ClinicalResult(files, metrics, intervals, float("nan"), None, None, calibrated,
-                          notes, fits)
+                          notes, fits, interval_notes)
 
 
 def review_table(paths, y: np.ndarray, calibrated: np.ndarray, task, n: int = 20,

@@ -28,10 +28,13 @@ class HeadFit:
 class ClinicalResult:
     files: list[Path]
     metrics: dict[str, float]  # flat, for MLflow
-    intervals: pd.DataFrame  # model, metric, point, low, high, resamples
+    intervals: pd.DataFrame  # model, metric, point, low, high, resamples, groups, note
     temperature: float  # NaN for a multi-head ensemble: each head has its own (`heads`)
     operating_point: OperatingPoint | None
     referral: Referral | None  # None for a multi-head ensemble: each head has its own
     test_calibrated: np.ndarray  # (N, C): the served probabilities of the test split; (N, D)
     notes: list[str] = field(default_factory=list)
     heads: dict[str, HeadFit] = field(default_factory=dict)  # a multi-head ensemble's, in order
+    # Why some test figures have no interval (`bootstrap.note_lines`), once each; the paired
+    # difference's too. Empty when every interval is sound.
+    interval_notes: list[str] = field(default_factory=list)

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from orchestrator.clinical.bootstrap import format_interval
+from orchestrator.clinical.bootstrap import (MIN_GROUPS, NO_INTERVAL, format_interval,
+                                             no_interval_lines, row_note)
 from orchestrator.clinical.calibration import (apply_temperature, calibration_sentence,
                                                confidence_gap)
 from orchestrator.clinical.html import Section
@@ -20,7 +21,7 @@ BEST_SINGLE = "best_single"
 
 def _interval_table(intervals: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     shown = intervals[intervals.metric.isin(names)]
-    table = shown.assign(value=[format_interval(r.point, r.low, r.high)
+    table = shown.assign(value=[format_interval(r.point, r.low, r.high, note=row_note(r))
                                 for r in shown.itertuples()])
     return table.pivot(index="metric", columns="model", values="value").reindex(
         [n for n in names if n in set(shown.metric)]).reset_index().rename_axis(columns=None)
@@ -37,6 +38,11 @@ def _rule_text(rule: str) -> str:
 def _difference_text(task: Task, difference: dict | None) -> str:
     if difference is None:
         return ""
+    if difference.get("note"):  # no interval, so no verdict either
+        return (f" Ensemble minus best single configuration, {task.metric} on the same test "
+                f"cases: {difference['point']:+.3f} {NO_INTERVAL} ({difference['note']}); "
+                "this test split cannot tell whether the ensemble beats the best single "
+                "configuration.")
     low, high = difference["low"], difference["high"]
     verdict = ("better than" if low > 0 else "worse than" if high < 0 else
                "not distinguishable from")
@@ -59,8 +65,28 @@ def _referral_text(referral: Referral, held: str, intervals: pd.DataFrame,
             f"which the accepted {held} cases reach accuracy {referral.target_accuracy} "
             f"({referral.coverage:.1%} of {referral.cases} accepted, accuracy "
             f"{referral.accuracy:.3f}). On test: "
-            f"{format_interval(cov.point, cov.low, cov.high)} accepted, accuracy of the "
-            f"accepted {format_interval(acc.point, acc.low, acc.high)}.")
+            f"{format_interval(cov.point, cov.low, cov.high, note=row_note(cov))} accepted, "
+            f"accuracy of the accepted "
+            f"{format_interval(acc.point, acc.low, acc.high, note=row_note(acc))}.")
+
+
+def _notes_text(intervals: pd.DataFrame, difference: dict | None, metric: str) -> str:
+    """Why some figures below show no interval, said once (the cells only say `[no
+    interval]`); "" when every interval is sound."""
+    lines = no_interval_lines(intervals, difference, metric)
+    if not lines:
+        return ""
+    why = []
+    if any(line.startswith("test holds") for line in lines):
+        why.append(f"A percentile bootstrap needs at least {MIN_GROUPS} groups (patients, "
+                   "lesions or duplicate clusters; each image its own group where the task has "
+                   "none) before its interval says how far a figure could move; with fewer it "
+                   "is too narrow, so only the point is shown.")
+    if any(line.startswith("zero-width") for line in lines):
+        why.append("A zero-width interval at a value the figure could move away from only "
+                   "says the resamples never varied, not that the figure is exact.")
+    text = "; ".join(lines)
+    return " " + text[0].upper() + text[1:] + ". " + " ".join(why)
 
 
 def _ensemble_sections(inputs) -> list[Section]:
@@ -97,7 +123,8 @@ def sections(inputs, options, op, temperature, intervals, figures, review, group
                 [f"{options.resamples} resamples, stratified by class, {groups_note}. "
                  "The test split was predicted once, after every choice was fixed. Grad-CAM "
                  "maps and MC-dropout figures also read test images; they are drawn after "
-                 "that and feed no choice." + _difference_text(inputs.task, difference)],
+                 "that and feed no choice." + _difference_text(inputs.task, difference)
+                 + _notes_text(intervals, difference, inputs.task.metric)],
                 tables=[_interval_table(intervals, names)]),
     ]
     if op is not None:
@@ -206,7 +233,8 @@ def multihead_sections(inputs, options, fits, intervals, head_figures, figures, 
                  "heads of each head's skill (a classification head's balanced accuracy "
                  "rescaled so that chance is 0, a regression head's R²); loss the mean of each "
                  "head's log loss or squared error over the variance of its values."
-                 + _difference_text(task, difference)],
+                 + _difference_text(task, difference)
+                 + _notes_text(intervals, difference, task.metric)],
                 tables=[_interval_table(intervals, ["mean_skill", "loss"])]),
     ]
     out += [_head_section(h, fits[h.name], inputs, intervals, head_figures[h.name], held)

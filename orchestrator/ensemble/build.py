@@ -163,6 +163,9 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         result = evaluate(*clinical, work / "clinical", log=log)
         tracking.log_metrics(sweep.uri, run_id, {k: v for k, v in result.metrics.items()
                                                   if k not in row.index})  # no duplicates
+        if result.interval_notes:  # why the UI shows these test figures with no interval
+            tracking.set_tags(sweep.uri, run_id,
+                              {tracking.TAG_INTERVAL_NOTE: "; ".join(result.interval_notes)})
         for path in result.files:
             tracking.log_file(sweep.uri, run_id, path)
         table = with_intervals(table, result.intervals)

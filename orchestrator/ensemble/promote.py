@@ -1,6 +1,8 @@
 """Guarded promotion: `champion` moves to the current `candidate` only when both were tested on
 the same cases and the paired bootstrap interval of (candidate - champion) on the task metric
-lies above 0. `--force` overrides a refusal, and the version says so in a tag.
+lies above 0. `--force` overrides a refusal, and the version says so in a tag. A test split of
+fewer than MIN_GROUPS groups has no interval (`bootstrap.interval_note`), so nothing can show
+the candidate better: refused.
 
 `compare` is the pure part (two models' test predictions in, the paired difference out); the
 report's ensemble-vs-best-single comparison uses the same `paired_difference`. A multi-head
@@ -17,8 +19,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, paired_difference,
-                                             resample_indices)
+from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, MIN_GROUPS, NO_INTERVAL,
+                                             count_units, paired_difference, resample_indices)
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.errors import ConfigError
 from orchestrator.serving.contract import PROBABILITY_PREFIX, VALUE
@@ -37,15 +39,24 @@ class Comparison:
     low: float
     high: float
     resamples: int
+    groups: int = 0  # resampling units of the test split
+    note: str = ""  # why there is no interval (then low and high are NaN)
 
     @property
     def better(self) -> bool:
-        return bool(self.low > 0)
+        return not self.note and bool(self.low > 0)
+
+    def interval(self, digits: int = 3) -> str:
+        if self.note:
+            return f"{self.point:+.{digits}f} {NO_INTERVAL}"
+        return f"{self.point:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
 
     def text(self) -> str:
-        return (f"candidate - champion {self.metric} = {self.point:+.3f} [{self.low:+.3f}, "
-                f"{self.high:+.3f}] (95% paired bootstrap, {self.resamples} resamples of the "
-                f"same {self.cases} test images)")
+        if self.note:
+            return (f"candidate - champion {self.metric} = {self.interval()} ({self.note}; "
+                    f"{self.cases} test images in {self.groups} group(s))")
+        return (f"candidate - champion {self.metric} = {self.interval()} (95% paired "
+                f"bootstrap, {self.resamples} resamples of the same {self.cases} test images)")
 
 
 def _aligned(frame: pd.DataFrame) -> pd.DataFrame:
@@ -75,10 +86,16 @@ def compare(candidate: pd.DataFrame, champion: pd.DataFrame, metric: str,
     def score(labels: np.ndarray, probs: np.ndarray) -> float:
         return fast_metrics(labels, probs, positive)[metric]
 
-    draws = resample_indices(y, a["group"].astype(str).to_numpy(), resamples, seed)
+    groups = a["group"].astype(str).to_numpy()
+    draws = resample_indices(y, groups, resamples, seed)
     d = paired_difference(score, y, a[columns].to_numpy(np.float64),
-                          b[columns].to_numpy(np.float64), draws)
-    return Comparison(metric, len(y), d["point"], d["low"], d["high"], d["resamples"])
+                          b[columns].to_numpy(np.float64), draws, units=count_units(y, groups))
+    return _comparison(metric, len(y), d)
+
+
+def _comparison(metric: str, cases: int, d: dict) -> Comparison:
+    return Comparison(metric, cases, d["point"], d["low"], d["high"], d["resamples"],
+                      d["groups"], d["note"])
 
 
 TRUE_SUFFIX = "_true"
@@ -133,11 +150,11 @@ def _compare_multihead(candidate: pd.DataFrame, champion: pd.DataFrame, metric: 
         return fast_multihead_metrics(labels, probs, task)[metric]
 
     first = next(i for i, h in enumerate(task.heads) if h.is_classification)
-    draws = resample_indices(y[:, first].astype(np.int64), a["group"].astype(str).to_numpy(),
-                             resamples, seed)
+    groups = a["group"].astype(str).to_numpy()
+    draws = resample_indices(y[:, first].astype(np.int64), groups, resamples, seed)
     d = paired_difference(score, y, a[columns].to_numpy(np.float64),
-                          b[columns].to_numpy(np.float64), draws)
-    return Comparison(metric, len(y), d["point"], d["low"], d["high"], d["resamples"])
+                          b[columns].to_numpy(np.float64), draws, units=count_units(y, groups))
+    return _comparison(metric, len(y), d)
 
 
 def _names(task) -> list[str]:
@@ -195,12 +212,18 @@ def promote(task_name: str, *, tracking_uri: str | None = None, force: bool = Fa
         comparison = compare(*frames, task.metric, candidate.tags.get("positive_class"),
                              resamples, task=task)
         log(comparison.text())
-        if not comparison.better:
+        if comparison.note:
+            reason = (f"the test split holds {comparison.groups} group(s), fewer than the "
+                      f"{MIN_GROUPS} a paired interval needs, so nothing shows the candidate "
+                      "better" if comparison.groups < MIN_GROUPS else
+                      "the paired interval is zero-width (no interval), so nothing shows the "
+                      "candidate better")
+        elif not comparison.better:
             reason = "the interval does not lie above 0"
     tags = {TAG_OVER: str(champion.version)}
     if comparison is not None:
-        tags[TAG_DIFFERENCE] = f"{comparison.point:+.4f} [{comparison.low:+.4f}, " \
-                               f"{comparison.high:+.4f}] {comparison.metric}"
+        tags[TAG_DIFFERENCE] = (f"{comparison.interval(4)} {comparison.metric}"
+                                + (f" ({comparison.note})" if comparison.note else ""))
     if reason is not None and not force:
         log(f"refused: {reason}; {name}@{registry.CHAMPION} stays at version "
             f"{champion.version} (--force promotes anyway, and is recorded as a tag)")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import tracking
+from orchestrator.clinical.bootstrap import note_lines, row_note
 from orchestrator.data.splits import read_manifest, split_fingerprint
 from orchestrator.console import detail
 from orchestrator.errors import ConfigError
@@ -172,9 +173,12 @@ def card_facts(sweep, task, prepared, recorded: pd.DataFrame, meta: dict, held, 
         held_out={k[4:]: float(v) for k, v in row.items()
                   if k.startswith("val_") and isinstance(v, (int, float))},
         test={m: Interval(float(test.loc[m, "point"]), float(test.loc[m, "low"]),
-                          float(test.loc[m, "high"])) for m in shown if m in test.index},
+                          float(test.loc[m, "high"]), row_note(test.loc[m]))
+              for m in shown if m in test.index},
         spec=spec, sweep_run_id=sweep.parent_run_id, ensemble_run_id=run_id,
-        data_notes=sweep.data_notes)
+        data_notes=sweep.data_notes,
+        interval_notes=note_lines(test.loc[[m for m in shown if m in test.index]]
+                                  .reset_index()))
 
 
 def _multihead_shown(task) -> tuple[str, ...]:

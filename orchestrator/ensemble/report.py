@@ -105,9 +105,10 @@ EXTRA_GROUPS = (("sensitivity_at_threshold", "specificity_at_threshold", "ppv_at
 
 def print_report(report: EnsembleReport) -> None:
     """Held-out and test figures side by side: the choice was made on the first, judged on the
-    second (test figures with their 95% bootstrap intervals). Members by their trials' short
-    names (`t03`), as the sweep's epoch lines and leaderboard show them."""
-    from orchestrator.clinical.bootstrap import format_interval
+    second (test figures with their 95% bootstrap intervals, or `[no interval]` and one line
+    saying why). Members by their trials' short names (`t03`), as the sweep's epoch lines and
+    leaderboard show them."""
+    from orchestrator.clinical.bootstrap import format_interval, note_lines, row_note
     from orchestrator.console import rule
     from orchestrator.naming import short_trial_name
 
@@ -118,7 +119,8 @@ def print_report(report: EnsembleReport) -> None:
                                  & (report.intervals.metric == metric)]
         if found.empty:
             return f"{point:.3f}"
-        return format_interval(point, found.low.iloc[0], found.high.iloc[0])
+        return format_interval(point, found.low.iloc[0], found.high.iloc[0],
+                               note=row_note(found.iloc[0]))
 
     print(rule(f"final ensemble for {report.task}: TTA {report.policy}; members " + ", ".join(
         f"{short_trial_name(m)} ({w:.2f})" for m, w in zip(report.members, report.weights))))
@@ -130,6 +132,8 @@ def print_report(report: EnsembleReport) -> None:
         [[test_value(model, m, rows.loc[model, f"test_{m}"]) for model in models]
          for m in metrics], models, report.chosen_on, metrics)))
     if report.intervals is not None:
+        for line in note_lines(report.intervals):  # why a cell says [no interval], once
+            print(line)
         ens = report.intervals[report.intervals.model == "ensemble"].set_index("metric")
         if report.threshold is not None:
             print(f"operating point (chosen on {report.chosen_on} predictions): threshold "
@@ -160,8 +164,10 @@ def print_report(report: EnsembleReport) -> None:
             shown = []
             for m in (m for m in group if m in ens.index):
                 point, low, high = ens.loc[m, ["point", "low", "high"]]
-                shown.append(f"{m} " + (format_interval(point, low, high) if np.isfinite(point)
-                                        else "none (no test case accepted)"))
+                shown.append(f"{m} " + (format_interval(point, low, high,
+                                                        note=row_note(ens.loc[m]))
+                                        if np.isfinite(point) else
+                                        "none (no test case accepted)"))
             if shown:
                 print("  ensemble test: " + "; ".join(shown))
     # registered only after the logged model answered every test image as evaluated

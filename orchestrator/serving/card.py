@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from orchestrator.clinical.bootstrap import MIN_GROUPS, NO_INTERVAL
 from orchestrator.serving.contract import ServingSpec
 
 SYNTHETIC_BANNER = ("## ⚠ SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES\n\nThis model was "
@@ -17,8 +18,11 @@ class Interval:
     point: float
     low: float
     high: float
+    note: str = ""  # why there is no interval (bootstrap.interval_note); "" when it is sound
 
     def text(self, digits: int = 3) -> str:
+        if self.note:
+            return f"{self.point:.{digits}f} {NO_INTERVAL}"
         if self.low != self.low or self.high != self.high:  # NaN: no interval
             return f"{self.point:.{digits}f}"
         return f"{self.point:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
@@ -41,6 +45,7 @@ class CardFacts:
     sweep_run_id: str
     ensemble_run_id: str
     data_notes: Sequence[str] = ()
+    interval_notes: Sequence[str] = ()  # why some test figures have none (bootstrap.note_lines)
 
 
 _CHOICES = "members, weights, TTA policy, temperature, threshold, refer cut"
@@ -87,6 +92,7 @@ def model_card(facts: CardFacts) -> str:
             *_table(["metric", held, "test [95% interval]"],
                     [(k, f"{facts.held_out[k]:.3f}" if k in facts.held_out else "", v.text())
                      for k, v in facts.test.items()]), ""]),
+        *_interval_lines(facts),
         *(_heads_calibration(spec) if spec.heads else [
             "## Operating point and calibration", "",
             f"- Probabilities are calibrated by temperature scaling, T = {spec.temperature:.4f} "
@@ -112,6 +118,16 @@ def model_card(facts: CardFacts) -> str:
         "artifacts hold report.html, the figures and the test predictions).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _interval_lines(facts: CardFacts) -> list[str]:
+    """Under the test figures: why those marked [no interval] have none."""
+    if not facts.interval_notes:
+        return []
+    return ([f"- {line[0].upper()}{line[1:]}." for line in facts.interval_notes]
+            + [f"- A percentile bootstrap needs at least {MIN_GROUPS} groups (patients, "
+               "lesions or duplicate clusters) before its interval means anything; with fewer, "
+               "or at zero width, only the point is given.", ""])
 
 
 def _head_text(head) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import tracking
+from orchestrator.clinical.bootstrap import NO_INTERVAL, row_note
 from orchestrator.naming import STOPPED_EARLY, short_trial_name
 
 TAG_BEST_TRIAL_RUN = "medsweep.best_trial_run"
@@ -40,6 +41,13 @@ def summary_metrics(board: pd.DataFrame, metric: str, ensemble=None,
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
+def _note(ensemble, task_metric: str) -> str:
+    """Why the ensemble's task metric has no interval ("" if it has one)."""
+    frame = ensemble.intervals
+    found = frame[(frame.model == "ensemble") & (frame.metric == task_metric)]
+    return row_note(found.iloc[0]) if len(found) else ""
+
+
 def _run_link(experiment_id: str, run_id: str) -> str:
     """MLflow 3 opens a run page in its GenAI mode unless the link asks for the runs view."""
     return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
@@ -59,8 +67,13 @@ def summary_note(experiment_id: str, best: tuple[str, str] | None, ensemble=None
                      f"({_run_link(experiment_id, run_id)})")
     if ensemble is not None:
         key = f"ensemble_test_{task_metric}"
-        figure = (f": test {task_metric} {metrics[key]:.3f} [{metrics[key + '_ci_low']:.3f}, "
-                  f"{metrics[key + '_ci_high']:.3f}]" if key in metrics else "")
+        figure = ""
+        if key in metrics and key + "_ci_low" in metrics:
+            figure = (f": test {task_metric} {metrics[key]:.3f} [{metrics[key + '_ci_low']:.3f}"
+                      f", {metrics[key + '_ci_high']:.3f}]")
+        elif key in metrics:  # the ensemble run's medsweep.interval_note says why
+            figure = f": test {task_metric} {metrics[key]:.3f} {NO_INTERVAL} " \
+                     f"({_note(ensemble, task_metric)})"
         lines.append(f"- Final ensemble: [ensemble run]({_run_link(experiment_id, ensemble.run_id)})"
                      + figure)
         if ensemble.registered_name:

@@ -35,6 +35,9 @@ TAG_CHECKPOINT = "medsweep.checkpoint"
 TAG_FINALIST = "medsweep.finalist"  # a cross-validation run: the search trial it retrains
 TAG_FOLD = "medsweep.fold"  # ... and the fold it holds out
 TAG_REPLICATE = "medsweep.replicate"  # ... and which of its seeds (0: its own; --replicates)
+# An ensemble run whose test figures have no interval (too few groups, zero width): why, in
+# words, since the missing `_ci_low`/`_ci_high` metrics cannot say it themselves
+TAG_INTERVAL_NOTE = "medsweep.interval_note"
 PARENT_TAG = "mlflow.parentRunId"
 KIND_SWEEP, KIND_TRIAL, KIND_ENSEMBLE = "sweep", "trial", "ensemble"
 KIND_CV_TRIAL = "cv_trial"  # a finalist retrained on one fold (the second stage of a sweep)
