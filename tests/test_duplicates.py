@@ -250,7 +250,7 @@ def test_a_cluster_too_large_to_be_copies_is_refused_before_splitting(tmp_path):
         prepare_dataset(get_task("folder"), root, 32, log=lambda _: None)
     text = str(err.value)
     assert "largest cluster of copies holds 60 images" in text and "a/same_" in text
-    assert "--duplicate-threshold" in text and "--keep-duplicates" in text
+    assert "--duplicate-threshold (now 0.995)" in text and "--keep-duplicates" in text
     kept = prepare_dataset(get_task("folder"), root, 32, keep_duplicates=True,
                            log=lambda _: None)
     assert len(kept.table) == 100  # the way on that the error names works

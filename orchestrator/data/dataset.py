@@ -130,7 +130,7 @@ def prepare_dataset(
 
     copies = duplicates.find_copies(table, small.images[table["row"].to_numpy()],
                                     threshold=duplicate_threshold,
-                                    digests=[digests[p] for p in table["path"]])
+                                    digests=[digests[p] for p in table["path"]], log=log)
     pairs = copies.pairs
     dropped = table.iloc[0:0]
     if not keep_duplicates:

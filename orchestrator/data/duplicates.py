@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -55,6 +56,7 @@ TEXTURE_CREDIT = 0.2  # of the pair's fine texture (1 - NCC of an image with its
 DEFAULT_THRESHOLD = 0.995
 MAX_GAIN = 2.0  # contrast ratio: a re-exposure or a 16-bit file's stretch stays within
 MIN_OVERLAP = 0.5  # of the decode's pixels, after alignment
+SLOW_PAIRS = 20_000  # candidate pairs from which verifying them is announced
 FULL_LINKAGE = 120  # components up to this size get every pair measured before linkage
 MAX_CLUSTER, MAX_CLUSTER_SHARE = 50, 0.01  # a copy cluster above both is refused
 CHUNK = 64  # images converted to float at a time
@@ -270,15 +272,20 @@ class Copies:
 
 def find_copies(table: pd.DataFrame, images: np.ndarray, *,
                 threshold: float = DEFAULT_THRESHOLD, digests: list[str] | None = None,
-                workers: int | None = None) -> Copies:
+                workers: int | None = None, log: Callable[[str], None] | None = None) -> Copies:
     """The copies among `table`'s rows (aligned with `images`: their 64 px decodes; decoded
-    rows only); with `digests` (each row's file hash), byte-identical files are copies too."""
+    rows only); with `digests` (each row's file hash), byte-identical files are copies too.
+    `log` hears how many pairs are verified when they are many (about 1 ms each per core)."""
     if len(images) != len(table):
         raise ValueError(f"{len(images)} images for a table of {len(table)} rows")
     gray = gray_decodes(images)
     hashes = perceptual_hashes(images)
     frame = candidate_pairs(gray, hashes)
     a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
+    if log is not None and len(frame) >= SLOW_PAIRS:
+        seconds = len(frame) / 1000 / (workers or os.cpu_count() or 1)
+        log(f"verifying {len(frame)} candidate duplicate pairs of {len(table)} images on the "
+            f"{HASH_RESOLUTION} px decode (about {seconds:.0f} s)")
     score = similarities(gray, a, b, workers)
     if digests is not None:
         same = pd.Series(np.arange(len(table))).groupby(np.asarray(digests)).agg(list)
@@ -323,10 +330,11 @@ def check_clusters(table: pd.DataFrame, copies: Copies, root: str | os.PathLike)
     rows = np.flatnonzero(copies.cluster == sizes.index[0])
     shown = ", ".join(os.path.relpath(p, root) for p in table["path"].to_numpy()[rows[:4]])
     raise DataError(
-        f"the largest cluster of copies holds {sizes.iloc[0]} images ({sizes.iloc[0] / len(table):.1%} "
-        f"of {len(table)}; at most {bound} are believable), e.g. {shown}: these images are alike, "
-        f"not copies. Raise --duplicate-threshold (now {copies.threshold}) or pass "
-        "--keep-duplicates to not group copies")
+        f"the largest cluster of copies holds {sizes.iloc[0]} images "
+        f"({sizes.iloc[0] / len(table):.1%} of {len(table)}; at most {bound} are believable), "
+        f"e.g. {shown}: so many are more likely alike, distinct images than copies. Look at a "
+        f"few: if they are distinct, raise --duplicate-threshold (now {copies.threshold}); if "
+        "they are copies, remove them or pass --keep-duplicates")
 
 
 def group_duplicates(table: pd.DataFrame,
