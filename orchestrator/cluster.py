@@ -19,6 +19,20 @@ Log = Callable[[str], None]
 # shorter than a stopped Keras trial takes to unwind on a loaded CPU, and a wait that runs out
 # fails the next trial ("Trainable runner reuse requires reset_config()...").
 WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
+# The driver's Tune: per-epoch checkpoints are the point, so its warning about frequent
+# snapshots is noise; and its classic console table (the newer engine ignores a
+# progress_reporter and shows columns of its own choosing; progress.ProgressTable says which
+# ones this one shows).
+DRIVER_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+              "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+def set_driver_defaults() -> None:
+    """DRIVER_ENV, and WORKER_ENV for a local Ray this process starts afterwards (its workers
+    inherit the driver's environment), unless already set. Called where Ray is connected and
+    where a Tuner is made, never at import; a caller that starts Ray itself calls it first."""
+    for key, value in {**DRIVER_ENV, **WORKER_ENV}.items():
+        os.environ.setdefault(key, value)
 
 
 def connect_ray(address: str | None, log: Log) -> bool:
@@ -27,6 +41,7 @@ def connect_ray(address: str | None, log: Log) -> bool:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
+    set_driver_defaults()
     if ray.is_initialized():
         return bool(address) and address != "local"
     if address and address not in ("auto", "local") and "://" not in address:

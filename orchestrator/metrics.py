@@ -10,20 +10,20 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
-from tasks.base import Task
+from tasks.base import Task, positive_column
 
 EPS = 1e-7
 
 
 def _positive_scores(probs: np.ndarray, positive_index: int | None) -> np.ndarray:
-    return probs[:, 1 if positive_index is None else positive_index]
+    return probs[:, positive_column(positive_index)]
 
 
 def _roc_auc(y: np.ndarray, probs: np.ndarray, positive_index: int | None) -> float:
     if len(np.unique(y)) < 2:
         return float("nan")
     if probs.shape[1] == 2:
-        pos = 1 if positive_index is None else positive_index
+        pos = positive_column(positive_index)
         return float(skm.roc_auc_score(y == pos, probs[:, pos]))
     present = np.unique(y)
     if len(present) < probs.shape[1]:  # one-vs-rest needs every class present
@@ -34,7 +34,7 @@ def _roc_auc(y: np.ndarray, probs: np.ndarray, positive_index: int | None) -> fl
 def _pr_auc(y: np.ndarray, probs: np.ndarray, positive_index: int | None) -> float:
     """Average precision: for the positive class when binary, macro one-vs-rest otherwise."""
     if probs.shape[1] == 2:
-        pos = 1 if positive_index is None else positive_index
+        pos = positive_column(positive_index)
         if not np.any(y == pos):
             return float("nan")
         return float(skm.average_precision_score(y == pos, probs[:, pos]))
@@ -74,7 +74,7 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, task: Task) -> dict
             "loss": log_loss(y, probs),
         }
     if task.is_binary:
-        pos = 1 if task.positive_index is None else task.positive_index
+        pos = task.binary_positive
         out["predicted_positive_rate"] = float(np.mean(pred == pos))
     return out
 

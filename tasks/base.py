@@ -88,6 +88,14 @@ class Head:
         return len(self.classes) if self.is_classification else 1
 
 
+DEFAULT_POSITIVE = 1  # a two-class task that names no positive class: its second class
+
+
+def positive_column(positive_index: int | None) -> int:
+    """The one place the default positive class is resolved: the named one, else the second."""
+    return DEFAULT_POSITIVE if positive_index is None else positive_index
+
+
 @dataclass(frozen=True)
 class Task:
     """Facts about one medical classification task (one variant of it)."""
@@ -188,6 +196,11 @@ class Task:
     @property
     def positive_index(self) -> int | None:
         return None if self.positive_class is None else self.classes.index(self.positive_class)
+
+    @property
+    def binary_positive(self) -> int:
+        """The class index binary figures call positive (`positive_column`)."""
+        return positive_column(self.positive_index)
 
     @property
     def has_groups(self) -> bool:

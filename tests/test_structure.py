@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from collections import deque
@@ -40,6 +41,7 @@ LIGHT = (
     "orchestrator.clinical.referral",
     "orchestrator.clinical.sections",
     "orchestrator.serving",  # the whole package: the served model's contract and card
+    "orchestrator.keys",  # the MLflow tag keys, which the card names too
     "tasks",  # the whole package
 )
 HEAVY = {"ray", "mlflow", "tensorflow", "keras"}
@@ -467,3 +469,37 @@ def test_the_trial_process_entry_loads_neither_mlflow_nor_scikit_learn() -> None
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert ast.literal_eval(result.stdout.strip().splitlines()[-1]) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Facts in one place
+# --------------------------------------------------------------------------------------------
+
+TAG_KEY_PREFIXES = ("medsweep.", "mlflow.parentRunId", "mlflow.note.")
+KEYS_MODULE = REPO_ROOT / "orchestrator" / "keys.py"
+
+
+def _string_literals(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+def test_every_mlflow_tag_key_is_written_in_the_keys_module_only() -> None:
+    """A tag key spelled out elsewhere can drift from its reader's spelling."""
+    found = [f"  {path.relative_to(REPO_ROOT)}:{line}: {text!r}"
+             for pkg in PACKAGES for path in sorted((REPO_ROOT / pkg).rglob("*.py"))
+             if path != KEYS_MODULE
+             for line, text in _string_literals(path) if text.startswith(TAG_KEY_PREFIXES)]
+    assert not found, "tag keys outside orchestrator/keys.py:\n" + "\n".join(found)
+    assert any(text.startswith("medsweep.") for _, text in _string_literals(KEYS_MODULE))
+
+
+def test_the_default_positive_class_is_resolved_in_one_place() -> None:
+    """`tasks.base.positive_column` alone turns an unnamed positive class into index 1."""
+    pattern = re.compile(r"\b1 if \w*\.?positive_index is None\b")
+    found = [f"  {path.relative_to(REPO_ROOT)}:{n}: {line.strip()}"
+             for pkg in PACKAGES for path in sorted((REPO_ROOT / pkg).rglob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if pattern.search(line)]
+    assert not found, "the default positive class resolved again:\n" + "\n".join(found)

@@ -20,7 +20,7 @@ from orchestrator import tracking
 from orchestrator.data.phantoms import write_phantom
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.errors import ConfigError
-from orchestrator.cluster import check_trial_fits
+from orchestrator.cluster import check_trial_fits, set_driver_defaults
 from orchestrator.sweep.state import SWEEP_STATE
 from orchestrator.train.artifacts import FAULT_MARKER
 from tasks import get_task
@@ -197,6 +197,7 @@ def _session_ray_processes(session: int) -> set[int]:
 
 @pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "fresh"])
 def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, local_ray):
+    set_driver_defaults()  # as connect_ray does, for the Ray this test starts itself
     ray.init(num_cpus=2, include_dashboard=False)  # 2 CPUs a trial: one trial at a time
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # ASHA: a trial it stops leaves its process to the next one mid-way (the path that failed
@@ -369,6 +370,7 @@ def test_cli_refuses_a_bad_override_before_ray_starts(override, needle, tmp_path
 
 
 def test_a_request_no_node_meets_is_refused_locally_and_announced_on_a_cluster(local_ray):
+    set_driver_defaults()  # as connect_ray does, for the Ray this test starts itself
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR")
     lines: list[str] = []
     with pytest.raises(ConfigError, match="one trial needs 1 CPU and 2 GPU"):

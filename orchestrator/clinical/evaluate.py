@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from orchestrator.clinical import artifacts
 from orchestrator.clinical import plots
 from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, count_units, intervals_by_model,
                                              no_interval_lines, paired_difference,
@@ -96,7 +97,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
         return evaluate_multihead(inputs, options, out, log)
     task, y_val, y_test = inputs.task, inputs.y_val, inputs.y_test
     ens_val, ens_test = inputs.val_probs[ENSEMBLE], inputs.test_probs[ENSEMBLE]
-    pos = (1 if task.positive_index is None else task.positive_index) if task.is_binary else None
+    pos = task.binary_positive if task.is_binary else None
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
 
@@ -117,7 +118,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
             f"val sensitivity {op.val_sensitivity:.3f}, specificity {op.val_specificity:.3f})")
         table = threshold_table(y_val == pos, val_calibrated[:, pos], y_test == pos,
                                 calibrated[:, pos], chosen=op.threshold)
-        files.append(out / "threshold_table.csv")
+        files.append(out / artifacts.THRESHOLD_TABLE)
         table.to_csv(files[-1], index=False)
     threshold = op.threshold if op is not None else None
     val_decision, val_confidence = decide(val_calibrated, threshold, pos)
@@ -157,7 +158,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
         difference = paired_difference(
             lambda y, p: fast_metrics(y, p, task.positive_index)[task.metric], y_test,
             ens_test, inputs.test_probs[BEST_SINGLE], resamples, units=units)
-    files.append(out / "test_metrics_with_ci.csv")
+    files.append(out / artifacts.TEST_METRICS)
     intervals.to_csv(files[-1], index=False)
     groups_note = ("whole groups (patient / lesion) resampled" if len(np.unique(
         inputs.test_groups)) < len(y_test) else "each image its own group")
@@ -170,19 +171,19 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     # --- figures ------------------------------------------------------------------------------
     classes = list(task.classes)
     figures = [
-        plots.confusion_matrices(y_test, test_decision, classes, out / "confusion_matrix.png",
+        plots.confusion_matrices(y_test, test_decision, classes, out / artifacts.CONFUSION_MATRIX,
                                  "test" + (" at the operating point" if op else "")),
         # binary: on the calibrated scale, where the threshold lives (same curve, monotone)
         plots.roc_pr_curves(y_test, calibrated if op else ens_test, classes,
-                            out / "roc_pr_curves.png",
+                            out / artifacts.ROC_PR_CURVES,
                             positive_index=task.positive_index,
                             threshold=op.threshold if op else None, title="test"),
-        plots.reliability_diagram(y_test, ens_test, calibrated, out / "reliability_diagram.png",
+        plots.reliability_diagram(y_test, ens_test, calibrated, out / artifacts.RELIABILITY_DIAGRAM,
                                   temperature=temperature, title="test"),
     ]
     metric = next(c for c in inputs.leaderboard.columns if c.startswith("best_"))
     figures.append(plots.trial_comparison(inputs.leaderboard, metric,
-                                          out / "trial_comparison.png",
+                                          out / artifacts.TRIAL_COMPARISON,
                                           [m.name for m in inputs.members]))
     best = max(inputs.members, key=lambda m: m.weight)
     figures += _gradcam_figures(best, inputs, options, out)
@@ -199,7 +200,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
             summary["mutual_information"].mean())
     review = review_table(inputs.test_paths, y_test, calibrated, classes,
                           options.review_cases, mc_entropy)
-    files.append(out / "review_low_confidence.csv")
+    files.append(out / artifacts.REVIEW)
     review.to_csv(files[-1], index=False)
     files += figures
 
@@ -216,7 +217,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
                          groups_note, metric, referral, difference)
     banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
               "real patients.") if inputs.synthetic else None
-    files.append(write_report(out / "report.html", inputs.title, report_sections, banner))
+    files.append(write_report(out / artifacts.REPORT, inputs.title, report_sections, banner))
     return ClinicalResult(files, metrics, intervals, temperature, op, referral, calibrated,
                           interval_notes=interval_notes)
 

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from orchestrator.clinical import plots
+from orchestrator.clinical import artifacts, plots
 from orchestrator.clinical.bootstrap import (count_units, intervals_by_model, no_interval_lines,
                                              paired_difference, resample_indices,
                                              sound_interval_metrics)
@@ -109,7 +109,7 @@ def evaluate_multihead(inputs, options, out: Path, log: Log = print):
             lambda y, p: fast_multihead_metrics(y, p, task)[task.metric], y_test, ens_test,
             np.asarray(inputs.test_probs[BEST_SINGLE], dtype=np.float64), resamples,
             units=units)
-    files.append(out / "test_metrics_with_ci.csv")
+    files.append(out / artifacts.TEST_METRICS)
     intervals.to_csv(files[-1], index=False)
     groups_note = ("whole groups (patient / lesion) resampled" if len(np.unique(
         inputs.test_groups)) < len(y_test) else "each image its own group")
@@ -123,28 +123,32 @@ def evaluate_multihead(inputs, options, out: Path, log: Log = print):
     head_figures: dict[str, list[Path]] = {}
     for head in task.heads:
         name, s = head.name, slices[head.name]
+
+        def named(kind: str, head_name: str = name) -> Path:
+            return out / artifacts.per_head(kind, _safe(head_name))
+
         if head.is_classification:
             head_figures[name] = [
                 plots.confusion_matrices(test_t[name], decided[name][0], list(head.classes),
-                                         out / f"confusion_matrix_{_safe(name)}.png",
+                                         named(artifacts.CONFUSION_MATRIX),
                                          f"{name}, test"),
                 plots.reliability_diagram(test_t[name], ens_test[:, s], calibrated[:, s],
-                                          out / f"reliability_diagram_{_safe(name)}.png",
+                                          named(artifacts.RELIABILITY_DIAGRAM),
                                           temperature=fits[name].temperature,
                                           title=f"{name}, test")]
         else:
             head_figures[name] = [plots.regression_scatter(
-                test_t[name], ens_test[:, s][:, 0], out / f"scatter_{_safe(name)}.png",
+                test_t[name], ens_test[:, s][:, 0], named(artifacts.SCATTER),
                 unit=head.unit, title=f"{name}, test")]
     metric = next(c for c in inputs.leaderboard.columns if c.startswith("best_"))
-    figures = [plots.trial_comparison(inputs.leaderboard, metric, out / "trial_comparison.png",
+    figures = [plots.trial_comparison(inputs.leaderboard, metric, out / artifacts.TRIAL_COMPARISON,
                                       [m.name for m in inputs.members])]
     if options.mc_dropout_passes:
         notes.append("MC dropout is not computed for a multi-head ensemble")
         log(f"MC dropout: {notes[-1]}")
 
     review = review_table(inputs.test_paths, y_test, calibrated, task, options.review_cases)
-    files.append(out / "review_low_confidence.csv")
+    files.append(out / artifacts.REVIEW)
     review.to_csv(files[-1], index=False)
     files += [p for h in task.heads for p in head_figures[h.name]] + figures
 
@@ -164,7 +168,7 @@ def evaluate_multihead(inputs, options, out: Path, log: Log = print):
                                          review, groups_note, metric, difference)
     banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
               "real patients.") if inputs.synthetic else None
-    files.append(write_report(out / "report.html", inputs.title, report_sections, banner))
+    files.append(write_report(out / artifacts.REPORT, inputs.title, report_sections, banner))
     return ClinicalResult(files, metrics, intervals, float("nan"), None, None, calibrated,
                           notes, fits, interval_notes)
 

@@ -16,6 +16,7 @@ from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay,  # 
 
 from orchestrator.clinical.calibration import reliability_bins  # noqa: E402
 from orchestrator.clinical.operating_point import binary_figures  # noqa: E402
+from tasks.base import positive_column  # noqa: E402
 
 DPI = 150
 MIN_WIDTH_PX = 1000  # legends and tick labels stay legible at full width
@@ -50,7 +51,7 @@ def roc_pr_curves(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
     multiclass: one curve per class, one-vs-rest."""
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.5))
     if probs.shape[1] == 2:
-        pos = 1 if positive_index is None else positive_index
+        pos = positive_column(positive_index)
         truth, scores = y == pos, probs[:, pos]
         RocCurveDisplay.from_predictions(truth, scores, ax=roc, name=classes[pos])
         PrecisionRecallDisplay.from_predictions(truth, scores, ax=pr, name=classes[pos])

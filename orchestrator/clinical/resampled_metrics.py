@@ -11,6 +11,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from orchestrator.metrics import log_loss
+from tasks.base import positive_column
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -62,7 +63,7 @@ def fast_metrics(y: np.ndarray, probs: np.ndarray, positive_index: int | None = 
            "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
            "macro_f1": float(f1.mean())}
     if c == 2:
-        pos = 1 if positive_index is None else positive_index
+        pos = positive_column(positive_index)
         out["roc_auc"] = binary_roc_auc(y == pos, probs[:, pos])
         out["pr_auc"] = average_precision(y == pos, probs[:, pos])
     elif not present.all():  # one-vs-rest needs every class (as metrics.py says NaN)

@@ -1,5 +1,8 @@
 """The final ensemble: pure selection (`selection`), the validation-only choice of TTA policy and
-members (`choice`), the report files (`report`) and the Ray + MLflow build (`build`).
+members (`choice`), where its candidates come from (`sources`: holdout or out-of-fold), the
+Ray + MLflow build (`build`), the report files and console summary (`report`), the served
+model, its card and its registration (`publish`), promotion to champion (`promote`), and the
+stage's file names (`artifacts`).
 
 `python -m orchestrator.ensemble --sweep-run RUN_ID` redoes the build for an existing sweep.
 """

@@ -16,6 +16,7 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.console import detail
+from orchestrator.ensemble import artifacts
 from orchestrator.ensemble.report import EnsembleReport
 from orchestrator.ensemble.sources import (HeldOut, SweepInfo, cross_validated, holdout,
                                            ranked_trials, sweep_info)
@@ -158,7 +159,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         row = table.set_index("model").loc["ensemble"]
         tracking.log_metrics(sweep.uri, run_id, {k: v for k, v in row.items()
                                                   if isinstance(v, (int, float))})
-        tracking.log_table_artifact(sweep.uri, run_id, scoring, "scoring.csv")
+        tracking.log_table_artifact(sweep.uri, run_id, scoring, artifacts.SCORING)
         probs = ens.predict(test_probs)
         result = evaluate(*clinical, work / "clinical", log=log)
         tracking.log_metrics(sweep.uri, run_id, {k: v for k, v in result.metrics.items()

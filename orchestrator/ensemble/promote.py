@@ -26,9 +26,9 @@ from orchestrator.errors import ConfigError
 from orchestrator.serving.contract import PROBABILITY_PREFIX, VALUE
 
 Log = Callable[[str], None]
-TAG_PROMOTION = "medsweep.promotion"  # "paired bootstrap" | "forced" | "first champion"
-TAG_DIFFERENCE = "medsweep.promotion_difference"
-TAG_OVER = "medsweep.promoted_over"
+from orchestrator.keys import (TAG_DIFFERENCE, TAG_OVER,  # noqa: E402
+                                        TAG_PROMOTION, VERSION_POSITIVE_CLASS, VERSION_SWEEP_RUN,
+                                        VERSION_TEST_FINGERPRINT, version_metric_tag)
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def promote(task_name: str, *, tracking_uri: str | None = None, force: bool = Fa
             resamples: int = DEFAULT_RESAMPLES, log: Log = print) -> bool:
     """Move `champion` to `candidate` when it is better (or forced); True when it moved."""
     from orchestrator import tracking
-    from orchestrator.ensemble.publish import TEST_PREDICTIONS
+    from orchestrator.ensemble.artifacts import TEST_PREDICTIONS
     from orchestrator.tracking import registry
     from tasks import get_task
 
@@ -200,16 +200,16 @@ def promote(task_name: str, *, tracking_uri: str | None = None, force: bool = Fa
         return False
     reason = None
     comparison = None
-    if candidate.tags.get("test_fingerprint") != champion.tags.get("test_fingerprint"):
+    if candidate.tags.get(VERSION_TEST_FINGERPRINT) != champion.tags.get(VERSION_TEST_FINGERPRINT):
         reason = ("they were tested on different data (test fingerprints "
-                  f"{candidate.tags.get('test_fingerprint', '?')[:12]} and "
-                  f"{champion.tags.get('test_fingerprint', '?')[:12]})")
+                  f"{candidate.tags.get(VERSION_TEST_FINGERPRINT, '?')[:12]} and "
+                  f"{champion.tags.get(VERSION_TEST_FINGERPRINT, '?')[:12]})")
     else:
         with tempfile.TemporaryDirectory(prefix="medsweep-promote-") as tmp:
             frames = [_read_predictions(tracking.download(uri, v.run_id, TEST_PREDICTIONS,
                                                           Path(tmp) / str(v.version)))
                       for v in (candidate, champion)]
-        comparison = compare(*frames, task.metric, candidate.tags.get("positive_class"),
+        comparison = compare(*frames, task.metric, candidate.tags.get(VERSION_POSITIVE_CLASS),
                              resamples, task=task)
         log(comparison.text())
         if comparison.note:
@@ -236,5 +236,5 @@ def promote(task_name: str, *, tracking_uri: str | None = None, force: bool = Fa
 
 
 def _figure(version, metric: str) -> str:
-    value = version.tags.get(f"test_{metric}", "?")
-    return f"test {metric} {value}, sweep run {version.tags.get('sweep_run', '?')}"
+    value = version.tags.get(version_metric_tag(metric), "?")
+    return f"test {metric} {value}, sweep run {version.tags.get(VERSION_SWEEP_RUN, '?')}"

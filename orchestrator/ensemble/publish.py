@@ -15,12 +15,12 @@ from orchestrator import tracking
 from orchestrator.clinical.bootstrap import note_lines, row_note
 from orchestrator.data.splits import read_manifest, split_fingerprint
 from orchestrator.console import detail
+from orchestrator.ensemble.artifacts import TEST_PREDICTIONS
 from orchestrator.errors import ConfigError
 from orchestrator.serving import contract
 from orchestrator.serving.card import CardFacts, Interval, card_tags, model_card
 
 Log = Callable[[str], None]
-TEST_PREDICTIONS = "test_predictions.csv"
 CHECK_TOLERANCE = 1e-5  # largest allowed |served - in-process| probability; a regression
 # head's value: relative to its size when above 1 (float32 spacing at 1000 mm is 6e-5)
 CHECK_BATCH = 64

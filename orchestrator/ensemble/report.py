@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report
 
+from orchestrator.clinical.artifacts import REPORT, per_head
+from orchestrator.ensemble import artifacts
 from tasks.base import Task
 
 
@@ -42,8 +44,8 @@ def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, ta
     if task.is_multihead:
         return _multihead_reports(table, y_test, probs, task, choice, out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "comparison.csv", out / "classification_report.csv",
-             out / "selection_trajectory.csv", out / "tta_policy_scores.csv"]
+    paths = [out / artifacts.COMPARISON, out / artifacts.CLASSIFICATION_REPORT,
+             out / artifacts.SELECTION_TRAJECTORY, out / artifacts.TTA_POLICY_SCORES]
     table.to_csv(paths[0], index=False)
     labels = list(range(task.num_classes))
     report = classification_report(y_test, probs.argmax(axis=1), labels=labels,
@@ -64,8 +66,8 @@ def _multihead_reports(table: pd.DataFrame, y_test, probs, task, choice,
     from orchestrator.heads import split_predictions, split_targets
 
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "comparison.csv", out / "selection_trajectory.csv",
-             out / "tta_policy_scores.csv"]
+    paths = [out / artifacts.COMPARISON, out / artifacts.SELECTION_TRAJECTORY,
+             out / artifacts.TTA_POLICY_SCORES]
     table.to_csv(paths[0], index=False)
     pd.DataFrame(choice.ensemble.trajectory, columns=["added", "val_score"]).to_csv(
         paths[1], index_label="step")
@@ -78,7 +80,7 @@ def _multihead_reports(table: pd.DataFrame, y_test, probs, task, choice,
                                        labels=list(range(len(head.classes))),
                                        target_names=list(head.classes), output_dict=True,
                                        zero_division=0)
-        paths.append(out / f"classification_report_{head.name}.csv")
+        paths.append(out / per_head(artifacts.CLASSIFICATION_REPORT, head.name))
         pd.DataFrame(report).T.to_csv(paths[-1])
     return paths
 
@@ -172,7 +174,7 @@ def print_report(report: EnsembleReport) -> None:
                 print("  ensemble test: " + "; ".join(shown))
     # registered only after the logged model answered every test image as evaluated
     print(f"ensemble run {report.run_id}; model {report.registered}, its served answers "
-          "checked against the evaluated ensemble; report.html in its artifacts")
+          f"checked against the evaluated ensemble; {REPORT} in its artifacts")
     print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "
           f"-m models:/{report.registered.split(' ')[0]} --env-manager local")
 

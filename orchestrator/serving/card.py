@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from orchestrator import keys
 from orchestrator.clinical.bootstrap import MIN_GROUPS, NO_INTERVAL
 from orchestrator.serving.contract import ServingSpec
 
@@ -187,13 +188,15 @@ def _heads_calibration(spec: ServingSpec) -> list[str]:
 
 def card_tags(facts: CardFacts) -> dict[str, str]:
     metric = facts.test.get(facts.metric)
-    tags = {"task": facts.task, "data_fingerprint": facts.data_fingerprint,
-            "test_fingerprint": facts.test_fingerprint, "sweep_run": facts.sweep_run_id,
-            "ensemble_run": facts.ensemble_run_id, "synthetic_data": str(facts.synthetic).lower()}
+    tags = {keys.VERSION_TASK: facts.task, keys.VERSION_DATA_FINGERPRINT: facts.data_fingerprint,
+            keys.VERSION_TEST_FINGERPRINT: facts.test_fingerprint,
+            keys.VERSION_SWEEP_RUN: facts.sweep_run_id,
+            keys.VERSION_ENSEMBLE_RUN: facts.ensemble_run_id,
+            keys.VERSION_SYNTHETIC: str(facts.synthetic).lower()}
     if facts.spec.positive_class is not None:
-        tags["positive_class"] = facts.spec.positive_class
+        tags[keys.VERSION_POSITIVE_CLASS] = facts.spec.positive_class
     if facts.spec.heads:
-        tags["heads"] = ",".join(h.name for h in facts.spec.heads)
+        tags[keys.VERSION_HEADS] = ",".join(h.name for h in facts.spec.heads)
     if metric is not None:
-        tags[f"test_{facts.metric}"] = metric.text()
+        tags[keys.version_metric_tag(facts.metric)] = metric.text()
     return tags

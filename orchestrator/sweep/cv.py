@@ -19,10 +19,9 @@ from orchestrator import tracking
 from orchestrator.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
 from orchestrator.cluster import Log
-from orchestrator.sweep.progress import EpochLines, ProgressTable
 from orchestrator.naming import short_trial_name
-from orchestrator.sweep.tracker import TrialTracker
 from orchestrator.sweep.trainable import SweepContext, run_cv_trial
+from orchestrator.sweep.tuner import make_tuner, unfinished_trials
 from orchestrator.train.trial import load_folded_data
 
 CV_SUFFIX = "-cv"  # the stage's Tune experiment: beside the search's, its name plus this
@@ -71,31 +70,17 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
              "cv_fold": tune.grid_search(list(range(folds)))}
     if replicates > 1:
         space["replicate"] = tune.grid_search(list(range(replicates)))
-    if restore:
-        tuner = tune.Tuner.restore(restore, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(metric=context.metric, mode=context.mode,
-                                        num_samples=1, scheduler=FIFOScheduler(),
-                                        reuse_actors=reuse_actors),
-            run_config=tune.RunConfig(
-                name=name + CV_SUFFIX, storage_path=storage,
-                callbacks=[TrialTracker(cv_context), EpochLines(cv_context, log)],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=2), verbose=1,
-                progress_reporter=ProgressTable(context.metric, list(space))))
+    tuner = make_tuner(trainable, context=cv_context, name=name + CV_SUFFIX, storage=storage,
+                       space=space, num_samples=1, scheduler=FIFOScheduler(), log=log,
+                       columns=list(space), keep_checkpoints=1, score_checkpoints=False,
+                       reuse_actors=reuse_actors, restore=restore)
     grid = tuner.fit()
-    runs = tracking.list_trial_runs(context.tracking_uri, context.experiment_id,
-                                    context.parent_run_id, kind=tracking.KIND_CV_TRIAL)
-    closed = {r.data.tags.get(tracking.TAG_TRIAL_ID) for r in runs
-              if r.data.tags.get(tracking.TAG_STATUS) != tracking.STATUS_RUNNING}
-    unfinished = [r for r in grid if r.metrics.get("trial_id") not in closed]
+    unfinished = unfinished_trials(grid, context, kind=tracking.KIND_CV_TRIAL)
     if unfinished:
         raise SweepInterrupted(f"cross-validation interrupted with {len(unfinished)} "
                                "unfinished fold trial(s)")
+    runs = tracking.list_trial_runs(context.tracking_uri, context.experiment_id,
+                                    context.parent_run_id, kind=tracking.KIND_CV_TRIAL)
     return pd.DataFrame([{"finalist": r.data.tags.get(tracking.TAG_FINALIST),
                           "fold": r.data.tags.get(tracking.TAG_FOLD),
                           "replicate": r.data.tags.get(tracking.TAG_REPLICATE, "0"),

@@ -1,10 +1,12 @@
-"""A sweep from start to finish: `run_sweep` checks everything on the driver, then `SweepRunner`
-prepares the data once, opens the MLflow parent run, assembles and runs the Tuner, writes the
-leaderboard and builds the final ensemble.
+"""A sweep from start to finish: `run_sweep` checks everything on the driver, then runs its
+three stages in order: the search (`SweepRunner` prepares the data once, opens the MLflow parent
+run, runs the Tuner, writes the leaderboard), the cross-validation of its finalists (`cv.py`),
+and the final ensemble (`orchestrator.ensemble`); `SweepRunner.finish` closes the parent run.
 """
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import shutil
@@ -22,37 +24,26 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from orchestrator import console, tracking
-
-# Per-epoch checkpoints are the point; Tune's warning about frequent snapshots is noise here.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-from orchestrator.cluster import WORKER_ENV, Log, check_trial_fits, connect_ray  # noqa: E402
-
-# A local Ray started after this import (by the caller, or connect_ray) inherits them too.
-for _key, _value in WORKER_ENV.items():
-    os.environ.setdefault(_key, _value)
-# Tune's classic console table: the newer engine ignores a progress_reporter and shows columns
-# of its own choosing (progress.ProgressTable says which ones this one shows).
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-from orchestrator.config import TrialConfig  # noqa: E402
-from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted  # noqa: E402
-from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON  # noqa: E402
-from orchestrator.sweep.summary import record_summary  # noqa: E402
-from orchestrator.sweep.records import (DATA_FACTS, LEADERBOARD_COLUMNS,  # noqa: E402
-                                        data_facts, data_line, data_records, leaderboard)
-from orchestrator.sweep.state import (fetch_recorded_data, find_resumable, is_uri,  # noqa: E402
+from orchestrator.cluster import Log, check_trial_fits, connect_ray
+from orchestrator.config import TrialConfig
+from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
+from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
+from orchestrator.sweep.budget import Budget
+from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists
+from orchestrator.sweep.records import (DATA_FACTS, LEADERBOARD_COLUMNS, data_facts, data_line,
+                                        data_records, leaderboard)
+from orchestrator.sweep.state import (SweepState, fetch_recorded_data, find_resumable, is_uri,
                                       read_sweep_state, save_recorded_data, write_sweep_state)
-from orchestrator.sweep.state import storage_path as storage_path_for  # noqa: E402
-from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists  # noqa: E402
-from orchestrator.sweep.progress import EpochLines, ProgressTable  # noqa: E402
-from orchestrator.sweep.trainable import SweepContext, run_tune_trial  # noqa: E402
-from orchestrator.sweep.tracker import TrialTracker  # noqa: E402
-from orchestrator.train.artifacts import TrialData  # noqa: E402
-from orchestrator.train.trial import load_trial_data  # noqa: E402
-from search_spaces import (check_space, choose_profile, discrete_values,  # noqa: E402
-                           get_profile, is_dimension, overrides_space, space_to_json,
-                           with_overrides)
-from tasks import get_task  # noqa: E402
-from tasks.base import Task  # noqa: E402
+from orchestrator.sweep.state import storage_path as storage_path_for
+from orchestrator.sweep.summary import record_summary
+from orchestrator.sweep.trainable import SweepContext, run_tune_trial
+from orchestrator.sweep.tuner import make_tuner, unfinished_trials
+from orchestrator.train.artifacts import TrialData
+from orchestrator.train.trial import load_trial_data
+from search_spaces import (check_space, choose_profile, discrete_values, get_profile,
+                           is_dimension, overrides_space, space_to_json)
+from tasks import get_task
+from tasks.base import Task
 
 SCHEDULERS = ("asha", "fifo")
 
@@ -69,6 +60,21 @@ class SweepResult:
     runs_url: str = ""  # the experiment's runs table in that UI
     ensemble: Any = None  # orchestrator.ensemble.report.EnsembleReport, when one was built
     data_facts: dict = field(default_factory=dict)  # images used, left out, duplicate pairs
+
+
+@dataclass(frozen=True)
+class Searched:
+    """Where the search (and the cross-validation after it) left a sweep: what the ensemble
+    stage and `SweepRunner.finish` continue from."""
+
+    context: SweepContext
+    path: str  # the sweep's Tune folder (a local path or a URI)
+    board: pd.DataFrame  # the leaderboard, best first
+    errored: int  # trials that failed for good
+
+    @property
+    def trained_any(self) -> bool:
+        return self.errored < len(self.board)
 
 
 def run_sweep(
@@ -137,15 +143,33 @@ def run_sweep(
         store_opened = pool.submit(tracking.open_store, uri)
         can_grow = connect_ray(address, log)
         store_opened.result()  # an unreachable server fails here, before any trial
+    budget = {"num_samples": num_samples, "max_epochs": max_epochs,
+              "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+              "cv_folds": cv_folds, "cv_top": cv_top, "replicates": replicates}
     runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
-                         num_samples=num_samples, max_epochs=max_epochs,
-                         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                         cv_folds=cv_folds, cv_top=cv_top, replicates=replicates,
-                         storage=storage, experiment=experiment, tracking_uri=uri, seed=seed,
-                         space_overrides=space_overrides or {}, scheduler=scheduler,
-                         build_ensemble=ensemble, cluster_can_grow=can_grow,
+                         budget_overrides=budget, storage=storage, experiment=experiment,
+                         tracking_uri=uri, seed=seed, space_overrides=space_overrides or {},
+                         scheduler=scheduler, cluster_can_grow=can_grow,
                          reuse_actors=reuse_actors, log=log)
-    return runner.resume(previous) if previous else runner.start()
+    searched = runner.resume(previous) if previous else runner.start()
+    built = (final_ensemble(searched.context, runner.budget, log)
+             if ensemble and searched.trained_any else None)
+    return runner.finish(searched, built)
+
+
+def final_ensemble(context: SweepContext, budget: Budget, log: Log):
+    """The sweep's last stage: the ensemble of its candidates (`orchestrator.ensemble`). Its
+    failure is reported, not fatal: the trials stay in MLflow and `python -m
+    orchestrator.ensemble` can redo it."""
+    console.import_tensorflow()  # the driver's first TensorFlow, quietly unless --verbose
+    from orchestrator.ensemble.build import build_ensemble
+
+    try:
+        return build_ensemble(context.parent_run_id, tracking_uri=context.tracking_uri,
+                              gpus_per_actor=min(budget.gpus_per_trial, 1.0), log=log)
+    except MedSweepError as err:
+        log(f"warning: no ensemble built: {err}")
+        return None
 
 
 def _weights_dir(weights_dir: str | os.PathLike | None) -> str | None:
@@ -164,20 +188,17 @@ def _weights_dir(weights_dir: str | os.PathLike | None) -> str | None:
 
 
 class SweepRunner:
+    """The search and cross-validation stages of one sweep, started or resumed."""
+
     def __init__(self, *, task: str, task_record: Task, data_dir: str | None,
-                 profile: str | None, num_samples: int | None, max_epochs: int | None,
-                 cpus_per_trial: float | None, gpus_per_trial: float | None,
-                 cv_folds: int | None, cv_top: int | None, storage: str,
+                 profile: str | None, budget_overrides: dict, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
-                 scheduler: str, build_ensemble: bool, log: Log,
-                 cluster_can_grow: bool = False, reuse_actors: bool = True,
-                 replicates: int | None = None) -> None:
-        name = profile or choose_profile(ray.cluster_resources())
-        self.profile = with_overrides(get_profile(task, name), num_samples=num_samples,
-                                      max_epochs=max_epochs, cpus_per_trial=cpus_per_trial,
-                                      gpus_per_trial=gpus_per_trial, cv_folds=cv_folds,
-                                      cv_top=cv_top, replicates=replicates)
-        check_trial_fits(self.profile.cpus_per_trial, self.profile.gpus_per_trial, log,
+                 scheduler: str, log: Log, cluster_can_grow: bool = False,
+                 reuse_actors: bool = True) -> None:
+        base = get_profile(task, profile or choose_profile(ray.cluster_resources()))
+        self.budget = Budget.of(base, budget_overrides)
+        self.profile = self.budget.applied(base)
+        check_trial_fits(self.budget.cpus_per_trial, self.budget.gpus_per_trial, log,
                          can_grow=cluster_can_grow)
         self.task, self.task_record, self.data_dir = task, task_record, data_dir
         self.storage, self.experiment, self.uri, self.seed, self.log = (
@@ -186,13 +207,12 @@ class SweepRunner:
         self.space_overrides = space_overrides
         check_space(self._space(), f"profile {self.profile.name} with --set")
         self.scheduler = scheduler
-        self.build_ensemble = build_ensemble
         self.reuse_actors = reuse_actors
         self.data_facts: dict[str, int] = {}
         self.manifest: Path | None = None  # the recorded split, once the data are prepared
 
     # --------------------------------------------------------------------------- public
-    def start(self) -> SweepResult:
+    def start(self) -> Searched:
         space = self._space()
         datasets = self._prepare_data(space)
         any_data = next(iter(datasets.values()))
@@ -209,9 +229,8 @@ class SweepRunner:
                   tracking.TAG_PROFILE: self.profile.name,
                   tracking.TAG_SYNTHETIC: str(any_data.synthetic).lower()},
             params={**tracking.environment_params(), "task": self.task_record.key,
-                    "profile": self.profile.name, "num_samples": self.profile.num_samples,
-                    "trials": self.profile.trials,
-                    "max_epochs": self.profile.max_epochs, "data_fingerprint": any_data.fingerprint,
+                    "profile": self.profile.name, **self.budget.to_dict(),
+                    "trials": self.profile.trials, "data_fingerprint": any_data.fingerprint,
                     "synthetic_data": any_data.synthetic, "data_dir": self.data_dir or "phantom",
                     "metric": self.metric, "mode": self.task_record.mode, "seed": self.seed,
                     "scheduler": self.scheduler,
@@ -219,54 +238,35 @@ class SweepRunner:
                     "keep_duplicates": bool(space.get("keep_duplicates", False)),
                     "duplicate_threshold": space.get("duplicate_threshold",
                                                         TrialConfig.duplicate_threshold),
-                    "cv_folds": self.profile.cv_folds, "cv_top": self.profile.cv_top,
-                    "replicates": self.profile.replicates,
                     **({"positive_class": space["positive_class"]}
                        if space.get("positive_class") else {})},
             artifacts={"search_space.json": self._space_file(space), **records})
         context = self._context(experiment_id, parent)
-        state = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": self.uri,
-                 "task": self.task, "profile": self.profile.name, "data_dir": self.data_dir,
-                 "name": name, "path": path, "num_samples": self.profile.num_samples,
-                 "max_epochs": self.profile.max_epochs,
-                 "cpus_per_trial": self.profile.cpus_per_trial,
-                 "gpus_per_trial": self.profile.gpus_per_trial,
-                 "cv_folds": self.profile.cv_folds, "cv_top": self.profile.cv_top,
-                 "replicates": self.profile.replicates,
-                 "space_overrides": self.space_overrides}
-        tuner = tune.Tuner(
-            self._trainable(datasets, context),
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=self.metric, mode=self.task_record.mode,
-                num_samples=self.profile.num_samples,
-                search_alg=BasicVariantGenerator(random_state=self.seed),
-                scheduler=self._scheduler(), reuse_actors=self.reuse_actors),
-            run_config=tune.RunConfig(
-                name=name, storage_path=self.storage,
-                callbacks=[TrialTracker(context), EpochLines(context, self.log)],
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=2, checkpoint_score_attribute=self.metric,
-                    checkpoint_score_order=self.task_record.mode),
-                failure_config=tune.FailureConfig(max_failures=2), verbose=1,
-                progress_reporter=ProgressTable(
-                    self.metric, [k for k, v in space.items() if is_dimension(v)])))
+        state = SweepState(parent_run_id=parent, experiment_id=experiment_id,
+                           tracking_uri=self.uri, task=self.task, profile=self.profile.name,
+                           data_dir=self.data_dir, name=name, path=path, budget=self.budget,
+                           space_overrides=self.space_overrides)
+        p = self.profile
+        tuner = make_tuner(
+            self._trainable(datasets, context), context=context, name=name,
+            storage=self.storage, space=space, num_samples=p.num_samples,
+            scheduler=self._scheduler(), log=self.log,
+            columns=[k for k, v in space.items() if is_dimension(v)], keep_checkpoints=2,
+            score_checkpoints=True, reuse_actors=self.reuse_actors,
+            search_alg=BasicVariantGenerator(random_state=self.seed))
         write_sweep_state(path, state)
         save_recorded_data(path, records)
         self.log(self._search_line())
-        return self._fit(tuner, context, path)
+        return self._search(tuner, context, path)
 
-    def resume(self, previous: str) -> SweepResult:
+    def resume(self, previous: str) -> Searched:
         """Continue the sweep in `previous`, its folder's local path or URI."""
         state = read_sweep_state(previous)
-        self.log(f"resuming sweep {state['name']} (MLflow parent run {state['parent_run_id']})")
-        self.data_dir = state["data_dir"]
-        self.profile = with_overrides(
-            get_profile(state["task"], state["profile"]), num_samples=state["num_samples"],
-            max_epochs=state["max_epochs"], cpus_per_trial=state["cpus_per_trial"],
-            gpus_per_trial=state["gpus_per_trial"], cv_folds=state.get("cv_folds", 0),
-            cv_top=state.get("cv_top", 0), replicates=state.get("replicates", 1))
-        self.space_overrides = state.get("space_overrides", {})
+        self.log(f"resuming sweep {state.name} (MLflow parent run {state.parent_run_id})")
+        self.data_dir = state.data_dir
+        self.budget = state.budget
+        self.profile = state.budget.applied(get_profile(state.task, state.profile))
+        self.space_overrides = state.space_overrides
         scratch = tempfile.mkdtemp(prefix="medsweep-recorded-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         recorded = fetch_recorded_data(previous, (MANIFEST_CSV, MANIFEST_JSON), Path(scratch))
@@ -275,14 +275,17 @@ class SweepRunner:
         datasets = self._prepare_data(self._space(),
                                       recorded / MANIFEST_CSV if recorded else None)
         self.data_facts = {k: int(v) for k, v in tracking.get_run(
-            self.uri, state["parent_run_id"]).data.params.items() if k in DATA_FACTS}
+            self.uri, state.parent_run_id).data.params.items() if k in DATA_FACTS}
         if len(self.data_facts) == len(DATA_FACTS):
             self.log(data_line(self.data_facts))
-        tracking.reopen_run(self.uri, state["parent_run_id"])
-        context = self._context(state["experiment_id"], state["parent_run_id"])
-        tuner = tune.Tuner.restore(previous, trainable=self._trainable(datasets, context),
-                                   resume_unfinished=True, resume_errored=True)
-        return self._fit(tuner, context, previous)
+        tracking.reopen_run(self.uri, state.parent_run_id)
+        context = self._context(state.experiment_id, state.parent_run_id)
+        tuner = make_tuner(self._trainable(datasets, context), context=context, name=state.name,
+                           storage=self.storage, space={}, num_samples=0, scheduler=None,
+                           log=self.log, columns=(), keep_checkpoints=2,
+                           score_checkpoints=True, reuse_actors=self.reuse_actors,
+                           restore=previous)
+        return self._search(tuner, context, previous)
 
     # -------------------------------------------------------------------------- helpers
     def _search_line(self) -> str:
@@ -299,7 +302,7 @@ class SweepRunner:
     def _space(self) -> dict:
         """The profile's space with the overrides laid over it: what Tune samples."""
         return {**self.profile.space, **overrides_space(self.space_overrides),
-                "data_dir": self.data_dir, "cv_folds": self.profile.cv_folds}
+                "data_dir": self.data_dir, "cv_folds": self.budget.cv_folds}
 
     def _prepare_data(self, space: dict, manifest: Path | None = None) -> dict[int, TrialData]:
         """Decode each resolution once on the driver; Tune ships the arrays to the object store
@@ -321,11 +324,11 @@ class SweepRunner:
         baseline `bench/sweep_efficiency.py` compares against)."""
         if self.scheduler == "fifo":
             return FIFOScheduler()
-        return ASHAScheduler(time_attr="epoch", max_t=self.profile.max_epochs,
-                             grace_period=self.profile.grace_period, reduction_factor=2)
+        return ASHAScheduler(time_attr="epoch", max_t=self.budget.max_epochs,
+                             grace_period=self.budget.grace_period, reduction_factor=2)
 
     def _trainable(self, datasets: dict[int, TrialData], context: SweepContext):
-        resources = {"cpu": self.profile.cpus_per_trial, "gpu": self.profile.gpus_per_trial}
+        resources = {"cpu": self.budget.cpus_per_trial, "gpu": self.budget.gpus_per_trial}
         return tune.with_resources(
             tune.with_parameters(run_tune_trial, datasets=datasets, context=context), resources)
 
@@ -333,9 +336,9 @@ class SweepRunner:
         searched = tuple(k for k, v in self._space().items() if is_dimension(v))
         return SweepContext(tracking_uri=self.uri, experiment_id=experiment_id,
                             parent_run_id=parent, metric=self.metric,
-                            mode=self.task_record.mode, max_epochs=self.profile.max_epochs,
-                            cpus_per_trial=self.profile.cpus_per_trial,
-                            gpus_per_trial=self.profile.gpus_per_trial,
+                            mode=self.task_record.mode, max_epochs=self.budget.max_epochs,
+                            cpus_per_trial=self.budget.cpus_per_trial,
+                            gpus_per_trial=self.budget.gpus_per_trial,
                             task_key=self.task_record.key, searched=searched)
 
     def _experiment_path(self, name: str) -> str:
@@ -354,35 +357,35 @@ class SweepRunner:
         atexit.register(Path(file.name).unlink, missing_ok=True)
         return Path(file.name)
 
-    def _fit(self, tuner: tune.Tuner, context: SweepContext, path: str) -> SweepResult:
+    def _search(self, tuner: tune.Tuner, context: SweepContext, path: str) -> Searched:
+        """Run the search to its end (and the cross-validation after it), or raise
+        SweepInterrupted with the command that resumes it."""
         grid = tuner.fit()
-        # Tune marks trials it stopped for Ctrl+C as TERMINATED too; only the runs our callback
-        # closed (completed, stopped by ASHA, errored for good) are really done.
-        closed = {run.data.tags.get(tracking.TAG_TRIAL_ID)
-                  for run in tracking.list_trial_runs(self.uri, context.experiment_id,
-                                                      context.parent_run_id)
-                  if run.data.tags.get(tracking.TAG_STATUS) != tracking.STATUS_RUNNING}
-        unfinished = [r for r in grid if r.metrics.get("trial_id") not in closed]
+        unfinished = unfinished_trials(grid, context)
         if unfinished:
             tracking.finish_run(self.uri, context.parent_run_id, "KILLED")
             raise SweepInterrupted(
                 f"sweep interrupted with {len(unfinished)} unfinished trial(s); its state is "
                 f"saved in {path}. Continue it with: python -m orchestrator.sweep {self.task} "
                 f"--resume" + (f" --storage-path {self.storage}" if self.storage else ""))
-        board = leaderboard(grid, self.metric, self.task_record.mode, self.profile.max_epochs)
+        board = leaderboard(grid, self.metric, self.task_record.mode, self.budget.max_epochs)
         tracking.log_table_artifact(self.uri, context.parent_run_id, board, "tune_results.csv")
-        errored = sum(1 for r in grid if r.error is not None)
-        if self.profile.cv_folds and errored < len(board):
+        searched = Searched(context=context, path=path, board=board,
+                            errored=sum(1 for r in grid if r.error is not None))
+        if self.budget.cv_folds and searched.trained_any:
             self._cross_validate(grid, context, path)
-        ensemble = self._ensemble(context) if self.build_ensemble and errored < len(board) \
-            else None
-        record_summary(self.uri, context.experiment_id, context.parent_run_id, board,
+        return searched
+
+    def finish(self, searched: Searched, ensemble) -> SweepResult:
+        """The sweep's summary note and its parent run closed: FAILED when no trial trained."""
+        context = searched.context
+        record_summary(self.uri, context.experiment_id, context.parent_run_id, searched.board,
                        self.metric, self.task_record.metric, ensemble)
         tracking.finish_run(self.uri, context.parent_run_id,
-                            "FAILED" if errored == len(board) else "FINISHED")
-        return SweepResult(parent_run_id=context.parent_run_id, experiment_path=path,
+                            "FINISHED" if searched.trained_any else "FAILED")
+        return SweepResult(parent_run_id=context.parent_run_id, experiment_path=searched.path,
                            tracking_uri=self.uri, metric=self.task_record.metric,
-                           mode=self.task_record.mode, leaderboard=board,
+                           mode=self.task_record.mode, leaderboard=searched.board,
                            ui_command=tracking.ui_command(self.uri,
                                                           tracking.local_artifact_root(self.uri)),
                            runs_url=tracking.runs_table_url(self.uri, context.experiment_id),
@@ -391,21 +394,21 @@ class SweepRunner:
     def _cross_validate(self, grid, context: SweepContext, path: str) -> None:
         """The second stage (`cv.py`); the sweep state says it started, so `--resume` restores
         it rather than starting it again."""
-        chosen = finalists(grid, self.metric, self.task_record.mode, self.profile.cv_top)
+        chosen = finalists(grid, self.metric, self.task_record.mode, self.budget.cv_top)
         if not chosen:
             self.log("warning: no finished trial to cross-validate")
             return
         state = read_sweep_state(path)
-        if not state.get("cv_started"):
-            write_sweep_state(path, {**state, "cv_started": True})
+        if not state.cv_started:
+            write_sweep_state(path, dataclasses.replace(state, cv_started=True))
         try:
             table = cross_validate(
-                chosen, folds=self.profile.cv_folds, replicates=self.profile.replicates,
+                chosen, folds=self.budget.cv_folds, replicates=self.budget.replicates,
                 context=context, manifest=self.manifest,
-                storage=self.storage, name=state["name"],
-                resources={"cpu": self.profile.cpus_per_trial,
-                           "gpu": self.profile.gpus_per_trial},
-                restore=path + CV_SUFFIX if state.get("cv_started") else None,
+                storage=self.storage, name=state.name,
+                resources={"cpu": self.budget.cpus_per_trial,
+                           "gpu": self.budget.gpus_per_trial},
+                restore=path + CV_SUFFIX if state.cv_started else None,
                 reuse_actors=self.reuse_actors, log=self.log)
         except SweepInterrupted as err:
             tracking.finish_run(self.uri, context.parent_run_id, "KILLED")
@@ -413,19 +416,3 @@ class SweepRunner:
                 f"{err}; its state is saved in {path}. Continue it with: python -m "
                 f"orchestrator.sweep {self.task} --resume --storage-path {self.storage}") from None
         tracking.log_table_artifact(self.uri, context.parent_run_id, table, "cv_runs.csv")
-
-    def _ensemble(self, context: SweepContext):
-        """The final ensemble is part of every sweep; its failure is reported, not fatal: the
-        trials stay in MLflow and `python -m orchestrator.ensemble` can redo it."""
-        from orchestrator import console
-
-        console.import_tensorflow()  # the driver's first TensorFlow, quietly unless --verbose
-        from orchestrator.ensemble.build import build_ensemble
-
-        try:
-            return build_ensemble(context.parent_run_id, tracking_uri=self.uri,
-                                  gpus_per_actor=min(self.profile.gpus_per_trial, 1.0),
-                                  log=self.log)
-        except MedSweepError as err:
-            self.log(f"warning: no ensemble built: {err}")
-            return None

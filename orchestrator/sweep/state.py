@@ -1,15 +1,19 @@
 """Where a sweep lives and how one is found again: the storage path (a folder or a URI every
-node reaches), the sweep state file beside Tune's own, and finding the sweep to resume (connecting
+node reaches), the sweep state (`SweepState`, versioned) beside Tune's own, and finding the
+sweep to resume (connecting
 to Ray is `orchestrator.cluster`'s). Imports pyarrow only inside the functions that need it, so a
 CLI's `--help` and its argument checks stay fast.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
+from orchestrator.sweep.budget import OVERRIDABLE, Budget
 
 SWEEP_STATE = "medsweep_sweep.json"  # beside Tune's own state: what a resumed sweep continues
 RECORDED_DATA = "recorded_data"  # the sweep's manifest, in its folder: what a resume reloads
@@ -83,16 +87,6 @@ def storage_filesystem(uri: str):
         raise ConfigError(f"--storage-path {uri}: pyarrow.fs cannot open it ({err})") from None
 
 
-def read_sweep_state(sweep: str) -> dict:
-    """The SWEEP_STATE of the sweep folder `sweep` (a local path or a URI)."""
-    return json.loads(_read_bytes(f"{sweep.rstrip('/')}/{SWEEP_STATE}").decode())
-
-
-def write_sweep_state(sweep: str, state: dict) -> None:
-    """Write SWEEP_STATE into the sweep folder `sweep` (a local path or a URI)."""
-    _write_bytes(f"{sweep.rstrip('/')}/{SWEEP_STATE}", json.dumps(state, indent=1).encode())
-
-
 def save_recorded_data(sweep: str, files: dict[str, Path]) -> None:
     """Copy the data records (manifest and its companions) into the sweep folder (a local
     path or a URI), so that a resumed sweep reloads the very split, wherever it runs."""
@@ -129,3 +123,65 @@ def _write_bytes(location: str, data: bytes) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as stream:
         stream.write(data)
+
+
+STATE_VERSION = 2  # 1: the flat dict written before SweepState (no "version" key)
+
+
+@dataclass(frozen=True)
+class SweepState:
+    """What a resumed sweep continues: its MLflow runs, its Tune folder, its task, data and
+    budget, and how far it got. Written and read only here (`write_sweep_state`,
+    `read_sweep_state`), versioned: an older file still resumes, a newer one is refused."""
+
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    task: str
+    profile: str
+    data_dir: str | None
+    name: str
+    path: str
+    budget: Budget
+    space_overrides: dict = field(default_factory=dict)
+    cv_started: bool = False  # the cross-validation stage began: --resume restores it
+
+    def to_json(self) -> str:
+        record = dataclasses.asdict(self)
+        record["budget"] = self.budget.to_dict()
+        return json.dumps({"version": STATE_VERSION, **record}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "SweepState":
+        record = json.loads(text)
+        version = record.pop("version", 1)
+        if version == 1:  # the budget's overrides flat; the profile gives the rest
+            from search_spaces import get_profile
+
+            flat = {"cv_folds": 0, "cv_top": 0, "replicates": 1}  # older than those stages
+            flat.update({k: record.pop(k) for k in OVERRIDABLE if k in record})
+            record["budget"] = Budget.of(get_profile(record["task"], record["profile"]),
+                                         flat).to_dict()
+        elif version != STATE_VERSION:
+            raise ConfigError(f"{where} was written by a newer MedSweep (sweep state version "
+                              f"{version}; this one reads up to {STATE_VERSION}): resume it "
+                              "with that version, or start a new sweep")
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(known - set(record) - {"space_overrides", "cv_started"})
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(missing)}: not a MedSweep sweep "
+                              "state; start a new sweep")
+        return cls(**{k: v for k, v in record.items() if k in known} | {
+            "budget": Budget.from_dict(record["budget"])})
+
+
+
+def read_sweep_state(sweep: str) -> SweepState:
+    """The SWEEP_STATE of the sweep folder `sweep` (a local path or a URI)."""
+    where = f"{sweep.rstrip('/')}/{SWEEP_STATE}"
+    return SweepState.from_json(_read_bytes(where).decode(), where)
+
+
+def write_sweep_state(sweep: str, state: SweepState) -> None:
+    """Write SWEEP_STATE into the sweep folder `sweep` (a local path or a URI)."""
+    _write_bytes(f"{sweep.rstrip('/')}/{SWEEP_STATE}", state.to_json().encode())

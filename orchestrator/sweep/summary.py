@@ -13,10 +13,8 @@ from orchestrator import tracking
 from orchestrator.clinical.bootstrap import NO_INTERVAL, row_note
 from orchestrator.naming import STOPPED_EARLY, short_trial_name
 
-TAG_BEST_TRIAL_RUN = "medsweep.best_trial_run"
-TAG_ENSEMBLE_RUN = "medsweep.ensemble_run"
-TAG_MODEL_VERSION = "medsweep.model_version"
-NOTE_TAG = "mlflow.note.content"
+from orchestrator.keys import (NOTE_TAG, TAG_BEST_TRIAL_RUN,  # noqa: E402
+                                        TAG_ENSEMBLE_RUN, TAG_MODEL_VERSION)
 
 
 def summary_metrics(board: pd.DataFrame, metric: str, ensemble=None,

@@ -17,8 +17,7 @@ from orchestrator.naming import replicate_of
 from orchestrator.sweep.trainable import NODE_KEY, PHASE_KEY, SweepContext, run_name, trial_config
 from orchestrator.train.artifacts import CHECKPOINT_FILES, STATE
 
-TAG_PHASE = "medsweep.phase"
-TAG_STOPPED_BY = "medsweep.stopped_by"
+from orchestrator.keys import TAG_PHASE, TAG_STOPPED_BY  # noqa: E402
 # What Tune adds to a reported result besides AUTO_RESULT_KEYS; none of it is a trial's metric.
 _TUNE_KEYS = frozenset({*AUTO_RESULT_KEYS, "epoch", NODE_KEY, "done", "trial_id",
                         "experiment_tag", "should_checkpoint", "training_iteration"})

@@ -22,23 +22,10 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 if TYPE_CHECKING:
     import pandas as pd
 
-TAG_KIND = "medsweep.kind"  # KIND_SWEEP | KIND_TRIAL | KIND_CV_TRIAL | KIND_ENSEMBLE
-TAG_TRIAL_ID = "medsweep.trial_id"
-TAG_STATUS = "medsweep.status"  # one of TRIAL_STATUSES
-TAG_SYNTHETIC = "medsweep.synthetic_data"
-TAG_TASK = "medsweep.task"
-TAG_PROFILE = "medsweep.profile"
-TAG_NODE = "medsweep.ray_node_id"  # where a trial's latest attempt ran
-TAG_EPOCHS_RUN = "medsweep.epochs_run"
-TAG_BEST_EPOCH = "medsweep.best_epoch"
-TAG_CHECKPOINT = "medsweep.checkpoint"
-TAG_FINALIST = "medsweep.finalist"  # a cross-validation run: the search trial it retrains
-TAG_FOLD = "medsweep.fold"  # ... and the fold it holds out
-TAG_REPLICATE = "medsweep.replicate"  # ... and which of its seeds (0: its own; --replicates)
-# An ensemble run whose test figures have no interval (too few groups, zero width): why, in
-# words, since the missing `_ci_low`/`_ci_high` metrics cannot say it themselves
-TAG_INTERVAL_NOTE = "medsweep.interval_note"
-PARENT_TAG = "mlflow.parentRunId"
+from orchestrator.keys import (  # noqa: E402  (re-exported by the package)
+    PARENT_TAG, TAG_BEST_EPOCH, TAG_CHECKPOINT, TAG_EPOCHS_RUN, TAG_FINALIST, TAG_FOLD,
+    TAG_INTERVAL_NOTE, TAG_KIND, TAG_NODE, TAG_PROFILE, TAG_REPLICATE, TAG_STATUS,
+    TAG_SYNTHETIC, TAG_TASK, TAG_TRIAL_ID)
 KIND_SWEEP, KIND_TRIAL, KIND_ENSEMBLE = "sweep", "trial", "ensemble"
 KIND_CV_TRIAL = "cv_trial"  # a finalist retrained on one fold (the second stage of a sweep)
 STATUS_RUNNING, STATUS_COMPLETED = "running", "completed"

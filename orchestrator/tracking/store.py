@@ -160,7 +160,7 @@ def ensure_experiment(client_uri: str, name: str, artifact_location: str | None)
     return experiment_id
 
 
-EXPERIMENT_NOTE_TAG = "mlflow.note.content"  # the experiment's description, Markdown
+from orchestrator.keys import NOTE_TAG as EXPERIMENT_NOTE_TAG  # noqa: E402
 
 
 def runs_view_link(experiment_id: str) -> str:
