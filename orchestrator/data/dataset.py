@@ -262,6 +262,10 @@ def _log_duplicates(pairs: pd.DataFrame, dropped: pd.DataFrame, kept: bool,
     log(f"{len(pairs)} duplicate image pair(s) verified (exact or near copies, similarity >= "
         f"{copies.threshold} of {copies.candidates} candidate pairs; largest copy cluster "
         f"{sizes.iloc[0]} images), e.g. {pairs.iloc[0]['path_a']} ~ {pairs.iloc[0]['path_b']}")
+    if copies.verified_apart:
+        log(f"  {copies.verified_apart} more verified pair(s) left in different clusters: their "
+            "images are not all copies of each other (complete linkage), so a split may "
+            "separate them")
     if kept:
         straddle = (pairs["final_split_a"] != pairs["final_split_b"]).sum()
         log(f"warning: --keep-duplicates: {straddle} pair(s) straddle two splits; their test "
