@@ -238,6 +238,23 @@ def test_byte_identical_files_are_copies_whatever_they_show(tmp_path):
     assert pairs[["path_a", "path_b", "similarity"]].values.tolist() == [["a", "b", 1.0]]
 
 
+def test_hundreds_of_identical_files_are_one_cluster_quickly_and_refused():
+    """400 byte-identical blank files (placeholders a scanner exported, say) are compared once,
+    form one cluster, and are refused; 400 blank files that differ in their bytes are alike by
+    nature, not copies, and their candidate pairs stay linear in the images (not 80,000)."""
+    from orchestrator.data.duplicates import HASH_NEIGHBOURS, NEIGHBOURS, check_clusters
+
+    n = 400
+    blank = np.zeros((n, 64, 64, 3), np.uint8)
+    table = pd.DataFrame({"path": [f"/d/b{i:03d}.png" for i in range(n)], "split": ""})
+    same = find_copies(table, blank, digests=["one"] * n)
+    assert len(set(same.cluster)) == 1 and len(same.pairs) == n - 1
+    with pytest.raises(DataError, match=f"holds {n} images"):
+        check_clusters(table, same, "/d")
+    differ = find_copies(table, blank, digests=[str(i) for i in range(n)])
+    assert differ.pairs.empty and differ.candidates <= n * (HASH_NEIGHBOURS + NEIGHBOURS)
+
+
 def test_a_cluster_too_large_to_be_copies_is_refused_before_splitting(tmp_path):
     root = tmp_path / "data"
     for label in ("a", "b"):

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 import pandas as pd
 from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -48,6 +49,7 @@ HASH_RESOLUTION = 64  # images are compared at this decode, whatever a trial's r
 HASH_PREPROCESSING = Preprocessing(grayscale=True)
 HASH_RADIUS = 25  # of 256 bits (~10%): candidates only, every pair is verified
 NEIGHBOURS = 8  # nearest thumbnails per image, also candidates
+HASH_NEIGHBOURS = 32  # nearest hashes within the radius per image (the rest are alike too)
 THUMB_SIZE, THUMB_BLUR, MIN_THUMB_SIMILARITY = 16, 2.0, 0.8
 SCALES = (0.94, 1.0, 1.06)  # per axis: a crop of up to ~6% is a zoom of the rest
 MARGIN = 6  # px of the 64 px decode: shifts up to ~9%
@@ -58,6 +60,7 @@ MAX_GAIN = 2.0  # contrast ratio: a re-exposure or a 16-bit file's stretch stays
 MIN_OVERLAP = 0.5  # of the decode's pixels, after alignment
 SLOW_PAIRS = 20_000  # candidate pairs from which verifying them is announced
 FULL_LINKAGE = 120  # components up to this size get every pair measured before linkage
+LINKAGE_LIMIT = 5000  # components above this size are not split (an n x n matrix each)
 MAX_CLUSTER, MAX_CLUSTER_SHARE = 50, 0.01  # a copy cluster above both is refused
 CHUNK = 64  # images converted to float at a time
 BLOCK = 64  # hashes per XOR block: a BLOCK x U x 4 block is 40 MB of uint64 at U = 20k
@@ -142,15 +145,29 @@ def nearest_rows(thumbs: np.ndarray, k: int = NEIGHBOURS,
 
 
 def candidate_pairs(gray: np.ndarray, hashes: np.ndarray) -> pd.DataFrame:
-    """Row pairs worth verifying (a < b), with their hash distance in bits."""
-    a, b, _ = near_duplicate_rows(hashes)
+    """Row pairs worth verifying (a < b), with their hash distance in bits: each row's
+    HASH_NEIGHBOURS nearest hashes within HASH_RADIUS (many alike images would otherwise make
+    the pairs quadratic) and its NEIGHBOURS nearest thumbnails."""
+    a, b, distance = near_duplicate_rows(hashes)
+    hashed = _nearest_per_row(pd.DataFrame({"a": a, "b": b, "distance": distance}),
+                              HASH_NEIGHBOURS)
     na, nb = nearest_rows(thumbnails(gray))
-    frame = pd.concat([pd.DataFrame({"a": a, "b": b}),
+    frame = pd.concat([hashed[["a", "b"]],
                        pd.DataFrame({"a": na, "b": nb})]).drop_duplicates(["a", "b"])
     frame = frame[frame["a"] != frame["b"]].reset_index(drop=True)
     frame["distance"] = hash_distance(hashes[frame["a"].to_numpy()],
                                       hashes[frame["b"].to_numpy()]) if len(frame) else 0
     return frame
+
+
+def _nearest_per_row(pairs: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The pairs that are among the `k` closest of either of their rows."""
+    if pairs.empty:
+        return pairs
+    pairs = pairs.sort_values("distance", kind="stable").reset_index(drop=True)
+    ends = pd.concat([pairs["a"], pairs["b"]], ignore_index=True)
+    rank = ends.groupby(ends).cumcount().to_numpy()
+    return pairs[(rank[:len(pairs)] < k) | (rank[len(pairs):] < k)]
 
 
 # --- 2. verification -----------------------------------------------------------------------------
@@ -167,6 +184,8 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """How surely `b` is a copy of `a` (two (H, W) float32 gray decodes): 1 for the same
     picture, lower for another one, 0 where no alignment overlaps or the contrast differs by
     more than MAX_GAIN. Symmetric up to alignment error."""
+    if a.std() == 0 or b.std() == 0:  # a blank image is alike every other blank one
+        return 0.0
     warp = _alignment(a, b)
     h, w = a.shape
     moved = cv2.warpAffine(b, warp, (w, h), flags=cv2.INTER_LINEAR)
@@ -233,27 +252,31 @@ def similarities(gray: np.ndarray, a: np.ndarray, b: np.ndarray,
 def copy_clusters(gray: np.ndarray, a: np.ndarray, b: np.ndarray, score: np.ndarray,
                   threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """A cluster number per row: rows in one cluster are pairwise verified copies (complete
-    linkage; a component of verified pairs up to FULL_LINKAGE rows has every pair measured,
-    a larger one counts unmeasured pairs as different). Singletons are their own cluster."""
+    linkage). A component of verified pairs up to FULL_LINKAGE rows has every pair measured; a
+    larger one counts unmeasured pairs as different; one above LINKAGE_LIMIT rows stays whole
+    (far too large to be copies: `check_clusters` refuses it). Singletons are their own."""
     n = len(gray)
     verified = score >= threshold
     graph = coo_matrix((np.ones(int(verified.sum())), (a[verified], b[verified])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     cluster = component.copy()
     next_id = n
-    known = dict(zip(zip(a.tolist(), b.tolist()), score.tolist()))
-    for c in np.flatnonzero(np.bincount(component) > 2):
+    sizes = np.bincount(component)
+    for c in np.flatnonzero((sizes > 2) & (sizes <= LINKAGE_LIMIT)):
         rows = np.flatnonzero(component == c)
-        i, j = np.triu_indices(len(rows), 1)
-        pairs = list(zip(rows[i].tolist(), rows[j].tolist()))
-        scores = np.array([known.get(p, np.nan) for p in pairs])
-        if len(rows) <= FULL_LINKAGE and np.isnan(scores).any():
-            missing = np.isnan(scores)
-            scores[missing] = similarities(gray, rows[i][missing], rows[j][missing])
-        distance = np.where(np.nan_to_num(scores, nan=0.0) >= threshold,
-                            1 - np.nan_to_num(scores, nan=0.0), 1.0)
-        labels = fcluster(linkage(distance, method="complete"), t=1 - threshold,
-                          criterion="distance")
+        inside = np.isin(a, rows) & np.isin(b, rows)
+        i, j = np.searchsorted(rows, a[inside]), np.searchsorted(rows, b[inside])
+        scores = np.full((len(rows), len(rows)), np.nan)
+        scores[i, j] = scores[j, i] = score[inside]
+        if len(rows) <= FULL_LINKAGE:
+            ui, uj = np.triu_indices(len(rows), 1)
+            missing = np.isnan(scores[ui, uj])
+            measured = similarities(gray, rows[ui[missing]], rows[uj[missing]])
+            scores[ui[missing], uj[missing]] = scores[uj[missing], ui[missing]] = measured
+        distance = np.where(np.nan_to_num(scores, nan=0.0) >= threshold, 1 - scores, 1.0)
+        np.fill_diagonal(distance, 0.0)
+        labels = fcluster(linkage(squareform(distance, checks=False), method="complete"),
+                          t=1 - threshold, criterion="distance")
         cluster[rows] = next_id + labels
         next_id += labels.max() + 1
     return cluster
@@ -278,30 +301,31 @@ def find_copies(table: pd.DataFrame, images: np.ndarray, *,
     `log` hears how many pairs are verified when they are many (about 1 ms each per core)."""
     if len(images) != len(table):
         raise ValueError(f"{len(images)} images for a table of {len(table)} rows")
-    gray = gray_decodes(images)
-    hashes = perceptual_hashes(images)
+    # Byte-identical files are one picture: compared once, through their first row
+    if digests is None:
+        first = np.arange(len(table))
+    else:
+        _, first_of, which = np.unique(np.asarray(digests), return_index=True,
+                                       return_inverse=True)
+        first = first_of[which.ravel()]
+    unique = np.unique(first)
+    gray = gray_decodes(images[unique])
+    hashes = perceptual_hashes(images[unique])
     frame = candidate_pairs(gray, hashes)
     a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
     if log is not None and len(frame) >= SLOW_PAIRS:
         seconds = len(frame) / 1000 / (workers or os.cpu_count() or 1)
-        log(f"verifying {len(frame)} candidate duplicate pairs of {len(table)} images on the "
+        log(f"verifying {len(frame)} candidate duplicate pairs of {len(unique)} images on the "
             f"{HASH_RESOLUTION} px decode (about {seconds:.0f} s)")
     score = similarities(gray, a, b, workers)
-    if digests is not None:
-        same = pd.Series(np.arange(len(table))).groupby(np.asarray(digests)).agg(list)
-        extra = [(r[0], s) for r in same if len(r) > 1 for s in r[1:]]
-        if extra:
-            ea, eb = np.array(extra).T
-            a, b = np.concatenate([a, ea]), np.concatenate([b, eb])
-            score = np.concatenate([score, np.ones(len(ea))])
-            frame = pd.concat([frame, pd.DataFrame({"a": ea, "b": eb, "distance": hash_distance(
-                hashes[ea], hashes[eb])})], ignore_index=True)
-            keep = ~frame.duplicated(["a", "b"], keep="last").to_numpy()
-            a, b, score, frame = a[keep], b[keep], score[keep], frame[keep]
-    cluster = copy_clusters(gray, a, b, score, threshold)
+    cluster_of_unique = copy_clusters(gray, a, b, score, threshold)
+    cluster = cluster_of_unique[np.searchsorted(unique, first)]
     verified = score >= threshold
-    together = cluster[a] == cluster[b]
-    chosen = frame.assign(similarity=score)[verified & together]
+    together = cluster_of_unique[a] == cluster_of_unique[b]
+    chosen = frame.assign(similarity=score, a=unique[a], b=unique[b])[verified & together]
+    same = np.flatnonzero(first != np.arange(len(table)))  # each copy with its first file
+    chosen = pd.concat([chosen, pd.DataFrame({"a": first[same], "b": same, "distance": 0,
+                                              "similarity": 1.0})], ignore_index=True)
     return Copies(pairs=_pair_frame(table, chosen), cluster=cluster, candidates=len(frame),
                   verified_apart=int((verified & ~together).sum()), threshold=threshold)
 
