@@ -221,11 +221,12 @@ def test_copies_of_real_images_are_found():
 
 
 def test_alike_distinct_real_images_do_not_collapse_into_one_group():
-    """1,797 real handwritten digits, alike within each class and without copies: the hash
-    alone chained 1,328 of them into one group. Verified and not chained, almost none merge."""
-    merged, largest = _merged(real_images.digits()[0])
+    """1,000 real handwritten digits (the first of scikit-learn's 1,797), alike within each
+    class and without copies: the hash alone chained most of them into one group. Verified and
+    not chained, almost none merge (`bench/duplicates.py` measures all 1,797)."""
+    merged, largest = _merged(real_images.digits()[0][:1000])
     assert largest <= 2
-    assert merged / 1797 <= 0.005, f"{merged} of 1797 distinct digits merged"
+    assert merged / 1000 <= 0.005, f"{merged} of 1000 distinct digits merged"
 
 
 def test_byte_identical_files_are_copies_whatever_they_show(tmp_path):

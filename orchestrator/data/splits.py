@@ -119,7 +119,8 @@ def _largest_groups(rows: pd.DataFrame, column: str) -> str:
     sizes = rows.groupby("group").size().sort_values(ascending=False, kind="stable")
     where = rows.groupby("group")[column].first()
     shown = "; ".join(f"group {g!r} has {n} image(s) ({n / len(rows):.1%}), all in "
-                      f"{where[g] or 'no split'}" for g, n in sizes.head(3).items())
+                      + (f"{column} {where[g]!r}" if where[g] else f"no {column}")
+                      for g, n in sizes.head(3).items())
     return (f"the largest groups decide it: {shown}. Groups (patients, lesions, copy clusters) "
             "move whole; if they are copy clusters, raise --duplicate-threshold, else add "
             "images or give the splits explicitly")
