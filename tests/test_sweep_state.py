@@ -65,12 +65,12 @@ def test_a_newer_or_foreign_state_is_refused_with_one_clear_line(tmp_path):
         read_sweep_state(str(tmp_path))
 
 
-def test_importing_the_sweep_sets_none_of_its_environment_defaults():
+def test_importing_the_sweep_sets_none_of_its_environment_defaults(monkeypatch):
     """Ray's and Tune's defaults (cluster.DRIVER_ENV, WORKER_ENV) are set where Ray is
     connected, not as an import's side effect."""
     import os
 
-    from orchestrator.cluster import DRIVER_ENV, WORKER_ENV
+    from orchestrator.cluster import DRIVER_ENV, WORKER_ENV, set_driver_defaults
 
     ours = sorted({**DRIVER_ENV, **WORKER_ENV})
     env = {k: v for k, v in os.environ.items() if k not in ours}
@@ -79,8 +79,7 @@ def test_importing_the_sweep_sets_none_of_its_environment_defaults():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)
     assert out.stdout.strip() == "[]", out.stdout
-    code = ("import os; from orchestrator.cluster import set_driver_defaults; "
-            f"set_driver_defaults(); print([k for k in {ours!r} if k in os.environ])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env)
-    assert out.stdout.strip() == repr(ours)
+    for key in ours:
+        monkeypatch.delenv(key, raising=False)
+    set_driver_defaults()
+    assert [k for k in ours if k in os.environ] == ours
