@@ -7,7 +7,8 @@ photographs, retina and histology among them).
   re-exposed by x0.9/x1.1, cropped by 3% a side, shifted by a 4% crop of two sides, written as
   16-bit or 12-bit PNG, JPEG 80 after a 90% resize) of sampled images of each set;
 - false merges: the share of distinct images that `find_copies` puts in a cluster with any
-  other image, and the largest cluster (1 where nothing merges).
+  other image, and the largest cluster (1 where nothing merges); beside them, what the hash
+  alone (25 bits, closed transitively: the check before verification) grouped.
 
 `tests/test_duplicates.py` asserts floors on the same recipe; this prints the figures behind them.
 
@@ -23,13 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.data.cache import decode_image, preprocess_image  # noqa: E402
 from orchestrator.data.duplicates import (DEFAULT_THRESHOLD, HASH_PREPROCESSING,  # noqa: E402
-                                          HASH_RESOLUTION, find_copies, gray_decodes,
-                                          similarity)
+                                          HASH_RESOLUTION, find_copies, near_duplicate_rows,
+                                          perceptual_hashes)
+from orchestrator.data.similarity import gray_decodes, similarity  # noqa: E402
 from orchestrator.data.layouts import read_layout  # noqa: E402
 from orchestrator.data.phantoms import write_phantom  # noqa: E402
 from tasks import get_task  # noqa: E402
@@ -49,7 +53,12 @@ def false_merges(images: list[np.ndarray], threshold: float) -> dict:
     seconds = time.perf_counter() - start
     sizes = pd.Series(copies.cluster).value_counts()
     merged = int(sizes[sizes > 1].sum())
-    return {"images": len(images), "false_merged": merged,
+    # what the hash alone (HASH_RADIUS bits, closed transitively) made of them, as before
+    a, b, _ = near_duplicate_rows(perceptual_hashes(decoded))
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(images), len(images)))
+    chained = np.bincount(connected_components(graph, directed=False)[1])
+    return {"images": len(images), "hash_only_grouped": int(chained[chained > 1].sum()),
+            "hash_only_largest": int(chained.max()), "false_merged": merged,
             "false_merge_rate": round(merged / len(images), 4),
             "largest_cluster": int(sizes.iloc[0]), "pairs_verified": copies.candidates,
             "seconds": round(seconds, 1)}

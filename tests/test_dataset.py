@@ -179,7 +179,7 @@ def test_a_folder_of_real_alike_distinct_images_prepares_with_no_giant_group(tmp
     """1,000 real handwritten digits (scikit-learn's), alike within each class and without
     copies, in a user's own folder layout: almost no copy groups, and the realised split and
     folds hold their asked shares (the hash alone once sent a 74% group whole to test)."""
-    from orchestrator.data.splits import MIN_TRAIN_PER_CLASS, SHARE_TOLERANCE
+    from orchestrator.data.split_checks import MIN_TRAIN_PER_CLASS, SHARE_TOLERANCE
     from tests.real_images import write_digits_folder
 
     root = write_digits_folder(tmp_path / "digits", per_class=100)

@@ -16,10 +16,11 @@ from orchestrator.data.cache import decode_image, load_or_build, preprocess_imag
 from orchestrator.data.dataset import prepare_dataset
 from orchestrator.data.duplicates import (DEFAULT_THRESHOLD, HASH_PREPROCESSING,
                                           HASH_RADIUS, HASH_RESOLUTION, HASH_WORDS,
-                                          copy_clusters, find_copies, gray_decodes,
+                                          copy_clusters, find_copies,
                                           group_duplicates, hash_distance,
                                           near_duplicate_rows, pairs_outcome,
-                                          perceptual_hashes, similarity)
+                                          perceptual_hashes)
+from orchestrator.data.similarity import gray_decodes, similarity
 from orchestrator.data.layouts import read_layout
 from orchestrator.data.phantoms import write_phantom
 from orchestrator.data.splits import assign_folds, assign_splits, content_fingerprint

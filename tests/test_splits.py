@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.data.splits import (MIN_TRAIN_PER_CLASS, SHARE_TOLERANCE, SplitWarning,
+from orchestrator.data.split_checks import MIN_TRAIN_PER_CLASS, SHARE_TOLERANCE
+from orchestrator.data.splits import (SplitWarning,
                                       assign_folds, assign_splits,
                                       check_group_leaks,
                                       content_fingerprint, data_fingerprint, read_manifest,

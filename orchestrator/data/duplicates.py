@@ -9,7 +9,7 @@ into giant groups. Hence three steps, each measured in `docs/benchmarks.md`:
 1. Candidates, cheaply: pairs whose 256-bit dHash (brightness gradients of a 16x17 thumbnail of
    the 64 px gray decode) differ in <= HASH_RADIUS bits, plus each image's NEIGHBOURS nearest
    blurred 16x16 thumbnails (a crop or shift moves the hash, not the thumbnail).
-2. Verification of each candidate pair on the 64 px decode (`similarity`): the copy is aligned
+2. Verification of each candidate pair on the 64 px decode (`similarity.py`): the copy is aligned
    to the original (shifts and scales of a few percent: crops), both are slightly blurred, and
    their normalised cross-correlation is credited with the images' own fine texture (a copy of
    a textured image loses more to re-encoding than one of a smooth image). A pair is a copy
@@ -26,7 +26,6 @@ published evaluation split stays as it is, and training loses an image it alread
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +37,7 @@ from scipy.spatial.distance import squareform
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from orchestrator.data.similarity import CHUNK, gray_decodes, similarities
 from orchestrator.errors import DataError
 from tasks.base import SPLITS, Preprocessing
 
@@ -51,20 +51,13 @@ HASH_RADIUS = 25  # of 256 bits (~10%): candidates only, every pair is verified
 NEIGHBOURS = 8  # nearest thumbnails per image, also candidates
 HASH_NEIGHBOURS = 32  # nearest hashes within the radius per image (the rest are alike too)
 THUMB_SIZE, THUMB_BLUR, MIN_THUMB_SIMILARITY = 16, 2.0, 0.8
-SCALES = (0.94, 1.0, 1.06)  # per axis: a crop of up to ~6% is a zoom of the rest
-MARGIN = 6  # px of the 64 px decode: shifts up to ~9%
-BLUR = 1.0  # px: re-sampling and JPEG noise mostly lives below this scale
-TEXTURE_CREDIT = 0.2  # of the pair's fine texture (1 - NCC of an image with its blurred self)
 DEFAULT_THRESHOLD = 0.995
-MAX_GAIN = 2.0  # contrast ratio: a re-exposure or a 16-bit file's stretch stays within
-MIN_OVERLAP = 0.5  # of the decode's pixels, after alignment
 SLOW_PAIRS = 20_000  # candidate pairs from which verifying them is announced
+SECONDS_PER_PAIR = 0.002  # on one core (bench/duplicates.py: 13,223 pairs in 13.4 s on 2)
 FULL_LINKAGE = 120  # components up to this size get every pair measured before linkage
 LINKAGE_LIMIT = 5000  # components above this size are not split (an n x n matrix each)
 MAX_CLUSTER, MAX_CLUSTER_SHARE = 50, 0.01  # a copy cluster above both is refused
-CHUNK = 64  # images converted to float at a time
 BLOCK = 64  # hashes per XOR block: a BLOCK x U x 4 block is 40 MB of uint64 at U = 20k
-GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # RGB, as cv2's RGB2GRAY
 PAIR_COLUMNS = ["path_a", "split_a", "path_b", "split_b", "distance", "similarity"]
 _HELD_OUT = {s: i for i, s in enumerate(SPLITS)}  # train < val < test
 
@@ -73,12 +66,16 @@ _HELD_OUT = {s: i for i, s in enumerate(SPLITS)}  # train < val < test
 def perceptual_hashes(images: np.ndarray) -> np.ndarray:
     """dHash of each (N, H, W, 3) uint8 RGB image (a memmap is read chunk by chunk) ->
     (N, HASH_WORDS) uint64."""
-    n, h, w = images.shape[:3]
+    return gray_hashes(gray_decodes(images))
+
+
+def gray_hashes(gray: np.ndarray) -> np.ndarray:
+    """dHash of each (N, H, W) float32 gray decode (`similarity.gray_decodes`)."""
+    n, h, w = gray.shape
     rows, cols = _area_matrix(h, HASH_SIZE), _area_matrix(w, HASH_SIZE + 1).T
     hashes = np.zeros((n, HASH_WORDS), dtype=np.uint64)
     for start in range(0, n, CHUNK):
-        gray = np.asarray(images[start:start + CHUNK], dtype=np.float32) @ GRAY_WEIGHTS
-        small = rows @ (gray @ cols)  # (k, HASH_SIZE, HASH_SIZE + 1) area-averaged thumbnails
+        small = rows @ (gray[start:start + CHUNK] @ cols)  # area-averaged thumbnails
         bits = (small[:, :, 1:] > small[:, :, :-1]).reshape(len(small), -1)
         hashes[start:start + len(small)] = np.packbits(bits, axis=1).view(">u8")
     return hashes
@@ -170,82 +167,7 @@ def _nearest_per_row(pairs: pd.DataFrame, k: int) -> pd.DataFrame:
     return pairs[(rank[:len(pairs)] < k) | (rank[len(pairs):] < k)]
 
 
-# --- 2. verification -----------------------------------------------------------------------------
-def gray_decodes(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 RGB (a memmap is read chunk by chunk) -> (N, H, W) float32 gray."""
-    out = np.empty(images.shape[:3], dtype=np.float32)
-    for start in range(0, len(images), CHUNK):
-        out[start:start + CHUNK] = np.asarray(images[start:start + CHUNK],
-                                              dtype=np.float32) @ GRAY_WEIGHTS
-    return out
-
-
-def similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """How surely `b` is a copy of `a` (two (H, W) float32 gray decodes): 1 for the same
-    picture, lower for another one, 0 where no alignment overlaps or the contrast differs by
-    more than MAX_GAIN. Symmetric up to alignment error."""
-    if a.std() == 0 or b.std() == 0:  # a blank image is alike every other blank one
-        return 0.0
-    warp = _alignment(a, b)
-    h, w = a.shape
-    moved = cv2.warpAffine(b, warp, (w, h), flags=cv2.INTER_LINEAR)
-    mask = cv2.warpAffine(np.ones_like(b), warp, (w, h), flags=cv2.INTER_NEAREST)
-    mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
-    if mask.sum() < MIN_OVERLAP * a.size:
-        return 0.0
-    sa, sb = a[mask].std(), moved[mask].std()
-    if sa == 0 or sb == 0 or not 1 / MAX_GAIN <= sb / sa <= MAX_GAIN:
-        return 0.0
-    blur_a, blur_b = (cv2.GaussianBlur(x, (0, 0), BLUR) for x in (a, moved))
-    texture = (1 - _ncc(a, blur_a, mask)) + (1 - _ncc(moved, blur_b, mask))
-    shortfall = (1 - _ncc(blur_a, blur_b, mask)) - TEXTURE_CREDIT * texture
-    return float(np.clip(1 - max(shortfall, 0.0), 0.0, 1.0))
-
-
-def _ncc(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
-    x, y = x[mask] - x[mask].mean(), y[mask] - y[mask].mean()
-    denominator = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denominator) if denominator > 0 else 0.0
-
-
-def _alignment(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The 2x3 warp (b's pixels -> a's) that best correlates b's centre with a: scales per axis
-    on the SCALES grid, then refined by half a step, and shifts up to MARGIN px."""
-    best = _best_warp(a, b, [(sx, sy) for sx in SCALES for sy in SCALES])
-    step = (SCALES[1] - SCALES[0]) / 2
-    sx, sy = best[1]
-    return _best_warp(a, b, [(sx + dx, sy + dy) for dx in (-step, 0, step)
-                             for dy in (-step, 0, step) if dx or dy], best)[2]
-
-
-def _best_warp(a: np.ndarray, b: np.ndarray, scales: list[tuple[float, float]],
-               best: tuple | None = None) -> tuple[float, tuple[float, float], np.ndarray]:
-    h, w = a.shape
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    best = best or (-np.inf, (1.0, 1.0), np.float32([[1, 0, 0], [0, 1, 0]]))
-    for sx, sy in scales:
-        scale = np.float32([[sx, 0, cx - sx * cx], [0, sy, cy - sy * cy]])
-        scaled = cv2.warpAffine(b, scale, (w, h), flags=cv2.INTER_LINEAR)
-        found = cv2.matchTemplate(a, scaled[MARGIN:h - MARGIN, MARGIN:w - MARGIN],
-                                  cv2.TM_CCOEFF_NORMED)
-        _, value, _, (x, y) = cv2.minMaxLoc(found)
-        if value > best[0]:
-            warp = scale.copy()
-            warp[0, 2] += x - MARGIN
-            warp[1, 2] += y - MARGIN
-            best = (value, (sx, sy), warp)
-    return best
-
-
-def similarities(gray: np.ndarray, a: np.ndarray, b: np.ndarray,
-                 workers: int | None = None) -> np.ndarray:
-    """`similarity` of each row pair (a[i], b[i]) of (N, H, W) gray decodes; OpenCV releases
-    the GIL, so threads share the work."""
-    if not len(a):
-        return np.zeros(0)
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        return np.fromiter(pool.map(lambda ij: similarity(gray[ij[0]], gray[ij[1]]),
-                                    zip(a, b), chunksize=64), dtype=np.float64, count=len(a))
+# --- 2. verification: orchestrator/data/similarity.py ---------------------------------------
 
 
 # --- 3. clusters ---------------------------------------------------------------------------------
@@ -310,11 +232,11 @@ def find_copies(table: pd.DataFrame, images: np.ndarray, *,
         first = first_of[which.ravel()]
     unique = np.unique(first)
     gray = gray_decodes(images[unique])
-    hashes = perceptual_hashes(images[unique])
+    hashes = gray_hashes(gray)
     frame = candidate_pairs(gray, hashes)
     a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
     if log is not None and len(frame) >= SLOW_PAIRS:
-        seconds = len(frame) / 1000 / (workers or os.cpu_count() or 1)
+        seconds = len(frame) * SECONDS_PER_PAIR / (workers or os.cpu_count() or 1)
         log(f"verifying {len(frame)} candidate duplicate pairs of {len(unique)} images on the "
             f"{HASH_RESOLUTION} px decode (about {seconds:.0f} s)")
     score = similarities(gray, a, b, workers)

@@ -1,5 +1,6 @@
-"""Seeded, stratified, group-aware train/val/test splits, and the fingerprints and manifest that
-record exactly which image went where.
+"""Seeded, stratified, group-aware train/val/test splits (checked against what was asked in
+`split_checks.py`), and the fingerprints and manifest that record exactly which image went
+where.
 
 A group (lesion, patient) never straddles two splits: a lesion in both train and test is a leak
 (HAM10000 holds several images of many lesions). Splits given by the layout (an official `test/`)
@@ -14,12 +15,12 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
+from orchestrator.data.split_checks import check_shares, check_training_counts
 from orchestrator.data.table import COLUMNS, make_table, target_columns
 from orchestrator.errors import DataError
 from tasks.base import SPLITS, Task
@@ -30,11 +31,6 @@ FRACTION_TOLERANCE = 0.01  # fewest folds whose m/k is this close to each asked 
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_JSON = "manifest.json"
 MISSING = "missing"  # the digest of a file that could not be read
-# A drawn split (and a fold) must hold its asked share of the images, and of each class, within
-# SHARE_TOLERANCE plus the weight of two average groups (whole groups cannot split finer);
-# every class needs MIN_TRAIN_PER_CLASS training images (in every fold's training part too).
-SHARE_TOLERANCE = 0.05
-MIN_TRAIN_PER_CLASS = 5
 
 
 class SplitWarning(UserWarning):
@@ -76,54 +72,6 @@ def assign_splits(table: pd.DataFrame, task: Task, seed: int) -> pd.DataFrame:
         check_shares(out[pool], "split", asked, "drawn images")
     check_training_counts(out, out["split"] == "train", "the training split")
     return out
-
-
-def check_shares(rows: pd.DataFrame, column: str, asked: Mapping[str, float],
-                 what: str) -> None:
-    """Refuse `rows` whose `column` values (splits, folds) hold other shares of the images, or
-    of a class, than `asked`: a few large groups (patients, lesions, copy clusters) can pull
-    a split far from what was asked, and its figures then describe other data than planned."""
-    n = len(rows)
-    group_weight = rows.groupby("group").size().mean() / n
-    for name, share in asked.items():
-        got = float((rows[column] == name).mean())
-        tolerance = SHARE_TOLERANCE + 2 * group_weight
-        if abs(got - share) > tolerance:
-            raise DataError(f"{column} {name!r} came out with {got:.1%} of the {n} {what} "
-                            f"(asked {share:.1%} +- {tolerance:.1%}): "
-                            + _largest_groups(rows, column))
-    for label, members in rows.groupby("label"):
-        weight = members.groupby("group").size().mean() / len(members)
-        tolerance = SHARE_TOLERANCE + 2 * weight
-        for name, share in asked.items():
-            got = float((members[column] == name).mean())
-            if abs(got - share) > tolerance:
-                raise DataError(f"class {label!r}: {column} {name!r} came out with {got:.1%} "
-                                f"of its {len(members)} {what} (asked {share:.1%} +- "
-                                f"{tolerance:.1%}): " + _largest_groups(members, column))
-
-
-def check_training_counts(table: pd.DataFrame, training: pd.Series, what: str) -> None:
-    """Refuse a class with fewer than MIN_TRAIN_PER_CLASS images to train on."""
-    counts = table.loc[training, "label"].value_counts().reindex(
-        sorted(set(table["label"])), fill_value=0)
-    short = counts[counts < MIN_TRAIN_PER_CLASS]
-    if len(short):
-        shown = ", ".join(f"{label!r} {n}" for label, n in short.items())
-        raise DataError(f"{what} holds too few images of class(es) {shown} (at least "
-                        f"{MIN_TRAIN_PER_CLASS} each are needed to learn a class): "
-                        + _largest_groups(table, "split"))
-
-
-def _largest_groups(rows: pd.DataFrame, column: str) -> str:
-    sizes = rows.groupby("group").size().sort_values(ascending=False, kind="stable")
-    where = rows.groupby("group")[column].first()
-    shown = "; ".join(f"group {g!r} has {n} image(s) ({n / len(rows):.1%}), all in "
-                      + (f"{column} {where[g]!r}" if where[g] else f"no {column}")
-                      for g, n in sizes.head(3).items())
-    return (f"the largest groups decide it: {shown}. Groups (patients, lesions, copy clusters) "
-            "move whole; if they are copy clusters, raise --duplicate-threshold, else add "
-            "images or give the splits explicitly")
 
 
 def _check_split_values(table: pd.DataFrame) -> None:
