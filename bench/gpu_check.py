@@ -99,7 +99,7 @@ def tta_rows(sizes: Sizes) -> list[Row]:
     sys.path.insert(0, str(ROOT / "bench"))
     from tta import best_of_rounds, per_augmentation_loop, per_image_loop  # bench/tta.py
 
-    from orchestrator.models import build_model
+    from orchestrator.models.classifier import build_model
     from orchestrator.tta.policies import get_policy
     from orchestrator.tta.predict import tta_predict_each
 
@@ -107,7 +107,7 @@ def tta_rows(sizes: Sizes) -> list[Row]:
     n = sizes.tta_images
     images = np.random.default_rng(0).integers(0, 256, (n, sizes.resolution, sizes.resolution, 3),
                                                np.uint8)
-    from orchestrator.devices import gpu_total_memory_mb
+    from orchestrator.train.devices import gpu_total_memory_mb
     from orchestrator.tta.sizing import device_batch_size
 
     transforms = get_policy("aggressive17")
@@ -145,9 +145,9 @@ def input_pipeline_rows(sizes: Sizes) -> list[Row]:
     import numpy as np
     import tensorflow as tf
 
-    from orchestrator.augmentations import augmentation_for
-    from orchestrator.models import build_model
-    from orchestrator.pipeline import training_dataset
+    from orchestrator.train.augmentations import augmentation_for
+    from orchestrator.models.classifier import build_model
+    from orchestrator.train.pipeline import training_dataset
     from tasks import get_task
 
     task, bs, res = get_task("brain"), sizes.batch_size, sizes.resolution
@@ -237,7 +237,7 @@ def overlap_seconds(intervals: list[tuple[float, float]]) -> float:
 
 
 def shared_gpu_sweep(sizes: Sizes, workdir: Path) -> Row:
-    from orchestrator.devices import gpu_memory_limit_for_fraction
+    from orchestrator.train.devices import gpu_memory_limit_for_fraction
     from orchestrator.sweep.runner import run_sweep
 
     share = 0.5 if sizes.gpu else 0.0

@@ -40,8 +40,8 @@ os.environ["MEDSWEEP_OFFLINE"] = "1"  # weights="none" never downloads; make sur
 import cv2  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from orchestrator.devices import gpu_total_memory_mb  # noqa: E402
-from orchestrator.models import build_model  # noqa: E402
+from orchestrator.train.devices import gpu_total_memory_mb  # noqa: E402
+from orchestrator.models.classifier import build_model  # noqa: E402
 from orchestrator.tta.policies import NamedTransform, get_policy  # noqa: E402
 from orchestrator.tta.predict import (  # noqa: E402
     apply_transforms,

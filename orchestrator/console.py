@@ -2,7 +2,8 @@
 TensorFlow's C++ start-up lines (oneDNN, CUDA probing), Python warnings, MLflow's and Ray Train's
 INFO lines (checkpoint paths), Ray's notices that token authentication is on and that a Tune
 step was slow, and each trial's own detailed per-epoch lines are off unless `--verbose`
-(MEDSWEEP_VERBOSE=1), in the driver and in every Ray worker.
+(MEDSWEEP_VERBOSE=1), in the driver and in every Ray worker. The options several command lines
+share (`--tracking-uri`, `--verbose`) are worded once here too.
 
 Read lazily from the environment (MEDSWEEP_VERBOSE), so a worker on another node follows the
 driver once `connect_ray` has put `worker_env()` in Ray's runtime_env. No TensorFlow, Ray or
@@ -10,6 +11,7 @@ MLflow import at module level.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -228,3 +230,13 @@ def library_notices_off(*loggers: str) -> Iterator[None]:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
 
+
+# Options that several command lines share, worded once.
+def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI, "
+                        "else sqlite:///mlflow/mlflow.db in the working directory)")
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's C++ "
+                        "start-up lines, library notices and Python warnings (off by default)")

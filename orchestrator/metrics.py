@@ -83,7 +83,7 @@ def task_loss(y: np.ndarray, probs: np.ndarray, task: Task) -> float:
     """The log loss; a multi-head task's scale-free `loss` (`multihead_metrics`)."""
     if not task.is_multihead:
         return log_loss(np.asarray(y, dtype=int), np.asarray(probs, dtype=np.float64))
-    from orchestrator.heads import split_predictions, split_targets
+    from orchestrator.models.heads import split_predictions, split_targets
 
     targets, preds = split_targets(y, task), split_predictions(probs, task)
     losses = []
@@ -156,7 +156,7 @@ def mean_skill(y: np.ndarray, matrix: np.ndarray, task: Task) -> float:
     """A multi-head task's one sweep metric: the mean of its heads' skills (`head_skill`), each
     head counting once whatever its loss weight, so heads with many or few classes, and
     measurements in any unit, weigh alike."""
-    from orchestrator.heads import split_predictions, split_targets
+    from orchestrator.models.heads import split_predictions, split_targets
 
     targets, preds = split_targets(y, task), split_predictions(matrix, task)
     return float(np.mean([head_skill(h, targets[h.name], preds[h.name]) for h in task.heads]))
@@ -167,7 +167,7 @@ def multihead_metrics(y: np.ndarray, matrix: np.ndarray, task: Task) -> dict[str
     of a classification head; MAE, RMSE, R² of a regression head. Then `mean_skill` and `loss`
     (the mean over heads of the log loss, and of the squared error over the values' variance),
     a scale-free loss comparable across trials."""
-    from orchestrator.heads import split_predictions, split_targets
+    from orchestrator.models.heads import split_predictions, split_targets
 
     targets, preds = split_targets(y, task), split_predictions(matrix, task)
     out: dict[str, float] = {}

@@ -19,7 +19,7 @@ import pandas as pd
 from orchestrator.data.cache import decode_image
 from orchestrator.data.table import IMAGE_EXTENSIONS
 from orchestrator import console
-from orchestrator.cli import add_tracking_uri, add_verbose
+from orchestrator.console import add_tracking_uri, add_verbose
 from orchestrator.errors import ConfigError, DataError, MedSweepError
 
 Log = Callable[[str], None]

@@ -17,9 +17,9 @@ from typing import Any, Mapping
 
 from ray import tune
 
-from orchestrator.config import TrialConfig
+from orchestrator.train.config import TrialConfig
 from orchestrator.errors import ConfigError
-from orchestrator.schedules import SCHEDULES
+from orchestrator.train.schedules import SCHEDULES
 from tasks import get_task
 
 PROFILES = ("smoke", "cpu", "gpu")

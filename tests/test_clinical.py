@@ -32,7 +32,7 @@ from orchestrator.clinical.uncertainty import (entropy, mc_dropout_probs, mc_sum
                                                review_table)
 from orchestrator.errors import ConfigError
 from orchestrator.metrics import classification_metrics
-from orchestrator.models import build_model
+from orchestrator.models.classifier import build_model
 from tasks import get_task
 
 RNG = np.random.default_rng(7)

@@ -28,9 +28,9 @@ from orchestrator.ensemble.choice import Choice
 from orchestrator.ensemble.promote import compare
 from orchestrator.ensemble.selection import Ensemble
 from orchestrator.errors import ConfigError
-from orchestrator.heads import TargetScale, column_slices
+from orchestrator.models.heads import TargetScale, column_slices
 from orchestrator.metrics import multihead_metrics
-from orchestrator.models import build_model
+from orchestrator.models.classifier import build_model
 from orchestrator.serving import contract
 from orchestrator.tracking import ensemble_model
 from orchestrator.tta.policies import policy_for_task

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.config import TrialConfig
+from orchestrator.train.config import TrialConfig
 from orchestrator.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_every_name_is_checked_when_the_config_is_built_with_the_valid_names(fie
 def test_names_are_checked_without_loading_tensorflow_or_ray():
     """The driver checks names before Ray starts; that must not cost a TensorFlow import."""
     code = ("import sys\n"
-            "from orchestrator.config import TrialConfig\n"
+            "from orchestrator.train.config import TrialConfig\n"
             "try:\n"
             "    TrialConfig(backbone='nope')\n"
             "except Exception as err:\n"

@@ -11,7 +11,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from orchestrator.devices import configure_devices
+from orchestrator.train.devices import configure_devices
 from orchestrator.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ FRESH_PROCESS = """
 import json
 import keras
 import tensorflow as tf
-from orchestrator.devices import configure_devices
+from orchestrator.train.devices import configure_devices
 
 first = configure_devices(cpu_threads=1, mixed_precision="on")
 dense = keras.layers.Dense(2)

@@ -26,7 +26,7 @@ from orchestrator.data.phantoms import write_phantom
 from orchestrator.data.splits import assign_folds, assign_splits, content_fingerprint
 from orchestrator.data.table import make_table
 from orchestrator.errors import DataError
-from orchestrator.config import TrialConfig
+from orchestrator.train.config import TrialConfig
 from tasks import get_task
 from tests import real_images
 

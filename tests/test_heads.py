@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.heads import (as_matrix, column_slices, head_label, parse_head_weights,
+from orchestrator.models.heads import (as_matrix, column_slices, head_label, parse_head_weights,
                                 prediction_width, split_predictions, split_targets,
                                 target_scales)
 from tasks.base import Head, Task

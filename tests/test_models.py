@@ -10,7 +10,7 @@ import pytest
 from keras.src.applications import densenet, efficientnet, mobilenet_v3, resnet
 
 from orchestrator.errors import ConfigError, WeightsUnavailable
-from orchestrator.models import (
+from orchestrator.models.classifier import (
     BACKBONES,
     KERAS_BACKBONES,
     BackbonePreprocess,
@@ -246,7 +246,7 @@ def test_efficientnet_loaded_from_path_normalises_like_keras_imagenet(tmp_path):
 # --- several heads and the frequency stream ------------------------------------------------------
 
 def test_multihead_model_has_one_named_output_per_head_in_the_heads_units(tmp_path):
-    from orchestrator.heads import TargetScale, as_matrix
+    from orchestrator.models.heads import TargetScale, as_matrix
     from tasks.multihead import MULTIHEAD
 
     model = build_model("baseline_cnn", 0, 32, heads=MULTIHEAD.heads, frequency_stream=True,
@@ -272,7 +272,7 @@ def test_multihead_model_has_one_named_output_per_head_in_the_heads_units(tmp_pa
 
 
 def test_frequency_magnitude_ignores_where_the_object_sits_and_its_brightness():
-    from orchestrator.frequency import FREQUENCY_CLIP, FrequencyMagnitude
+    from orchestrator.models.frequency import FREQUENCY_CLIP, FrequencyMagnitude
 
     image = np.zeros((1, 32, 32, 3), np.float32)
     image[0, 4:12, 6:10] = 200.0

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.augmentations import AUGMENTATIONS, augmentation_for
-from orchestrator.pipeline import (balanced_class_weights,
+from orchestrator.train.augmentations import AUGMENTATIONS, augmentation_for
+from orchestrator.train.pipeline import (balanced_class_weights,
                                    training_dataset)
 
 
@@ -71,7 +71,7 @@ def test_presets_drop_transforms_the_task_forbids():
 # --- several heads -----------------------------------------------------------------------------
 
 def test_multihead_batches_carry_every_heads_target_and_its_sample_weights():
-    from orchestrator.pipeline import head_class_weights, multihead_dataset
+    from orchestrator.train.pipeline import head_class_weights, multihead_dataset
     from tasks.multihead import MULTIHEAD
 
     rng = np.random.default_rng(1)
@@ -97,7 +97,7 @@ def test_multihead_batches_carry_every_heads_target_and_its_sample_weights():
 
 
 def test_multihead_mixup_uses_one_lambda_per_example_for_the_image_and_every_head():
-    from orchestrator.pipeline import multihead_dataset
+    from orchestrator.train.pipeline import multihead_dataset
     from tasks.multihead import MULTIHEAD
 
     n = 32

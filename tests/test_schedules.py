@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.models import build_model
-from orchestrator.schedules import (
+from orchestrator.models.classifier import build_model
+from orchestrator.train.schedules import (
     SCHEDULES,
     Phase,
     Schedule,

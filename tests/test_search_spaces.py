@@ -11,10 +11,10 @@ import pytest
 from ray import tune
 
 import search_spaces
-from orchestrator.backbones import BACKBONES
-from orchestrator.config import TrialConfig
+from orchestrator.models.backbones import BACKBONES
+from orchestrator.train.config import TrialConfig
 from orchestrator.errors import ConfigError
-from orchestrator.schedules import SCHEDULES
+from orchestrator.train.schedules import SCHEDULES
 from search_spaces import (PROFILES, Profile, check_space, choose_profile, get_profile,
                            overrides_space, sample_configs, space_to_json, with_overrides)
 from search_spaces._common import ALL_SCHEDULES, GPU_BACKBONES

@@ -23,12 +23,13 @@ from pathlib import Path
 LIGHT = (
     "orchestrator.data",  # the whole package: every module whose name starts with this
     "orchestrator.metrics",
-    "orchestrator.config",
+    "orchestrator.train.config",
     "orchestrator.errors",
     "orchestrator.naming",
-    "orchestrator.backbones",
-    "orchestrator.schedules",
-    "orchestrator.augmentations",
+    "orchestrator.models.backbones",
+    "orchestrator.models.heads",
+    "orchestrator.train.schedules",
+    "orchestrator.train.augmentations",
     "orchestrator.train.artifacts",
     "orchestrator.tta.policies",
     "orchestrator.tta.sizing",
@@ -503,3 +504,23 @@ def test_the_default_positive_class_is_resolved_in_one_place() -> None:
              for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              if pattern.search(line)]
     assert not found, "the default positive class resolved again:\n" + "\n".join(found)
+
+
+# --------------------------------------------------------------------------------------------
+# The package root reads as the stages plus a few shared utilities
+# --------------------------------------------------------------------------------------------
+
+# Shared by several stages (or a `python -m` entry point whose code lives in a stage).
+ROOT_MODULES = {"cluster", "console", "errors", "keys", "metrics", "naming", "predict", "weights"}
+
+
+def test_the_package_root_holds_the_stages_and_a_few_shared_modules() -> None:
+    """A module that belongs to one stage lives in that stage's package."""
+    root = REPO_ROOT / "orchestrator"
+    modules = {p.stem for p in root.glob("*.py")} - {"__init__"}
+    assert modules == ROOT_MODULES, (
+        f"new at the root: {sorted(modules - ROOT_MODULES)} (move it into its stage); "
+        f"gone: {sorted(ROOT_MODULES - modules)}")
+    for stage in ("data", "models", "train", "sweep", "tta", "ensemble", "clinical", "serving",
+                  "tracking"):
+        assert (root / stage / "__init__.py").is_file(), stage

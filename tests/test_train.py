@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from orchestrator.config import TrialConfig
+from orchestrator.train.config import TrialConfig
 from orchestrator.data.dataset import prepare_dataset
 from orchestrator.errors import InjectedFault
 from orchestrator.train.artifacts import BEST_MODEL, CHECKPOINT_DIR, VAL_PROBS
@@ -143,7 +143,7 @@ def test_a_multihead_trial_beats_chance_on_every_head_and_resumes(tmp_path):
     """The recipe's model on its phantom: MixUp per head, the FFT stream, label smoothing; both
     classifications beat chance and the size beats the mean predictor, on validation. Then a
     crash after epoch 3 resumes from its checkpoint to the same end."""
-    from orchestrator.heads import as_matrix
+    from orchestrator.models.heads import as_matrix
 
     cfg = TrialConfig(task="multihead", backbone="baseline_cnn", resolution=64, batch_size=16,
                       schedule="full", lr_multiplier=10.0, augment="none", epochs=8,

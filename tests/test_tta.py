@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.models import build_model
+from orchestrator.models.classifier import build_model
 from orchestrator.tta import predict as tta_predict_module
 from orchestrator.tta.policies import (
     POLICIES,
@@ -268,7 +268,7 @@ def test_empty_input_and_bad_arguments(model, images):
 
 
 def test_a_multihead_model_is_scored_as_one_matrix_in_the_tasks_head_order(tmp_path):
-    from orchestrator.heads import TargetScale, as_matrix
+    from orchestrator.models.heads import TargetScale, as_matrix
     from orchestrator.tta.predict import output_width
     from tasks.multihead import MULTIHEAD
 

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-from orchestrator import models, weights
+from orchestrator.models import classifier, weights
 from orchestrator.sweep import __main__ as sweep_cli
 from orchestrator.sweep import runner as sweep_runner
 from orchestrator.errors import ConfigError, WeightsUnavailable
-from orchestrator.models import BACKBONES, build_model
+from orchestrator.models.classifier import BACKBONES, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BB = BACKBONES["mobilenetv3small"]  # the smallest pretrainable backbone
@@ -46,7 +46,7 @@ def donor(tmp_path_factory):
     """A weights dir holding BB's file, in the legacy weights-only HDF5 layout of Keras's own
     ImageNet files, with seeded random values no initialiser produces; and those values."""
     directory = tmp_path_factory.mktemp("weights")
-    base = models.keras_backbone(BB).constructor((RES, RES, 3), None)
+    base = classifier.keras_backbone(BB).constructor((RES, RES, 3), None)
     rng = np.random.default_rng(1234)
     values = [rng.uniform(0.5, 1.5, w.shape).astype(w.dtype) for w in base.get_weights()]
     base.set_weights(values)
@@ -184,9 +184,9 @@ def test_unwritable_directory_is_refused_by_name(tmp_path):
 # for the md5 of the mirror's file (the first argument): no real ImageNet file has that md5.
 _WITH_FAKE_MD5 = (
     "import dataclasses, sys\n"
-    "from orchestrator import models, weights\n"
-    "bb = models.BACKBONES[{name!r}]\n"
-    "models.BACKBONES[bb.name] = dataclasses.replace(bb, weights_hash=sys.argv.pop(1))\n"
+    "from orchestrator.models import classifier, weights\n"
+    "bb = classifier.BACKBONES[{name!r}]\n"
+    "classifier.BACKBONES[bb.name] = dataclasses.replace(bb, weights_hash=sys.argv.pop(1))\n"
     "sys.exit(weights.main(sys.argv[1:]))\n"
 ).format(name=BB.name)
 

@@ -76,7 +76,7 @@ class ClinicalInputs:
     y_val: np.ndarray
     y_test: np.ndarray
     # model row ("ensemble", "best_single", ...) -> (N, C); a multi-head task's (N, D) matrix
-    # (orchestrator.heads), with (N, heads) targets in y_val / y_test
+    # (orchestrator.models.heads), with (N, heads) targets in y_val / y_test
     val_probs: Mapping[str, np.ndarray]
     test_probs: Mapping[str, np.ndarray]
     test_groups: np.ndarray
@@ -225,7 +225,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
 def _load(path: str):
     import keras
 
-    from orchestrator import models  # noqa: F401  (registers BackbonePreprocess)
+    from orchestrator.models import classifier  # noqa: F401  (registers BackbonePreprocess)
 
     return keras.models.load_model(path)
 

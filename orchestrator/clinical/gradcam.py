@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017) for the models `orchestrator.models.build_model` makes.
+"""Grad-CAM (Selvaraju et al. 2017) for the models `orchestrator.models.classifier.build_model` makes.
 
 The map is taken at the backbone's output (its last feature map): the gradient of the class's
 logit with respect to each channel, averaged over space, weights the channels; ReLU; resized to
@@ -17,7 +17,7 @@ def _features(model, images):
 
 
 def _logits(model, features, images):
-    from orchestrator.models import head_inputs
+    from orchestrator.models.classifier import head_inputs
 
     h = model.get_layer("head_dense")(head_inputs(model, features, images))
     h = model.get_layer("head_dropout")(h, training=False)

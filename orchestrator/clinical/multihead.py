@@ -1,6 +1,6 @@
 """The clinical evaluation of a multi-head ensemble (`evaluate` hands a multi-head task here).
 
-Its predictions are one (N, D) matrix and its targets (N, heads) (`orchestrator.heads`). Per
+Its predictions are one (N, D) matrix and its targets (N, heads) (`orchestrator.models.heads`). Per
 classification head, fitted on that head's held-out predictions only: a temperature, and a refer
 cut on the calibrated confidence of its decision (the most probable class; no threshold, even
 for two classes). A regression head has nothing fitted: its value is measured (MAE, RMSE, R² in
@@ -30,7 +30,7 @@ from orchestrator.clinical.result import ClinicalResult, HeadFit
 from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, multihead_sections
 from orchestrator.clinical.uncertainty import entropy
 from orchestrator.console import detail
-from orchestrator.heads import column_slices, split_targets
+from orchestrator.models.heads import column_slices, split_targets
 
 Log = Callable[[str], None]
 

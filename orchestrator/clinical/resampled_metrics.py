@@ -82,7 +82,7 @@ def fast_multihead_metrics(y: np.ndarray, matrix: np.ndarray, task) -> dict[str,
     """`orchestrator.metrics.multihead_metrics` in numpy, the same keys and values (per head
     `<head>_accuracy`, `_balanced_accuracy`, `_macro_f1`, `_loss`, `_skill` or `_mae`, `_rmse`,
     `_r2`, `_skill`; then `mean_skill` and `loss`), for a multi-head bootstrap."""
-    from orchestrator.heads import split_predictions, split_targets
+    from orchestrator.models.heads import split_predictions, split_targets
     from orchestrator.metrics import regression_metrics
 
     targets, preds = split_targets(y, task), split_predictions(matrix, task)

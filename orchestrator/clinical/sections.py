@@ -173,7 +173,7 @@ def _by_metric(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _head_section(head, fit, inputs, intervals, figures, held: str) -> Section:
-    from orchestrator.heads import column_slices, split_targets
+    from orchestrator.models.heads import column_slices, split_targets
 
     name = head.name
     if not head.is_classification:

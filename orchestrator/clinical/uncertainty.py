@@ -29,7 +29,7 @@ def mc_dropout_probs(model, images: np.ndarray, passes: int, *, batch_size: int 
     same call gives the same samples (a Keras Dropout layer's own generator keeps its state)."""
     import tensorflow as tf
 
-    from orchestrator.models import head_inputs
+    from orchestrator.models.classifier import head_inputs
 
     if passes < 1:
         raise ValueError(f"MC-dropout passes must be >= 1, got {passes}")

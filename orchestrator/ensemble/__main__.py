@@ -8,7 +8,7 @@ import sys
 from orchestrator.ensemble.build import DEFAULT_POLICIES as POLICIES
 from orchestrator.clinical.operating_point import RULES
 from orchestrator import console
-from orchestrator.cli import add_tracking_uri, add_verbose
+from orchestrator.console import add_tracking_uri, add_verbose
 from orchestrator.errors import MedSweepError
 
 

@@ -66,7 +66,7 @@ def _multihead_spec(task, clinical_result, held_kind: str) -> contract.ServingSp
 def truth_columns(task, y_test: np.ndarray) -> dict[str, list]:
     """A multi-head task's test truth, one column per head: `<head>_true`, a class name or a
     value in the head's unit."""
-    from orchestrator.heads import split_targets
+    from orchestrator.models.heads import split_targets
 
     targets = split_targets(y_test, task)
     return {f"{h.name}_true": ([h.classes[k] for k in targets[h.name]] if h.is_classification

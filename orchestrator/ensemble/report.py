@@ -63,7 +63,7 @@ def _multihead_reports(table: pd.DataFrame, y_test, probs, task, choice,
     """`write_reports` for a multi-head task: the same comparison, selection and policy
     files, and one classification report per classification head
     (`classification_report_<head>.csv`); a regression head's figures are in the comparison."""
-    from orchestrator.heads import split_predictions, split_targets
+    from orchestrator.models.heads import split_predictions, split_targets
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / artifacts.COMPARISON, out / artifacts.SELECTION_TRAJECTORY,

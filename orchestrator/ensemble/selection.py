@@ -226,7 +226,7 @@ def _single_score(name: str, probs: np.ndarray, labels: np.ndarray, scorer: Scor
 
 
 def _labels(y: np.ndarray) -> np.ndarray:
-    """Class indices (N,), or a multi-head task's (N, H) targets (`orchestrator.heads`)."""
+    """Class indices (N,), or a multi-head task's (N, H) targets (`orchestrator.models.heads`)."""
     labels = np.asarray(y)
     if labels.ndim not in (1, 2) or len(labels) == 0:
         raise ValueError(f"labels must be a non-empty (N,) or (N, heads) array, got shape "

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="asha stops "
                    "trailing trials early; fifo runs all to the end (default %(default)s)")
     p.add_argument("--weights-dir", help="folder holding the ImageNet weight files (python -m "
-                   "orchestrator.weights fetch DIR), at the same path on every node (else "
+                   "orchestrator.models.weights fetch DIR), at the same path on every node (else "
                    "MEDSWEEP_WEIGHTS_DIR on this machine, else each node's Keras cache)")
     p.add_argument("--keep-duplicates", action="store_true", help="do not group copies of an "
                    "image before splitting (by default exact and near copies share a group, and "

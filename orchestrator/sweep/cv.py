@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from orchestrator import tracking
-from orchestrator.config import TrialConfig
+from orchestrator.train.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
 from orchestrator.cluster import Log
 from orchestrator.naming import short_trial_name

@@ -25,7 +25,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from orchestrator import console, tracking
 from orchestrator.cluster import Log, check_trial_fits, connect_ray
-from orchestrator.config import TrialConfig
+from orchestrator.train.config import TrialConfig
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.sweep.budget import Budget

@@ -14,7 +14,7 @@ import ray
 from ray import tune
 
 from orchestrator import console
-from orchestrator.config import TrialConfig
+from orchestrator.train.config import TrialConfig
 from orchestrator.naming import cv_run_name, replicate_of, replicate_seed, trial_run_name
 from orchestrator.train.artifacts import EpochReport, FoldedData, TrialData
 from orchestrator.train.trial import train_trial

@@ -35,7 +35,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import keras
 
-        from orchestrator import models  # noqa: F401  (registers BackbonePreprocess)
+        from orchestrator.models import classifier  # noqa: F401  (registers BackbonePreprocess)
         from tasks.base import Preprocessing
 
         self.spec = json.loads(Path(context.artifacts["spec"]).read_text())

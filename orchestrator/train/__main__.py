@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 from orchestrator import console
-from orchestrator.augmentations import AUGMENTATIONS
-from orchestrator.backbones import BACKBONES
-from orchestrator.config import PRECISIONS, WEIGHTS, TrialConfig
+from orchestrator.train.augmentations import AUGMENTATIONS
+from orchestrator.models.backbones import BACKBONES
+from orchestrator.train.config import PRECISIONS, WEIGHTS, TrialConfig
 from orchestrator.errors import MedSweepError
-from orchestrator.schedules import SCHEDULES
+from orchestrator.train.schedules import SCHEDULES
 from orchestrator.train.artifacts import CHECKPOINT_DIR
 from orchestrator.train.trial import train_trial
 from tasks import task_names

@@ -1,12 +1,12 @@
-"""The Keras side of the unfreezing schedules (`orchestrator.schedules`): which layers train in
+"""The Keras side of the unfreezing schedules (`train.schedules`): which layers train in
 a phase, the phase's optimizer, and the learning rate a step will use."""
 from __future__ import annotations
 
 import keras
 
 from orchestrator.errors import ConfigError
-from orchestrator.models import model_backbone
-from orchestrator.schedules import COSINE_ALPHA, Phase, unfrozen_count
+from orchestrator.models.classifier import model_backbone
+from orchestrator.train.schedules import COSINE_ALPHA, Phase, unfrozen_count
 
 
 def set_trainable(

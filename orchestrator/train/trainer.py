@@ -18,16 +18,16 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import metrics as M
-from orchestrator.config import TrialConfig
-from orchestrator.devices import configure_devices, gpu_memory_limit_for_fraction
-from orchestrator.augmentations import augmentation_for
-from orchestrator.backbones import get_backbone
+from orchestrator.train.config import TrialConfig
+from orchestrator.train.devices import configure_devices, gpu_memory_limit_for_fraction
+from orchestrator.train.augmentations import augmentation_for
+from orchestrator.models.backbones import get_backbone
 from orchestrator.errors import InjectedFault
-from orchestrator.heads import TargetScale, as_matrix, parse_head_weights, target_scales
-from orchestrator.models import build_model
-from orchestrator.pipeline import (balanced_class_weights, head_class_weights, make_loss,
+from orchestrator.models.heads import TargetScale, as_matrix, parse_head_weights, target_scales
+from orchestrator.models.classifier import build_model
+from orchestrator.train.pipeline import (balanced_class_weights, head_class_weights, make_loss,
                                    multihead_dataset, multihead_losses, training_dataset)
-from orchestrator.schedules import get_schedule, plan_epochs, scale_schedule
+from orchestrator.train.schedules import get_schedule, plan_epochs, scale_schedule
 from orchestrator.train.artifacts import (BEST_FILES, BEST_MODEL, CHECKPOINT_DIR,
                                           CHECKPOINT_FILES, CONFIG,
                                           FAULT_MARKER, HISTORY, INPUTS, LAST_MODEL, RESULT,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from orchestrator.config import TrialConfig
+from orchestrator.train.config import TrialConfig
 from orchestrator.train.artifacts import FoldedData, Reporter, TrialData, TrialResult
 from tasks import get_task
 

@@ -57,7 +57,7 @@ class InferenceWorker:
         from orchestrator import console
 
         console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
-        from orchestrator.devices import configure_devices, gpu_total_memory_mb
+        from orchestrator.train.devices import configure_devices, gpu_total_memory_mb
 
         devices = configure_devices(cpu_threads=cpu_threads, mixed_precision="off")
         total = gpu_total_memory_mb() if devices["gpus"] and gpu_share > 0 else None
@@ -91,7 +91,7 @@ class InferenceWorker:
         import keras
         from ray.train import Checkpoint
 
-        from orchestrator import models  # noqa: F401  (registers BackbonePreprocess for loading)
+        from orchestrator.models import classifier  # noqa: F401  (registers BackbonePreprocess for loading)
 
         if model_copy is None:
             if not candidate.checkpoint:

@@ -92,7 +92,7 @@ class _Predictor:
 def flat_outputs(outputs) -> tf.Tensor:
     """A model's output as one (N, D) float32 tensor. A multi-head model's dict keeps the order
     its heads were built in (the task's, through saving and loading too), so its columns match
-    `orchestrator.heads.column_slices`; a regression head's (N, 1) is one column."""
+    `orchestrator.models.heads.column_slices`; a regression head's (N, 1) is one column."""
     if not isinstance(outputs, dict):
         return tf.cast(outputs, tf.float32)
     parts = [tf.cast(v, tf.float32) for v in outputs.values()]

@@ -16,18 +16,16 @@ from typing import Callable, Mapping
 import keras
 from keras import layers
 
-from orchestrator.backbones import BACKBONES, Backbone, get_backbone
+from orchestrator.models.backbones import (BACKBONES, DOWNLOAD_SOCKET_TIMEOUT_S, Backbone,
+                                           get_backbone)
 from orchestrator.errors import ConfigError, WeightsUnavailable
-from orchestrator.frequency import frequency_features
-from orchestrator.heads import TargetScale
+from orchestrator.models.frequency import frequency_features
+from orchestrator.models.heads import TargetScale
 from tasks.base import Head
 
 WEIGHT_CHOICES = ("none", "imagenet")
 WEIGHTS_DIR_ENV = "MEDSWEEP_WEIGHTS_DIR"
 OFFLINE_ENV = "MEDSWEEP_OFFLINE"
-# urlretrieve has no timeout of its own: on a cluster whose egress is black-holed it would hang
-# forever instead of failing with the message that says where to put the file by hand.
-DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
 # keras.applications.efficientnet.IMAGENET_STDDEV_RGB (see _efficientnet_b0).
 _IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
 
@@ -37,7 +35,7 @@ Preprocess = Callable[[object], object]
 
 @dataclass(frozen=True)
 class KerasBackbone:
-    """The Keras side of a registered backbone (`orchestrator.backbones`), under the same name."""
+    """The Keras side of a registered backbone (`backbones`), under the same name."""
 
     constructor: Constructor  # (input_shape, weights path or None) -> base model named "backbone"
     preprocess: Preprocess  # 0..255 RGB -> what the base expects; runs inside the model
@@ -127,7 +125,8 @@ KERAS_BACKBONES: dict[str, KerasBackbone] = {
         _identity),
 }
 if set(KERAS_BACKBONES) != set(BACKBONES):  # one name, two records: never let them drift
-    raise RuntimeError(f"orchestrator.models: Keras backbones {sorted(KERAS_BACKBONES)} differ "
+    raise RuntimeError(f"orchestrator.models.classifier: Keras backbones "
+                       f"{sorted(KERAS_BACKBONES)} differ "
                        f"from the registry {sorted(BACKBONES)}")
 
 

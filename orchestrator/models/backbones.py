@@ -1,7 +1,7 @@
 """Backbone names and facts, importable without TensorFlow.
 
 The registry that a trial config, a search space and the CLIs check names against. What needs
-Keras (the constructor, `preprocess_input`, the classifier around it) lives in `models.py`, keyed
+Keras (the constructor, `preprocess_input`, the classifier around it) lives in `classifier.py`, keyed
 by the same names; `tests/test_models.py` checks the two key sets are equal.
 """
 from __future__ import annotations
@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
+
+# urlretrieve has no timeout of its own: on a cluster whose egress is black-holed it would hang
+# forever instead of failing with the message that says where to put the file by hand.
+DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
 
 _KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 

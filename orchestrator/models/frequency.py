@@ -1,6 +1,6 @@
 """The frequency-domain second stream a model may take (`frequency_stream`): the image's 2-D
 Fourier magnitude through a small CNN, fused with the backbone's pooled features by
-`models.build_model`."""
+`classifier.build_model`."""
 from __future__ import annotations
 
 import keras

@@ -11,11 +11,11 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
-from orchestrator.augmentations import get_augmentation
-from orchestrator.backbones import get_backbone
+from orchestrator.train.augmentations import get_augmentation
+from orchestrator.models.backbones import get_backbone
 from orchestrator.errors import ConfigError
-from orchestrator.heads import parse_head_weights
-from orchestrator.schedules import get_schedule
+from orchestrator.models.heads import parse_head_weights
+from orchestrator.train.schedules import get_schedule
 from tasks import get_task
 from tasks.base import LOSSES
 

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from orchestrator.augmentations import Augmentation
+from orchestrator.train.augmentations import Augmentation
 
 
 def augmentation_layers(aug: Augmentation, seed: int) -> keras.Sequential | None:
@@ -88,7 +88,7 @@ def multihead_dataset(
 ) -> tf.data.Dataset:
     """(images, {head: target}, {head: sample weight}) batches for a multi-head model.
 
-    `y` is the (N, H) target matrix (`orchestrator.heads`): a classification head trains on
+    `y` is the (N, H) target matrix (`orchestrator.models.heads`): a classification head trains on
     one-hot labels, a regression head on its value (N, 1). MixUp draws one λ per example and
     applies it to the image, every head's one-hot labels and every regression value alike.
     Keras's `class_weight` does not work for several outputs, so a classification head's class
