@@ -88,6 +88,9 @@ class Head:
         return len(self.classes) if self.is_classification else 1
 
 
+# The one classification head of a single-label task (`Task.output_heads`): its answer is the
+# task's own, so its figures and served columns carry no head name.
+SINGLE_HEAD = "label"
 DEFAULT_POSITIVE = 1  # a two-class task that names no positive class: its second class
 
 
@@ -172,6 +175,14 @@ class Task:
         """Several outputs; also true of a record whose heads come from the data (no heads
         yet, metric MULTIHEAD_METRIC) until its reader gives them (`with_heads`)."""
         return bool(self.heads) or self.metric == MULTIHEAD_METRIC
+
+    @property
+    def output_heads(self) -> tuple[Head, ...]:
+        """What the model answers, as heads: a multi-head task's heads, or a single-label task's
+        one classification head over its classes. The stages loop over these."""
+        if self.heads or self.is_multihead:
+            return self.heads
+        return (Head(SINGLE_HEAD, "classification", self.classes),)
 
     def head(self, name: str) -> Head:
         for h in self.heads:

@@ -28,8 +28,8 @@ from orchestrator.clinical.gradcam import gradcam, overlay
 from orchestrator.clinical.operating_point import (binary_figures, choose_threshold,
                                                    threshold_table, wilson_lower_bound)
 from orchestrator.clinical.resampled_metrics import fast_metrics
-from orchestrator.clinical.uncertainty import (entropy, mc_dropout_probs, mc_summary,
-                                               review_table)
+from orchestrator.clinical.heads import evaluated_heads, review_table
+from orchestrator.clinical.uncertainty import entropy, mc_dropout_probs, mc_summary
 from orchestrator.errors import ConfigError
 from orchestrator.metrics import classification_metrics
 from orchestrator.models.classifier import build_model
@@ -364,7 +364,8 @@ def test_gradcam_and_mc_dropout_run_the_head_of_a_model_with_the_frequency_strea
 
 def test_review_table_lists_the_least_confident_cases_first():
     probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.51, 0.49]])
-    table = review_table(["a", "b", "c", "d"], np.array([0, 1, 1, 0]), probs, ["neg", "pos"], 3)
+    (head,) = evaluated_heads(get_task("pneumonia").with_classes(("neg", "pos")))
+    table = review_table(["a", "b", "c", "d"], [head], np.array([0, 1, 1, 0]), probs, 3)
     assert table["path"].tolist() == ["d", "b", "c"]
     assert table.loc[1, "correct"] == False  # noqa: E712  (b: true pos, predicted neg)
 

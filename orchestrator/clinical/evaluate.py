@@ -1,8 +1,9 @@
 """The clinical evaluation of a final ensemble: fit on validation (threshold, temperature),
 measure on test with bootstrap intervals, draw, explain, list the cases to review, write
 report.html. Called by `orchestrator.ensemble.build` after every choice is fixed; returns the
-files to log and the figures to record. A multi-head task's ensemble is evaluated head by head
-in `multihead.py`."""
+files to log and the figures to record. Every task is evaluated head by head (a single-label
+task is one head, `heads.evaluated_heads`); what a head's kind fits, measures and draws is in
+`heads.py`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,24 +13,18 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from orchestrator.clinical import artifacts
-from orchestrator.clinical import plots
+from orchestrator.clinical import artifacts, plots
 from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, count_units, intervals_by_model,
                                              no_interval_lines, paired_difference,
                                              resample_indices, sound_interval_metrics)
-from orchestrator.clinical.calibration import (apply_temperature, brier_score,
-                                               expected_calibration_error, fit_temperature, nll)
+from orchestrator.clinical.heads import KINDS, evaluated_heads, review_table
 from orchestrator.clinical.html import write_report
-from orchestrator.clinical.multihead import evaluate_multihead
-from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, sections
-from orchestrator.clinical.operating_point import (RULES, binary_figures, choose_threshold,
-                                                   threshold_table)
-from orchestrator.clinical.referral import (DEFAULT_TARGET_ACCURACY, choose_refer_cut, decide,
-                                            referral_figures)
-from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.operating_point import RULES, threshold_table
+from orchestrator.clinical.referral import DEFAULT_TARGET_ACCURACY
+from orchestrator.clinical.resampled_metrics import task_metrics
 from orchestrator.clinical.result import ClinicalResult
-from orchestrator.clinical.uncertainty import (ensemble_mc, mc_dropout_probs, mc_summary,
-                                               review_table)
+from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, Report, report_sections
+from orchestrator.clinical.uncertainty import ensemble_mc, mc_dropout_probs, mc_summary
 from orchestrator.console import detail
 from orchestrator.errors import ConfigError
 from tasks.base import Task
@@ -93,133 +88,147 @@ class ClinicalInputs:
 
 def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
              log: Log = print) -> ClinicalResult:
-    if inputs.task.is_multihead:
-        return evaluate_multihead(inputs, options, out, log)
-    task, y_val, y_test = inputs.task, inputs.y_val, inputs.y_test
-    ens_val, ens_test = inputs.val_probs[ENSEMBLE], inputs.test_probs[ENSEMBLE]
-    pos = task.binary_positive if task.is_binary else None
+    """Every head the same way: fitted on held-out predictions, measured on test with
+    intervals, drawn, its cases listed; then one report (`heads.KINDS` says what a head's kind
+    fits, measures and draws)."""
+    task = inputs.task
     out.mkdir(parents=True, exist_ok=True)
+    ens_val = np.asarray(inputs.val_probs[ENSEMBLE], dtype=np.float64)
+    ens_test = np.asarray(inputs.test_probs[ENSEMBLE], dtype=np.float64)
+    evaluated = evaluated_heads(task)
+    fits, calibrated, decided = {}, ens_test.copy(), {}
     files: list[Path] = []
+    for eh in evaluated:
+        kind = KINDS[eh.head.kind]
+        fits[eh.head.name] = fit = kind.fit(eh, eh.targets(inputs.y_val), ens_val[:, eh.columns],
+                                            options, inputs.held_out, log)
+        calibrated[:, eh.columns] = kind.calibrate(fit, ens_test[:, eh.columns])
+        decided[eh.head.name] = kind.decide(eh, fit, calibrated[:, eh.columns])
+        if fit.operating_point is not None:
+            files.append(_threshold_table(eh, inputs, ens_val, calibrated, fit, out))
+    measured = _measure(inputs, options, evaluated, fits, calibrated, decided, log)
+    files.append(out / artifacts.TEST_METRICS)
+    measured.intervals.to_csv(files[-1], index=False)
 
-    # --- fitted on validation only -------------------------------------------------------------
-    # The temperature first: the threshold and the refer cut then apply to the calibrated
-    # probabilities the served model returns (a binary temperature is monotone, so the
-    # operating point is the same one either way).
-    temperature = fit_temperature(y_val, ens_val)
-    val_calibrated = apply_temperature(ens_val, temperature)
-    calibrated = apply_temperature(ens_test, temperature)
-    detail(log, f"temperature fitted on {inputs.held_out} predictions: T = {temperature:.3f}")
-    op = None
-    if task.is_binary:
-        op = choose_threshold(y_val == pos, val_calibrated[:, pos], rule=options.threshold_rule,
-                              target_sensitivity=options.target_sensitivity)
-        log(f"operating point chosen on {inputs.held_out} predictions: threshold "
-            f"{op.threshold:.4f} on the calibrated probability ({op.rule}; "
-            f"val sensitivity {op.val_sensitivity:.3f}, specificity {op.val_specificity:.3f})")
-        table = threshold_table(y_val == pos, val_calibrated[:, pos], y_test == pos,
-                                calibrated[:, pos], chosen=op.threshold)
-        files.append(out / artifacts.THRESHOLD_TABLE)
-        table.to_csv(files[-1], index=False)
-    threshold = op.threshold if op is not None else None
-    val_decision, val_confidence = decide(val_calibrated, threshold, pos)
-    referral = choose_refer_cut(y_val, val_decision, val_confidence, options.target_accuracy)
-    test_decision, test_confidence = decide(calibrated, threshold, pos)
-    detail(log, f"refer cut chosen on {inputs.held_out} predictions: confidence < "
-           f"{referral.cut:.4f} is referred ({referral.coverage:.1%} of held-out cases accepted "
-           f"at accuracy {referral.accuracy:.3f}; target {referral.target_accuracy})"
-           if not referral.refers_everything else
-           f"refer cut: no confidence reaches accuracy {referral.target_accuracy} on "
-           f"{inputs.held_out} predictions, so every case is referred")
+    figures = {eh.head.name: KINDS[eh.head.kind].figures(
+        eh, fits[eh.head.name], eh.targets(inputs.y_test), ens_test[:, eh.columns],
+        calibrated[:, eh.columns], decided[eh.head.name], out) for eh in evaluated}
+    metric = next(c for c in inputs.leaderboard.columns if c.startswith("best_"))
+    shared = [plots.trial_comparison(inputs.leaderboard, metric, out / artifacts.TRIAL_COMPARISON,
+                                     [m.name for m in inputs.members])]
+    explained = _explanations(inputs, options, evaluated, out, log)
+    review = review_table(inputs.test_paths, evaluated, inputs.y_test, calibrated,
+                          options.review_cases, explained.mc_entropy)
+    files.append(out / artifacts.REVIEW)
+    review.to_csv(files[-1], index=False)
+    files += [p for eh in evaluated for p in figures[eh.head.name]] + shared + explained.figures
 
-    # --- measured on test, with intervals ----------------------------------------------------------
-    resamples = resample_indices(y_test, inputs.test_groups, options.resamples, options.seed)
+    metrics = dict(explained.metrics)
+    metrics.update(sound_interval_metrics(measured.intervals[measured.intervals.model == ENSEMBLE],
+                                          measured.difference, task.metric))
+    for eh in evaluated:
+        metrics.update(KINDS[eh.head.kind].fitted_metrics(eh, fits[eh.head.name]))
+    report = Report(fits, measured.intervals, figures, shared + explained.figures, review,
+                    measured.groups_note, metric, measured.difference)
+    banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
+              "real patients.") if inputs.synthetic else None
+    files.append(write_report(out / artifacts.REPORT, inputs.title,
+                              report_sections(inputs, options, report), banner))
+    return ClinicalResult(files, metrics, measured.intervals, calibrated,
+                          answer=next((fits[eh.head.name] for eh in evaluated if not eh.named),
+                                      None),
+                          heads={eh.head.name: fits[eh.head.name] for eh in evaluated
+                                 if eh.named},
+                          notes=explained.notes, interval_notes=measured.interval_notes)
+
+
+def _threshold_table(eh, inputs: ClinicalInputs, ens_val, calibrated, fit, out: Path) -> Path:
+    """The operating point's trade-off on held-out and test predictions (both calibrated)."""
+    kind, pos = KINDS[eh.head.kind], eh.positive
+    val_calibrated = kind.calibrate(fit, ens_val[:, eh.columns])
+    table = threshold_table(eh.targets(inputs.y_val) == pos, val_calibrated[:, pos],
+                            eh.targets(inputs.y_test) == pos, calibrated[:, eh.columns][:, pos],
+                            chosen=fit.operating_point.threshold)
+    path = out / artifacts.THRESHOLD_TABLE
+    table.to_csv(path, index=False)
+    return path
+
+
+@dataclass(frozen=True)
+class Measured:
+    intervals: pd.DataFrame
+    difference: dict | None
+    groups_note: str
+    interval_notes: list[str]
+
+
+def _measure(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, fits, calibrated,
+             decided, log: Log) -> Measured:
+    """The test figures of every model with bootstrap intervals (stratified by the first
+    classification head's class, whole groups), and ensemble minus best single."""
+    task, y_test = inputs.task, np.asarray(inputs.y_test)
+    ens_test = np.asarray(inputs.test_probs[ENSEMBLE], dtype=np.float64)
+    first = next(eh for eh in evaluated if eh.head.is_classification)
+    resamples = resample_indices(first.targets(y_test), inputs.test_groups, options.resamples,
+                                 options.seed)
     units = count_units(y_test, inputs.test_groups)
 
     def ensemble_metrics(idx: np.ndarray) -> dict[str, float]:
-        y, p, c = y_test[idx], ens_test[idx], calibrated[idx]
-        out_ = fast_metrics(y, p, task.positive_index)
-        if op is not None:
-            out_.update({f"{k}_at_threshold": v for k, v in
-                         binary_figures(y == pos, c[:, pos], op.threshold).items()})
-        out_.update({f"{k}_at_refer_cut": v for k, v in referral_figures(
-            y, test_decision[idx], test_confidence[idx], referral.cut).items()})
-        out_.update({"brier": brier_score(y, p), "ece": expected_calibration_error(y, p),
-                     "nll": nll(y, p), "brier_calibrated": brier_score(y, c),
-                     "ece_calibrated": expected_calibration_error(y, c),
-                     "nll_calibrated": nll(y, c)})
-        return out_
+        out = task_metrics(y_test[idx], ens_test[idx], task)
+        for eh in evaluated:
+            d = decided[eh.head.name]
+            out.update(KINDS[eh.head.kind].ensemble_metrics(
+                eh, fits[eh.head.name], eh.targets(y_test)[idx], ens_test[idx, eh.columns],
+                calibrated[idx, eh.columns], None if d is None else (d[0][idx], d[1][idx])))
+        return out
 
+    probs = {k: np.asarray(v, dtype=np.float64) for k, v in inputs.test_probs.items()}
     intervals = intervals_by_model(
-        inputs.test_probs, ENSEMBLE, ensemble_metrics,
-        lambda idx, p: fast_metrics(y_test[idx], p[idx], task.positive_index), resamples,
-        units)
+        probs, ENSEMBLE, ensemble_metrics,
+        lambda idx, p: task_metrics(y_test[idx], p[idx], task), resamples, units)
     difference = None
-    if BEST_SINGLE in inputs.test_probs:
-        difference = paired_difference(
-            lambda y, p: fast_metrics(y, p, task.positive_index)[task.metric], y_test,
-            ens_test, inputs.test_probs[BEST_SINGLE], resamples, units=units)
-    files.append(out / artifacts.TEST_METRICS)
-    intervals.to_csv(files[-1], index=False)
+    if BEST_SINGLE in probs:
+        difference = paired_difference(lambda y, p: task_metrics(y, p, task)[task.metric],
+                                       y_test, ens_test, probs[BEST_SINGLE], resamples,
+                                       units=units)
     groups_note = ("whole groups (patient / lesion) resampled" if len(np.unique(
         inputs.test_groups)) < len(y_test) else "each image its own group")
-    detail(log, f"bootstrap: {options.resamples} stratified resamples of the test split, "
-                f"{groups_note}")
+    stratum = f"the {first.head.name} class" if first.named else "class"
+    detail(log, f"bootstrap: {options.resamples} resamples of the test split stratified by "
+                f"{stratum}, {groups_note}")
     interval_notes = no_interval_lines(intervals, difference, task.metric)
     for line in interval_notes:
         log(line)
+    return Measured(intervals, difference, groups_note, interval_notes)
 
-    # --- figures ------------------------------------------------------------------------------
-    classes = list(task.classes)
-    figures = [
-        plots.confusion_matrices(y_test, test_decision, classes, out / artifacts.CONFUSION_MATRIX,
-                                 "test" + (" at the operating point" if op else "")),
-        # binary: on the calibrated scale, where the threshold lives (same curve, monotone)
-        plots.roc_pr_curves(y_test, calibrated if op else ens_test, classes,
-                            out / artifacts.ROC_PR_CURVES,
-                            positive_index=task.positive_index,
-                            threshold=op.threshold if op else None, title="test"),
-        plots.reliability_diagram(y_test, ens_test, calibrated, out / artifacts.RELIABILITY_DIAGRAM,
-                                  temperature=temperature, title="test"),
-    ]
-    metric = next(c for c in inputs.leaderboard.columns if c.startswith("best_"))
-    figures.append(plots.trial_comparison(inputs.leaderboard, metric,
-                                          out / artifacts.TRIAL_COMPARISON,
-                                          [m.name for m in inputs.members]))
-    best = max(inputs.members, key=lambda m: m.weight)
-    figures += _gradcam_figures(best, inputs, options, out)
 
-    # --- uncertainty and cases to review -----------------------------------------------------
-    mc_entropy = None
-    metrics: dict[str, float] = {}
-    if options.mc_dropout_passes:
-        samples = _mc_dropout(inputs, options, log)
-        summary = mc_summary(samples)
-        mc_entropy = summary["predictive_entropy"]
-        metrics["test_mc_dropout_mean_entropy"] = float(mc_entropy.mean())
-        metrics["test_mc_dropout_mean_mutual_information"] = float(
-            summary["mutual_information"].mean())
-    review = review_table(inputs.test_paths, y_test, calibrated, classes,
-                          options.review_cases, mc_entropy)
-    files.append(out / artifacts.REVIEW)
-    review.to_csv(files[-1], index=False)
-    files += figures
+@dataclass(frozen=True)
+class Explained:
+    figures: list[Path]
+    metrics: dict[str, float]
+    notes: list[str]
+    mc_entropy: np.ndarray | None = None
 
-    metrics.update(sound_interval_metrics(intervals[intervals.model == ENSEMBLE], difference,
-                                          task.metric))
-    metrics["temperature"] = temperature
-    if op is not None:
-        metrics.update({"threshold": op.threshold, "val_sensitivity_at_threshold":
-                        op.val_sensitivity, "val_specificity_at_threshold": op.val_specificity})
-    metrics.update({"refer_cut": referral.cut, "val_coverage_at_refer_cut": referral.coverage,
-                    "val_accuracy_accepted_at_refer_cut": referral.accuracy})
 
-    report_sections = sections(inputs, options, op, temperature, intervals, figures, review,
-                         groups_note, metric, referral, difference)
-    banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
-              "real patients.") if inputs.synthetic else None
-    files.append(write_report(out / artifacts.REPORT, inputs.title, report_sections, banner))
-    return ClinicalResult(files, metrics, intervals, temperature, op, referral, calibrated,
-                          interval_notes=interval_notes)
+def _explanations(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, out: Path,
+                  log: Log) -> Explained:
+    """Grad-CAM and MC dropout read a single softmax output's logits: a model whose one head is
+    the task's answer has them; a multi-head model not (yet)."""
+    if any(eh.named for eh in evaluated):
+        notes = (["MC dropout is not computed for a multi-head ensemble"]
+                 if options.mc_dropout_passes else [])
+        for note in notes:
+            log(f"MC dropout: {note}")
+        return Explained([], {}, notes)
+    figures = _gradcam_figures(max(inputs.members, key=lambda m: m.weight), inputs, options,
+                               out)
+    if not options.mc_dropout_passes:
+        return Explained(figures, {}, [])
+    summary = mc_summary(_mc_dropout(inputs, options, log))
+    return Explained(figures, {
+        "test_mc_dropout_mean_entropy": float(summary["predictive_entropy"].mean()),
+        "test_mc_dropout_mean_mutual_information": float(
+            summary["mutual_information"].mean())}, [], summary["predictive_entropy"])
 
 
 def _load(path: str):

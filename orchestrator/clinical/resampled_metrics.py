@@ -113,3 +113,11 @@ def fast_multihead_metrics(y: np.ndarray, matrix: np.ndarray, task) -> dict[str,
     out["mean_skill"] = float(np.mean(skills))
     out["loss"] = float(np.mean(losses))
     return out
+
+
+def task_metrics(y: np.ndarray, probs: np.ndarray, task) -> dict[str, float]:
+    """The task's test figures of one model: a single-label task's classification figures, or
+    every head's and mean_skill (the shape of the figures is the task's, read here once)."""
+    if task.heads:
+        return fast_multihead_metrics(y, probs, task)
+    return fast_metrics(y, probs, task.positive_index)

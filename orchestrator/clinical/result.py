@@ -1,6 +1,5 @@
-"""What the clinical evaluation returns (`evaluate.evaluate`, and `multihead.evaluate_multihead`
-for a multi-head ensemble): the files to log, the flat metrics, the intervals and what was
-fitted on held-out predictions."""
+"""What the clinical evaluation returns (`evaluate.evaluate`): the files to log, the flat
+metrics, the intervals and what was fitted on held-out predictions, head by head."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,13 +14,14 @@ from orchestrator.clinical.referral import Referral
 
 @dataclass(frozen=True)
 class HeadFit:
-    """What was fitted for one head of a multi-head ensemble, on that head's held-out
-    predictions only: a classification head's temperature and refer cut; nothing for a
-    regression head (both None)."""
+    """What was fitted for one head, on that head's held-out predictions only: a classification
+    head's temperature, refer cut and (binary single-label) operating point; nothing for a
+    regression head (all None)."""
 
     name: str
     temperature: float | None
     referral: Referral | None
+    operating_point: OperatingPoint | None = None
 
 
 @dataclass
@@ -29,12 +29,25 @@ class ClinicalResult:
     files: list[Path]
     metrics: dict[str, float]  # flat, for MLflow
     intervals: pd.DataFrame  # model, metric, point, low, high, resamples, groups, note
-    temperature: float  # NaN for a multi-head ensemble: each head has its own (`heads`)
-    operating_point: OperatingPoint | None
-    referral: Referral | None  # None for a multi-head ensemble: each head has its own
-    test_calibrated: np.ndarray  # (N, C): the served probabilities of the test split; (N, D)
-    notes: list[str] = field(default_factory=list)
+    test_calibrated: np.ndarray  # (N, D): the served probabilities (and values) of the test split
+    # A single-label task's one head: its answer is the task's own (None with several heads).
+    answer: HeadFit | None = None
     heads: dict[str, HeadFit] = field(default_factory=dict)  # a multi-head ensemble's, in order
+    notes: list[str] = field(default_factory=list)
     # Why some test figures have no interval (`bootstrap.note_lines`), once each; the paired
     # difference's too. Empty when every interval is sound.
     interval_notes: list[str] = field(default_factory=list)
+
+    @property
+    def temperature(self) -> float:
+        """NaN for a multi-head ensemble: each head has its own (`heads`)."""
+        return self.answer.temperature if self.answer else float("nan")
+
+    @property
+    def operating_point(self) -> OperatingPoint | None:
+        return self.answer.operating_point if self.answer else None
+
+    @property
+    def referral(self) -> Referral | None:
+        """None for a multi-head ensemble: each head has its own."""
+        return self.answer.referral if self.answer else None

@@ -2,7 +2,9 @@
 computed (nothing here fits or measures anything)."""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -13,6 +15,7 @@ from orchestrator.clinical.calibration import (apply_temperature, calibration_se
 from orchestrator.clinical.html import Section
 from orchestrator.clinical.referral import Referral
 from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.result import HeadFit
 from tasks.base import Task
 
 ENSEMBLE = "ensemble"
@@ -251,3 +254,30 @@ def multihead_sections(inputs, options, fits, intervals, head_figures, figures, 
          "probabilities), every head's answer beside the truth, for a person to look at: "
          "review_low_confidence.csv."], tables=[review]))
     return out
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `evaluate` hands the report: per head its fit and figures, the rest shared."""
+
+    fits: Mapping[str, HeadFit]
+    intervals: pd.DataFrame
+    head_figures: Mapping[str, list[Path]]
+    figures: list[Path]  # the trial comparison, Grad-CAM
+    review: pd.DataFrame
+    groups_note: str
+    metric: str
+    difference: dict | None
+
+
+def report_sections(inputs, options, report: Report) -> list[Section]:
+    """report.html's layout: a single-label task's one answer, or a section per head."""
+    if inputs.task.heads:
+        return multihead_sections(inputs, options, report.fits, report.intervals,
+                                  report.head_figures, report.figures, report.review,
+                                  report.groups_note, report.metric, report.difference)
+    (fit,) = report.fits.values()
+    figures = [p for paths in report.head_figures.values() for p in paths] + report.figures
+    return sections(inputs, options, fit.operating_point, fit.temperature, report.intervals,
+                    figures, report.review, report.groups_note, report.metric, fit.referral,
+                    report.difference)

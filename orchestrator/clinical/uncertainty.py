@@ -1,16 +1,15 @@
 """How unsure the ensemble is about each case: predictive entropy, optionally under Monte Carlo
-dropout (Gal and Ghahramani 2016), and the least confident test cases for a person to review
-(a human in the loop).
+dropout (Gal and Ghahramani 2016); the least confident test cases for a person to review are
+listed by `heads.review_table`.
 
 MC dropout here keeps every normalisation layer in inference mode and samples only the head's
 dropout: the backbone's features are computed once, then the small head runs `passes` times.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
-import pandas as pd
 
 EPS = 1e-12
 
@@ -63,22 +62,3 @@ def mc_summary(samples: np.ndarray) -> dict[str, np.ndarray]:
     expected = entropy(samples).mean(axis=0)
     return {"mean": mean, "predictive_entropy": predictive,
             "mutual_information": np.maximum(predictive - expected, 0.0)}
-
-
-def review_table(paths: Sequence[str], y: np.ndarray, probs: np.ndarray,
-                 classes: Sequence[str], n: int = 20,
-                 mc_entropy: np.ndarray | None = None) -> pd.DataFrame:
-    """The `n` test cases the ensemble is least sure about (lowest top probability; MC-dropout
-    predictive entropy, when given, is shown and breaks ties), for a person to look at."""
-    pred = probs.argmax(axis=1)
-    frame = pd.DataFrame({
-        "path": list(paths), "true": [classes[k] for k in y],
-        "predicted": [classes[k] for k in pred], "correct": pred == y,
-        "confidence": probs.max(axis=1), "entropy": entropy(probs)})
-    order = ["confidence"]
-    if mc_entropy is not None:
-        frame["mc_dropout_entropy"] = mc_entropy
-        order.append("mc_dropout_entropy")
-    frame = frame.sort_values(order, ascending=[True] + [False] * (len(order) - 1),
-                              kind="mergesort")
-    return frame.head(n).reset_index(drop=True)

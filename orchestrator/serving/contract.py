@@ -29,6 +29,8 @@ import pandas as pd
 from orchestrator.clinical.calibration import apply_temperature
 from orchestrator.clinical.referral import decide
 from orchestrator.data.cache import decode_bytes, decode_image
+from orchestrator.errors import ConfigError
+from tasks.base import Head
 
 IMAGE, PATH = "image", "path"
 DECISION, CONFIDENCE, REFER = "decision", "confidence", "refer"
@@ -42,8 +44,9 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One head of a multi-head model: a classification head's classes, temperature and refer
-    cut (chosen on held-out predictions of that head only), or a regression head's unit."""
+    """One head of a multi-head model as its spec file records it: the task's head (name, kind,
+    classes, unit: validated as `tasks.base.Head`) and what was fitted for it, a classification
+    head's temperature and refer cut (on held-out predictions of that head only)."""
 
     name: str
     kind: str  # "classification" or "regression"
@@ -56,19 +59,22 @@ class HeadSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
-        if self.kind == "classification":
-            if len(self.classes) < 2 or self.temperature is None or self.refer_cut is None:
+        self.head  # what the head is, checked where the task's heads are (`tasks.base.Head`)
+        if self.is_classification:
+            if self.temperature is None or self.refer_cut is None:
                 raise ValueError(f"head {self.name}: a classification head needs >= 2 classes, "
                                  "a temperature and a refer cut")
             if self.temperature <= 0:
                 raise ValueError(f"head {self.name}: temperature must be > 0, got "
                                  f"{self.temperature}")
-        elif self.kind == "regression":
-            if self.classes:
-                raise ValueError(f"head {self.name}: a regression head has no classes")
-        else:
-            raise ValueError(f"head {self.name}: kind {self.kind!r} is not classification or "
-                             "regression")
+
+    @property
+    def head(self) -> Head:
+        """The task's head this answers for (its name, kind, classes, unit)."""
+        try:
+            return Head(self.name, self.kind, self.classes, self.unit)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
 
     @property
     def is_classification(self) -> bool:
@@ -77,7 +83,7 @@ class HeadSpec:
     @property
     def width(self) -> int:
         """Its columns in the members' averaged (N, D) matrix."""
-        return len(self.classes) if self.is_classification else 1
+        return self.head.width
 
     def columns(self) -> list[tuple[str, str]]:
         """(served column, type: double, string or boolean), in order."""

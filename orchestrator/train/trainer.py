@@ -23,10 +23,9 @@ from orchestrator.train.devices import configure_devices, gpu_memory_limit_for_f
 from orchestrator.train.augmentations import augmentation_for
 from orchestrator.models.backbones import get_backbone
 from orchestrator.errors import InjectedFault
-from orchestrator.models.heads import TargetScale, as_matrix, parse_head_weights, target_scales
+from orchestrator.models.heads import TargetScale, as_matrix
 from orchestrator.models.classifier import build_model
-from orchestrator.train.pipeline import (balanced_class_weights, head_class_weights, make_loss,
-                                   multihead_dataset, multihead_losses, training_dataset)
+from orchestrator.train.outputs import training_outputs
 from orchestrator.train.schedules import get_schedule, plan_epochs, scale_schedule
 from orchestrator.train.artifacts import (BEST_FILES, BEST_MODEL, CHECKPOINT_DIR,
                                           CHECKPOINT_FILES, CONFIG,
@@ -108,40 +107,35 @@ class Trainer:
                            frequency_stream=self.cfg.frequency_stream)
 
     @functools.cached_property
+    def outputs(self):
+        return training_outputs(self.task)
+
+    @functools.cached_property
     def scales(self) -> dict[str, TargetScale]:
-        """Regression heads' training mean and spread (none for single-head tasks)."""
-        return target_scales(self.data.y_train, self.task) if self.task.is_multihead else {}
+        """Regression heads' training mean and spread (none without regression heads)."""
+        return self.outputs.scales(self.data.y_train)
 
     def _class_weights(self, loss_name: str):
         """Balanced class weights from the training split (per classification head)."""
         if loss_name != "class_weighted":
             return None
-        if self.task.is_multihead:
-            return head_class_weights(self.data.y_train, self.task.heads)
-        return balanced_class_weights(self.data.y_train, self.task.num_classes)
+        return self.outputs.class_weights(self.data.y_train)
 
     def _dataset(self, class_weights):
         augmentation = augmentation_for(self.cfg.augment, self.task.tta_kinds,
                                         measures=any(not h.is_classification
                                                      for h in self.task.heads))
-        common = dict(batch_size=self.cfg.batch_size, seed=self.cfg.seed,
-                      augmentation=augmentation, mixup_alpha=self.cfg.mixup_alpha,
-                      class_weights=class_weights)
-        if self.task.is_multihead:
-            return multihead_dataset(self.data.x_train, self.data.y_train,
-                                     heads=self.task.heads, **common)
-        return training_dataset(self.data.x_train, self.data.y_train,
-                                num_classes=self.task.num_classes, **common)
+        return self.outputs.dataset(self.data.x_train, self.data.y_train,
+                                    batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+                                    augmentation=augmentation, mixup_alpha=self.cfg.mixup_alpha,
+                                    class_weights=class_weights)
 
     def _loss(self, loss_name: str):
         """The loss (a dict per head for a multi-head task) and the heads' weights (None)."""
-        smoothing = _default(self.cfg.label_smoothing, self.task.label_smoothing)
-        gamma = _default(self.cfg.focal_gamma, self.task.focal_gamma)
-        if not self.task.is_multihead:
-            return make_loss(loss_name, label_smoothing=smoothing, focal_gamma=gamma), None
-        return multihead_losses(self.task.heads, self.scales,
-                                parse_head_weights(self.cfg.head_weights, self.task), loss_name,
-                                label_smoothing=smoothing, focal_gamma=gamma)
+        return self.outputs.loss(
+            loss_name, self.scales, self.cfg.head_weights,
+            label_smoothing=_default(self.cfg.label_smoothing, self.task.label_smoothing),
+            focal_gamma=_default(self.cfg.focal_gamma, self.task.focal_gamma))
 
     def _resume(self, checkpoint: Path) -> keras.Model | None:
         """Restore the model (optimizer state included), the bookkeeping and the best files."""
@@ -236,16 +230,10 @@ class Trainer:
     # ------------------------------------------------------------------------------ end
     def _write_inputs(self, loss_name: str, class_weights: np.ndarray | None) -> None:
         (self.out / CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=1))
-        if class_weights is None:
-            weights = None
-        elif isinstance(class_weights, dict):  # per classification head
-            weights = {name: dict(zip(self.task.head(name).classes, map(float, w)))
-                       for name, w in class_weights.items()}
-        else:
-            weights = dict(zip(self.task.classes, map(float, class_weights)))
+        weights = (None if class_weights is None
+                   else self.outputs.recorded_class_weights(class_weights))
         meta = {"task": self.task.summary(), "loss": loss_name, "class_weights": weights,
-                **({"target_scales": {k: v.__dict__ for k, v in self.scales.items()}}
-                   if self.task.is_multihead else {}),
+                **self.outputs.recorded_scales(self.scales),
                 "train_size": len(self.data.y_train), "val_size": len(self.data.y_val),
                 "data_fingerprint": self.data.fingerprint, "synthetic": self.data.synthetic,
                 "manifest": self.data.manifest_path}
