@@ -524,3 +524,50 @@ def test_the_package_root_holds_the_stages_and_a_few_shared_modules() -> None:
     for stage in ("data", "models", "train", "sweep", "tta", "ensemble", "clinical", "serving",
                   "tracking"):
         assert (root / stage / "__init__.py").is_file(), stage
+
+
+# --------------------------------------------------------------------------------------------
+# Heads are the one path
+# --------------------------------------------------------------------------------------------
+
+# Where a task's heads are defined (the task records, the readers that take them from the data),
+# where its model's outputs are laid out and built, and where the served spec's two formats
+# meet: a branch on the task's shape belongs here. Every later stage loops over heads.
+HEADS_BOUNDARY = ("tasks", "orchestrator.data", "orchestrator.models",
+                  "orchestrator.train.outputs", "orchestrator.clinical.heads",
+                  "orchestrator.serving.contract")
+MAX_SHAPE_BRANCHES = 10  # outside the boundary: the metric sets and layouts that differ
+
+
+def _shape_branches(tree: ast.AST) -> list[int]:
+    """Lines of the conditions (`if`, `x if c else y`, `bool(...)`, comprehension filters)
+    that read `is_multihead` or `.heads`: a loop over the heads is no branch."""
+    def reads_shape(node: ast.AST) -> bool:
+        return any(isinstance(n, ast.Attribute) and n.attr in ("is_multihead", "heads")
+                   for n in ast.walk(node))
+
+    lines = []
+    for node in ast.walk(tree):
+        tests = ([node.test] if isinstance(node, (ast.If, ast.IfExp, ast.While))
+                 else node.ifs if isinstance(node, ast.comprehension)
+                 else node.args if isinstance(node, ast.Call)
+                 and getattr(node.func, "id", "") == "bool" else [])
+        lines += [t.lineno for t in tests if reads_shape(t)]
+    return lines
+
+
+def test_few_stages_branch_on_the_number_of_heads() -> None:
+    found = [f"  {name}:{line}" for name, (tree, _) in sorted(
+                 _parse_modules(REPO_ROOT, ("orchestrator",)).items())
+             if not any(name == b or name.startswith(b + ".") for b in HEADS_BOUNDARY)
+             for line in _shape_branches(tree)]
+    assert len(found) <= MAX_SHAPE_BRANCHES, (
+        f"{len(found)} branches on a task's heads outside where they are defined (at most "
+        f"{MAX_SHAPE_BRANCHES}); loop over `Task.output_heads` or the stage's heads instead:\n"
+        + "\n".join(found))
+
+
+def test_the_shape_branch_counter_sees_a_branch_and_not_a_loop() -> None:
+    tree = ast.parse("if task.is_multihead:\n    pass\nfor h in task.heads:\n    pass\n"
+                     "x = a if spec.heads else b\n")
+    assert _shape_branches(tree) == [1, 5]

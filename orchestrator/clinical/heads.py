@@ -50,6 +50,18 @@ class EvaluatedHead:
         y = np.asarray(y) if self.target is None else np.asarray(y)[:, self.target]
         return y.astype(np.int64) if self.head.is_classification else y.astype(np.float64)
 
+    @property
+    def truth_column(self) -> str:
+        """Its truth in `test_predictions.csv`: `label`, or `<head>_true`."""
+        return f"{self.head.name}_true" if self.named else "label"
+
+    def truth(self, y: np.ndarray) -> list:
+        """Its targets as a person reads them: class names, or values in its unit."""
+        targets = self.targets(y)
+        if self.head.is_classification:
+            return [self.head.classes[k] for k in targets]
+        return targets.tolist()
+
     def file(self, name: str) -> str:
         safe = "".join(ch if ch.isalnum() else "_" for ch in self.head.name)
         return artifacts.per_head(name, safe) if self.named else name

@@ -39,6 +39,11 @@ class ClinicalResult:
     interval_notes: list[str] = field(default_factory=list)
 
     @property
+    def fits(self) -> dict[str, HeadFit]:
+        """Every head's fit by name (a single-label task's one head: `tasks.base.SINGLE_HEAD`)."""
+        return {**({self.answer.name: self.answer} if self.answer else {}), **self.heads}
+
+    @property
     def temperature(self) -> float:
         """NaN for a multi-head ensemble: each head has its own (`heads`)."""
         return self.answer.temperature if self.answer else float("nan")

@@ -198,7 +198,8 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           members=ens.members, weights=ens.weights, table=table,
                           model_uri=model_uri, registered=f"{name}@candidate (version {version})",
                           tracking_uri=sweep.uri, intervals=result.intervals,
-                          temperature=None if task.is_multihead else result.temperature,
+                          temperature=result.answer.temperature if result.answer
+                          else None,
                           threshold=result.operating_point.threshold
                           if result.operating_point else None, chosen_on=held.kind,
                           held_out_images=len(held.y),

@@ -31,46 +31,35 @@ class ServedModelMismatch(ConfigError):
 
 
 def serving_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
-    if task.is_multihead:
-        return _multihead_spec(task, clinical_result, held_kind)
-    op, referral = clinical_result.operating_point, clinical_result.referral
-    return contract.ServingSpec(
-        classes=tuple(task.classes), temperature=float(clinical_result.temperature),
-        refer_cut=float(referral.cut), target_accuracy=float(referral.target_accuracy),
-        held_out_coverage=float(referral.coverage),
-        positive_class=(task.positive_class or task.classes[1]) if task.is_binary else None,
-        threshold=float(op.threshold) if op is not None else None, chosen_on=held_kind)
+    """Every head's own fit: a classification head's temperature and refer cut (a single-label
+    binary task's threshold too), a regression head's unit."""
+    from orchestrator.clinical.heads import evaluated_heads
 
-
-def _multihead_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
-    """Every head's own temperature and refer cut (a regression head: its unit); the single-head
-    fields repeat the first classification head's, as `Task.classes` does."""
+    fits = clinical_result.fits
     heads = []
-    for head in task.heads:
-        fit = clinical_result.heads[head.name]
+    for eh in evaluated_heads(task):
+        head, fit = eh.head, fits[eh.head.name]
         if not head.is_classification:
             heads.append(contract.HeadSpec(head.name, head.kind, unit=head.unit))
             continue
+        op = fit.operating_point
         heads.append(contract.HeadSpec(
             head.name, head.kind, classes=tuple(head.classes), unit=head.unit,
             temperature=float(fit.temperature), refer_cut=float(fit.referral.cut),
             target_accuracy=float(fit.referral.target_accuracy),
-            held_out_coverage=float(fit.referral.coverage)))
-    first = next(h for h in heads if h.is_classification)
-    return contract.ServingSpec(
-        classes=first.classes, temperature=first.temperature, refer_cut=first.refer_cut,
-        target_accuracy=first.target_accuracy, held_out_coverage=first.held_out_coverage,
-        chosen_on=held_kind, heads=tuple(heads))
+            held_out_coverage=float(fit.referral.coverage),
+            threshold=float(op.threshold) if op is not None else None,
+            positive_class=head.classes[eh.positive] if eh.positive is not None else None,
+            named=eh.named))
+    return contract.ServingSpec.of_heads(heads, chosen_on=held_kind)
 
 
 def truth_columns(task, y_test: np.ndarray) -> dict[str, list]:
-    """A multi-head task's test truth, one column per head: `<head>_true`, a class name or a
-    value in the head's unit."""
-    from orchestrator.models.heads import split_targets
+    """The test truth, a column per head: a single-label task's `label`, a multi-head task's
+    `<head>_true` each (a class name or a value in the head's unit)."""
+    from orchestrator.clinical.heads import evaluated_heads
 
-    targets = split_targets(y_test, task)
-    return {f"{h.name}_true": ([h.classes[k] for k in targets[h.name]] if h.is_classification
-                               else targets[h.name].tolist()) for h in task.heads}
+    return {eh.truth_column: eh.truth(y_test) for eh in evaluated_heads(task)}
 
 
 def test_predictions(prepared, recorded: pd.DataFrame, y_test: np.ndarray,
@@ -81,8 +70,7 @@ def test_predictions(prepared, recorded: pd.DataFrame, y_test: np.ndarray,
     hashes = dict(zip(recorded["path"], recorded["hash"]))
     rows = prepared.table[prepared.table["split"] == "test"]
     task = prepared.task
-    labels = (truth_columns(task, y_test) if task.is_multihead else
-              {"label": [task.classes[k] for k in y_test]})
+    labels = truth_columns(task, y_test)
     frame = pd.DataFrame({
         "path": [Path(os.path.relpath(p, prepared.root)).as_posix() for p in rows["path"]],
         "hash": [hashes[p] for p in rows["path"]], "group": rows["group"].to_numpy(),
@@ -91,27 +79,23 @@ def test_predictions(prepared, recorded: pd.DataFrame, y_test: np.ndarray,
 
 
 def _compared(spec: contract.ServingSpec) -> tuple[list[str], list[tuple[list[str], Callable]]]:
-    """The columns that must match within CHECK_TOLERANCE, and the decision columns that must
-    match exactly, each with the cases where they may differ (a probability on the threshold,
-    a confidence on the cut)."""
-    if spec.heads:
-        numbers = [c for c, kind in contract.output_columns(spec) if kind == "double"]
-        decisions = [([f"{h.name}_{contract.DECISION}", f"{h.name}_{contract.REFER}"],
-                      lambda want, h=h: np.abs(want[f"{h.name}_{contract.CONFIDENCE}"]
-                                               - h.refer_cut).to_numpy() <= CHECK_TOLERANCE)
-                     for h in spec.heads if h.is_classification]
-        return numbers, decisions
+    """The columns that must match within CHECK_TOLERANCE (every probability, confidence and
+    value), and each classification head's decision columns that must match exactly, with the
+    cases where they may differ (a probability on the threshold, a confidence on the cut)."""
+    numbers = [c for c, kind in contract.output_columns(spec) if kind == "double"]
+    decisions = [([h.column(contract.DECISION), h.column(contract.REFER)],
+                  lambda want, h=h: _near_a_cut(h, want))
+                 for h in spec.answered_heads if h.is_classification]
+    return numbers, decisions
 
-    def near(want: pd.DataFrame) -> np.ndarray:
-        close = np.zeros(len(want), dtype=bool)
-        if spec.threshold is not None:
-            close |= np.abs(want[f"{contract.PROBABILITY_PREFIX}{spec.positive_class}"]
-                            - spec.threshold).to_numpy() <= CHECK_TOLERANCE
-        close |= np.abs(want[contract.CONFIDENCE] - spec.refer_cut).to_numpy() <= CHECK_TOLERANCE
-        return close
 
-    return (contract.probability_columns(spec.classes) + [contract.CONFIDENCE],
-            [([contract.DECISION, contract.REFER], near)])
+def _near_a_cut(head: contract.HeadSpec, want: pd.DataFrame) -> np.ndarray:
+    close = (np.abs(want[head.column(contract.CONFIDENCE)] - head.refer_cut).to_numpy()
+             <= CHECK_TOLERANCE)
+    if head.threshold is not None:
+        positive = head.column(f"{contract.PROBABILITY_PREFIX}{head.positive_class}")
+        close |= np.abs(want[positive] - head.threshold).to_numpy() <= CHECK_TOLERANCE
+    return close
 
 
 def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
@@ -121,7 +105,8 @@ def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
     (multi-head) value within CHECK_TOLERANCE (a value's relative to its size above 1), every
     decision and refer flag exactly. Returns the largest difference."""
     cols, decisions = _compared(spec)
-    value_columns = {f"{h.name}_{contract.VALUE}" for h in spec.heads if not h.is_classification}
+    value_columns = {h.column(contract.VALUE) for h in spec.answered_heads
+                     if not h.is_classification}
     values = np.array([c in value_columns for c in cols])
     worst = 0.0
     for start in range(0, len(paths), CHECK_BATCH):
@@ -144,7 +129,7 @@ def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
                     raise ServedModelMismatch(f"the logged model's `{column}` differs from the "
                                               f"evaluated ensemble's on {bad}; not registered")
     if not worst <= CHECK_TOLERANCE:
-        what = "probabilities and values" if spec.heads else "probabilities"
+        what = "probabilities and values" if value_columns else "probabilities"
         raise ServedModelMismatch(f"the logged model's {what} differ from the evaluated "
                                   f"ensemble's by up to {worst:.2e} on the test images (allowed "
                                   f"{CHECK_TOLERANCE:.0e}); not registered")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report
 
-from orchestrator.clinical.artifacts import REPORT, per_head
+from orchestrator.clinical.artifacts import REPORT
 from orchestrator.ensemble import artifacts
 from tasks.base import Task
 
@@ -41,29 +41,11 @@ class EnsembleReport:
 
 def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, task: Task,
                   choice, out: Path) -> list[Path]:
-    if task.is_multihead:
-        return _multihead_reports(table, y_test, probs, task, choice, out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / artifacts.COMPARISON, out / artifacts.CLASSIFICATION_REPORT,
-             out / artifacts.SELECTION_TRAJECTORY, out / artifacts.TTA_POLICY_SCORES]
-    table.to_csv(paths[0], index=False)
-    labels = list(range(task.num_classes))
-    report = classification_report(y_test, probs.argmax(axis=1), labels=labels,
-                                   target_names=list(task.classes), output_dict=True,
-                                   zero_division=0)
-    pd.DataFrame(report).T.to_csv(paths[1])
-    pd.DataFrame(choice.ensemble.trajectory, columns=["added", "val_score"]).to_csv(
-        paths[2], index_label="step")
-    pd.Series(choice.scores_by_policy, name="val_score").to_csv(paths[3], index_label="policy")
-    return paths
-
-
-def _multihead_reports(table: pd.DataFrame, y_test, probs, task, choice,
-                       out: Path) -> list[Path]:
-    """`write_reports` for a multi-head task: the same comparison, selection and policy
-    files, and one classification report per classification head
-    (`classification_report_<head>.csv`); a regression head's figures are in the comparison."""
-    from orchestrator.models.heads import split_predictions, split_targets
+    """The comparison, selection and policy files, and a classification report per
+    classification head (`classification_report.csv` of a single-label task's one head,
+    `classification_report_<head>.csv` of a multi-head task's); a regression head's figures
+    are in the comparison."""
+    from orchestrator.clinical.heads import evaluated_heads
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / artifacts.COMPARISON, out / artifacts.SELECTION_TRAJECTORY,
@@ -72,15 +54,15 @@ def _multihead_reports(table: pd.DataFrame, y_test, probs, task, choice,
     pd.DataFrame(choice.ensemble.trajectory, columns=["added", "val_score"]).to_csv(
         paths[1], index_label="step")
     pd.Series(choice.scores_by_policy, name="val_score").to_csv(paths[2], index_label="policy")
-    targets, preds = split_targets(y_test, task), split_predictions(probs, task)
-    for head in task.heads:
-        if not head.is_classification:
+    for eh in evaluated_heads(task):
+        if not eh.head.is_classification:
             continue
-        report = classification_report(targets[head.name], preds[head.name].argmax(axis=1),
-                                       labels=list(range(len(head.classes))),
-                                       target_names=list(head.classes), output_dict=True,
-                                       zero_division=0)
-        paths.append(out / per_head(artifacts.CLASSIFICATION_REPORT, head.name))
+        classes = list(eh.head.classes)
+        report = classification_report(eh.targets(y_test),
+                                       np.asarray(probs)[:, eh.columns].argmax(axis=1),
+                                       labels=list(range(len(classes))), target_names=classes,
+                                       output_dict=True, zero_division=0)
+        paths.append(out / eh.file(artifacts.CLASSIFICATION_REPORT))
         pd.DataFrame(report).T.to_csv(paths[-1])
     return paths
 

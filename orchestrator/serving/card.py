@@ -3,7 +3,7 @@ of the MLflow UI, plus the tags that let a registry search find it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from orchestrator import keys
 from orchestrator.clinical.bootstrap import MIN_GROUPS, NO_INTERVAL
@@ -61,6 +61,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
 def model_card(facts: CardFacts) -> str:
     spec = facts.spec
     held = spec.chosen_on
+    layout = _HEADS if spec.heads else _ONE_ANSWER
     metric = facts.test.get(facts.metric)
     # The first line is plain text: the registry's versions table shows it as the summary.
     lines = [f"MedSweep ensemble for {facts.task}"
@@ -70,9 +71,7 @@ def model_card(facts: CardFacts) -> str:
         lines += [SYNTHETIC_BANNER, ""]
     lines += [
         "## Task", "",
-        *(_heads_lines(spec) if spec.heads else [
-            f"Classes: {', '.join(f'`{c}`' for c in spec.classes)}"
-            + (f"; positive class `{spec.positive_class}`." if spec.positive_class else ".")]),
+        *layout.task(spec),
         f"Selection metric: {facts.metric}.", "",
         "## Data", "",
         f"Data fingerprint `{facts.data_fingerprint}` (content, labels, groups and splits); "
@@ -86,27 +85,12 @@ def model_card(facts: CardFacts) -> str:
         *_table(["configuration", "weight", "resolution", "models"],
                 [(m, f"{w:.3f}", f"{r} px", k) for m, w, r, k in facts.members]), "",
         "## Performance", "",
-        f"Every choice ({_CHOICES_OF_HEADS if spec.heads else _CHOICES}) was made "
+        f"Every choice ({layout.choices}) was made "
         f"on {held} predictions; the test split was predicted once, afterwards. Test figures "
         "with 95% group-aware bootstrap intervals.", "",
-        *(_heads_performance(facts) if spec.heads else [
-            *_table(["metric", held, "test [95% interval]"],
-                    [(k, f"{facts.held_out[k]:.3f}" if k in facts.held_out else "", v.text())
-                     for k, v in facts.test.items()]), ""]),
+        *layout.performance(facts),
         *_interval_lines(facts),
-        *(_heads_calibration(spec) if spec.heads else [
-            "## Operating point and calibration", "",
-            f"- Probabilities are calibrated by temperature scaling, T = {spec.temperature:.4f} "
-            f"(fitted on {held} predictions).",
-            (f"- `decision` is `{spec.positive_class}` when its calibrated probability is at "
-             f"least {spec.threshold:.4f}." if spec.threshold is not None else
-             "- `decision` is the most probable class."),
-            (f"- `refer` is true when `confidence` (the calibrated probability of the decision) "
-             f"is below {spec.refer_cut:.4f}: on {held} predictions the accepted cases reached "
-             f"accuracy {spec.target_accuracy} with {spec.held_out_coverage:.1%} of cases "
-             "accepted." if spec.refer_cut <= 1.0 else
-             f"- `refer` is always true: no confidence reached accuracy {spec.target_accuracy} "
-             f"on {held} predictions."), ""]),
+        *layout.calibration(spec),
         "## Intended use and limits", "",
         "- Research use: decision support to be read by a clinician, never a diagnosis on its "
         "own. Referred cases need a person.",
@@ -119,6 +103,34 @@ def model_card(facts: CardFacts) -> str:
         "artifacts hold report.html, the figures and the test predictions).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _answer_task(spec: ServingSpec) -> list[str]:
+    return [f"Classes: {', '.join(f'`{c}`' for c in spec.classes)}"
+            + (f"; positive class `{spec.positive_class}`." if spec.positive_class else ".")]
+
+
+def _answer_performance(facts: CardFacts) -> list[str]:
+    return [*_table(["metric", facts.spec.chosen_on, "test [95% interval]"],
+                    [(k, f"{facts.held_out[k]:.3f}" if k in facts.held_out else "", v.text())
+                     for k, v in facts.test.items()]), ""]
+
+
+def _answer_calibration(spec: ServingSpec) -> list[str]:
+    held = spec.chosen_on
+    return [
+        "## Operating point and calibration", "",
+        f"- Probabilities are calibrated by temperature scaling, T = {spec.temperature:.4f} "
+        f"(fitted on {held} predictions).",
+        (f"- `decision` is `{spec.positive_class}` when its calibrated probability is at "
+         f"least {spec.threshold:.4f}." if spec.threshold is not None else
+         "- `decision` is the most probable class."),
+        (f"- `refer` is true when `confidence` (the calibrated probability of the decision) "
+         f"is below {spec.refer_cut:.4f}: on {held} predictions the accepted cases reached "
+         f"accuracy {spec.target_accuracy} with {spec.held_out_coverage:.1%} of cases "
+         "accepted." if spec.refer_cut <= 1.0 else
+         f"- `refer` is always true: no confidence reached accuracy {spec.target_accuracy} "
+         f"on {held} predictions."), ""]
 
 
 def _interval_lines(facts: CardFacts) -> list[str]:
@@ -186,6 +198,20 @@ def _heads_calibration(spec: ServingSpec) -> list[str]:
     return lines + [""]
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How the card words a model's answer: one answer, or a section per head."""
+
+    choices: str
+    task: Callable[[ServingSpec], list[str]]
+    performance: Callable[[CardFacts], list[str]]
+    calibration: Callable[[ServingSpec], list[str]]
+
+
+_ONE_ANSWER = _Layout(_CHOICES, _answer_task, _answer_performance, _answer_calibration)
+_HEADS = _Layout(_CHOICES_OF_HEADS, _heads_lines, _heads_performance, _heads_calibration)
+
+
 def card_tags(facts: CardFacts) -> dict[str, str]:
     metric = facts.test.get(facts.metric)
     tags = {keys.VERSION_TASK: facts.task, keys.VERSION_DATA_FINGERPRINT: facts.data_fingerprint,
@@ -195,8 +221,9 @@ def card_tags(facts: CardFacts) -> dict[str, str]:
             keys.VERSION_SYNTHETIC: str(facts.synthetic).lower()}
     if facts.spec.positive_class is not None:
         tags[keys.VERSION_POSITIVE_CLASS] = facts.spec.positive_class
-    if facts.spec.heads:
-        tags[keys.VERSION_HEADS] = ",".join(h.name for h in facts.spec.heads)
+    named = [h.name for h in facts.spec.answered_heads if h.named]
+    if named:
+        tags[keys.VERSION_HEADS] = ",".join(named)
     if metric is not None:
         tags[keys.version_metric_tag(facts.metric)] = metric.text()
     return tags

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -30,7 +30,7 @@ from orchestrator.clinical.calibration import apply_temperature
 from orchestrator.clinical.referral import decide
 from orchestrator.data.cache import decode_bytes, decode_image
 from orchestrator.errors import ConfigError
-from tasks.base import Head
+from tasks.base import SINGLE_HEAD, Head
 
 IMAGE, PATH = "image", "path"
 DECISION, CONFIDENCE, REFER = "decision", "confidence", "refer"
@@ -56,6 +56,11 @@ class HeadSpec:
     refer_cut: float | None = None  # classification only: refer when confidence is below it
     target_accuracy: float | None = None
     held_out_coverage: float | None = None
+    # A single-label model's one head only (`ServingSpec.answered_heads`): its binary threshold
+    # on the calibrated positive probability, and its columns carry no head name.
+    threshold: float | None = None
+    positive_class: str | None = None
+    named: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -85,16 +90,40 @@ class HeadSpec:
         """Its columns in the members' averaged (N, D) matrix."""
         return self.head.width
 
+    @property
+    def positive_index(self) -> int | None:
+        return None if self.positive_class is None else self.classes.index(self.positive_class)
+
+    def column(self, name: str) -> str:
+        """`decision` of head `shape` -> `shape_decision`; a single-label model's: `decision`."""
+        return f"{self.name}_{name}" if self.named else name
+
     def columns(self) -> list[tuple[str, str]]:
         """(served column, type: double, string or boolean), in order."""
         if not self.is_classification:
-            return [(f"{self.name}_{VALUE}", "double")]
-        return ([(f"{self.name}_{c}", "double") for c in probability_columns(self.classes)]
-                + [(f"{self.name}_{DECISION}", "string"), (f"{self.name}_{CONFIDENCE}", "double"),
-                   (f"{self.name}_{REFER}", "boolean")])
+            return [(self.column(VALUE), "double")]
+        return class_columns(self.classes, self.column)
+
+    def answer(self, block: np.ndarray) -> dict[str, Any]:
+        """This head's block of the members' averaged output -> its served columns."""
+        if not self.is_classification:
+            return {self.column(VALUE): block[:, 0].astype(np.float64)}
+        calibrated = apply_temperature(block, self.temperature)
+        decision, confidence = decide(calibrated, self.threshold, self.positive_index)
+        columns: dict[str, Any] = {self.column(name): calibrated[:, k]
+                                   for k, name in enumerate(probability_columns(self.classes))}
+        columns[self.column(DECISION)] = [self.classes[k] for k in decision]
+        columns[self.column(CONFIDENCE)] = confidence
+        columns[self.column(REFER)] = confidence < self.refer_cut
+        return columns
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "classes": list(self.classes)}
+        """A multi-head model's head as its spec file records it (the format since multi-head
+        models exist: no threshold, positive class or naming flag)."""
+        out = {**asdict(self), "classes": list(self.classes)}
+        for key in ("threshold", "positive_class", "named"):
+            del out[key]
+        return out
 
 
 @dataclass(frozen=True)
@@ -126,6 +155,19 @@ class ServingSpec:
     def positive_index(self) -> int | None:
         return None if self.positive_class is None else self.classes.index(self.positive_class)
 
+    @property
+    def answered_heads(self) -> tuple[HeadSpec, ...]:
+        """What the model answers, head by head: a multi-head model's heads, or a single-label
+        model's one head (its columns `prob_<class>`, `decision`, ... without a head name). The
+        one place the two spec formats meet."""
+        if self.heads:
+            return self.heads
+        return (HeadSpec(SINGLE_HEAD, "classification", self.classes,
+                         temperature=self.temperature, refer_cut=self.refer_cut,
+                         target_accuracy=self.target_accuracy,
+                         held_out_coverage=self.held_out_coverage, threshold=self.threshold,
+                         positive_class=self.positive_class, named=False),)
+
     def to_dict(self) -> dict[str, Any]:
         """A single head's dict has no `heads` key: the format models were logged with before
         multi-head models existed."""
@@ -134,6 +176,18 @@ class ServingSpec:
         if self.heads:
             out["heads"] = [h.to_dict() for h in self.heads]
         return out
+
+    @classmethod
+    def of_heads(cls, heads: Sequence[HeadSpec], chosen_on: str) -> "ServingSpec":
+        """The spec of the heads a model answers: a single-label model's one unnamed head in
+        the flat format (no `heads`), else every head, the flat fields repeating the first
+        classification head's (as `Task.classes` does)."""
+        first = next(h for h in heads if h.is_classification)
+        return cls(classes=first.classes, temperature=first.temperature,
+                   refer_cut=first.refer_cut, target_accuracy=first.target_accuracy,
+                   held_out_coverage=first.held_out_coverage,
+                   positive_class=first.positive_class, threshold=first.threshold,
+                   chosen_on=chosen_on, heads=tuple(h for h in heads if h.named))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ServingSpec":
@@ -148,33 +202,21 @@ def probability_columns(classes: Sequence[str]) -> list[str]:
 def output_columns(spec: ServingSpec) -> list[tuple[str, str]]:
     """The served columns in order, with their types (double, string, boolean): what the
     model's MLflow signature declares."""
-    if spec.heads:
-        return [column for head in spec.heads for column in head.columns()]
-    return class_columns(spec.classes)
+    return [column for head in spec.answered_heads for column in head.columns()]
 
 
-def class_columns(classes: Sequence[str]) -> list[tuple[str, str]]:
-    """A single head's served columns, with their types."""
-    return ([(c, "double") for c in probability_columns(classes)]
-            + [(DECISION, "string"), (CONFIDENCE, "double"), (REFER, "boolean")])
+def class_columns(classes: Sequence[str], column: Callable[[str], str] = str,
+                  ) -> list[tuple[str, str]]:
+    """A classification head's served columns, with their types (`column` names them)."""
+    return ([(column(c), "double") for c in probability_columns(classes)]
+            + [(column(DECISION), "string"), (column(CONFIDENCE), "double"),
+               (column(REFER), "boolean")])
 
 
 def answer(raw_probs: np.ndarray, spec: ServingSpec) -> pd.DataFrame:
-    """The members' averaged probabilities -> the served answer (see the module docstring)."""
-    if spec.heads:
-        return _answer_heads(np.asarray(raw_probs), spec.heads)
-    calibrated = apply_temperature(raw_probs, spec.temperature)
-    decision, confidence = decide(calibrated, spec.threshold, spec.positive_index)
-    frame = pd.DataFrame(calibrated, columns=probability_columns(spec.classes))
-    frame[DECISION] = [spec.classes[k] for k in decision]
-    frame[CONFIDENCE] = confidence
-    frame[REFER] = confidence < spec.refer_cut
-    return frame
-
-
-def _answer_heads(raw: np.ndarray, heads: Sequence[HeadSpec]) -> pd.DataFrame:
-    """The (N, D) matrix (each classification head's C probabilities, each regression head's
-    value, in head order) -> one block of columns per head."""
+    """The members' averaged output (N, D) (each classification head's C probabilities, each
+    regression head's value, in head order) -> one block of columns per head."""
+    raw, heads = np.asarray(raw_probs), spec.answered_heads
     width = sum(h.width for h in heads)
     if raw.ndim != 2 or raw.shape[1] != width:
         raise ValueError(f"the members' output has shape {raw.shape}; the heads "
@@ -182,18 +224,8 @@ def _answer_heads(raw: np.ndarray, heads: Sequence[HeadSpec]) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     start = 0
     for head in heads:
-        block = raw[:, start:start + head.width]
+        columns.update(head.answer(raw[:, start:start + head.width]))
         start += head.width
-        if not head.is_classification:
-            columns[f"{head.name}_{VALUE}"] = block[:, 0].astype(np.float64)
-            continue
-        calibrated = apply_temperature(block, head.temperature)
-        decision, confidence = decide(calibrated, None, None)
-        for k, name in enumerate(probability_columns(head.classes)):
-            columns[f"{head.name}_{name}"] = calibrated[:, k]
-        columns[f"{head.name}_{DECISION}"] = [head.classes[k] for k in decision]
-        columns[f"{head.name}_{CONFIDENCE}"] = confidence
-        columns[f"{head.name}_{REFER}"] = confidence < head.refer_cut
     return pd.DataFrame(columns)
 
 
