@@ -419,7 +419,10 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
     assert f"test_{task.metric}_minus_best_single_ci_low" in result.metrics
     assert result.metrics[f"test_{task.metric}_minus_best_single"] == 0.0  # same model twice
     assert "not distinguishable from the best single configuration" in html
-    assert "Referral" in html and "refers a case to a person" in html
+    # 60 held-out cases cannot back any cut at accuracy 0.95 (a perfect record needs 120)
+    assert result.referral.refers_everything and result.referral.cases == 60
+    assert "Referral" in html and "refers every case to a person: no confidence level " \
+        "supports accuracy 0.95 on these 60 validation cases" in unescape(html)
     # the calibration sentence follows the fitted T and the test bins
     gap, text = confidence_gap(y_test, test), unescape(html)
     assert ("over-confident: the curve runs below" if gap > 0.02 else

@@ -134,6 +134,24 @@ def test_the_card_states_data_members_figures_operating_point_and_limits():
     assert tags["test_fingerprint"] == "e" * 32 and tags["positive_class"] == "pneumonia"
 
 
+def test_the_card_and_spec_carry_what_backs_the_refer_cut():
+    backed = _spec(refer_level=0.95, refer_lower_bound=0.962, held_out_cases=240)
+    data = backed.to_dict()
+    assert (data["refer_level"], data["refer_lower_bound"], data["held_out_cases"]) == (
+        0.95, 0.962, 240)
+    assert contract.ServingSpec.from_dict(data) == backed
+    assert backed.answered_heads[0].refer_lower_bound == 0.962
+    assert not {"refer_level", "refer_lower_bound", "held_out_cases"} & set(_spec().to_dict())
+    card = model_card(_facts(spec=backed))
+    assert ("80.0% of 240 validation cases accepted, whose accuracy has a 95% lower bound of "
+            "0.962 (at or above the target 0.95") in card
+    unreachable = model_card(_facts(spec=_spec(refer_cut=2.0, held_out_coverage=0.0,
+                                                refer_level=0.95, held_out_cases=60)))
+    assert ("`refer` is always true: no confidence level supports accuracy 0.95 on these 60 "
+            "validation cases at the 95% level") in unreachable
+    assert "lower the target or add data" in unreachable
+
+
 def test_the_card_of_a_one_group_test_split_gives_points_and_says_why():
     note = "test holds 1 group: no interval"
     nan = float("nan")

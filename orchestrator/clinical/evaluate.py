@@ -14,47 +14,21 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.clinical import artifacts, plots
-from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, count_units, intervals_by_model,
+from orchestrator.clinical.bootstrap import (count_units, intervals_by_model,
                                              no_interval_lines, paired_difference,
                                              resample_indices, sound_interval_metrics)
 from orchestrator.clinical.heads import KINDS, evaluated_heads, review_table
 from orchestrator.clinical.html import write_report
-from orchestrator.clinical.operating_point import RULES, threshold_table
-from orchestrator.clinical.referral import DEFAULT_TARGET_ACCURACY
+from orchestrator.clinical.operating_point import threshold_table
+from orchestrator.clinical.options import ClinicalOptions
 from orchestrator.clinical.resampled_metrics import task_metrics
 from orchestrator.clinical.result import ClinicalResult
 from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, Report, report_sections
 from orchestrator.clinical.uncertainty import ensemble_mc, mc_dropout_probs, mc_summary
 from orchestrator.console import detail
-from orchestrator.errors import ConfigError
 from tasks.base import Task
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ClinicalOptions:
-    threshold_rule: str = "sensitivity_bound"  # or "sensitivity", "youden" (operating_point)
-    target_sensitivity: float = 0.90
-    target_accuracy: float = DEFAULT_TARGET_ACCURACY  # of the cases the model does not refer
-    resamples: int = DEFAULT_RESAMPLES
-    mc_dropout_passes: int = 0  # 0: off
-    gradcam_per_group: int = 3  # images per class, correct and wrong each
-    review_cases: int = 20
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.threshold_rule not in RULES:
-            raise ConfigError(f"threshold rule {self.threshold_rule!r}: valid {', '.join(RULES)}")
-        if not 0.0 < self.target_sensitivity <= 1.0:
-            raise ConfigError(f"target sensitivity must be in (0, 1], got "
-                              f"{self.target_sensitivity}")
-        if not 0.0 < self.target_accuracy <= 1.0:
-            raise ConfigError(f"target accuracy must be in (0, 1], got {self.target_accuracy}")
-        if self.resamples < 1000:
-            raise ConfigError(f"bootstrap resamples must be >= 1000, got {self.resamples}")
-        if self.mc_dropout_passes < 0:
-            raise ConfigError(f"MC-dropout passes must be >= 0, got {self.mc_dropout_passes}")
 
 
 @dataclass(frozen=True)

@@ -101,13 +101,11 @@ class Classification:
                 f"on the calibrated probability ({op.rule}; val sensitivity "
                 f"{op.val_sensitivity:.3f}, specificity {op.val_specificity:.3f})")
         decision, confidence = decide(calibrated, op.threshold if op else None, eh.positive)
-        referral = choose_refer_cut(y, decision, confidence, options.target_accuracy)
-        detail(log, f"{where}refer cut chosen on {held} predictions: confidence < "
-               f"{referral.cut:.4f} is referred ({referral.coverage:.1%} of held-out cases "
-               f"accepted at accuracy {referral.accuracy:.3f}; target "
-               f"{referral.target_accuracy})" if not referral.refers_everything else
-               f"{where}refer cut: no confidence reaches accuracy {referral.target_accuracy} "
-               f"on {held} predictions, so every case is referred")
+        referral = choose_refer_cut(y, decision, confidence, options.target_accuracy,
+                                    options.refer_confidence)
+        detail(log, f"{where}refer rule chosen on {held} predictions: " + (
+            referral.unreachable(held) if referral.refers_everything
+            else referral.supported(held)))
         return HeadFit(eh.head.name, temperature, referral, op)
 
     def calibrate(self, fit: HeadFit, block: np.ndarray) -> np.ndarray:
@@ -143,7 +141,8 @@ class Classification:
                         "val_specificity_at_threshold": op.val_specificity})
         out.update({f"{p}refer_cut": referral.cut,
                     f"{p}val_coverage_at_refer_cut": referral.coverage,
-                    f"{p}val_accuracy_accepted_at_refer_cut": referral.accuracy})
+                    f"{p}val_accuracy_accepted_at_refer_cut": referral.accuracy,
+                    f"{p}val_accuracy_lower_bound_at_refer_cut": referral.lower_bound})
         return out
 
     def figures(self, eh: EvaluatedHead, fit: HeadFit, y, raw, calibrated, decided,

@@ -13,7 +13,7 @@ from orchestrator.clinical.bootstrap import (MIN_GROUPS, NO_INTERVAL, format_int
 from orchestrator.clinical.calibration import (apply_temperature, calibration_sentence,
                                                confidence_gap)
 from orchestrator.clinical.html import Section
-from orchestrator.clinical.referral import Referral
+from orchestrator.clinical.referral import CANDIDATE_CUTS, Referral
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.result import HeadFit
 from tasks.base import Task
@@ -57,17 +57,24 @@ def _difference_text(task: Task, difference: dict | None) -> str:
 def _referral_text(referral: Referral, held: str, intervals: pd.DataFrame,
                    prefix: str = "") -> str:
     """`prefix`: a head's (`shape_`), whose figures the intervals name so."""
+    rule = (f" The cut is the lowest of {len(CANDIDATE_CUTS)} candidate cuts, fixed in "
+            f"advance, whose accepted {held} cases have a one-sided Clopper-Pearson lower bound "
+            f"on their accuracy at or above the target, each tested at level "
+            f"{1 - referral.confidence_level:.2g}/{len(CANDIDATE_CUTS)}: with probability at "
+            f"least {referral.confidence_level:.0%} every accepted cut's bound holds at once, "
+            "so the chosen one's does.")
     if referral.refers_everything:
-        return (f"No confidence cut reaches accuracy {referral.target_accuracy} on the {held} "
-                "predictions, so the served model refers every case.")
+        text = referral.unreachable(held)
+        return ("The served model refers every case to a person: " + text + "." + rule)
     test = intervals[intervals.model == ENSEMBLE].set_index("metric")
     cov = test.loc[f"{prefix}coverage_at_refer_cut"]
     acc = test.loc[f"{prefix}accuracy_accepted_at_refer_cut"]
     return (f"The served model refers a case to a person when its calibrated confidence (the "
-            f"probability of its decision) is below {referral.cut:.4f}: the lowest cut at "
-            f"which the accepted {held} cases reach accuracy {referral.target_accuracy} "
-            f"({referral.coverage:.1%} of {referral.cases} accepted, accuracy "
-            f"{referral.accuracy:.3f}). On test: "
+            f"probability of its decision) is below {referral.cut:.4f}: "
+            f"{referral.coverage:.1%} of {referral.cases} {held} cases accepted, accuracy "
+            f"{referral.accuracy:.3f}, {referral.confidence_level:.0%} lower bound "
+            f"{referral.lower_bound:.3f} (target {referral.target_accuracy})." + rule
+            + " On test: "
             f"{format_interval(cov.point, cov.low, cov.high, note=row_note(cov))} accepted, "
             f"accuracy of the accepted "
             f"{format_interval(acc.point, acc.low, acc.high, note=row_note(acc))}.")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from orchestrator.ensemble.build import DEFAULT_POLICIES as POLICIES
-from orchestrator.clinical.operating_point import RULES
+from orchestrator.clinical.options import add_clinical_arguments, clinical_options
 from orchestrator import console
 from orchestrator.console import add_tracking_uri, add_verbose
 from orchestrator.errors import MedSweepError
@@ -33,21 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else local)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPU share of each "
                    "inference actor on a cluster (default: CPU)")
-    c = p.add_argument_group("clinical report (docs/clinical_report.md)")
-    c.add_argument("--threshold-rule", default="sensitivity_bound", choices=RULES,
-                   help="binary tasks, on held-out predictions: the most specific threshold "
-                   "whose sensitivity has a 95%% lower bound >= --target-sensitivity "
-                   "(sensitivity_bound), whose point sensitivity reaches it (sensitivity), or "
-                   "Youden's J (default %(default)s)")
-    c.add_argument("--target-sensitivity", type=float, default=0.90,
-                   help="default %(default)s")
-    c.add_argument("--target-accuracy", type=float, default=0.95,
-                   help="the served model refers a case to a person below the confidence at "
-                   "which the accepted held-out cases reach this accuracy (default %(default)s)")
-    c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the "
-                   "95%% intervals (>= 1000; default %(default)s)")
-    c.add_argument("--mc-dropout", type=int, default=0, metavar="PASSES",
-                   help="MC-dropout passes for predictive entropy (0: off, the default)")
+    add_clinical_arguments(p)
     return p
 
 
@@ -93,15 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     console.set_verbose(args.verbose)
     try:
         console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
-        from orchestrator.clinical.evaluate import ClinicalOptions
         from orchestrator.ensemble.build import build_ensemble
         from orchestrator.ensemble.report import print_report
         from orchestrator.cluster import connect_ray
 
-        clinical = ClinicalOptions(threshold_rule=args.threshold_rule,
-                                   target_sensitivity=args.target_sensitivity,
-                                   target_accuracy=args.target_accuracy,
-                                   resamples=args.resamples, mc_dropout_passes=args.mc_dropout)
+        clinical = clinical_options(args)
         connect_ray(args.address, print)
         report = build_ensemble(args.sweep_run, tracking_uri=args.tracking_uri,
                                 policies=args.tta, top_k=args.top_k,

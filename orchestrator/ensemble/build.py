@@ -193,7 +193,6 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                 f"{version}), its card on the model-version page")
     # A multi-head ensemble has a temperature and a refer cut per head (its run's metrics
     # `<head>_temperature`, `<head>_refer_cut`, and the served spec), none of its own.
-    referral = result.referral
     return EnsembleReport(run_id=run_id, task=task.key, policy=choice.policy,
                           members=ens.members, weights=ens.weights, table=table,
                           model_uri=model_uri, registered=f"{name}@candidate (version {version})",
@@ -203,8 +202,6 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           threshold=result.operating_point.threshold
                           if result.operating_point else None, chosen_on=held.kind,
                           held_out_images=len(held.y),
-                          refer_cut=referral.cut if referral is not None else None,
-                          refer_coverage=referral.coverage if referral is not None
-                          else float("nan"),
+                          referral=result.referral,
                           registered_name=name, registered_version=version,
                           head_fits=tuple(result.heads.values()))

@@ -48,6 +48,10 @@ def serving_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
             temperature=float(fit.temperature), refer_cut=float(fit.referral.cut),
             target_accuracy=float(fit.referral.target_accuracy),
             held_out_coverage=float(fit.referral.coverage),
+            refer_level=float(fit.referral.confidence_level),
+            refer_lower_bound=(None if fit.referral.refers_everything
+                               else float(fit.referral.lower_bound)),
+            held_out_cases=int(fit.referral.cases),
             threshold=float(op.threshold) if op is not None else None,
             positive_class=head.classes[eh.positive] if eh.positive is not None else None,
             named=eh.named))

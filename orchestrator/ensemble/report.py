@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.metrics import classification_report
 
 from orchestrator.clinical.artifacts import REPORT
+from orchestrator.clinical.referral import Referral
 from orchestrator.ensemble import artifacts
 from tasks.base import Task
 
@@ -31,12 +32,17 @@ class EnsembleReport:
     threshold: float | None = None  # binary tasks: the operating point chosen on validation
     chosen_on: str = "validation"  # or "out-of-fold": what every choice above was made on
     held_out_images: int = 0  # how many held-out predictions per candidate the choice saw
-    refer_cut: float | None = None  # the served model refers cases below this confidence
-    refer_coverage: float = 0.0  # share of held-out cases accepted at the cut
+    # The single-label answer's refer rule (None for a multi-head ensemble: see head_fits)
+    referral: Referral | None = None
     registered_name: str = ""  # medsweep-<task>
     registered_version: str = ""
     # A multi-head ensemble: each classification head's temperature and refer cut (HeadFit)
     head_fits: tuple = ()
+
+    @property
+    def refer_cut(self) -> float | None:
+        """The served model refers cases below this confidence."""
+        return self.referral.cut if self.referral is not None else None
 
 
 def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, task: Task,
@@ -128,22 +134,13 @@ def print_report(report: EnsembleReport) -> None:
                           f"{report.temperature:.3f}")
         for fit in report.head_fits:
             if fit.referral is not None:
-                cut = fit.referral
                 print(f"head {fit.name} (fitted on {report.chosen_on} predictions): "
-                      f"temperature {fit.temperature:.3f}; " + (
-                          "refer cut: no confidence reaches the target accuracy, every case "
-                          "referred" if cut.refers_everything else
-                          f"refer cut: confidence < {cut.cut:.4f} ({cut.coverage:.1%} of "
-                          f"{report.chosen_on} cases accepted)"))
-        if report.refer_cut is not None and report.refer_cut > 1.0:
-            chosen.append("refer cut: no confidence reaches the target accuracy, so every "
-                          "case is referred to a person")
-        elif report.refer_cut is not None:
-            chosen.append(f"refer cut: confidence < {report.refer_cut:.4f} is referred to a "
-                          f"person ({report.refer_coverage:.1%} of {report.chosen_on} cases "
-                          "accepted)")
+                      f"temperature {fit.temperature:.3f}; refer: "
+                      + _refer_text(fit.referral, report.chosen_on))
         if chosen:
             print("; ".join(chosen))
+        if report.referral is not None:
+            print("refer rule: " + _refer_text(report.referral, report.chosen_on))
         for group in EXTRA_GROUPS:
             shown = []
             for m in (m for m in group if m in ens.index):
@@ -159,6 +156,12 @@ def print_report(report: EnsembleReport) -> None:
           f"checked against the evaluated ensemble; {REPORT} in its artifacts")
     print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "
           f"-m models:/{report.registered.split(' ')[0]} --env-manager local")
+
+
+def _refer_text(referral: Referral, held: str) -> str:
+    """A supported cut with its bound, or the plain line that none is."""
+    return (referral.unreachable(held) if referral.refers_everything
+            else referral.supported(held))
 
 
 def _side_by_side(held: list[list[str]], test: list[list[str]], models: list[str],

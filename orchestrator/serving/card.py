@@ -125,12 +125,29 @@ def _answer_calibration(spec: ServingSpec) -> list[str]:
         (f"- `decision` is `{spec.positive_class}` when its calibrated probability is at "
          f"least {spec.threshold:.4f}." if spec.threshold is not None else
          "- `decision` is the most probable class."),
-        (f"- `refer` is true when `confidence` (the calibrated probability of the decision) "
-         f"is below {spec.refer_cut:.4f}: on {held} predictions the accepted cases reached "
-         f"accuracy {spec.target_accuracy} with {spec.held_out_coverage:.1%} of cases "
-         "accepted." if spec.refer_cut <= 1.0 else
-         f"- `refer` is always true: no confidence reached accuracy {spec.target_accuracy} "
-         f"on {held} predictions."), ""]
+        "- " + _refer_sentence(spec.answered_heads[0], held), ""]
+
+
+def _refer_sentence(h, held: str) -> str:
+    """What `refer` means for one classification head (a `HeadSpec`), and what backs its cut:
+    the simultaneous lower bound on the accepted cases' accuracy, where the spec records one
+    (models logged before it gave only the held-out accuracy)."""
+    refer, confidence = h.column("refer"), h.column("confidence")
+    cases = f"{h.held_out_cases} " if h.held_out_cases else ""
+    if h.refer_cut > 1.0:
+        return (f"`{refer}` is always true: no confidence level supports accuracy "
+                f"{h.target_accuracy} on these {cases}{held} cases"
+                + (f" at the {h.refer_level:.0%} level" if h.refer_level else "")
+                + ", so every case is referred to a person (lower the target or add data).")
+    text = (f"`{refer}` is true when `{confidence}` is below {h.refer_cut:.4f} (the "
+            "calibrated probability of the decision): ")
+    if h.refer_lower_bound is None:
+        return text + (f"on {held} predictions the accepted cases reached accuracy "
+                       f"{h.target_accuracy} with {h.held_out_coverage:.1%} of cases accepted.")
+    return text + (f"{h.held_out_coverage:.1%} of {cases}{held} cases accepted, whose accuracy "
+                   f"has a {h.refer_level:.0%} lower bound of {h.refer_lower_bound:.3f} (at or "
+                   f"above the target {h.target_accuracy}; one-sided Clopper-Pearson, "
+                   "simultaneous over the candidate cuts).")
 
 
 def _interval_lines(facts: CardFacts) -> list[str]:
@@ -186,12 +203,7 @@ def _heads_calibration(spec: ServingSpec) -> list[str]:
             lines.append(f"- `{h.name}_value`: the members' weighted mean"
                          + (f", in {h.unit}" if h.unit else "") + "; nothing is fitted.")
             continue
-        refer = (f"`{h.name}_refer` is true when `{h.name}_confidence` is below "
-                 f"{h.refer_cut:.4f}: on {held} predictions the accepted cases reached accuracy "
-                 f"{h.target_accuracy} with {h.held_out_coverage:.1%} of cases accepted."
-                 if h.refer_cut <= 1.0 else
-                 f"`{h.name}_refer` is always true: no confidence reached accuracy "
-                 f"{h.target_accuracy} on {held} predictions.")
+        refer = _refer_sentence(h, held)
         lines.append(f"- `{h.name}`: probabilities calibrated by temperature scaling, "
                      f"T = {h.temperature:.4f} (fitted on {held} predictions of this head); "
                      f"`{h.name}_decision` is the most probable class; {refer}")

@@ -56,6 +56,12 @@ class HeadSpec:
     refer_cut: float | None = None  # classification only: refer when confidence is below it
     target_accuracy: float | None = None
     held_out_coverage: float | None = None
+    # What backs the cut (`clinical.referral`): the level of the simultaneous lower bound on the
+    # accepted cases' accuracy, that bound, and the held-out cases it rests on. None in specs
+    # logged before the rule had a guarantee (and left out of their files).
+    refer_level: float | None = None
+    refer_lower_bound: float | None = None
+    held_out_cases: int | None = None
     # A single-label model's one head only (`ServingSpec.answered_heads`): its binary threshold
     # on the calibrated positive probability, and its columns carry no head name.
     threshold: float | None = None
@@ -123,7 +129,7 @@ class HeadSpec:
         out = {**asdict(self), "classes": list(self.classes)}
         for key in ("threshold", "positive_class", "named"):
             del out[key]
-        return out
+        return _without_unset(out)
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,9 @@ class ServingSpec:
     threshold: float | None = None  # on the calibrated positive probability; binary tasks only
     chosen_on: str = "validation"  # or "out-of-fold"
     heads: tuple[HeadSpec, ...] = ()  # a multi-head model's; () for a single head
+    refer_level: float | None = None  # as HeadSpec's: what backs the cut
+    refer_lower_bound: float | None = None
+    held_out_cases: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
@@ -166,13 +175,16 @@ class ServingSpec:
                          temperature=self.temperature, refer_cut=self.refer_cut,
                          target_accuracy=self.target_accuracy,
                          held_out_coverage=self.held_out_coverage, threshold=self.threshold,
-                         positive_class=self.positive_class, named=False),)
+                         positive_class=self.positive_class, named=False,
+                         refer_level=self.refer_level, refer_lower_bound=self.refer_lower_bound,
+                         held_out_cases=self.held_out_cases),)
 
     def to_dict(self) -> dict[str, Any]:
         """A single head's dict has no `heads` key: the format models were logged with before
         multi-head models existed."""
         out = {**asdict(self), "classes": list(self.classes)}
         del out["heads"]
+        out = _without_unset(out)
         if self.heads:
             out["heads"] = [h.to_dict() for h in self.heads]
         return out
@@ -187,12 +199,23 @@ class ServingSpec:
                    refer_cut=first.refer_cut, target_accuracy=first.target_accuracy,
                    held_out_coverage=first.held_out_coverage,
                    positive_class=first.positive_class, threshold=first.threshold,
-                   chosen_on=chosen_on, heads=tuple(h for h in heads if h.named))
+                   chosen_on=chosen_on, heads=tuple(h for h in heads if h.named),
+                   refer_level=first.refer_level, refer_lower_bound=first.refer_lower_bound,
+                   held_out_cases=first.held_out_cases)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ServingSpec":
         heads = tuple(HeadSpec(**h) for h in data.get("heads", ()))
         return cls(**{**data, "classes": tuple(data["classes"]), "heads": heads})
+
+
+_SINCE_GUARANTEE = ("refer_level", "refer_lower_bound", "held_out_cases")
+
+
+def _without_unset(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fields added since models were first logged are left out while unset, so a spec written
+    without them reads, and is written back, the same."""
+    return {k: v for k, v in spec.items() if not (k in _SINCE_GUARANTEE and v is None)}
 
 
 def probability_columns(classes: Sequence[str]) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import console
+from orchestrator.clinical.options import add_clinical_arguments, clinical_options
 from orchestrator.console import rule
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.naming import short_trial_name
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                    "detailed epoch lines, Tune's status lines and tables, TensorFlow's C++ "
                    "start-up lines, Python warnings and Ray's checkpoint lines and notices, in "
                    "the driver and every worker (off by default: one line per trial and epoch)")
+    add_clinical_arguments(p)  # what the final ensemble's evaluation fits (refer rule, ...)
     return p
 
 
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         overrides = parse_overrides(args.overrides)
+        clinical = clinical_options(args)  # checked before Ray starts
         if args.keep_duplicates:
             overrides["keep_duplicates"] = True
         if args.duplicate_threshold is not None:
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                            storage_path=args.storage_path, experiment=args.experiment,
                            tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
                            scheduler=args.scheduler, ensemble=not args.no_ensemble,
-                           weights_dir=args.weights_dir)
+                           weights_dir=args.weights_dir, clinical=clinical)
     except SweepInterrupted as err:  # Ctrl+C or SIGTERM while trials ran: Tune saved them
         print(f"interrupted: {err}", file=sys.stderr)
         return 130

@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from orchestrator import console, tracking
+from orchestrator.clinical.options import ClinicalOptions
 from orchestrator.cluster import Log, check_trial_fits, connect_ray
 from orchestrator.train.config import TrialConfig
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
@@ -100,6 +101,7 @@ def run_sweep(
     space_overrides: dict | None = None,
     weights_dir: str | os.PathLike | None = None,
     reuse_actors: bool = True,
+    clinical: ClinicalOptions | None = None,
     log: Log = console.say,
 ) -> SweepResult:
     """Run (or resume) one sweep and return its leaderboard; see `--help` for each argument.
@@ -110,7 +112,9 @@ def run_sweep(
     `weights_dir` of every trial: workers on other nodes do not inherit the driver's environment.
     `reuse_actors`: a trial's process (Python, TensorFlow, the data) serves the next trial of
     the same resources instead of a fresh one being started (False: one process per trial, the
-    baseline `bench/sweep_efficiency.py` compares against).
+    baseline `bench/sweep_efficiency.py` compares against). `clinical`: what the final
+    ensemble's evaluation fits and measures (refer rule, threshold rule; default
+    `ClinicalOptions()`).
 
     Every name and value (task, profile, scheduler, each override, the profile's whole space) is
     checked here, on the driver, before Ray starts: a typo fails in a second with the valid names,
@@ -152,12 +156,13 @@ def run_sweep(
                          scheduler=scheduler, cluster_can_grow=can_grow,
                          reuse_actors=reuse_actors, log=log)
     searched = runner.resume(previous) if previous else runner.start()
-    built = (final_ensemble(searched.context, runner.budget, log)
+    built = (final_ensemble(searched.context, runner.budget, log, clinical)
              if ensemble and searched.trained_any else None)
     return runner.finish(searched, built)
 
 
-def final_ensemble(context: SweepContext, budget: Budget, log: Log):
+def final_ensemble(context: SweepContext, budget: Budget, log: Log,
+                   clinical: ClinicalOptions | None = None):
     """The sweep's last stage: the ensemble of its candidates (`orchestrator.ensemble`). Its
     failure is reported, not fatal: the trials stay in MLflow and `python -m
     orchestrator.ensemble` can redo it."""
@@ -166,7 +171,8 @@ def final_ensemble(context: SweepContext, budget: Budget, log: Log):
 
     try:
         return build_ensemble(context.parent_run_id, tracking_uri=context.tracking_uri,
-                              gpus_per_actor=min(budget.gpus_per_trial, 1.0), log=log)
+                              gpus_per_actor=min(budget.gpus_per_trial, 1.0), clinical=clinical,
+                              log=log)
     except MedSweepError as err:
         log(f"warning: no ensemble built: {err}")
         return None
