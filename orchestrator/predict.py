@@ -2,8 +2,8 @@
 registered MedSweep model over new images, with the same pyfunc a server runs.
 
 A folder is searched recursively for images; a CSV names them in its `path` column (relative
-paths are read from the CSV's folder). Files that are missing or do not decode are listed and
-skipped; every other image gets a row: path, calibrated probabilities, decision, confidence,
+paths are read from the CSV's folder). Files that are missing, do not decode or are outside the
+model's input limits (pixels, shortest side) are listed with the reason and skipped; every other image gets a row: path, calibrated probabilities, decision, confidence,
 refer.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Callable
 
 import pandas as pd
 
-from orchestrator.data.cache import decode_image
+from orchestrator.serving import contract
 from orchestrator.data.table import IMAGE_EXTENSIONS
 from orchestrator import console
 from orchestrator.console import add_tracking_uri, add_verbose
@@ -51,9 +51,15 @@ def predict_files(model, paths: list[str], root: Path, batch_size: int = DEFAULT
     def shown(path: str) -> str:
         return Path(os.path.relpath(path, root)).as_posix()
 
-    readable, unreadable = [], []
-    for path in paths:
-        (readable if decode_image(path) is not None else unreadable).append(path)
+    limits = _limits(model)
+    readable, unreadable, reasons = [], [], []
+    for row, path in enumerate(paths):
+        try:  # the model's own door: a header over its pixel limit is never decoded
+            contract.read_checked(path, row, limits)
+            readable.append(path)
+        except contract.InputError as err:
+            unreadable.append(path)
+            reasons.append(str(err).split(": ", 1)[1].replace(path, "the file"))
     frames = []
     for start in range(0, len(readable), batch_size):
         chunk = readable[start:start + batch_size]
@@ -64,9 +70,17 @@ def predict_files(model, paths: list[str], root: Path, batch_size: int = DEFAULT
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if not out.empty:
         out = out[["path"] + [c for c in out.columns if c != "path"]]
-    skipped = pd.DataFrame({"path": [shown(p) for p in unreadable],
-                            "reason": ["missing or not a readable image"] * len(unreadable)})
+    skipped = pd.DataFrame({"path": [shown(p) for p in unreadable], "reason": reasons})
     return out, skipped
+
+
+def _limits(model) -> contract.InputLimits:
+    """The input limits the model's spec records (the defaults for a model that is not a
+    MedSweep ensemble's pyfunc)."""
+    python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
+    if hasattr(python_model, "serving_spec"):
+        return python_model.serving_spec().input_limits
+    return contract.InputLimits()
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
@@ -99,8 +113,8 @@ def run(model_uri: str, source: str, out: str, *, tracking_uri: str | None = Non
         listed = out_path.with_name(out_path.stem + "_unreadable.csv")
         _write_atomic(skipped, listed)
         more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        log(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped['path'][:5])}{more}; "
-            f"listed in {listed}")
+        log(f"skipped {len(skipped)} unreadable or refused file(s): "
+            f"{', '.join(skipped['path'][:5])}{more}; listed with the reason in {listed}")
     referred = int(rows["refer"].sum()) if len(rows) else 0
     log(f"wrote {len(rows)} prediction(s) to {out_path} ({referred} referred to a person)")
     return rows

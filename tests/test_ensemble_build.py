@@ -234,6 +234,7 @@ def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept,
     for i, p in enumerate(paths):
         shutil.copy(p, folder / ("sub" if i else "") / f"case{i}.jpg")
     (folder / "broken.png").write_bytes(b"not a png")
+    cv2.imwrite(str(folder / "tiny.png"), np.full((8, 8), 128, np.uint8))  # below the door
     out = tmp_path / "predictions.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "orchestrator.predict",
@@ -243,7 +244,7 @@ def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "predicting [" in proc.stderr
     assert [n for n in TF_START_UP if n in proc.stderr] == []  # quiet unless --verbose
-    assert "skipped 1 unreadable file(s): broken.png" in proc.stdout
+    assert "skipped 2 unreadable or refused file(s): broken.png, tiny.png" in proc.stdout
     rows = pd.read_csv(out)
     assert sorted(rows["path"]) == ["case0.jpg", "sub/case1.jpg", "sub/case2.jpg"]
     assert {"decision", "confidence", "refer"} <= set(rows.columns)
@@ -252,7 +253,11 @@ def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept,
     direct = model.predict(pd.DataFrame({"path": [str(folder / p) for p in rows["path"]]}))
     np.testing.assert_allclose(rows["confidence"], direct["confidence"], atol=1e-6)
     assert (rows["decision"] == direct["decision"]).all()
-    assert pd.read_csv(tmp_path / "predictions_unreadable.csv")["path"].tolist() == ["broken.png"]
+    listed = pd.read_csv(tmp_path / "predictions_unreadable.csv")
+    assert listed["path"].tolist() == ["broken.png", "tiny.png"]
+    assert listed["reason"].tolist() == [
+        "the file is missing or not a readable image",
+        "the file is 8 x 8 pixels; its shorter side is below the minimum of 16 px"]
     missing = subprocess.run([sys.executable, "-m", "orchestrator.predict",
                               "models:/medsweep-nothing@candidate", str(folder), "--out",
                               str(out), "--tracking-uri", uri], cwd=tmp_path, env=env,
@@ -393,6 +398,68 @@ def test_mlflow_models_serve_answers_base64_jpegs_with_the_same_numbers(swept, t
             assert status == 400, error
             assert error["error_code"] == "INVALID_PARAMETER_VALUE", error
             assert message in error["message"] and "Traceback" not in error["message"]
+        # the door: a 380 KiB PNG whose header declares 20,000 x 20,000 pixels is refused from
+        # its header, and the server's peak memory does not grow by what decoding would take
+        giant = _giant_png(20_000)
+        assert len(giant) < 500_000
+        peak = _peak_rss_mb(server_pid(port))
+        tiny = base64.b64encode(cv2.imencode(".png", np.zeros((1, 1), np.uint8))[1]).decode()
+        for image, message in ((base64.b64encode(giant).decode(), "row 0: the image declares "
+                                "400.0 megapixels in its header, above the limit of 50 "
+                                "megapixels"),
+                               (tiny, "row 0: the image is 1 x 1 pixels; its shorter side is "
+                                "below the minimum of 16 px")):
+            status, error = _post(port, {"dataframe_split": {"columns": ["image"],
+                                                             "data": [[image]]}})
+            assert status == 400 and message in error["message"], error
+        assert _peak_rss_mb(server_pid(port)) - peak < 150  # decoding would add >= 400 MB
+
+
+def _giant_png(side: int) -> bytes:
+    """A black gray PNG of side x side pixels, compressed row by row (never whole in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    packer, row, parts = zlib.compressobj(9), bytes(side + 1), []
+    for _ in range(side):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def server_pid(port: int) -> int:
+    """The process listening on the loopback `port` (the model server's worker)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inode = fields[9]
+    assert inode is not None, f"nothing listens on port {port}"
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) == f"socket:[{inode}]":
+                return int(fd.parts[2])
+        except OSError:
+            continue
+    raise AssertionError(f"no process holds the socket of port {port}")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The peak resident memory (VmHWM) of `pid` and every process under it, in MB."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        status = Path(f"/proc/{p}/status").read_text()
+        total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            todo += [int(c) for c in children.read_text().split()]
+    return total
 
 
 def test_default_policies_are_the_registered_ones_cheapest_first():

@@ -54,8 +54,8 @@ def test_every_input_form_gives_the_decoders_pixels(rgb, tmp_path):
      "row 0: 11 bytes that are not an image"),
     (pd.DataFrame({"image": ["@@not base64@@"]}), "row 0: `image` text is not base64"),
     (np.zeros((2, 8, 8, 3), dtype=np.float32) + 0.5, "row 0: pixels must be uint8"),
-    (pd.DataFrame({"image": [np.zeros((8, 8, 3), dtype=int).tolist(),
-                             np.full((8, 8, 3), 300).tolist()]}),
+    (pd.DataFrame({"image": [np.zeros((16, 16, 3), dtype=int).tolist(),
+                             np.full((16, 16, 3), 300).tolist()]}),
      "row 1: pixels must be uint8 (whole numbers 0-255); got dtype int64 with values 300..300"),
     (np.zeros((2, 8, 8, 4), dtype=np.uint8), "row 0: image shape (8, 8, 4)"),
     (np.zeros((8,), dtype=np.uint8), "must be (N, H, W, 3) or (N, H, W)"),
@@ -69,6 +69,56 @@ def test_bad_input_names_the_row(value, message):
     with pytest.raises(contract.InputError) as err:
         contract.decode_inputs(value)
     assert message in str(err.value)
+
+
+def _declaring_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height but whose pixel data is cut off: decoding it
+    would fail, so a refusal that names the size was made from the header alone."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0,
+                                                             0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(100))))
+
+
+def test_the_door_refuses_from_the_header_before_decoding(tmp_path):
+    over = _declaring_png(8000, 7000)  # 56 MP: over the default 50
+    assert contract.decode_bytes(over) is None  # not decodable: only its header can be read
+    for form in (pd.DataFrame({"image": [_png(np.zeros((20, 20, 3), np.uint8)), over]}),
+                 pd.DataFrame({"image": [base64.b64encode(over).decode()]}),
+                 pd.DataFrame({"image": [base64.b64encode(over)]})):
+        with pytest.raises(contract.InputError, match=r"row \d: the image is 8000 x 7000 pixels "
+                           r"\(56.0 megapixels\), above the limit of 50 megapixels"):
+            contract.decode_inputs(form)
+    (tmp_path / "big.png").write_bytes(over)
+    with pytest.raises(contract.InputError, match="big.png is 8000 x 7000 pixels"):
+        contract.decode_inputs(pd.DataFrame({"path": [str(tmp_path / "big.png")]}))
+    # beyond Pillow's own bomb limit the count it read is given
+    with pytest.raises(contract.InputError, match="declares 400.0 megapixels in its header"):
+        contract.decode_inputs(pd.DataFrame({"image": [_declaring_png(20000, 20000)]}))
+    # a limit of the spec's own, and the shortest side, for every form
+    small = contract.InputLimits(max_pixels=300, min_side=16)
+    with pytest.raises(contract.InputError, match=r"20 x 20 pixels \(0.0 megapixels\)"):
+        contract.decode_inputs(np.zeros((1, 20, 20, 3), np.uint8), small)
+    for form in (np.zeros((1, 15, 40), np.uint8),
+                 pd.DataFrame({"image": [_png(np.zeros((40, 15, 3), np.uint8))]})):
+        with pytest.raises(contract.InputError, match="shorter side is below the minimum of 16"):
+            contract.decode_inputs(form)
+    assert len(contract.decode_inputs(np.zeros((1, 16, 16), np.uint8))) == 1
+
+
+def test_the_spec_versions_the_input_limits():
+    spec = _spec(max_pixels=1_000_000, min_side=32)
+    assert spec.input_limits == contract.InputLimits(1_000_000, 32)
+    assert contract.ServingSpec.from_dict(spec.to_dict()) == spec
+    assert _spec().input_limits == contract.InputLimits()  # a spec without them: the defaults
+    with pytest.raises(ValueError, match="input limits must be >= 1"):
+        _spec(min_side=0)
 
 
 def _spec(**kw) -> contract.ServingSpec:

@@ -46,12 +46,16 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
         from mlflow.exceptions import MlflowException
 
+        spec = self.serving_spec()
         try:
-            images = contract.decode_inputs(model_input)
+            images = contract.decode_inputs(model_input, spec.input_limits)
         except contract.InputError as err:  # the server answers it as a JSON error, status 400
             raise MlflowException.invalid_parameter_value(str(err)) from None
-        return contract.answer(self.raw_probabilities(images),
-                               contract.ServingSpec.from_dict(self.spec["serving"]))
+        return contract.answer(self.raw_probabilities(images), spec)
+
+    def serving_spec(self) -> contract.ServingSpec:
+        """What follows the members' vote (and the input limits), as logged with the model."""
+        return contract.ServingSpec.from_dict(self.spec["serving"])
 
     def raw_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """The members' weighted soft vote under the TTA policy, before calibration: (N, C), or
