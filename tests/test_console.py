@@ -270,3 +270,26 @@ def test_the_summary_of_a_one_group_test_split_shows_points_and_says_why_once(ca
     assert "no interval" not in out
     row = next(line for line in out.splitlines() if line.startswith("balanced_accuracy"))
     assert len(re.findall(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", row)) == 2
+
+
+def test_the_summary_gives_the_refer_rule_with_its_bound_or_the_plain_unreachable_line(capsys):
+    import dataclasses
+
+    import numpy as np
+
+    from orchestrator.clinical.referral import REFER_ALL, Referral
+    from orchestrator.ensemble.report import print_report
+
+    base = dataclasses.replace(_ensemble_report(np.arange(40) // 2), chosen_on="out-of-fold")
+    supported = Referral(0.92, 0.95, 0.604, 0.986, 240, 0.95, 0.953)
+    print_report(dataclasses.replace(base, referral=supported))
+    out = capsys.readouterr().out
+    assert ("refer rule: confidence < 0.9200 is referred: 60.4% of 240 out-of-fold cases "
+            "accepted at accuracy 0.986, 95% lower bound 0.953 >= target 0.95") in out
+    print_report(dataclasses.replace(base, referral=Referral(REFER_ALL, 0.95, 0.0, float("nan"),
+                                                             240)))
+    out = capsys.readouterr().out
+    assert ("refer rule: no confidence level supports accuracy 0.95 on these 240 out-of-fold "
+            "cases (a perfect record needs at least 120 accepted cases); every case would be "
+            "referred: lower the target or add data") in out
+    assert "0.9954" not in out and "refer cut: confidence" not in out  # no unsupported cut
