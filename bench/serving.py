@@ -75,7 +75,7 @@ def _serve(model_uri: str, uri: str, port: int) -> subprocess.Popen:
 
 def _parts(model, files: list[bytes]) -> dict[str, float]:
     """One batch through the pyfunc's own steps, each timed (seconds)."""
-    from orchestrator.serving import contract
+    from orchestrator.serving import contract, inputs
     from orchestrator.tta.policies import NamedTransform
     from orchestrator.tta.predict import tta_predict
 
@@ -83,7 +83,7 @@ def _parts(model, files: list[bytes]) -> dict[str, float]:
     transforms = tuple(NamedTransform(**t) for t in inner.spec["transforms"])
     times: dict[str, float] = {}
     start = time.perf_counter()
-    images = contract.decode_inputs(pd.DataFrame({contract.IMAGE: files}))
+    images = inputs.decode_inputs(pd.DataFrame({inputs.IMAGE: files}))
     times["decode"] = time.perf_counter() - start
     total = 0
     for i, (keras_model, resolution, weight) in enumerate(inner.members):

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pandas as pd
 
-from orchestrator.serving import contract
+from orchestrator.serving import inputs
 from orchestrator.data.table import IMAGE_EXTENSIONS
 from orchestrator import console
 from orchestrator.console import add_tracking_uri, add_verbose
@@ -55,9 +55,9 @@ def predict_files(model, paths: list[str], root: Path, batch_size: int = DEFAULT
     readable, unreadable, reasons = [], [], []
     for row, path in enumerate(paths):
         try:  # the model's own door: a header over its pixel limit is never decoded
-            contract.read_checked(path, row, limits)
+            inputs.read_checked(path, row, limits)
             readable.append(path)
-        except contract.InputError as err:
+        except inputs.InputError as err:
             unreadable.append(path)
             reasons.append(str(err).split(": ", 1)[1].replace(path, "the file"))
     frames = []
@@ -74,13 +74,13 @@ def predict_files(model, paths: list[str], root: Path, batch_size: int = DEFAULT
     return out, skipped
 
 
-def _limits(model) -> contract.InputLimits:
+def _limits(model) -> inputs.InputLimits:
     """The input limits the model's spec records (the defaults for a model that is not a
     MedSweep ensemble's pyfunc)."""
     python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
     if hasattr(python_model, "serving_spec"):
         return python_model.serving_spec().input_limits
-    return contract.InputLimits()
+    return inputs.InputLimits()
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:

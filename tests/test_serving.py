@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from orchestrator.clinical.calibration import apply_temperature
-from orchestrator.serving import contract
+from orchestrator.serving import contract, inputs
 from orchestrator.serving.card import CardFacts, Interval, card_tags, model_card
+from orchestrator.data.cache import decode_bytes
 
 
 @pytest.fixture
@@ -41,12 +42,12 @@ def test_every_input_form_gives_the_decoders_pixels(rgb, tmp_path):
         "tensor rows as JSON lists": pd.DataFrame({"image": [img.tolist() for img in rgb]}),
     }
     for name, value in forms.items():
-        images = contract.decode_inputs(value)
+        images = inputs.decode_inputs(value)
         assert len(images) == 2, name
         for got, want in zip(images, bgr):
             np.testing.assert_array_equal(got, want, err_msg=name)
     gray = rgb[..., 0]
-    assert contract.decode_inputs(gray)[1].shape == (20, 24)
+    assert inputs.decode_inputs(gray)[1].shape == (20, 24)
 
 
 @pytest.mark.parametrize("value, message", [
@@ -66,8 +67,8 @@ def test_every_input_form_gives_the_decoders_pixels(rgb, tmp_path):
     ({"images": [1]}, "unknown input"),
 ])
 def test_bad_input_names_the_row(value, message):
-    with pytest.raises(contract.InputError) as err:
-        contract.decode_inputs(value)
+    with pytest.raises(inputs.InputError) as err:
+        inputs.decode_inputs(value)
     assert message in str(err.value)
 
 
@@ -88,35 +89,35 @@ def _declaring_png(width: int, height: int) -> bytes:
 
 def test_the_door_refuses_from_the_header_before_decoding(tmp_path):
     over = _declaring_png(8000, 7000)  # 56 MP: over the default 50
-    assert contract.decode_bytes(over) is None  # not decodable: only its header can be read
+    assert decode_bytes(over) is None  # not decodable: only its header can be read
     for form in (pd.DataFrame({"image": [_png(np.zeros((20, 20, 3), np.uint8)), over]}),
                  pd.DataFrame({"image": [base64.b64encode(over).decode()]}),
                  pd.DataFrame({"image": [base64.b64encode(over)]})):
-        with pytest.raises(contract.InputError, match=r"row \d: the image is 8000 x 7000 pixels "
+        with pytest.raises(inputs.InputError, match=r"row \d: the image is 8000 x 7000 pixels "
                            r"\(56.0 megapixels\), above the limit of 50 megapixels"):
-            contract.decode_inputs(form)
+            inputs.decode_inputs(form)
     (tmp_path / "big.png").write_bytes(over)
-    with pytest.raises(contract.InputError, match="big.png is 8000 x 7000 pixels"):
-        contract.decode_inputs(pd.DataFrame({"path": [str(tmp_path / "big.png")]}))
+    with pytest.raises(inputs.InputError, match="big.png is 8000 x 7000 pixels"):
+        inputs.decode_inputs(pd.DataFrame({"path": [str(tmp_path / "big.png")]}))
     # beyond Pillow's own bomb limit the count it read is given
-    with pytest.raises(contract.InputError, match="declares 400.0 megapixels in its header"):
-        contract.decode_inputs(pd.DataFrame({"image": [_declaring_png(20000, 20000)]}))
+    with pytest.raises(inputs.InputError, match="declares 400.0 megapixels in its header"):
+        inputs.decode_inputs(pd.DataFrame({"image": [_declaring_png(20000, 20000)]}))
     # a limit of the spec's own, and the shortest side, for every form
-    small = contract.InputLimits(max_pixels=300, min_side=16)
-    with pytest.raises(contract.InputError, match=r"20 x 20 pixels \(0.0 megapixels\)"):
-        contract.decode_inputs(np.zeros((1, 20, 20, 3), np.uint8), small)
+    small = inputs.InputLimits(max_pixels=300, min_side=16)
+    with pytest.raises(inputs.InputError, match=r"20 x 20 pixels \(0.0 megapixels\)"):
+        inputs.decode_inputs(np.zeros((1, 20, 20, 3), np.uint8), small)
     for form in (np.zeros((1, 15, 40), np.uint8),
                  pd.DataFrame({"image": [_png(np.zeros((40, 15, 3), np.uint8))]})):
-        with pytest.raises(contract.InputError, match="shorter side is below the minimum of 16"):
-            contract.decode_inputs(form)
-    assert len(contract.decode_inputs(np.zeros((1, 16, 16), np.uint8))) == 1
+        with pytest.raises(inputs.InputError, match="shorter side is below the minimum of 16"):
+            inputs.decode_inputs(form)
+    assert len(inputs.decode_inputs(np.zeros((1, 16, 16), np.uint8))) == 1
 
 
 def test_the_spec_versions_the_input_limits():
     spec = _spec(max_pixels=1_000_000, min_side=32)
-    assert spec.input_limits == contract.InputLimits(1_000_000, 32)
+    assert spec.input_limits == inputs.InputLimits(1_000_000, 32)
     assert contract.ServingSpec.from_dict(spec.to_dict()) == spec
-    assert _spec().input_limits == contract.InputLimits()  # a spec without them: the defaults
+    assert _spec().input_limits == inputs.InputLimits()  # a spec without them: the defaults
     with pytest.raises(ValueError, match="input limits must be >= 1"):
         _spec(min_side=0)
 

@@ -17,7 +17,7 @@ from orchestrator.data.splits import read_manifest, split_fingerprint
 from orchestrator.console import detail
 from orchestrator.ensemble.artifacts import TEST_PREDICTIONS
 from orchestrator.errors import ConfigError
-from orchestrator.serving import contract
+from orchestrator.serving import contract, inputs
 from orchestrator.serving.card import CardFacts, Interval, card_tags, model_card
 
 Log = Callable[[str], None]
@@ -115,7 +115,7 @@ def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
     worst = 0.0
     for start in range(0, len(paths), CHECK_BATCH):
         chunk = paths[start:start + CHECK_BATCH]
-        served = model.predict(pd.DataFrame({contract.IMAGE: [Path(p).read_bytes()
+        served = model.predict(pd.DataFrame({inputs.IMAGE: [Path(p).read_bytes()
                                                               for p in chunk]}))
         want = expected.iloc[start:start + CHECK_BATCH].reset_index(drop=True)
         gap = np.abs(served[cols].to_numpy(np.float64) - want[cols].to_numpy(np.float64))

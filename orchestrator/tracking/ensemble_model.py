@@ -1,5 +1,5 @@
 """The final ensemble as an MLflow pyfunc model: images in (base64 files over REST, uint8
-tensors, or local paths; `orchestrator.serving.contract`), calibrated probabilities, the
+tensors, or local paths; `orchestrator.serving.inputs`), calibrated probabilities, the
 validated decision, its confidence and the refer flag out. Exactly the training preprocessing
 (decode, grayscale, CLAHE, resize, RGB; each member's own `preprocess_input` is inside its Keras
 model) and the chosen TTA policy; the temperature, threshold and refer cut travel in its spec.
@@ -20,7 +20,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, DataType, Schema
 
 from orchestrator.console import library_notices_off
-from orchestrator.serving import contract
+from orchestrator.serving import contract, inputs
 
 SPEC_FILE = "ensemble.json"
 PROJECT = Path(__file__).resolve().parents[2]
@@ -48,8 +48,8 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
 
         spec = self.serving_spec()
         try:
-            images = contract.decode_inputs(model_input, spec.input_limits)
-        except contract.InputError as err:  # the server answers it as a JSON error, status 400
+            images = inputs.decode_inputs(model_input, spec.input_limits)
+        except inputs.InputError as err:  # the server answers it as a JSON error, status 400
             raise MlflowException.invalid_parameter_value(str(err)) from None
         return contract.answer(self.raw_probabilities(images), spec)
 
@@ -111,11 +111,11 @@ def signature(served) -> ModelSignature:
     classes."""
     columns = (contract.output_columns(served) if isinstance(served, contract.ServingSpec)
                else contract.class_columns(served))
-    inputs = Schema([ColSpec(DataType.binary, contract.IMAGE, required=False),
-                     ColSpec(DataType.string, contract.PATH, required=False)])
+    columns_in = Schema([ColSpec(DataType.binary, inputs.IMAGE, required=False),
+                         ColSpec(DataType.string, inputs.PATH, required=False)])
     outputs = Schema([ColSpec(getattr(DataType, kind), name)
                       for name, kind in columns])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=columns_in, outputs=outputs)
 
 
 def input_example() -> pd.DataFrame:
@@ -125,7 +125,7 @@ def input_example() -> pd.DataFrame:
 
     ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
     _, png = cv2.imencode(".png", ramp)
-    return pd.DataFrame({contract.IMAGE: [png.tobytes()]})
+    return pd.DataFrame({inputs.IMAGE: [png.tobytes()]})
 
 
 def load(model_uri: str, uri: str):
