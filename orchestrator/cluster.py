@@ -55,7 +55,10 @@ def connect_ray(address: str | None, log: Log) -> bool:
 
     # every worker, on any node, starts with the driver's console settings (TensorFlow's C++
     # logging and Python warnings off unless --verbose)
-    ray.init(address=address or None, include_dashboard=False, log_to_driver=True,
+    # No address: a Ray of this run's own ("local"). Ray's default would join whichever other
+    # Ray on this machine started last (another user's sweep, a test's cluster) and lose its
+    # objects when that one stops.
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
              logging_level="WARNING", configure_logging=True,
              runtime_env={"env_vars": {**WORKER_ENV, **console.worker_env()}})
     sigterm_as_ctrl_c()
