@@ -138,3 +138,60 @@ def test_real_images_fit_on_digits_flag_photographs_noise_blank_and_inverted():
     assert 0.01 <= found["held-out digits"] <= 0.10, found
     for name in ("photographs", "noise", "blank", "inverted"):
         assert found[name] >= 0.95, (name, found)
+
+
+def _spec(with_ood: bool):
+    from orchestrator.serving import contract
+
+    return contract.ServingSpec(
+        classes=("a", "b", "c"), temperature=1.0, refer_cut=0.5, target_accuracy=0.9,
+        held_out_coverage=0.8,
+        ood=contract.OodSpec(cut=10.0, false_alarm=0.05, layer="pool", held_out_cases=40,
+                             held_out_flagged=0.05) if with_ood else None)
+
+
+def test_the_served_answer_adds_the_flag_and_refers_every_flagged_image():
+    from orchestrator.serving import contract
+
+    spec = _spec(True)
+    probs = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.9, 0.05, 0.05]])
+    out = contract.answer(probs, spec, np.array([3.0, 12.0, 3.0, 1.0]),
+                          np.array([False, False, False, True]))
+    assert [c for c, _ in contract.output_columns(spec)][-2:] == ["out_of_distribution",
+                                                                  "ood_score"]
+    assert list(out.columns) == [c for c, _ in contract.output_columns(spec)]
+    assert out["out_of_distribution"].tolist() == [False, True, False, True]
+    assert out["refer"].tolist() == [False, True, True, True]  # flagged, or low confidence
+    assert out["ood_score"].tolist() == [3.0, 12.0, 3.0, 1.0]
+    with pytest.raises(ValueError, match="OOD scores"):
+        contract.answer(probs, spec)
+
+
+def test_a_spec_without_an_ood_fit_reads_and_writes_as_before():
+    from orchestrator.serving import contract
+
+    old = _spec(False)
+    assert "ood" not in old.to_dict()
+    assert "out_of_distribution" not in [c for c, _ in contract.output_columns(old)]
+    new = _spec(True)
+    assert contract.ServingSpec.from_dict(new.to_dict()) == new
+    assert new.to_dict()["ood"]["cut"] == 10.0
+    with pytest.raises(ValueError, match="0.7"):
+        contract.OodSpec(cut=1.0, false_alarm=0.7, layer="pool", held_out_cases=9,
+                         held_out_flagged=0.0)
+
+
+def test_the_ood_false_alarm_option_is_checked():
+    import argparse
+
+    from orchestrator.clinical.options import (ClinicalOptions, add_clinical_arguments,
+                                               clinical_options)
+    from orchestrator.errors import ConfigError
+
+    parser = argparse.ArgumentParser()
+    add_clinical_arguments(parser)
+    assert clinical_options(parser.parse_args([])).ood_false_alarm == 0.05
+    assert clinical_options(parser.parse_args(["--ood-false-alarm", "0.01"])
+                            ).ood_false_alarm == 0.01
+    with pytest.raises(ConfigError, match="0.6"):
+        ClinicalOptions(ood_false_alarm=0.6)
