@@ -195,3 +195,22 @@ def test_the_ood_false_alarm_option_is_checked():
                             ).ood_false_alarm == 0.01
     with pytest.raises(ConfigError, match="0.6"):
         ClinicalOptions(ood_false_alarm=0.6)
+
+
+def test_the_card_and_console_state_the_rate_and_what_was_checked():
+    import dataclasses
+
+    from orchestrator.ensemble.report import ood_line
+    from orchestrator.serving.card import ood_lines
+
+    spec = _spec(True)
+    card = "\n".join(ood_lines(spec))
+    for text in ("## Out-of-distribution flag", "above 10.0000", "at most 5% of",
+                 "40 validation images", "noise", "blank", "constant"):
+        assert text in card, text
+    assert ood_lines(_spec(False)) == []
+    thin = dataclasses.replace(spec.ood, backed=False, held_out_cases=12)
+    assert "not guaranteed" in "\n".join(ood_lines(dataclasses.replace(spec, ood=thin)))
+    line = ood_line(spec.ood, 0.05)
+    assert "above 10.000" in line and "0.05 false-alarm rate" in line and "5.0% of test" in line
+    assert "NOT guaranteed: 12 held-out" in ood_line(thin, None)
