@@ -116,7 +116,10 @@ def run(model_uri: str, source: str, out: str, *, tracking_uri: str | None = Non
         log(f"skipped {len(skipped)} unreadable or refused file(s): "
             f"{', '.join(skipped['path'][:5])}{more}; listed with the reason in {listed}")
     referred = int(rows["refer"].sum()) if len(rows) else 0
-    log(f"wrote {len(rows)} prediction(s) to {out_path} ({referred} referred to a person)")
+    flagged = (f", {int(rows['out_of_distribution'].sum())} out of distribution"
+               if "out_of_distribution" in rows.columns else "")
+    log(f"wrote {len(rows)} prediction(s) to {out_path} ({referred} referred to a person"
+        f"{flagged})")
     return rows
 
 

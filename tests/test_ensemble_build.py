@@ -148,22 +148,26 @@ def test_pyfunc_answers_every_input_form_as_the_in_process_ensemble(swept, tmp_p
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
     assert model.metadata.get_input_schema().input_names() == ["image", "path"]
-    assert model.metadata.get_output_schema().input_names()[-3:] == ["decision", "confidence",
-                                                                       "refer"]
+    assert model.metadata.get_output_schema().input_names()[-5:] == [
+        "decision", "confidence", "refer", "out_of_distribution", "ood_score"]
     assert model.input_example is not None
     data = _prepared()
     paths = data.paths("test")[:12]
     served = model.predict(pd.DataFrame({"path": paths}))
     classes = list(get_task("brain").classes)
     probs = [f"prob_{c}" for c in classes]
-    assert list(served.columns) == probs + ["decision", "confidence", "refer"]
+    assert list(served.columns) == probs + ["decision", "confidence", "refer",
+                                            "out_of_distribution", "ood_score"]
     x_test = data.arrays("test")[0][:12]
     calibrated = apply_temperature(_in_process(uri, result, tmp_path, x_test),
                                    report.temperature)
     np.testing.assert_allclose(served[probs].to_numpy(), calibrated, atol=1e-5)
     assert served["decision"].tolist() == [classes[k] for k in calibrated.argmax(axis=1)]
     np.testing.assert_allclose(served["confidence"], calibrated.max(axis=1), atol=1e-5)
-    assert served["refer"].tolist() == (served["confidence"] < report.refer_cut).tolist()
+    assert served["refer"].tolist() == ((served["confidence"] < report.refer_cut)
+                                        | served["out_of_distribution"]).tolist()
+    assert served["out_of_distribution"].tolist() == (served["ood_score"]
+                                                      > report.ood.cut).tolist()
     # the same images as encoded files (bytes, or base64 text) and as uint8 tensors
     files = [Path(p).read_bytes() for p in paths]
     as_bytes = model.predict(pd.DataFrame({"image": files}))
@@ -245,6 +249,7 @@ def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept,
     assert "Traceback" not in proc.stderr and "predicting [" in proc.stderr
     assert [n for n in TF_START_UP if n in proc.stderr] == []  # quiet unless --verbose
     assert "skipped 2 unreadable or refused file(s): broken.png, tiny.png" in proc.stdout
+    assert re.search(r"referred to a person, \d out of distribution\)", proc.stdout)
     rows = pd.read_csv(out)
     assert sorted(rows["path"]) == ["case0.jpg", "sub/case1.jpg", "sub/case2.jpg"]
     assert {"decision", "confidence", "refer"} <= set(rows.columns)
@@ -373,6 +378,19 @@ def test_mlflow_models_serve_answers_base64_jpegs_with_the_same_numbers(swept, t
         np.testing.assert_allclose(served[probs].to_numpy(), local[probs].to_numpy(), atol=1e-6)
         assert served["decision"].tolist() == local["decision"].tolist()
         assert served["refer"].tolist() == local["refer"].tolist()
+        np.testing.assert_allclose(served["ood_score"], local["ood_score"], rtol=1e-6)
+        # the out-of-distribution flag: the brain phantom's test images are in distribution
+        # (at most one of three above a cut fitted at a 5% false-alarm rate), uniform noise
+        # is not, and is referred
+        assert served["out_of_distribution"].sum() <= 1, served
+        noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        png = base64.b64encode(cv2.imencode(".png", noise)[1].tobytes()).decode()
+        status, flagged = _post(port, {"dataframe_split": {"columns": ["image"],
+                                                           "data": [[png], [encoded[0]]]}})
+        assert status == 200, flagged
+        rows = flagged["predictions"]
+        assert rows[0]["out_of_distribution"] is True and rows[0]["refer"] is True, rows
+        assert rows[1]["out_of_distribution"] is served["out_of_distribution"].iloc[0].item()
         # the `inputs` form gives the same answer
         status, same = _post(port, {"inputs": {"image": encoded}})
         assert status == 200 and pd.DataFrame(same["predictions"])["decision"].tolist() == \

@@ -40,6 +40,7 @@ LIGHT = (
     "orchestrator.clinical.operating_point",
     "orchestrator.clinical.resampled_metrics",
     "orchestrator.clinical.referral",
+    "orchestrator.clinical.ood",
     "orchestrator.clinical.options",
     "orchestrator.clinical.sections",
     "orchestrator.serving",  # the whole package: the served model's contract and card

@@ -7,6 +7,7 @@ import argparse
 from dataclasses import dataclass
 
 from orchestrator.clinical.bootstrap import DEFAULT_RESAMPLES
+from orchestrator.clinical.ood import DEFAULT_FALSE_ALARM
 from orchestrator.clinical.operating_point import RULES
 from orchestrator.clinical.referral import DEFAULT_REFER_CONFIDENCE, DEFAULT_TARGET_ACCURACY
 from orchestrator.errors import ConfigError
@@ -23,6 +24,7 @@ class ClinicalOptions:
     gradcam_per_group: int = 3  # images per class, correct and wrong each
     review_cases: int = 20
     seed: int = 0
+    ood_false_alarm: float = DEFAULT_FALSE_ALARM  # the OOD cut's rate on held-out images
 
     def __post_init__(self) -> None:
         if self.threshold_rule not in RULES:
@@ -37,6 +39,9 @@ class ClinicalOptions:
                               f"{self.refer_confidence}")
         if self.resamples < 1000:
             raise ConfigError(f"bootstrap resamples must be >= 1000, got {self.resamples}")
+        if not 0.0 < self.ood_false_alarm < 0.5:
+            raise ConfigError(f"OOD false-alarm rate must be in (0, 0.5), got "
+                              f"{self.ood_false_alarm}")
         if self.mc_dropout_passes < 0:
             raise ConfigError(f"MC-dropout passes must be >= 0, got {self.mc_dropout_passes}")
 
@@ -63,6 +68,9 @@ def add_clinical_arguments(parser: argparse.ArgumentParser) -> None:
                    "%(default)s)")
     c.add_argument("--mc-dropout", type=int, default=0, metavar="PASSES",
                    help="MC-dropout passes for predictive entropy (0: off, the default)")
+    c.add_argument("--ood-false-alarm", type=float, default=DEFAULT_FALSE_ALARM,
+                   help="the served out-of-distribution flag's cut: the share of held-out "
+                   "in-distribution images it may flag (default %(default)s)")
 
 
 def clinical_options(args: argparse.Namespace) -> ClinicalOptions:
@@ -71,4 +79,5 @@ def clinical_options(args: argparse.Namespace) -> ClinicalOptions:
                            target_sensitivity=args.target_sensitivity,
                            target_accuracy=args.target_accuracy,
                            refer_confidence=args.refer_confidence,
-                           resamples=args.resamples, mc_dropout_passes=args.mc_dropout)
+                           resamples=args.resamples, mc_dropout_passes=args.mc_dropout,
+                           ood_false_alarm=args.ood_false_alarm)

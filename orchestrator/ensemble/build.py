@@ -181,10 +181,11 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                 "members": [{"name": model.name, "weight": w, "resolution": model.resolution}
                             for model, w in parts]}
         prepared = next(iter(held.data.values()))
+        ood_fit = _ood_fit(held, ens, clinical, log)
         model_uri, name, version = publish(
             sweep, task, spec, parts, work, result, prepared, y_test, probs,
             dict(held=held, choice=choice, transforms=transforms, table=table,
-                 intervals=result.intervals), run_id, log)
+                 intervals=result.intervals), run_id, log, ood_fit=ood_fit)
     except Exception:
         tracking.finish_run(sweep.uri, run_id, "FAILED")
         raise
@@ -204,4 +205,19 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           held_out_images=len(held.y),
                           referral=result.referral,
                           registered_name=name, registered_version=version,
-                          head_fits=tuple(result.heads.values()))
+                          head_fits=tuple(result.heads.values()),
+                          ood=ood_fit.spec, ood_test_flagged=float(np.mean(
+                              ood_fit.test_scores > ood_fit.spec.cut)))
+
+
+def _ood_fit(held: HeldOut, ens, clinical: tuple, log: Log):
+    """The OOD flag's statistics and cut (`ood_fit`), at the clinical options' rate."""
+    from orchestrator.ensemble.ood_fit import fit_ood
+
+    inputs, options = clinical
+    fit = fit_ood(held, ens.members, ens.weights, inputs.test_images, options.ood_false_alarm,
+                  log=log)
+    detail(log, f"OOD cut (Mahalanobis distance of `{fit.spec.layer}` features, fitted on "
+                f"{fit.spec.held_out_cases} {held.kind} images at a {fit.spec.false_alarm:g} "
+                f"false-alarm rate): {fit.spec.cut:.3f}")
+    return fit

@@ -90,7 +90,18 @@ def _compared(spec: contract.ServingSpec) -> tuple[list[str], list[tuple[list[st
     decisions = [([h.column(contract.DECISION), h.column(contract.REFER)],
                   lambda want, h=h: _near_a_cut(h, want))
                  for h in spec.answered_heads if h.is_classification]
+    if spec.ood is not None:  # the flag, and a refer it sets, may differ only next to its cut
+        decisions = [(columns, lambda want, near=near: near(want) | _near_ood_cut(spec, want))
+                     for columns, near in decisions]
+        decisions.append(([contract.OUT_OF_DISTRIBUTION],
+                          lambda want: _near_ood_cut(spec, want)))
     return numbers, decisions
+
+
+def _near_ood_cut(spec: contract.ServingSpec, want: pd.DataFrame) -> np.ndarray:
+    """An OOD score within the check's tolerance of the cut (relative, as a value's)."""
+    score = want[contract.OOD_SCORE].to_numpy(np.float64)
+    return np.abs(score - spec.ood.cut) <= CHECK_TOLERANCE * np.maximum(1.0, np.abs(score))
 
 
 def _near_a_cut(head: contract.HeadSpec, want: pd.DataFrame) -> np.ndarray:
@@ -111,6 +122,8 @@ def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
     cols, decisions = _compared(spec)
     value_columns = {h.column(contract.VALUE) for h in spec.answered_heads
                      if not h.is_classification}
+    if spec.ood is not None:  # a distance: compared relative to its size above 1
+        value_columns.add(contract.OOD_SCORE)
     values = np.array([c in value_columns for c in cols])
     worst = 0.0
     for start in range(0, len(paths), CHECK_BATCH):
@@ -181,12 +194,19 @@ def _multihead_shown(task) -> tuple[str, ...]:
 
 def publish(sweep, task, spec_base: dict, parts, work: Path, clinical_result, prepared,
             y_test: np.ndarray, raw_test: np.ndarray, facts_args: dict, run_id: str,
-            log: Log) -> tuple[str, str, str]:
-    """Log, check and register; returns (model URI, registered name, version)."""
+            log: Log, ood_fit=None) -> tuple[str, str, str]:
+    """Log, check and register; returns (model URI, registered name, version). `ood_fit`
+    (`ensemble.ood_fit.OodFit`): the OOD flag's cut, statistics and test scores."""
+    import dataclasses
+
     from orchestrator.tracking import ensemble_model, registry
 
     spec = serving_spec(task, clinical_result, facts_args["held"].kind)
-    expected = contract.answer(raw_test, spec)
+    if ood_fit is not None:
+        spec = dataclasses.replace(spec, ood=ood_fit.spec)
+        expected = contract.answer(raw_test, spec, ood_fit.test_scores, ood_fit.test_constant)
+    else:
+        expected = contract.answer(raw_test, spec)
     recorded, meta = read_manifest(prepared.manifest_path, root=prepared.root)
     tracking.log_table_artifact(sweep.uri, run_id,
                                 test_predictions(prepared, recorded, y_test, expected),
@@ -194,6 +214,8 @@ def publish(sweep, task, spec_base: dict, parts, work: Path, clinical_result, pr
     members = {model.name: ensemble_model.copy_member(Path(model.model_path),
                                                       work / "members", model.name)
                for model, _ in parts}
+    if ood_fit is not None:
+        members.update(ood_fit.files(work / "ood"))
     model_uri = ensemble_model.log_ensemble_model(
         sweep.uri, run_id, {**spec_base, "serving": spec.to_dict()}, members, work)
     model = ensemble_model.load(model_uri, sweep.uri)

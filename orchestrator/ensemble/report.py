@@ -38,6 +38,8 @@ class EnsembleReport:
     registered_version: str = ""
     # A multi-head ensemble: each classification head's temperature and refer cut (HeadFit)
     head_fits: tuple = ()
+    ood: object = None  # the OOD flag's cut (`serving.contract.OodSpec`), None before it existed
+    ood_test_flagged: float | None = None  # share of test images above the OOD cut
 
     @property
     def refer_cut(self) -> float | None:
@@ -141,6 +143,8 @@ def print_report(report: EnsembleReport) -> None:
             print("; ".join(chosen))
         if report.referral is not None:
             print("refer rule: " + _refer_text(report.referral, report.chosen_on))
+        if report.ood is not None:
+            print(ood_line(report.ood, report.ood_test_flagged))
         for group in EXTRA_GROUPS:
             shown = []
             for m in (m for m in group if m in ens.index):
@@ -156,6 +160,17 @@ def print_report(report: EnsembleReport) -> None:
           f"checked against the evaluated ensemble; {REPORT} in its artifacts")
     print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "
           f"-m models:/{report.registered.split(' ')[0]} --env-manager local")
+
+
+def ood_line(spec, test_flagged: float | None) -> str:
+    """The OOD flag in one line: what it is, where its cut comes from, what it flags."""
+    rate = (f"a {spec.false_alarm:g} false-alarm rate" if spec.backed else
+            f"{spec.false_alarm:g} asked, NOT guaranteed: {spec.held_out_cases} held-out images "
+            "are too few")
+    tested = "" if test_flagged is None else f"; {test_flagged:.1%} of test images flagged"
+    return (f"out-of-distribution flag: Mahalanobis distance of `{spec.layer}` features above "
+            f"{spec.cut:.3f} (fitted on {spec.held_out_cases} {spec.scored_on} images at "
+            f"{rate}), or a constant image; flagged images are referred{tested}")
 
 
 def _refer_text(referral: Referral, held: str) -> str:

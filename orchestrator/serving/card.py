@@ -91,6 +91,7 @@ def model_card(facts: CardFacts) -> str:
         *layout.performance(facts),
         *_interval_lines(facts),
         *layout.calibration(spec),
+        *ood_lines(spec),
         "## Intended use and limits", "",
         "- Research use: decision support to be read by a clinician, never a diagnosis on its "
         "own. Referred cases need a person.",
@@ -103,6 +104,27 @@ def model_card(facts: CardFacts) -> str:
         "artifacts hold report.html, the figures and the test predictions).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def ood_lines(spec: ServingSpec) -> list[str]:
+    """What the out-of-distribution flag is, its rate and what was checked (none: nothing)."""
+    o = spec.ood
+    if o is None:
+        return []
+    rate = (f"at most {o.false_alarm:.0%} of in-distribution images are expected above it "
+            "(a split-conformal quantile)" if o.backed else
+            f"{o.false_alarm:.0%} was asked but {o.held_out_cases} held-out images are too few "
+            "to back it: the cut is their largest score, and the rate is not guaranteed")
+    return ["## Out-of-distribution flag", "",
+            f"- `out_of_distribution` is true when `ood_score` (the ensemble's weighted mean "
+            f"over member models of the Mahalanobis distance of the `{o.layer}` features to the "
+            f"nearest training class mean, tied Ledoit-Wolf covariance) is above {o.cut:.4f}, "
+            "or the image is constant (one pixel value). Every `refer` is then true.",
+            f"- The cut was fitted on {o.held_out_cases} {o.scored_on} images, never the test "
+            f"split; {rate}; {o.held_out_flagged:.1%} of those held-out images were above it.",
+            "- Checked (docs/benchmarks.md): images of another task, uniform noise, blank, "
+            "inverted and heavily blurred images are flagged; images close to the training "
+            "data, such as a class the model never saw drawn the same way, mostly are not.", ""]
 
 
 def _answer_task(spec: ServingSpec) -> list[str]:

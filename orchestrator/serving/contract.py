@@ -9,6 +9,11 @@ A multi-head model (a spec with `heads`) answers one block of columns per head, 
 head order: a classification head `<head>_prob_<class>`, `<head>_decision` (the most probable
 calibrated class, also for two classes), `<head>_confidence` and `<head>_refer`, each with its
 own temperature and refer cut; a regression head `<head>_value`, in the head's unit.
+
+A model fitted with out-of-distribution statistics (a spec with `ood`) adds, once per image,
+`out_of_distribution` (its score above the cut fitted on held-out images, or a constant image)
+and `ood_score` (`orchestrator.clinical.ood`); every head's `refer` is true where
+`out_of_distribution` is.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from orchestrator.clinical import ood
 from orchestrator.clinical.calibration import apply_temperature
 from orchestrator.clinical.referral import decide
 from orchestrator.errors import ConfigError
@@ -27,6 +33,7 @@ from tasks.base import SINGLE_HEAD, Head
 DECISION, CONFIDENCE, REFER = "decision", "confidence", "refer"
 PROBABILITY_PREFIX = "prob_"
 VALUE = "value"  # a regression head's column: `<head>_value`, in the head's unit
+OUT_OF_DISTRIBUTION, OOD_SCORE = "out_of_distribution", "ood_score"  # once per image
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,28 @@ class HeadSpec:
 
 
 @dataclass(frozen=True)
+class OodSpec:
+    """The out-of-distribution cut as fitted at build time (`clinical.ood.fit_cut`) and where
+    its scores come from: each member model's embedding `layer`, the statistics in one file
+    per member model beside the spec."""
+
+    cut: float  # flag when the ensemble's score is above it
+    false_alarm: float  # the stated rate the cut was fitted at
+    layer: str
+    held_out_cases: int
+    held_out_flagged: float
+    backed: bool = True  # False: too few held-out cases for the rate (`ood.min_cases`)
+    scored_on: str = "validation"  # or "out-of-fold"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.false_alarm < 0.5:
+            raise ValueError(f"OOD false-alarm rate must be in (0, 0.5), got {self.false_alarm}")
+
+    def columns(self) -> list[tuple[str, str]]:
+        return [(OUT_OF_DISTRIBUTION, "boolean"), (OOD_SCORE, "double")]
+
+
+@dataclass(frozen=True)
 class ServingSpec:
     """Everything after the members' averaged probabilities, versioned with the model.
 
@@ -140,6 +169,7 @@ class ServingSpec:
     held_out_cases: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS  # the door (`InputLimits`); older specs get these
     min_side: int = DEFAULT_MIN_SIDE
+    ood: OodSpec | None = None  # absent in specs logged before the OOD flag, and in their files
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
@@ -200,10 +230,12 @@ class ServingSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ServingSpec":
         heads = tuple(HeadSpec(**h) for h in data.get("heads", ()))
-        return cls(**{**data, "classes": tuple(data["classes"]), "heads": heads})
+        found = data.get("ood")
+        return cls(**{**data, "classes": tuple(data["classes"]), "heads": heads,
+                      "ood": OodSpec(**found) if found else None})
 
 
-_SINCE_GUARANTEE = ("refer_level", "refer_lower_bound", "held_out_cases")
+_SINCE_GUARANTEE = ("refer_level", "refer_lower_bound", "held_out_cases", "ood")
 
 
 def _without_unset(spec: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +251,8 @@ def probability_columns(classes: Sequence[str]) -> list[str]:
 def output_columns(spec: ServingSpec) -> list[tuple[str, str]]:
     """The served columns in order, with their types (double, string, boolean): what the
     model's MLflow signature declares."""
-    return [column for head in spec.answered_heads for column in head.columns()]
+    return ([column for head in spec.answered_heads for column in head.columns()]
+            + (spec.ood.columns() if spec.ood is not None else []))
 
 
 def class_columns(classes: Sequence[str], column: Callable[[str], str] = str,
@@ -230,9 +263,12 @@ def class_columns(classes: Sequence[str], column: Callable[[str], str] = str,
                (column(REFER), "boolean")])
 
 
-def answer(raw_probs: np.ndarray, spec: ServingSpec) -> pd.DataFrame:
+def answer(raw_probs: np.ndarray, spec: ServingSpec, ood_scores: np.ndarray | None = None,
+           constant: np.ndarray | None = None) -> pd.DataFrame:
     """The members' averaged output (N, D) (each classification head's C probabilities, each
-    regression head's value, in head order) -> one block of columns per head."""
+    regression head's value, in head order) -> one block of columns per head; with the spec's
+    OOD cut, the ensemble's `ood_scores` (N,) and which images are `constant` (N,) add the OOD
+    columns and refer every flagged image."""
     raw, heads = np.asarray(raw_probs), spec.answered_heads
     width = sum(h.width for h in heads)
     if raw.ndim != 2 or raw.shape[1] != width:
@@ -243,4 +279,21 @@ def answer(raw_probs: np.ndarray, spec: ServingSpec) -> pd.DataFrame:
     for head in heads:
         columns.update(head.answer(raw[:, start:start + head.width]))
         start += head.width
+    if spec.ood is not None:
+        columns.update(ood_columns(spec, raw.shape[0], ood_scores, constant, columns))
     return pd.DataFrame(columns)
+
+
+def ood_columns(spec: ServingSpec, rows: int, scores, constant,
+                columns: Mapping[str, Any]) -> dict[str, Any]:
+    """`out_of_distribution`, `ood_score`, and every classification head's `refer` or-ed
+    with the flag."""
+    if scores is None or constant is None or len(scores) != rows or len(constant) != rows:
+        raise ValueError(f"the spec has an OOD cut: {rows} OOD scores and constant flags are "
+                         f"needed, got {None if scores is None else len(scores)}")
+    flagged = ood.flag(scores, spec.ood.cut, constant)
+    out: dict[str, Any] = {h.column(REFER): np.asarray(columns[h.column(REFER)]) | flagged
+                           for h in spec.answered_heads if h.is_classification}
+    out[OUT_OF_DISTRIBUTION] = flagged
+    out[OOD_SCORE] = np.asarray(scores, dtype=np.float64)
+    return out

@@ -42,6 +42,17 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         self.preprocessing = Preprocessing(**self.spec["preprocessing"])
         self.members = [(keras.models.load_model(context.artifacts[m["name"]]),
                          int(m["resolution"]), float(m["weight"])) for m in self.spec["members"]]
+        self.ood_statistics = self._ood_statistics(context.artifacts)
+
+    def _ood_statistics(self, artifacts) -> list | None:
+        """Each member model's OOD statistics (one file each), or None for a model logged
+        without them (its spec has no `ood`)."""
+        from orchestrator.clinical.ood import OodStatistics
+
+        if not self.spec.get("serving", {}).get("ood"):
+            return None
+        return [OodStatistics.load(artifacts[ood_artifact(m["name"])])
+                for m in self.spec["members"]]
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
         from mlflow.exceptions import MlflowException
@@ -51,7 +62,24 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
             images = inputs.decode_inputs(model_input, spec.input_limits)
         except inputs.InputError as err:  # the server answers it as a JSON error, status 400
             raise MlflowException.invalid_parameter_value(str(err)) from None
-        return contract.answer(self.raw_probabilities(images), spec)
+        if spec.ood is None:
+            return contract.answer(self.raw_probabilities(images), spec)
+        scores, constant = self.ood_scores(images, spec.ood.layer)
+        return contract.answer(self.raw_probabilities(images), spec, scores, constant)
+
+    def ood_scores(self, images: list[np.ndarray], layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """The ensemble's OOD score (each member model's Mahalanobis distance on the identity
+        view, weighted as its vote) and which images are constant as the first member sees
+        them (after preprocessing)."""
+        from orchestrator.clinical import ood
+        from orchestrator.models.embeddings import embeddings
+
+        scores, constant = [], None
+        for (model, resolution, _), stats in zip(self.members, self.ood_statistics):
+            batch = self._preprocess(images, resolution)
+            constant = ood.constant_images(batch) if constant is None else constant
+            scores.append(ood.mahalanobis(stats, embeddings(model, batch, layer)))
+        return ood.combine(scores, [w for _, _, w in self.members]), constant
 
     def serving_spec(self) -> contract.ServingSpec:
         """What follows the members' vote (and the input limits), as logged with the model."""
@@ -144,6 +172,11 @@ def _requirements() -> list[str]:
         except Exception:
             out.append(name)
     return out
+
+
+def ood_artifact(member: str) -> str:
+    """The artifact key of a member model's OOD statistics."""
+    return f"ood_{member}"
 
 
 def copy_member(src: Path, dst_dir: Path, name: str) -> Path:
