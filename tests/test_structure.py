@@ -40,6 +40,7 @@ LIGHT = (
     "orchestrator.clinical.operating_point",
     "orchestrator.clinical.resampled_metrics",
     "orchestrator.clinical.referral",
+    "orchestrator.clinical.conformal",
     "orchestrator.clinical.sections",
     "orchestrator.serving",  # the whole package: the served model's contract and card
     "orchestrator.keys",  # the MLflow tag keys, which the card names too
