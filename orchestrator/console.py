@@ -237,6 +237,17 @@ def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
                         "else sqlite:///mlflow/mlflow.db in the working directory)")
 
 
+def add_set_options(parser) -> None:
+    """The conformal prediction sets' options, shared by the sweep and the ensemble CLIs."""
+    parser.add_argument("--set-coverage", type=float, default=0.90, metavar="LEVEL",
+                        help="nominal coverage of the served prediction sets, strictly between "
+                        "0 and 1, fitted on held-out predictions (default %(default)s)")
+    parser.add_argument("--set-conditional", action="store_true",
+                        help="one set quantile per true class ('Mondrian'), so each class gets "
+                        "the coverage, not only their average: for imbalanced tasks; needs "
+                        "enough held-out cases of every class (off by default)")
+
+
 def add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's C++ "
                         "start-up lines, library notices and Python warnings (off by default)")

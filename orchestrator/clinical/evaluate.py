@@ -17,6 +17,7 @@ from orchestrator.clinical import artifacts, plots
 from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, count_units, intervals_by_model,
                                              no_interval_lines, paired_difference,
                                              resample_indices, sound_interval_metrics)
+from orchestrator.clinical.conformal import DEFAULT_SET_COVERAGE, check_coverage
 from orchestrator.clinical.heads import KINDS, evaluated_heads, review_table
 from orchestrator.clinical.html import write_report
 from orchestrator.clinical.operating_point import RULES, threshold_table
@@ -42,6 +43,9 @@ class ClinicalOptions:
     gradcam_per_group: int = 3  # images per class, correct and wrong each
     review_cases: int = 20
     seed: int = 0
+    # prediction sets: their nominal coverage, and one quantile per class ("Mondrian") or one
+    set_coverage: float = DEFAULT_SET_COVERAGE
+    set_conditional: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold_rule not in RULES:
@@ -55,6 +59,10 @@ class ClinicalOptions:
             raise ConfigError(f"bootstrap resamples must be >= 1000, got {self.resamples}")
         if self.mc_dropout_passes < 0:
             raise ConfigError(f"MC-dropout passes must be >= 0, got {self.mc_dropout_passes}")
+        try:
+            check_coverage(self.set_coverage)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 @dataclass(frozen=True)

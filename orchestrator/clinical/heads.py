@@ -18,6 +18,8 @@ import pandas as pd
 from orchestrator.clinical import artifacts, plots
 from orchestrator.clinical.calibration import (apply_temperature, brier_score,
                                                expected_calibration_error, fit_temperature, nll)
+from orchestrator.clinical.conformal import (fit_sets, in_set, min_cases, safe_name,
+                                             set_figures)
 from orchestrator.clinical.operating_point import binary_figures, choose_threshold
 from orchestrator.clinical.referral import choose_refer_cut, decide, referral_figures
 from orchestrator.clinical.result import HeadFit
@@ -108,7 +110,26 @@ class Classification:
                f"{referral.target_accuracy})" if not referral.refers_everything else
                f"{where}refer cut: no confidence reaches accuracy {referral.target_accuracy} "
                f"on {held} predictions, so every case is referred")
-        return HeadFit(eh.head.name, temperature, referral, op)
+        return HeadFit(eh.head.name, temperature, referral, op,
+                       sets=self.fit_sets(eh, y, calibrated, options, held, log))
+
+    def fit_sets(self, eh: EvaluatedHead, y, calibrated, options, held: str, log: Log):
+        """The prediction-set quantile(s) on the same calibrated held-out predictions; an
+        infinite one (too few cases for the coverage) is said, not hidden."""
+        sets = fit_sets(calibrated, y, options.set_coverage, options.set_conditional)
+        where = f"head {eh.head.name}: " if eh.named else ""
+        rule = "one per class" if sets.conditional else "marginal"
+        detail(log, f"{where}prediction sets fitted on {held} predictions: {sets.coverage:.0%} "
+                    f"nominal coverage, quantile ({rule}) "
+                    + ", ".join(f"{q:.4f}" for q in sets.quantiles))
+        for i in sets.every_class:
+            whom = (f"class {eh.head.classes[i]} has {sets.cases[i]}" if sets.conditional
+                    else f"there are {sets.cases[i]}")
+            log(f"warning: {where}prediction sets: {whom} {held} case(s), fewer than the "
+                f"{min_cases(sets.coverage)} a {sets.coverage:.0%} quantile needs; it is "
+                "infinite, so " + (f"{eh.head.classes[i]} is in every set" if sets.conditional
+                                   else "every set holds every class"))
+        return sets
 
     def calibrate(self, fit: HeadFit, block: np.ndarray) -> np.ndarray:
         return apply_temperature(block, fit.temperature)
@@ -131,6 +152,8 @@ class Classification:
             y, raw), f"{p}nll": nll(y, raw), f"{p}brier_calibrated": brier_score(y, calibrated),
             f"{p}ece_calibrated": expected_calibration_error(y, calibrated),
             f"{p}nll_calibrated": nll(y, calibrated)})
+        if fit.sets is not None:
+            out.update(set_figures(y, in_set(calibrated, fit.sets), eh.head.classes, p))
         return out
 
     def fitted_metrics(self, eh: EvaluatedHead, fit: HeadFit) -> dict[str, float]:
@@ -144,6 +167,11 @@ class Classification:
         out.update({f"{p}refer_cut": referral.cut,
                     f"{p}val_coverage_at_refer_cut": referral.coverage,
                     f"{p}val_accuracy_accepted_at_refer_cut": referral.accuracy})
+        if fit.sets is not None:
+            out[f"{p}set_coverage_nominal"] = fit.sets.coverage
+            out.update({f"{p}set_quantile" + (f"_{safe_name(c)}" if fit.sets.conditional
+                                              else ""): q
+                        for c, q in zip(eh.head.classes, fit.sets.quantiles)})
         return out
 
     def figures(self, eh: EvaluatedHead, fit: HeadFit, y, raw, calibrated, decided,

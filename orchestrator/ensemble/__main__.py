@@ -8,7 +8,7 @@ import sys
 from orchestrator.ensemble.build import DEFAULT_POLICIES as POLICIES
 from orchestrator.clinical.operating_point import RULES
 from orchestrator import console
-from orchestrator.console import add_tracking_uri, add_verbose
+from orchestrator.console import add_set_options, add_tracking_uri, add_verbose
 from orchestrator.errors import MedSweepError
 
 
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target-accuracy", type=float, default=0.95,
                    help="the served model refers a case to a person below the confidence at "
                    "which the accepted held-out cases reach this accuracy (default %(default)s)")
+    add_set_options(c)
     c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the "
                    "95%% intervals (>= 1000; default %(default)s)")
     c.add_argument("--mc-dropout", type=int, default=0, metavar="PASSES",
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         clinical = ClinicalOptions(threshold_rule=args.threshold_rule,
                                    target_sensitivity=args.target_sensitivity,
                                    target_accuracy=args.target_accuracy,
-                                   resamples=args.resamples, mc_dropout_passes=args.mc_dropout)
+                                   resamples=args.resamples, mc_dropout_passes=args.mc_dropout,
+                                   set_coverage=args.set_coverage,
+                                   set_conditional=args.set_conditional)
         connect_ray(args.address, print)
         report = build_ensemble(args.sweep_run, tracking_uri=args.tracking_uri,
                                 policies=args.tta, top_k=args.top_k,

@@ -207,4 +207,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           refer_coverage=referral.coverage if referral is not None
                           else float("nan"),
                           registered_name=name, registered_version=version,
-                          head_fits=tuple(result.heads.values()))
+                          head_fits=tuple(result.heads.values()),
+                          sets=tuple((name if fit is not result.answer else "", fit.sets)
+                                     for name, fit in result.fits.items()
+                                     if fit.sets is not None))

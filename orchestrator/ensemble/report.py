@@ -37,6 +37,8 @@ class EnsembleReport:
     registered_version: str = ""
     # A multi-head ensemble: each classification head's temperature and refer cut (HeadFit)
     head_fits: tuple = ()
+    # (head name, "" for a single-label task's answer; its conformal.SetFit) per head with sets
+    sets: tuple = ()
 
 
 def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, task: Task,
@@ -154,11 +156,38 @@ def print_report(report: EnsembleReport) -> None:
                                         "none (no test case accepted)"))
             if shown:
                 print("  ensemble test: " + "; ".join(shown))
+        for line in set_lines(report.sets, ens, report.chosen_on):
+            print(line)
     # registered only after the logged model answered every test image as evaluated
     print(f"ensemble run {report.run_id}; model {report.registered}, its served answers "
           f"checked against the evaluated ensemble; {REPORT} in its artifacts")
     print(f"serve it: MLFLOW_TRACKING_URI={report.tracking_uri} mlflow models serve "
           f"-m models:/{report.registered.split(' ')[0]} --env-manager local")
+
+
+def set_lines(sets, ens: pd.DataFrame, held: str) -> list[str]:
+    """One line per head with prediction sets: nominal and test coverage, mean set size.
+    `ens`: the ensemble's test intervals by metric."""
+    from orchestrator.clinical.bootstrap import format_interval, row_note
+
+    def shown(metric: str) -> str:
+        if metric not in ens.index:
+            return "?"
+        row = ens.loc[metric]
+        return format_interval(row.point, row.low, row.high, note=row_note(row))
+
+    lines = []
+    for name, fit in sets:
+        p = f"{name}_" if name else ""
+        rule = "one quantile per class, " if fit.conditional else ""
+        flagged = (" (quantile infinite for too few held-out cases: "
+                   + ("every set holds every class)" if not fit.conditional else
+                      f"{len(fit.every_class)} class(es) in every set)")
+                   if fit.every_class else "")
+        lines.append(f"{f'head {name} ' if name else ''}prediction sets ({fit.coverage:.0%} "
+                     f"nominal, {rule}fitted on {held} predictions{flagged}): test coverage "
+                     f"{shown(f'{p}set_coverage')}, mean set size {shown(f'{p}set_size_mean')}")
+    return lines
 
 
 def _side_by_side(held: list[list[str]], test: list[list[str]], models: list[str],

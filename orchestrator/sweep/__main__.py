@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                    "the same configs (default %(default)s)")
     p.add_argument("--no-ensemble", action="store_true", help="skip the final TTA ensemble "
                    "(build it later with python -m orchestrator.ensemble --sweep-run ID)")
+    console.add_set_options(p.add_argument_group("the final ensemble's prediction sets "
+                                                 "(docs/clinical_report.md)"))
     p.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="asha stops "
                    "trailing trials early; fifo runs all to the end (default %(default)s)")
     p.add_argument("--weights-dir", help="folder holding the ImageNet weight files (python -m "
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                            storage_path=args.storage_path, experiment=args.experiment,
                            tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
                            scheduler=args.scheduler, ensemble=not args.no_ensemble,
-                           weights_dir=args.weights_dir)
+                           weights_dir=args.weights_dir, set_coverage=args.set_coverage,
+                           set_conditional=args.set_conditional)
     except SweepInterrupted as err:  # Ctrl+C or SIGTERM while trials ran: Tune saved them
         print(f"interrupted: {err}", file=sys.stderr)
         return 130

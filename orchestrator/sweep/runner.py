@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from orchestrator import console, tracking
+from orchestrator.clinical.conformal import check_coverage
 from orchestrator.cluster import Log, check_trial_fits, connect_ray
 from orchestrator.train.config import TrialConfig
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
@@ -100,6 +101,8 @@ def run_sweep(
     space_overrides: dict | None = None,
     weights_dir: str | os.PathLike | None = None,
     reuse_actors: bool = True,
+    set_coverage: float = 0.90,
+    set_conditional: bool = False,
     log: Log = console.say,
 ) -> SweepResult:
     """Run (or resume) one sweep and return its leaderboard; see `--help` for each argument.
@@ -116,6 +119,9 @@ def run_sweep(
     checked here, on the driver, before Ray starts: a typo fails in a second with the valid names,
     not in a worker once trials run.
 
+    `set_coverage` and `set_conditional` configure the final ensemble's conformal prediction
+    sets (`orchestrator.clinical.conformal`), checked here before any trial.
+
     `log` receives the sweep's lines, one line per trial and epoch included; a line identical to
     one already given (the data reloaded for a later stage) is given once, unless verbose.
     """
@@ -128,6 +134,10 @@ def run_sweep(
     if profile:
         check_space({**get_profile(task, profile).space, **overrides_space(space_overrides)},
                     f"profile {profile} with --set")
+    try:
+        check_coverage(set_coverage)
+    except ValueError as err:
+        raise ConfigError(f"--set-coverage: {err}") from None
     weights_dir = _weights_dir(weights_dir)
     if weights_dir is not None:
         space_overrides["weights_dir"] = weights_dir
@@ -152,21 +162,25 @@ def run_sweep(
                          scheduler=scheduler, cluster_can_grow=can_grow,
                          reuse_actors=reuse_actors, log=log)
     searched = runner.resume(previous) if previous else runner.start()
-    built = (final_ensemble(searched.context, runner.budget, log)
+    built = (final_ensemble(searched.context, runner.budget, log,
+                            sets=dict(set_coverage=set_coverage,
+                                      set_conditional=set_conditional))
              if ensemble and searched.trained_any else None)
     return runner.finish(searched, built)
 
 
-def final_ensemble(context: SweepContext, budget: Budget, log: Log):
+def final_ensemble(context: SweepContext, budget: Budget, log: Log, sets: dict | None = None):
     """The sweep's last stage: the ensemble of its candidates (`orchestrator.ensemble`). Its
     failure is reported, not fatal: the trials stay in MLflow and `python -m
-    orchestrator.ensemble` can redo it."""
+    orchestrator.ensemble` can redo it. `sets`: the prediction sets' ClinicalOptions."""
     console.import_tensorflow()  # the driver's first TensorFlow, quietly unless --verbose
+    from orchestrator.clinical.evaluate import ClinicalOptions
     from orchestrator.ensemble.build import build_ensemble
 
     try:
         return build_ensemble(context.parent_run_id, tracking_uri=context.tracking_uri,
-                              gpus_per_actor=min(budget.gpus_per_trial, 1.0), log=log)
+                              gpus_per_actor=min(budget.gpus_per_trial, 1.0),
+                              clinical=ClinicalOptions(**(sets or {})), log=log)
     except MedSweepError as err:
         log(f"warning: no ensemble built: {err}")
         return None
