@@ -4,7 +4,9 @@ registered MedSweep model over new images, with the same pyfunc a server runs.
 A folder is searched recursively for images; a CSV names them in its `path` column (relative
 paths are read from the CSV's folder). Files that are missing or do not decode are listed and
 skipped; every other image gets a row: path, calibrated probabilities, decision, confidence,
-refer.
+refer and, for a model logged with prediction sets, `prediction_set` (JSON list text of the
+classes, most probable first) and `set_size` (each `<head>_`-named for a multi-head model:
+the model's own served columns, `orchestrator.serving.contract`).
 """
 from __future__ import annotations
 
@@ -101,17 +103,31 @@ def run(model_uri: str, source: str, out: str, *, tracking_uri: str | None = Non
         more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
         log(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped['path'][:5])}{more}; "
             f"listed in {listed}")
-    referred = int(rows["refer"].sum()) if len(rows) else 0
-    log(f"wrote {len(rows)} prediction(s) to {out_path} ({referred} referred to a person)")
+    log(f"wrote {len(rows)} prediction(s) to {out_path}{summary(rows)}")
     return rows
+
+
+def summary(rows: pd.DataFrame) -> str:
+    """' (3 referred to a person; mean set size 1.40)', each head's for a multi-head model."""
+    parts = []
+    for column in rows.columns if len(rows) else ():
+        if column.startswith("prob_") or "_prob_" in column:  # a class may be named `refer`
+            continue
+        for suffix, text in (("refer", lambda c: f"{int(rows[c].sum())} referred to a person"),
+                             ("set_size", lambda c: f"mean set size {rows[c].mean():.2f}")):
+            if column == suffix or column.endswith(f"_{suffix}"):
+                head = column[:-len(suffix)].rstrip("_")
+                parts.append(f"{head + ': ' if head else ''}{text(column)}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m orchestrator.predict",
         description="Predict a folder (recursively) or a CSV of images with a registered "
-        "MedSweep model: calibrated probabilities, the validated decision, its confidence and "
-        "whether to refer the case to a person.")
+        "MedSweep model: calibrated probabilities, the validated decision, its confidence, "
+        "whether to refer the case to a person and (models logged with them) the conformal "
+        "prediction set and its size.")
     p.add_argument("model_uri", help="e.g. models:/medsweep-brain@champion, or runs:/RUN/model")
     p.add_argument("source", help="a folder of images, or a CSV with a `path` column")
     p.add_argument("--out", required=True, help="the predictions CSV to write")
