@@ -180,13 +180,15 @@ def set_lines(sets, ens: pd.DataFrame, held: str) -> list[str]:
     for name, fit in sets:
         p = f"{name}_" if name else ""
         rule = "one quantile per class, " if fit.conditional else ""
-        flagged = (" (quantile infinite for too few held-out cases: "
-                   + ("every set holds every class)" if not fit.conditional else
-                      f"{len(fit.every_class)} class(es) in every set)")
-                   if fit.every_class else "")
+        flagged = ("" if not fit.every_class else
+                   "; too few held-out cases for the quantile, so every set holds every class"
+                   if not fit.conditional else
+                   f"; too few held-out cases for {len(fit.every_class)} class quantile(s), "
+                   "so those classes are in every set")
         lines.append(f"{f'head {name} ' if name else ''}prediction sets ({fit.coverage:.0%} "
-                     f"nominal, {rule}fitted on {held} predictions{flagged}): test coverage "
-                     f"{shown(f'{p}set_coverage')}, mean set size {shown(f'{p}set_size_mean')}")
+                     f"nominal, {rule}fitted on {held} predictions): test coverage "
+                     f"{shown(f'{p}set_coverage')}, mean set size {shown(f'{p}set_size_mean')}"
+                     f"{flagged}")
     return lines
 
 
