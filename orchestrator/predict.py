@@ -3,8 +3,12 @@ registered MedSweep model over new images, with the same pyfunc a server runs.
 
 A folder is searched recursively for images; a CSV names them in its `path` column (relative
 paths are read from the CSV's folder). Files that are missing, do not decode or are outside the
-model's input limits (pixels, shortest side) are listed with the reason and skipped; every other image gets a row: path, calibrated probabilities, decision, confidence,
-refer.
+model's input limits (pixels, shortest side) are listed with the reason and skipped; every
+other image gets a row: path, calibrated probabilities, decision, confidence, refer and, for a
+model logged with prediction sets, `prediction_set` (JSON list text of the classes, most
+probable first) and `set_size` (each `<head>_`-named for a multi-head model), and for a model
+logged with an OOD fit `out_of_distribution` and `ood_score`: the model's own served columns
+(`orchestrator.serving.contract`).
 """
 from __future__ import annotations
 
@@ -115,20 +119,34 @@ def run(model_uri: str, source: str, out: str, *, tracking_uri: str | None = Non
         more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
         log(f"skipped {len(skipped)} unreadable or refused file(s): "
             f"{', '.join(skipped['path'][:5])}{more}; listed with the reason in {listed}")
-    referred = int(rows["refer"].sum()) if len(rows) else 0
-    flagged = (f", {int(rows['out_of_distribution'].sum())} out of distribution"
-               if "out_of_distribution" in rows.columns else "")
-    log(f"wrote {len(rows)} prediction(s) to {out_path} ({referred} referred to a person"
-        f"{flagged})")
+    log(f"wrote {len(rows)} prediction(s) to {out_path}{summary(rows)}")
     return rows
+
+
+def summary(rows: pd.DataFrame) -> str:
+    """' (3 referred to a person; mean set size 1.40; 1 out of distribution)', each head's
+    for a multi-head model."""
+    parts = []
+    for column in rows.columns if len(rows) else ():
+        if column.startswith("prob_") or "_prob_" in column:  # a class may be named `refer`
+            continue
+        for suffix, text in (("refer", lambda c: f"{int(rows[c].sum())} referred to a person"),
+                             ("set_size", lambda c: f"mean set size {rows[c].mean():.2f}"),
+                             ("out_of_distribution",
+                              lambda c: f"{int(rows[c].sum())} out of distribution")):
+            if column == suffix or column.endswith(f"_{suffix}"):
+                head = column[:-len(suffix)].rstrip("_")
+                parts.append(f"{head + ': ' if head else ''}{text(column)}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m orchestrator.predict",
         description="Predict a folder (recursively) or a CSV of images with a registered "
-        "MedSweep model: calibrated probabilities, the validated decision, its confidence and "
-        "whether to refer the case to a person.")
+        "MedSweep model: calibrated probabilities, the validated decision, its confidence, "
+        "whether to refer the case to a person and (models logged with them) the conformal "
+        "prediction set and its size.")
     p.add_argument("model_uri", help="e.g. models:/medsweep-brain@champion, or runs:/RUN/model")
     p.add_argument("source", help="a folder of images, or a CSV with a `path` column")
     p.add_argument("--out", required=True, help="the predictions CSV to write")

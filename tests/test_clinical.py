@@ -28,7 +28,8 @@ from orchestrator.clinical.gradcam import gradcam, overlay
 from orchestrator.clinical.operating_point import (binary_figures, choose_threshold,
                                                    threshold_table, wilson_lower_bound)
 from orchestrator.clinical.resampled_metrics import fast_metrics
-from orchestrator.clinical.heads import evaluated_heads, review_table
+from orchestrator.clinical.evaluated import evaluated_heads
+from orchestrator.clinical.heads import review_table
 from orchestrator.clinical.uncertainty import entropy, mc_dropout_probs, mc_summary
 from orchestrator.errors import ConfigError
 from orchestrator.metrics import classification_metrics
@@ -281,6 +282,34 @@ def test_the_paired_difference_of_too_few_groups_has_no_interval():
     assert same["note"] == "" and same["low"] == same["high"] == 0.0  # identical models
 
 
+# --- prediction sets: the options and what a head fits -------------------------------------------
+@pytest.mark.parametrize("bad", [0.0, 1.0, 1.2])
+def test_a_bad_set_coverage_is_a_config_error_naming_it(bad):
+    with pytest.raises(ConfigError, match=f"strictly between 0 and 1, got {bad}"):
+        ClinicalOptions(set_coverage=bad)
+
+
+def test_a_head_with_too_few_held_out_cases_says_its_sets_hold_every_class():
+    from orchestrator.clinical.heads import Classification
+
+    (eh,) = evaluated_heads(get_task("brain"))
+    probs, y = np.tile([[0.6, 0.3, 0.1]], (8, 1)), np.arange(8) % 3
+    lines = []
+    sets = Classification().fit_sets(eh, y, probs, ClinicalOptions(), "validation", lines.append)
+    assert sets.every_class == (0,)
+    assert lines == ["warning: prediction sets: there are 8 validation case(s), fewer than the "
+                     "9 a 90% quantile needs; it is infinite, so every set holds every class"]
+    lines.clear()
+    y = np.r_[np.zeros(20, int), np.ones(20, int), [2, 2]]
+    sets = Classification().fit_sets(eh, y, np.tile([[0.6, 0.3, 0.1]], (42, 1)),
+                                     ClinicalOptions(set_conditional=True), "out-of-fold",
+                                     lines.append)
+    assert sets.conditional and sets.every_class == (2,) and sets.cases == (20, 20, 2)
+    assert lines == ["warning: prediction sets: class pituitary has 2 out-of-fold case(s), "
+                     "fewer than the 9 a 90% quantile needs; it is infinite, so pituitary is in "
+                     "every set"]
+
+
 # --- a tiny CNN with a planted feature -----------------------------------------------------------
 SIZE, SQUARE = 64, 10
 
@@ -423,6 +452,21 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
     assert result.referral.refers_everything and result.referral.cases == 60
     assert "Referral" in html and "refers every case to a person: no confidence level " \
         "supports accuracy 0.95 on these 60 validation cases" in unescape(html)
+    # prediction sets: fitted on validation, measured on test with intervals, reported
+    sets = result.answer.sets
+    assert sets.coverage == 0.90 and sets.cases == (60,) and not sets.conditional
+    assert result.metrics["set_quantile"] == sets.quantiles[0]
+    for key in ("test_set_coverage", "test_set_coverage_NORMAL", "test_set_coverage_PNEUMONIA",
+                "test_set_size_mean", "test_set_size_1_share", "test_set_size_2_share"):
+        assert key in result.metrics, key
+    shares = result.metrics["test_set_size_1_share"] + result.metrics["test_set_size_2_share"]
+    assert shares == pytest.approx(1.0)
+    assert result.metrics["test_set_size_mean"] == pytest.approx(
+        1 + result.metrics["test_set_size_2_share"])
+    page = unescape(html)
+    assert "<h2>Prediction sets</h2>" in page and "What the coverage guarantee assumes" in page
+    assert page.index("<h2>Prediction sets</h2>") < page.index("<h2>Figures</h2>")
+    assert f"q = {sets.quantiles[0]:.4f}" in page and "set size" in page
     # the calibration sentence follows the fitted T and the test bins
     gap, text = confidence_gap(y_test, test), unescape(html)
     assert ("over-confident: the curve runs below" if gap > 0.02 else
@@ -549,4 +593,5 @@ def test_threshold_and_temperature_ignore_the_test_labels(planted_model, tmp_pat
     first, permuted = results
     assert first.operating_point == permuted.operating_point
     assert first.temperature == permuted.temperature
+    assert first.answer.sets == permuted.answer.sets  # the set quantile too
     assert first.metrics["test_accuracy"] != permuted.metrics["test_accuracy"]

@@ -7,6 +7,7 @@ shape class is the quadrant of a disc, the texture class its colour, the size it
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from html import unescape
 from pathlib import Path
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.clinical.calibration import apply_temperature, fit_temperature
+from orchestrator.clinical.conformal import EVERY_CLASS, fit_sets, in_set
 from orchestrator.clinical.evaluate import ClinicalInputs, ClinicalOptions, Member, evaluate
 from orchestrator.clinical.resampled_metrics import fast_multihead_metrics
 from orchestrator.data.cache import decode_bytes, preprocess_image
@@ -238,6 +240,18 @@ def test_each_classification_head_is_calibrated_on_its_own_held_out_block(evalua
                                    apply_temperature(raw, fit.temperature))
         np.testing.assert_allclose(result.test_calibrated[:, s].sum(axis=1), 1.0)
         assert 0.0 < fit.referral.cut and fit.referral.cases == N_VAL
+        # its prediction sets: on this head's calibrated held-out block, measured on test
+        calibrated_val = apply_temperature(case["val"]["ensemble"][:, s], fit.temperature)
+        assert fit.sets == fit_sets(calibrated_val, case["y_val"][:, i].astype(int), 0.90)
+        member = in_set(result.test_calibrated[:, s], fit.sets)
+        covered = member[np.arange(N_TEST), case["y_test"][:, i].astype(int)].mean()
+        assert result.metrics[f"test_{head.name}_set_coverage"] == pytest.approx(covered)
+        assert result.metrics[f"{head.name}_set_quantile"] == fit.sets.quantiles[0]
+        for c in head.classes:
+            assert f"test_{head.name}_set_coverage_{c}" in result.metrics
+    assert result.heads["size"].sets is None
+    assert not any(k.startswith("size_set") or k.startswith("test_size_set")
+                   for k in result.metrics)
     assert result.heads["shape"].temperature != result.heads["texture"].temperature
 
 
@@ -249,7 +263,7 @@ def test_temperatures_and_cuts_ignore_the_test_labels(evaluated, case, members, 
         shuffled[:, j] = rng.permutation(shuffled[:, j])
     again = evaluate(_inputs(case, members, y_test=shuffled),
                      dataclasses.replace(ClinicalOptions(), resamples=1000), tmp_path, **QUIET)
-    # temperatures and refer cuts, head by head (repr: a refer-everything rule's NaN accuracy
+    # temperatures, refer cuts and set quantiles, head by head (repr: a refer-everything rule's NaN accuracy
     # never equals itself, and repr shows every float in full)
     assert repr(again.heads) == repr(first.heads)
     np.testing.assert_array_equal(again.test_calibrated, first.test_calibrated)
@@ -274,8 +288,12 @@ def test_the_report_has_a_section_and_figures_per_head(evaluated):
                  "Head texture: classification, 3 classes (smooth, stripes, dots)",
                  "Head size: regression, in mm", "size_mae", "size_r2", "shape_skill",
                  "Referral on this head (`shape_refer`)", "Grad-CAM maps and MC-dropout figures "
-                 "are not drawn for a multi-head ensemble", "mean_skill on the same resampled"):
+                 "are not drawn for a multi-head ensemble", "mean_skill on the same resampled",
+                 "Head shape: the served `shape_prediction_set` lists",
+                 "Head texture: the served `texture_prediction_set` lists",
+                 "What the coverage guarantee assumes"):
         assert text in page, text
+    assert "size_prediction_set" not in page
     for png in [n for n in names if n.endswith(".png")]:
         assert f'data-file="{png}"' in page, png
     assert page.count("data:image/png;base64,") == sum(n.endswith(".png") for n in names)
@@ -314,9 +332,10 @@ def test_the_logged_model_answers_every_head_as_the_in_process_ensemble(logged, 
     columns = [c for c, _ in contract.output_columns(spec)]
     assert columns == [
         "shape_prob_disc", "shape_prob_square", "shape_prob_triangle", "shape_prob_ring",
-        "shape_decision", "shape_confidence", "shape_refer",
-        "texture_prob_smooth", "texture_prob_stripes", "texture_prob_dots",
-        "texture_decision", "texture_confidence", "texture_refer", "size_value"]
+        "shape_decision", "shape_confidence", "shape_refer", "shape_prediction_set",
+        "shape_set_size", "texture_prob_smooth", "texture_prob_stripes", "texture_prob_dots",
+        "texture_decision", "texture_confidence", "texture_refer", "texture_prediction_set",
+        "texture_set_size", "size_value"]
     assert model.metadata.get_output_schema().input_names() == columns
     served = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in case["files"]]}))
     assert list(served.columns) == columns and len(served) == N_TEST
@@ -335,6 +354,10 @@ def test_the_logged_model_answers_every_head_as_the_in_process_ensemble(logged, 
             head.classes[k] for k in calibrated.argmax(axis=1)]
         assert served[f"{head.name}_refer"].tolist() == (
             served[f"{head.name}_confidence"] < head.refer_cut).tolist()
+        member = in_set(calibrated, head.sets)  # each head's own quantile
+        assert served[f"{head.name}_set_size"].tolist() == member.sum(axis=1).tolist()
+        assert [set(json.loads(t)) for t in served[f"{head.name}_prediction_set"]] == [
+            {c for c, keep in zip(head.classes, row) if keep} for row in member]
 
 
 def test_the_served_check_compares_every_head_and_catches_a_difference(logged, case, evaluated):
@@ -357,6 +380,16 @@ def test_the_served_check_compares_every_head_and_catches_a_difference(logged, c
         for h in spec.heads))
     with pytest.raises(publish.ServedModelMismatch, match="`texture_refer` differs"):
         publish.check_served(model, paths, contract.answer(raw, other), spec, **QUIET)
+    # a set quantile that differs from the logged one changes some set: caught, by column
+    sets = spec.heads[0].sets
+    other_q = 0.0 if (expected["shape_set_size"] > 1).any() else EVERY_CLASS
+    moved = dataclasses.replace(spec, heads=tuple(
+        dataclasses.replace(h, sets=dataclasses.replace(sets, quantiles=(other_q,)))
+        if h.name == "shape" else h for h in spec.heads))
+    assert (contract.answer(raw, moved)["shape_set_size"]
+            != expected["shape_set_size"]).any()
+    with pytest.raises(publish.ServedModelMismatch, match="`shape_prediction_set` differs"):
+        publish.check_served(model, paths, contract.answer(raw, moved), spec, **QUIET)
 
 
 # --- what the run records and promotion reads ------------------------------------------------

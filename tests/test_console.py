@@ -293,3 +293,26 @@ def test_the_summary_gives_the_refer_rule_with_its_bound_or_the_plain_unreachabl
             "cases (a perfect record needs at least 120 accepted cases); every case would be "
             "referred: lower the target or add data") in out
     assert "0.9954" not in out and "refer cut: confidence" not in out  # no unsupported cut
+
+
+def test_the_summary_gives_one_line_of_prediction_sets_per_head():
+    import pandas as pd
+
+    from orchestrator.clinical.conformal import EVERY_CLASS, SetFit
+    from orchestrator.ensemble.report import set_lines
+
+    ens = pd.DataFrame({"metric": ["set_coverage", "set_size_mean", "shape_set_coverage",
+                                   "shape_set_size_mean"],
+                        "point": [0.912, 1.43, 0.95, 3.0], "low": [0.87, 1.3, 0.9, 3.0],
+                        "high": [0.95, 1.6, 1.0, 3.0],
+                        "note": ["", "", "", "zero-width interval: no interval"]}
+                       ).set_index("metric")
+    lines = set_lines((("", SetFit(0.9, (0.81,), (60,))),
+                       ("shape", SetFit(0.8, (EVERY_CLASS, 0.5, 0.4), (3, 30, 30),
+                                        conditional=True))), ens, "out-of-fold")
+    assert lines == [
+        "prediction sets (90% nominal, fitted on out-of-fold predictions): test coverage "
+        "0.912 [0.870, 0.950], mean set size 1.430 [1.300, 1.600]",
+        "head shape prediction sets (80% nominal, one quantile per class, fitted on out-of-fold "
+        "predictions): test coverage 0.950 [0.900, 1.000], mean set size 3.000 [no interval]; "
+        "too few held-out cases for 1 class quantile(s), so those classes are in every set"]

@@ -128,6 +128,32 @@ def test_the_sweep_ends_with_an_ensemble_run_and_a_registered_model(swept):
             trial.info.run_id)}
     version = client.get_model_version_by_alias("medsweep-brain", "candidate")
     assert version.run_id == report.run_id
+    _assert_sets_cover_as_promised(report, metrics)
+
+
+def _assert_sets_cover_as_promised(report, metrics: dict) -> None:
+    """The prediction sets' quantile fitted on validation, their test coverage within the
+    99% range the guarantee gives for this many test and held-out cases (beta-binomial: the
+    binomial spread of the test cases widened by the held-out draw)."""
+    from orchestrator.clinical.conformal import coverage_range
+
+    ((name, sets),) = report.sets
+    assert name == "" and sets.coverage == 0.90 and not sets.conditional
+    assert sets.cases == (report.held_out_images,) and sets.every_class == ()
+    assert metrics["set_quantile"] == sets.quantiles[0]
+    assert metrics["set_coverage_nominal"] == 0.90
+    coverage, n_test = metrics["test_set_coverage"], 21
+    low, high = coverage_range(n_test, sets.cases[0], 0.90, level=0.99)
+    print(f"phantom prediction sets: quantile {sets.quantiles[0]:.4f} on {sets.cases[0]} "
+          f"validation cases; test coverage {coverage:.3f} (99% range [{low:.3f}, {high:.3f}]), "
+          f"mean set size {metrics['test_set_size_mean']:.2f}")
+    assert coverage >= low
+    if sets.quantiles[0] > 0.0:
+        assert coverage <= high
+    else:  # right on > 90% of validation cases: one class a set, coverage is the accuracy
+        assert coverage == metrics["test_accuracy"] and metrics["test_set_size_mean"] == 1.0
+    for k in ("test_set_size_mean", "test_set_coverage_glioma", "test_set_size_1_share"):
+        assert k in metrics, k
 
 
 def _in_process(uri, result, tmp_path, x_test) -> np.ndarray:
@@ -148,8 +174,9 @@ def test_pyfunc_answers_every_input_form_as_the_in_process_ensemble(swept, tmp_p
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
     assert model.metadata.get_input_schema().input_names() == ["image", "path"]
-    assert model.metadata.get_output_schema().input_names()[-5:] == [
-        "decision", "confidence", "refer", "out_of_distribution", "ood_score"]
+    assert model.metadata.get_output_schema().input_names()[-7:] == [
+        "decision", "confidence", "refer", "prediction_set", "set_size", "out_of_distribution",
+        "ood_score"]
     assert model.input_example is not None
     data = _prepared()
     paths = data.paths("test")[:12]
@@ -157,6 +184,7 @@ def test_pyfunc_answers_every_input_form_as_the_in_process_ensemble(swept, tmp_p
     classes = list(get_task("brain").classes)
     probs = [f"prob_{c}" for c in classes]
     assert list(served.columns) == probs + ["decision", "confidence", "refer",
+                                            "prediction_set", "set_size",
                                             "out_of_distribution", "ood_score"]
     x_test = data.arrays("test")[0][:12]
     calibrated = apply_temperature(_in_process(uri, result, tmp_path, x_test),
@@ -168,6 +196,10 @@ def test_pyfunc_answers_every_input_form_as_the_in_process_ensemble(swept, tmp_p
                                         | served["out_of_distribution"]).tolist()
     assert served["out_of_distribution"].tolist() == (served["ood_score"]
                                                       > report.ood.cut).tolist()
+    ((_, sets),) = report.sets  # the set: classes by probability while the mass above <= q
+    assert served["prediction_set"].tolist() == [_aps_set(p, sets.quantiles[0], classes)
+                                                 for p in calibrated]
+    assert served["set_size"].tolist() == [len(json.loads(s)) for s in served["prediction_set"]]
     # the same images as encoded files (bytes, or base64 text) and as uint8 tensors
     files = [Path(p).read_bytes() for p in paths]
     as_bytes = model.predict(pd.DataFrame({"image": files}))
@@ -177,6 +209,13 @@ def test_pyfunc_answers_every_input_form_as_the_in_process_ensemble(swept, tmp_p
     for other in (as_bytes, as_text):
         pd.testing.assert_frame_equal(other, served)
     np.testing.assert_allclose(as_tensor[probs].to_numpy(), calibrated, atol=1e-4)
+
+
+def _aps_set(p: np.ndarray, quantile: float, classes: list[str]) -> str:
+    """The served set, written out: classes by probability while the mass above is <= q."""
+    order = np.argsort(-p, kind="stable")
+    above = np.cumsum(p[order]) - p[order]
+    return json.dumps([classes[k] for k, a in zip(order, above) if a <= quantile + 1e-9])
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -199,7 +238,7 @@ def test_the_registered_version_carries_its_card_and_tags(swept):
     card = version.description
     assert card.startswith("MedSweep ensemble for brain/3class: test accuracy ")
     for text in ("SYNTHETIC PHANTOM DATA", "## Data", "## Members", result.ensemble.members[0],
-                 "## Performance", "T = ",
+                 "## Performance", "T = ", "## Prediction sets", "| set_coverage |",
                  "Intended use and limits", result.parent_run_id):
         assert text in card, text
     tags = version.tags
@@ -220,6 +259,7 @@ def test_the_registered_version_carries_its_card_and_tags(swept):
     served = model.predict(pd.DataFrame({"path": [str(data.root / p) for p in preds["path"][:6]]}))
     np.testing.assert_allclose(served["confidence"], preds["confidence"][:6], atol=1e-5)
     assert served["decision"].tolist() == preds["decision"][:6].tolist()
+    assert served["prediction_set"].tolist() == preds["prediction_set"][:6].tolist()
     review = pd.read_csv(client.download_artifacts(result.ensemble.run_id,
                                                    "review_low_confidence.csv"))
     assert not any(Path(p).is_absolute() for p in review["path"])
@@ -252,12 +292,15 @@ def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept,
     assert re.search(r"referred to a person, \d out of distribution\)", proc.stdout)
     rows = pd.read_csv(out)
     assert sorted(rows["path"]) == ["case0.jpg", "sub/case1.jpg", "sub/case2.jpg"]
-    assert {"decision", "confidence", "refer"} <= set(rows.columns)
+    assert {"decision", "confidence", "refer", "prediction_set", "set_size"} <= set(rows.columns)
+    assert re.search(r"wrote 3 prediction\(s\) to .*\(\d referred to a person; mean set size "
+                     r"\d\.\d\d\)", proc.stdout), proc.stdout
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
     direct = model.predict(pd.DataFrame({"path": [str(folder / p) for p in rows["path"]]}))
     np.testing.assert_allclose(rows["confidence"], direct["confidence"], atol=1e-6)
     assert (rows["decision"] == direct["decision"]).all()
+    assert (rows["prediction_set"] == direct["prediction_set"]).all()
     listed = pd.read_csv(tmp_path / "predictions_unreadable.csv")
     assert listed["path"].tolist() == ["broken.png", "tiny.png"]
     assert listed["reason"].tolist() == [
@@ -378,6 +421,8 @@ def test_mlflow_models_serve_answers_base64_jpegs_with_the_same_numbers(swept, t
         np.testing.assert_allclose(served[probs].to_numpy(), local[probs].to_numpy(), atol=1e-6)
         assert served["decision"].tolist() == local["decision"].tolist()
         assert served["refer"].tolist() == local["refer"].tolist()
+        assert served["prediction_set"].tolist() == local["prediction_set"].tolist()
+        assert served["set_size"].tolist() == local["set_size"].tolist()
         np.testing.assert_allclose(served["ood_score"], local["ood_score"], rtol=1e-6)
         # the out-of-distribution flag: the brain phantom's test images are in distribution
         # (at most one of three above a cut fitted at a 5% false-alarm rate), uniform noise
@@ -407,6 +452,8 @@ def test_mlflow_models_serve_answers_base64_jpegs_with_the_same_numbers(swept, t
             assert proc.returncode == 0, proc.stderr
             rows = json.loads(proc.stdout)["predictions"]
             assert [r["decision"] for r in rows] == local["decision"].tolist()[:len(files)]
+            assert [r["prediction_set"] for r in rows] == \
+                local["prediction_set"].tolist()[:len(files)]
         not_an_image = base64.b64encode(b"hello, I am text").decode()
         for bad, message in (([[encoded[0]], [not_an_image]], "row 1: 16 bytes that are not an "
                                                               "image"),
@@ -498,12 +545,14 @@ def test_cli_unknown_sweep_run_is_one_line_and_exit_2(tmp_path):
     assert "'nope'" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_cli_bad_clinical_option_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("option, message", [(["--resamples", "100"], ">= 1000"),
+                                             (["--set-coverage", "1.5"], "got 1.5")])
+def test_cli_bad_clinical_option_is_one_line_and_exit_2(tmp_path, option, message):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run", "x",
-                           "--resamples", "100"], cwd=tmp_path, env=env, capture_output=True,
+                           *option], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 2 and ">= 1000" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
@@ -513,7 +562,8 @@ def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run",
                            result.parent_run_id, "--tracking-uri", uri, "--tta", "none",
-                           "--top-k", "2", "--mc-dropout", "3"], cwd=root, env=env,
+                           "--top-k", "2", "--mc-dropout", "3", "--set-coverage", "0.8",
+                           "--set-conditional"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test [95% CI]" in proc.stdout and "test holds" not in proc.stdout  # 21 groups
@@ -521,6 +571,9 @@ def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
     if "[no interval]" in proc.stdout:  # a zero-width interval, and the line that says so
         assert re.search(r"^zero-width interval: no interval for ", proc.stdout, re.M)
     assert "temperature (fitted on validation predictions)" in proc.stdout
+    assert re.search(r"^prediction sets \(80% nominal, one quantile per class, fitted on "
+                     r"validation predictions.*\): test coverage \d\.\d{3}.*, mean set size "
+                     r"\d\.\d{3}", proc.stdout, re.M), proc.stdout
     printed = proc.stdout + proc.stderr  # quiet unless --verbose, as the sweep
     assert [n for n in (*TF_START_UP, RAY_TOKEN_NOTICE, "retracing") if n in printed] == []
     client = mlflow.MlflowClient(uri)
@@ -529,6 +582,8 @@ def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
     assert version.run_id != result.ensemble.run_id
     assert run.data.params["tta_policy"] == "none"
     assert "test_mc_dropout_mean_entropy" in run.data.metrics
+    assert run.data.metrics["set_coverage_nominal"] == 0.8
+    assert {"set_quantile_glioma", "set_quantile_meningioma"} <= set(run.data.metrics)
 
 
 def test_the_ensemble_refuses_data_that_changed_after_the_sweep(tmp_path):

@@ -3,7 +3,6 @@ scipy's, the shrinkage against scikit-learn's, the cut's false-alarm rate over s
 draws, constant images, too few held-out cases, and a check on real images."""
 from __future__ import annotations
 
-import math
 
 import cv2
 import numpy as np

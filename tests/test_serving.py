@@ -322,3 +322,81 @@ def test_the_card_of_a_multihead_model_lists_every_head():
     tags = card_tags(facts)
     assert tags["test_mean_skill"] == "0.610 [0.520, 0.700]"
     assert tags["heads"] == "shape,grade,size" and "positive_class" not in tags
+
+
+# --- prediction sets -------------------------------------------------------------------------
+def test_a_spec_with_sets_answers_the_set_and_its_size_as_json_text():
+    import json
+
+    from orchestrator.clinical.conformal import EVERY_CLASS, SetFit, in_set
+
+    sets = SetFit(0.9, (0.55,), (200,))
+    spec = _spec(classes=("a", "b", "c"), positive_class=None, threshold=None, temperature=1.0,
+                 sets=sets)
+    raw = np.array([[0.2, 0.5, 0.3], [0.05, 0.9, 0.05], [0.34, 0.33, 0.33]])
+    out = contract.answer(raw, spec)
+    assert list(out.columns) == ["prob_a", "prob_b", "prob_c", "decision", "confidence",
+                                 "refer", "prediction_set", "set_size"]
+    assert [c for c, _ in contract.output_columns(spec)] == list(out.columns)
+    # 0.5 then 0.3: 0.8 > 0.55 at c, so c crosses and is in; 0.9 > 0.55 at once; 0.34 + 0.33
+    assert out["prediction_set"].tolist() == ['["b", "c"]', '["b"]', '["a", "b"]']
+    assert [json.loads(s) for s in out["prediction_set"]] == [["b", "c"], ["b"], ["a", "b"]]
+    assert out["set_size"].tolist() == [2, 1, 2] and out["set_size"].dtype == np.int64
+    assert (out["set_size"].to_numpy() == in_set(raw, sets).sum(axis=1)).all()
+    assert contract.ServingSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["sets"] == {"coverage": 0.9, "quantiles": [0.55], "cases": [200],
+                                      "conditional": False}
+    every = contract.answer(raw, _spec(classes=("a", "b", "c"), positive_class=None,
+                                       threshold=None, sets=SetFit(0.9, (EVERY_CLASS,), (5,))))
+    assert every["set_size"].tolist() == [3, 3, 3]
+
+
+def test_a_spec_without_sets_answers_as_before_and_keeps_its_format():
+    assert "sets" not in _spec().to_dict()
+    assert "sets" not in _heads_spec().to_dict() and all(
+        "sets" not in h for h in _heads_spec().to_dict()["heads"])
+    assert "prediction_set" not in contract.answer(np.array([[0.9, 0.1]]), _spec()).columns
+
+
+def test_each_classification_head_answers_its_own_sets():
+    from orchestrator.clinical.conformal import SetFit
+
+    base = _heads_spec()
+    shape = SetFit(0.8, (0.3, 0.2, 0.1), (40, 30, 9), conditional=True)
+    heads = tuple(contract.HeadSpec(**{**h.__dict__, "sets": shape}) if h.name == "shape" else h
+                  for h in base.heads)
+    spec = contract.ServingSpec(**{**base.__dict__, "heads": heads, "sets": shape})
+    names = [c for c, _ in contract.output_columns(spec)]
+    assert names[5:8] == ["shape_refer", "shape_prediction_set", "shape_set_size"]
+    assert "grade_prediction_set" not in names and names[-1] == "size_value"
+    out = contract.answer(np.array([[0.7, 0.2, 0.1, 0.45, 0.55, 31.5]]), spec)
+    calibrated = apply_temperature(np.array([[0.7, 0.2, 0.1]]), 2.0)
+    # disc: nothing above (0 <= 0.3); square: disc above it (> 0.2); ring: disc + square > 0.1
+    assert calibrated[0, 0] > 0.2 and out["shape_prediction_set"].tolist() == ['["disc"]']
+    again = contract.ServingSpec.from_dict(spec.to_dict())
+    assert again == spec and again.heads[0].sets == shape
+    from orchestrator.tracking.ensemble_model import signature
+
+    types = dict(zip(signature(spec).outputs.input_names(),
+                     (str(t) for t in signature(spec).outputs.input_types())))
+    assert types["shape_set_size"].endswith("long")
+    assert types["shape_prediction_set"].endswith("string")
+    with pytest.raises(ValueError, match="head size: a regression head has no prediction sets"):
+        contract.HeadSpec("size", "regression", unit="mm", sets=SetFit(0.9, (0.5,), (10,)))
+    with pytest.raises(ValueError, match="head grade: 3 set quantiles for 2 classes"):
+        contract.HeadSpec("grade", "classification", classes=("low", "high"), temperature=1.0,
+                          refer_cut=0.5, sets=shape)
+
+
+def test_the_card_says_how_sets_are_made_and_flags_an_infinite_quantile():
+    from orchestrator.clinical.conformal import EVERY_CLASS, SetFit
+
+    card = model_card(_facts(spec=_spec(sets=SetFit(0.9, (0.8123,), (60,)))))
+    for text in ("## Prediction sets", "`prediction_set` lists, most probable first",
+                 "90% nominal coverage", "quantile 0.8123 from 60 validation cases",
+                 "`set_size` counts them", "exchangeable"):
+        assert text in card, text
+    assert "Prediction sets" not in model_card(_facts())
+    tiny = model_card(_facts(spec=_spec(sets=SetFit(0.9, (EVERY_CLASS,), (6,)))))
+    assert "the quantile is infinite: 6 validation cases are fewer than the 9 it needs, so " \
+           "every set holds every class" in tiny

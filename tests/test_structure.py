@@ -42,7 +42,9 @@ LIGHT = (
     "orchestrator.clinical.referral",
     "orchestrator.clinical.ood",
     "orchestrator.clinical.options",
+    "orchestrator.clinical.conformal",
     "orchestrator.clinical.sections",
+    "orchestrator.clinical.evaluated",
     "orchestrator.serving",  # the whole package: the served model's contract and card
     "orchestrator.keys",  # the MLflow tag keys, which the card names too
     "tasks",  # the whole package
@@ -537,7 +539,7 @@ def test_the_package_root_holds_the_stages_and_a_few_shared_modules() -> None:
 # meet: a branch on the task's shape belongs here. Every later stage loops over heads.
 HEADS_BOUNDARY = ("tasks", "orchestrator.data", "orchestrator.models",
                   "orchestrator.train.outputs", "orchestrator.clinical.heads",
-                  "orchestrator.serving.contract")
+                  "orchestrator.clinical.evaluated", "orchestrator.serving.contract")
 MAX_SHAPE_BRANCHES = 10  # outside the boundary: the metric sets and layouts that differ
 
 

@@ -362,6 +362,17 @@ def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path)
 ])
 def test_cli_refuses_a_bad_override_before_ray_starts(override, needle, tmp_path):
     proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--set", override, timeout=120)
+    _refused_before_ray(proc, needle, tmp_path)
+
+
+def test_cli_refuses_a_bad_set_coverage_before_ray_starts(tmp_path):
+    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--set-coverage", "0",
+                      timeout=120)
+    _refused_before_ray(proc, "--set-coverage: set coverage must be strictly between 0 and 1, "
+                              "got 0.0", tmp_path)
+
+
+def _refused_before_ray(proc, needle: str, tmp_path) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines

@@ -129,6 +129,20 @@ def test_the_ensemble_is_chosen_out_of_fold_and_tests_once_with_every_fold_model
     text = html.read_text()
     assert "out-of-fold predictions of the cross-validated finalists" in text
     assert "Out-of-fold predictions (where every choice was made)" in text
+    # the prediction sets' quantile: on every out-of-fold prediction, versioned in the spec
+    from orchestrator.clinical.conformal import coverage_range
+
+    ((_, sets),) = report.sets
+    assert sets.cases == (report.held_out_images,)
+    assert spec["serving"]["sets"] == sets.to_dict()
+    assert "The held-out scores come from the fold models" in text
+    metrics = run.data.metrics
+    n_test = int((manifest["split"] == "test").sum())
+    low, _ = coverage_range(n_test, report.held_out_images, sets.coverage)
+    print(f"out-of-fold prediction sets: quantile {sets.quantiles[0]:.4f} on "
+          f"{sets.cases[0]} cases; test coverage {metrics['test_set_coverage']:.3f} on {n_test} "
+          f"(99% range from {low:.3f}), mean set size {metrics['test_set_size_mean']:.2f}")
+    assert metrics["test_set_coverage"] >= low
 
 
 @pytest.mark.slow
@@ -139,7 +153,7 @@ def test_permuting_the_test_labels_changes_no_choice_under_cv(
     first = result.ensemble
     assert (again.policy, again.members, again.weights, again.temperature) == (
         first.policy, first.members, first.weights, first.temperature)
-    assert again.chosen_on == "out-of-fold"
+    assert again.chosen_on == "out-of-fold" and again.sets == first.sets
     loss = first.table.set_index("model").loc["ensemble", "test_loss"]
     assert again.table.set_index("model").loc["ensemble", "test_loss"] != pytest.approx(loss)
 

@@ -17,7 +17,8 @@ from orchestrator.clinical import artifacts, plots
 from orchestrator.clinical.bootstrap import (count_units, intervals_by_model,
                                              no_interval_lines, paired_difference,
                                              resample_indices, sound_interval_metrics)
-from orchestrator.clinical.heads import KINDS, evaluated_heads, review_table
+from orchestrator.clinical.evaluated import evaluated_heads
+from orchestrator.clinical.heads import KINDS, review_table
 from orchestrator.clinical.html import write_report
 from orchestrator.clinical.operating_point import threshold_table
 from orchestrator.clinical.options import ClinicalOptions

@@ -8,7 +8,6 @@ other head's carry its name (`shape_balanced_accuracy`, `confusion_matrix_shape.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,70 +15,18 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.clinical import artifacts, plots
+from orchestrator.clinical.evaluated import EvaluatedHead
 from orchestrator.clinical.calibration import (apply_temperature, brier_score,
                                                expected_calibration_error, fit_temperature, nll)
+from orchestrator.clinical.conformal import (fit_sets, in_set, min_cases, safe_name,
+                                             set_figures)
 from orchestrator.clinical.operating_point import binary_figures, choose_threshold
 from orchestrator.clinical.referral import choose_refer_cut, decide, referral_figures
 from orchestrator.clinical.result import HeadFit
 from orchestrator.clinical.uncertainty import entropy
 from orchestrator.console import detail
-from orchestrator.models.heads import column_slices
-from tasks.base import Head, Task
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class EvaluatedHead:
-    """One head as the evaluation sees it: its columns in the prediction matrix, how its
-    figures are named, and whether a binary operating point is chosen for it."""
-
-    head: Head
-    columns: slice
-    named: bool  # False: the single-label task's own answer, figures without a head name
-    target: int | None = None  # its column in a multi-head target matrix (None: y is its own)
-    positive: int | None = None  # a binary operating point's positive class (None: argmax)
-    curves: bool = False  # ROC and PR curves drawn
-
-    @property
-    def prefix(self) -> str:
-        return f"{self.head.name}_" if self.named else ""
-
-    def targets(self, y: np.ndarray) -> np.ndarray:
-        """This head's targets: class indices, or values in its unit."""
-        y = np.asarray(y) if self.target is None else np.asarray(y)[:, self.target]
-        return y.astype(np.int64) if self.head.is_classification else y.astype(np.float64)
-
-    @property
-    def truth_column(self) -> str:
-        """Its truth in `test_predictions.csv`: `label`, or `<head>_true`."""
-        return f"{self.head.name}_true" if self.named else "label"
-
-    def truth(self, y: np.ndarray) -> list:
-        """Its targets as a person reads them: class names, or values in its unit."""
-        targets = self.targets(y)
-        if self.head.is_classification:
-            return [self.head.classes[k] for k in targets]
-        return targets.tolist()
-
-    def file(self, name: str) -> str:
-        safe = "".join(ch if ch.isalnum() else "_" for ch in self.head.name)
-        return artifacts.per_head(name, safe) if self.named else name
-
-    def title(self, what: str) -> str:
-        return f"{self.head.name}, {what}" if self.named else what
-
-
-def evaluated_heads(task: Task) -> tuple[EvaluatedHead, ...]:
-    """The boundary where a task's shape is read: every later step loops over these."""
-    if task.heads:
-        slices = column_slices(task)
-        return tuple(EvaluatedHead(h, slices[h.name], named=True, target=i)
-                     for i, h in enumerate(task.heads))
-    (head,) = task.output_heads
-    return (EvaluatedHead(head, slice(0, len(head.classes)), named=False,
-                          positive=task.binary_positive if task.is_binary else None,
-                          curves=True),)
 
 
 class Classification:
@@ -106,7 +53,26 @@ class Classification:
         detail(log, f"{where}refer rule chosen on {held} predictions: " + (
             referral.unreachable(held) if referral.refers_everything
             else referral.supported(held)))
-        return HeadFit(eh.head.name, temperature, referral, op)
+        return HeadFit(eh.head.name, temperature, referral, op,
+                       sets=self.fit_sets(eh, y, calibrated, options, held, log))
+
+    def fit_sets(self, eh: EvaluatedHead, y, calibrated, options, held: str, log: Log):
+        """The prediction-set quantile(s) on the same calibrated held-out predictions; an
+        infinite one (too few cases for the coverage) is said, not hidden."""
+        sets = fit_sets(calibrated, y, options.set_coverage, options.set_conditional)
+        where = f"head {eh.head.name}: " if eh.named else ""
+        rule = "one per class" if sets.conditional else "marginal"
+        detail(log, f"{where}prediction sets fitted on {held} predictions: {sets.coverage:.0%} "
+                    f"nominal coverage, quantile ({rule}) "
+                    + ", ".join(f"{q:.4f}" for q in sets.quantiles))
+        for i in sets.every_class:
+            whom = (f"class {eh.head.classes[i]} has {sets.cases[i]}" if sets.conditional
+                    else f"there are {sets.cases[i]}")
+            log(f"warning: {where}prediction sets: {whom} {held} case(s), fewer than the "
+                f"{min_cases(sets.coverage)} a {sets.coverage:.0%} quantile needs; it is "
+                "infinite, so " + (f"{eh.head.classes[i]} is in every set" if sets.conditional
+                                   else "every set holds every class"))
+        return sets
 
     def calibrate(self, fit: HeadFit, block: np.ndarray) -> np.ndarray:
         return apply_temperature(block, fit.temperature)
@@ -129,6 +95,8 @@ class Classification:
             y, raw), f"{p}nll": nll(y, raw), f"{p}brier_calibrated": brier_score(y, calibrated),
             f"{p}ece_calibrated": expected_calibration_error(y, calibrated),
             f"{p}nll_calibrated": nll(y, calibrated)})
+        if fit.sets is not None:
+            out.update(set_figures(y, in_set(calibrated, fit.sets), eh.head.classes, p))
         return out
 
     def fitted_metrics(self, eh: EvaluatedHead, fit: HeadFit) -> dict[str, float]:
@@ -143,6 +111,11 @@ class Classification:
                     f"{p}val_coverage_at_refer_cut": referral.coverage,
                     f"{p}val_accuracy_accepted_at_refer_cut": referral.accuracy,
                     f"{p}val_accuracy_lower_bound_at_refer_cut": referral.lower_bound})
+        if fit.sets is not None:
+            out[f"{p}set_coverage_nominal"] = fit.sets.coverage
+            out.update({f"{p}set_quantile" + (f"_{safe_name(c)}" if fit.sets.conditional
+                                              else ""): q
+                        for c, q in zip(eh.head.classes, fit.sets.quantiles)})
         return out
 
     def figures(self, eh: EvaluatedHead, fit: HeadFit, y, raw, calibrated, decided,

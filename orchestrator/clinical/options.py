@@ -7,6 +7,7 @@ import argparse
 from dataclasses import dataclass
 
 from orchestrator.clinical.bootstrap import DEFAULT_RESAMPLES
+from orchestrator.clinical.conformal import DEFAULT_SET_COVERAGE, check_coverage
 from orchestrator.clinical.ood import DEFAULT_FALSE_ALARM
 from orchestrator.clinical.operating_point import RULES
 from orchestrator.clinical.referral import DEFAULT_REFER_CONFIDENCE, DEFAULT_TARGET_ACCURACY
@@ -24,6 +25,9 @@ class ClinicalOptions:
     gradcam_per_group: int = 3  # images per class, correct and wrong each
     review_cases: int = 20
     seed: int = 0
+    # prediction sets: their nominal coverage, and one quantile per class ("Mondrian") or one
+    set_coverage: float = DEFAULT_SET_COVERAGE
+    set_conditional: bool = False
     ood_false_alarm: float = DEFAULT_FALSE_ALARM  # the OOD cut's rate on held-out images
 
     def __post_init__(self) -> None:
@@ -44,6 +48,10 @@ class ClinicalOptions:
                               f"{self.ood_false_alarm}")
         if self.mc_dropout_passes < 0:
             raise ConfigError(f"MC-dropout passes must be >= 0, got {self.mc_dropout_passes}")
+        try:
+            check_coverage(self.set_coverage)
+        except ValueError as err:
+            raise ConfigError(f"--set-coverage: {err}") from None
 
 
 def add_clinical_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +71,13 @@ def add_clinical_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--refer-confidence", type=float, default=DEFAULT_REFER_CONFIDENCE,
                    help="level of that simultaneous Clopper-Pearson lower bound (default "
                    "%(default)s)")
+    c.add_argument("--set-coverage", type=float, default=DEFAULT_SET_COVERAGE, metavar="LEVEL",
+                   help="nominal coverage of the served prediction sets, strictly between 0 and "
+                   "1, fitted on held-out predictions (default %(default)s)")
+    c.add_argument("--set-conditional", action="store_true",
+                   help="one set quantile per true class ('Mondrian'), so each class gets the "
+                   "coverage, not only their average: for imbalanced tasks; needs enough "
+                   "held-out cases of every class (off by default)")
     c.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                    help="bootstrap resamples for the 95%% intervals (>= 1000; default "
                    "%(default)s)")
@@ -80,4 +95,6 @@ def clinical_options(args: argparse.Namespace) -> ClinicalOptions:
                            target_accuracy=args.target_accuracy,
                            refer_confidence=args.refer_confidence,
                            resamples=args.resamples, mc_dropout_passes=args.mc_dropout,
-                           ood_false_alarm=args.ood_false_alarm)
+                           ood_false_alarm=args.ood_false_alarm,
+                           set_coverage=args.set_coverage,
+                           set_conditional=args.set_conditional)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orchestrator.clinical.conformal import SetFit
 from orchestrator.clinical.operating_point import OperatingPoint
 from orchestrator.clinical.referral import Referral
 
@@ -22,6 +23,7 @@ class HeadFit:
     temperature: float | None
     referral: Referral | None
     operating_point: OperatingPoint | None = None
+    sets: SetFit | None = None  # a classification head's prediction-set quantile(s)
 
 
 @dataclass

@@ -207,7 +207,10 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           registered_name=name, registered_version=version,
                           head_fits=tuple(result.heads.values()),
                           ood=ood_fit.spec, ood_test_flagged=float(np.mean(
-                              ood_fit.test_scores > ood_fit.spec.cut)))
+                              ood_fit.test_scores > ood_fit.spec.cut)),
+                          sets=tuple((name if fit is not result.answer else "", fit.sets)
+                                     for name, fit in result.fits.items()
+                                     if fit.sets is not None))
 
 
 def _ood_fit(held: HeldOut, ens, clinical: tuple, log: Log):

@@ -33,7 +33,7 @@ class ServedModelMismatch(ConfigError):
 def serving_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
     """Every head's own fit: a classification head's temperature and refer cut (a single-label
     binary task's threshold too), a regression head's unit."""
-    from orchestrator.clinical.heads import evaluated_heads
+    from orchestrator.clinical.evaluated import evaluated_heads
 
     fits = clinical_result.fits
     heads = []
@@ -54,14 +54,14 @@ def serving_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
             held_out_cases=int(fit.referral.cases),
             threshold=float(op.threshold) if op is not None else None,
             positive_class=head.classes[eh.positive] if eh.positive is not None else None,
-            named=eh.named))
+            named=eh.named, sets=fit.sets))
     return contract.ServingSpec.of_heads(heads, chosen_on=held_kind)
 
 
 def truth_columns(task, y_test: np.ndarray) -> dict[str, list]:
     """The test truth, a column per head: a single-label task's `label`, a multi-head task's
     `<head>_true` each (a class name or a value in the head's unit)."""
-    from orchestrator.clinical.heads import evaluated_heads
+    from orchestrator.clinical.evaluated import evaluated_heads
 
     return {eh.truth_column: eh.truth(y_test) for eh in evaluated_heads(task)}
 
@@ -90,6 +90,9 @@ def _compared(spec: contract.ServingSpec) -> tuple[list[str], list[tuple[list[st
     decisions = [([h.column(contract.DECISION), h.column(contract.REFER)],
                   lambda want, h=h: _near_a_cut(h, want))
                  for h in spec.answered_heads if h.is_classification]
+    decisions += [([h.column(contract.PREDICTION_SET), h.column(contract.SET_SIZE)],
+                   lambda want, h=h: _near_a_quantile(h, want))
+                  for h in spec.answered_heads if h.is_classification and h.sets is not None]
     if spec.ood is not None:  # the flag, and a refer it sets, may differ only next to its cut
         decisions = [(columns, lambda want, near=near: near(want) | _near_ood_cut(spec, want))
                      for columns, near in decisions]
@@ -102,6 +105,16 @@ def _near_ood_cut(spec: contract.ServingSpec, want: pd.DataFrame) -> np.ndarray:
     """An OOD score within the check's tolerance of the cut (relative, as a value's)."""
     score = want[contract.OOD_SCORE].to_numpy(np.float64)
     return np.abs(score - spec.ood.cut) <= CHECK_TOLERANCE * np.maximum(1.0, np.abs(score))
+
+
+def _near_a_quantile(head: contract.HeadSpec, want: pd.DataFrame) -> np.ndarray:
+    """Where a set may differ: some class's probability mass above it (a sum of up to C
+    probabilities, each within CHECK_TOLERANCE) sits that close to its quantile."""
+    from orchestrator.clinical.conformal import near_quantile
+
+    probs = want[[head.column(c) for c in contract.probability_columns(head.classes)]]
+    return near_quantile(probs.to_numpy(np.float64), head.sets,
+                         CHECK_TOLERANCE * len(head.classes))
 
 
 def _near_a_cut(head: contract.HeadSpec, want: pd.DataFrame) -> np.ndarray:
@@ -118,7 +131,8 @@ def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
     """Send every test image's file bytes (what a REST client sends, after base64) through the
     logged model; its answer must equal the in-process one: every probability, confidence and
     (multi-head) value within CHECK_TOLERANCE (a value's relative to its size above 1), every
-    decision and refer flag exactly. Returns the largest difference."""
+    decision, refer flag, prediction set and set size exactly (except where a probability sits
+    on its threshold, cut or set quantile). Returns the largest difference."""
     cols, decisions = _compared(spec)
     value_columns = {h.column(contract.VALUE) for h in spec.answered_heads
                      if not h.is_classification}
@@ -163,7 +177,8 @@ def card_facts(sweep, task, prepared, recorded: pd.DataFrame, meta: dict, held, 
     shown = (_multihead_shown(task) if task.is_multihead else
              ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss",
               "sensitivity_at_threshold", "specificity_at_threshold",
-              "coverage_at_refer_cut", "accuracy_accepted_at_refer_cut"))
+              "coverage_at_refer_cut", "accuracy_accepted_at_refer_cut", "set_coverage",
+              "set_size_mean"))
     test = intervals[intervals.model == "ensemble"].set_index("metric")
     return CardFacts(
         task=task.key, metric=task.metric, data_fingerprint=meta["fingerprint"],
@@ -187,7 +202,8 @@ def _multihead_shown(task) -> tuple[str, ...]:
     """The card's figures of a multi-head ensemble: over all heads, then each head's."""
     per_head = {"classification": ("balanced_accuracy", "accuracy", "macro_f1", "loss", "skill",
                                    "ece_calibrated", "coverage_at_refer_cut",
-                                   "accuracy_accepted_at_refer_cut"),
+                                   "accuracy_accepted_at_refer_cut", "set_coverage",
+                                   "set_size_mean"),
                 "regression": ("mae", "rmse", "r2", "skill")}
     return ("mean_skill", "loss", *(f"{h.name}_{m}" for h in task.heads for m in per_head[h.kind]))
 

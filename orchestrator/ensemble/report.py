@@ -41,6 +41,9 @@ class EnsembleReport:
     ood: object = None  # the OOD flag's cut (`serving.contract.OodSpec`), None before it existed
     ood_test_flagged: float | None = None  # share of test images above the OOD cut
 
+    # (head name, "" for a single-label task's answer; its conformal.SetFit) per head with sets
+    sets: tuple = ()
+
     @property
     def refer_cut(self) -> float | None:
         """The served model refers cases below this confidence."""
@@ -53,7 +56,7 @@ def write_reports(table: pd.DataFrame, y_test: np.ndarray, probs: np.ndarray, ta
     classification head (`classification_report.csv` of a single-label task's one head,
     `classification_report_<head>.csv` of a multi-head task's); a regression head's figures
     are in the comparison."""
-    from orchestrator.clinical.heads import evaluated_heads
+    from orchestrator.clinical.evaluated import evaluated_heads
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / artifacts.COMPARISON, out / artifacts.SELECTION_TRAJECTORY,
@@ -155,6 +158,8 @@ def print_report(report: EnsembleReport) -> None:
                                         "none (no test case accepted)"))
             if shown:
                 print("  ensemble test: " + "; ".join(shown))
+        for line in set_lines(report.sets, ens, report.chosen_on):
+            print(line)
     # registered only after the logged model answered every test image as evaluated
     print(f"ensemble run {report.run_id}; model {report.registered}, its served answers "
           f"checked against the evaluated ensemble; {REPORT} in its artifacts")
@@ -177,6 +182,33 @@ def _refer_text(referral: Referral, held: str) -> str:
     """A supported cut with its bound, or the plain line that none is."""
     return (referral.unreachable(held) if referral.refers_everything
             else referral.supported(held))
+
+
+def set_lines(sets, ens: pd.DataFrame, held: str) -> list[str]:
+    """One line per head with prediction sets: nominal and test coverage, mean set size.
+    `ens`: the ensemble's test intervals by metric."""
+    from orchestrator.clinical.bootstrap import format_interval, row_note
+
+    def shown(metric: str) -> str:
+        if metric not in ens.index:
+            return "?"
+        row = ens.loc[metric]
+        return format_interval(row.point, row.low, row.high, note=row_note(row))
+
+    lines = []
+    for name, fit in sets:
+        p = f"{name}_" if name else ""
+        rule = "one quantile per class, " if fit.conditional else ""
+        flagged = ("" if not fit.every_class else
+                   "; too few held-out cases for the quantile, so every set holds every class"
+                   if not fit.conditional else
+                   f"; too few held-out cases for {len(fit.every_class)} class quantile(s), "
+                   "so those classes are in every set")
+        lines.append(f"{f'head {name} ' if name else ''}prediction sets ({fit.coverage:.0%} "
+                     f"nominal, {rule}fitted on {held} predictions): test coverage "
+                     f"{shown(f'{p}set_coverage')}, mean set size {shown(f'{p}set_size_mean')}"
+                     f"{flagged}")
+    return lines
 
 
 def _side_by_side(held: list[list[str]], test: list[list[str]], models: list[str],

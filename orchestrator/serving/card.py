@@ -7,6 +7,7 @@ from typing import Callable, Mapping, Sequence
 
 from orchestrator import keys
 from orchestrator.clinical.bootstrap import MIN_GROUPS, NO_INTERVAL
+from orchestrator.clinical.conformal import min_cases
 from orchestrator.serving.contract import ServingSpec
 
 SYNTHETIC_BANNER = ("## ⚠ SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES\n\nThis model was "
@@ -92,6 +93,7 @@ def model_card(facts: CardFacts) -> str:
         *_interval_lines(facts),
         *layout.calibration(spec),
         *ood_lines(spec),
+        *_sets_lines(spec),
         "## Intended use and limits", "",
         "- Research use: decision support to be read by a clinician, never a diagnosis on its "
         "own. Referred cases need a person.",
@@ -170,6 +172,39 @@ def _refer_sentence(h, held: str) -> str:
                    f"has a {h.refer_level:.0%} lower bound of {h.refer_lower_bound:.3f} (at or "
                    f"above the target {h.target_accuracy}; one-sided Clopper-Pearson, "
                    "simultaneous over the candidate cuts).")
+
+
+def _sets_rule(head, held: str) -> str:
+    """How one head's `prediction_set` is made, in a sentence."""
+    sets, column = head.sets, head.column
+    if sets.conditional:
+        quantiles = "; ".join(f"`{c}` {q:.4f} ({n} cases)" if q <= 1.0 else
+                              f"`{c}` infinite ({n} cases, fewer than {min_cases(sets.coverage)}: "
+                              "in every set)"
+                              for c, q, n in zip(head.classes, sets.quantiles, sets.cases))
+        rule = f"one quantile per true class (class-conditional): {quantiles}"
+    elif sets.quantiles[0] <= 1.0:
+        rule = f"quantile {sets.quantiles[0]:.4f} from {sets.cases[0]} {held} cases"
+    else:
+        rule = (f"the quantile is infinite: {sets.cases[0]} {held} cases are fewer than the "
+                f"{min_cases(sets.coverage)} it needs, so every set holds every class")
+    return (f"`{column('prediction_set')}` lists, most probable first, the classes whose "
+            "calibrated probability ranked above them is at most the quantile (split-conformal "
+            f"adaptive prediction sets at {sets.coverage:.0%} nominal coverage, fitted on {held} "
+            f"predictions; {rule}); `{column('set_size')}` counts them.")
+
+
+def _sets_lines(spec: ServingSpec) -> list[str]:
+    """The prediction sets, head by head; nothing for a spec without them."""
+    heads = [h for h in spec.answered_heads if h.is_classification and h.sets is not None]
+    if not heads:
+        return []
+    return (["## Prediction sets", ""]
+            + [f"- {f'`{h.name}`: ' if h.named else ''}{_sets_rule(h, spec.chosen_on)}"
+               for h in heads]
+            + ["- The coverage holds on average over cases (not for each case) if new cases are "
+               "exchangeable with the held-out ones: same population, site and scanner. The "
+               "test coverage above is the check.", ""])
 
 
 def _interval_lines(facts: CardFacts) -> list[str]:

@@ -10,6 +10,12 @@ head order: a classification head `<head>_prob_<class>`, `<head>_decision` (the 
 calibrated class, also for two classes), `<head>_confidence` and `<head>_refer`, each with its
 own temperature and refer cut; a regression head `<head>_value`, in the head's unit.
 
+A classification head whose spec holds prediction sets (`sets`, fitted on held-out predictions
+since conformal sets exist; `orchestrator.clinical.conformal`) also answers `prediction_set`
+(JSON list text of its classes, most probable first: '["glioma", "meningioma"]') and
+`set_size` (how many), `<head>_`-named in a multi-head model. A spec without sets (every model
+logged before) answers without those two columns, as it always did.
+
 A model fitted with out-of-distribution statistics (a spec with `ood`) adds, once per image,
 `out_of_distribution` (its score above the cut fitted on held-out images, or a constant image)
 and `ood_score` (`orchestrator.clinical.ood`); every head's `refer` is true where
@@ -25,6 +31,7 @@ import pandas as pd
 
 from orchestrator.clinical import ood
 from orchestrator.clinical.calibration import apply_temperature
+from orchestrator.clinical.conformal import SetFit, set_labels, set_text
 from orchestrator.clinical.referral import decide
 from orchestrator.errors import ConfigError
 from orchestrator.serving.inputs import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, InputLimits
@@ -34,6 +41,7 @@ DECISION, CONFIDENCE, REFER = "decision", "confidence", "refer"
 PROBABILITY_PREFIX = "prob_"
 VALUE = "value"  # a regression head's column: `<head>_value`, in the head's unit
 OUT_OF_DISTRIBUTION, OOD_SCORE = "out_of_distribution", "ood_score"  # once per image
+PREDICTION_SET, SET_SIZE = "prediction_set", "set_size"  # a head with conformal sets
 
 
 @dataclass(frozen=True)
@@ -61,10 +69,13 @@ class HeadSpec:
     threshold: float | None = None
     positive_class: str | None = None
     named: bool = True
+    sets: SetFit | None = None  # classification only: its prediction-set quantile(s)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
         self.head  # what the head is, checked where the task's heads are (`tasks.base.Head`)
+        object.__setattr__(self, "sets", _sets(self.sets, self.name, self.classes,
+                                               self.is_classification))
         if self.is_classification:
             if self.temperature is None or self.refer_cut is None:
                 raise ValueError(f"head {self.name}: a classification head needs >= 2 classes, "
@@ -99,10 +110,11 @@ class HeadSpec:
         return f"{self.name}_{name}" if self.named else name
 
     def columns(self) -> list[tuple[str, str]]:
-        """(served column, type: double, string or boolean), in order."""
+        """(served column, type: double, string, boolean or long), in order."""
         if not self.is_classification:
             return [(self.column(VALUE), "double")]
-        return class_columns(self.classes, self.column)
+        return class_columns(self.classes, self.column) + (
+            set_columns(self.column) if self.sets is not None else [])
 
     def answer(self, block: np.ndarray) -> dict[str, Any]:
         """This head's block of the members' averaged output -> its served columns."""
@@ -115,6 +127,10 @@ class HeadSpec:
         columns[self.column(DECISION)] = [self.classes[k] for k in decision]
         columns[self.column(CONFIDENCE)] = confidence
         columns[self.column(REFER)] = confidence < self.refer_cut
+        if self.sets is not None:
+            labels = set_labels(calibrated, self.sets, self.classes)
+            columns[self.column(PREDICTION_SET)] = [set_text(s) for s in labels]
+            columns[self.column(SET_SIZE)] = np.array([len(s) for s in labels], dtype=np.int64)
         return columns
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,7 +139,7 @@ class HeadSpec:
         out = {**asdict(self), "classes": list(self.classes)}
         for key in ("threshold", "positive_class", "named"):
             del out[key]
-        return _without_unset(out)
+        return _with_sets(_without_unset(out), self.sets)
 
 
 @dataclass(frozen=True)
@@ -170,9 +186,11 @@ class ServingSpec:
     max_pixels: int = DEFAULT_MAX_PIXELS  # the door (`InputLimits`); older specs get these
     min_side: int = DEFAULT_MIN_SIDE
     ood: OodSpec | None = None  # absent in specs logged before the OOD flag, and in their files
+    sets: SetFit | None = None  # the prediction-set quantile(s); None: logged before sets
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
+        object.__setattr__(self, "sets", _sets(self.sets, "of the model", self.classes, True))
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.threshold is not None and (len(self.classes) != 2
@@ -201,14 +219,14 @@ class ServingSpec:
                          held_out_coverage=self.held_out_coverage, threshold=self.threshold,
                          positive_class=self.positive_class, named=False,
                          refer_level=self.refer_level, refer_lower_bound=self.refer_lower_bound,
-                         held_out_cases=self.held_out_cases),)
+                         held_out_cases=self.held_out_cases, sets=self.sets),)
 
     def to_dict(self) -> dict[str, Any]:
         """A single head's dict has no `heads` key: the format models were logged with before
         multi-head models existed."""
         out = {**asdict(self), "classes": list(self.classes)}
         del out["heads"]
-        out = _without_unset(out)
+        out = _with_sets(_without_unset(out), self.sets)
         if self.heads:
             out["heads"] = [h.to_dict() for h in self.heads]
         return out
@@ -225,7 +243,7 @@ class ServingSpec:
                    positive_class=first.positive_class, threshold=first.threshold,
                    chosen_on=chosen_on, heads=tuple(h for h in heads if h.named),
                    refer_level=first.refer_level, refer_lower_bound=first.refer_lower_bound,
-                   held_out_cases=first.held_out_cases)
+                   held_out_cases=first.held_out_cases, sets=first.sets)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ServingSpec":
@@ -244,13 +262,40 @@ def _without_unset(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if not (k in _SINCE_GUARANTEE and v is None)}
 
 
+def _sets(sets: SetFit | Mapping[str, Any] | None, name: str, classes: Sequence[str],
+          classification: bool) -> SetFit | None:
+    """A spec's prediction sets as read from its file (a dict) or given; checked against the
+    head's classes."""
+    if sets is None:
+        return None
+    if not classification:
+        raise ValueError(f"head {name}: a regression head has no prediction sets")
+    sets = SetFit.from_dict(sets)
+    if sets.conditional and len(sets.quantiles) != len(classes):
+        raise ValueError(f"head {name}: {len(sets.quantiles)} set quantiles for "
+                         f"{len(classes)} classes")
+    return sets
+
+
+def _with_sets(out: dict[str, Any], sets: SetFit | None) -> dict[str, Any]:
+    """A spec dict with its sets as a plain dict, or without the key (the format before sets
+    existed)."""
+    del out["sets"]
+    return {**out, "sets": sets.to_dict()} if sets is not None else out
+
+
+def set_columns(column: Callable[[str], str] = str) -> list[tuple[str, str]]:
+    """A classification head's prediction-set columns (after its other columns)."""
+    return [(column(PREDICTION_SET), "string"), (column(SET_SIZE), "long")]
+
+
 def probability_columns(classes: Sequence[str]) -> list[str]:
     return [f"{PROBABILITY_PREFIX}{c}" for c in classes]
 
 
 def output_columns(spec: ServingSpec) -> list[tuple[str, str]]:
-    """The served columns in order, with their types (double, string, boolean): what the
-    model's MLflow signature declares."""
+    """The served columns in order, with their types (double, string, boolean, long):
+    what the model's MLflow signature declares."""
     return ([column for head in spec.answered_heads for column in head.columns()]
             + (spec.ood.columns() if spec.ood is not None else []))
 

@@ -113,7 +113,7 @@ def run_sweep(
     `reuse_actors`: a trial's process (Python, TensorFlow, the data) serves the next trial of
     the same resources instead of a fresh one being started (False: one process per trial, the
     baseline `bench/sweep_efficiency.py` compares against). `clinical`: what the final
-    ensemble's evaluation fits and measures (refer rule, threshold rule; default
+    ensemble's evaluation fits and measures (refer rule, prediction sets, OOD rate; default
     `ClinicalOptions()`).
 
     Every name and value (task, profile, scheduler, each override, the profile's whole space) is
@@ -165,8 +165,9 @@ def final_ensemble(context: SweepContext, budget: Budget, log: Log,
                    clinical: ClinicalOptions | None = None):
     """The sweep's last stage: the ensemble of its candidates (`orchestrator.ensemble`). Its
     failure is reported, not fatal: the trials stay in MLflow and `python -m
-    orchestrator.ensemble` can redo it."""
+    orchestrator.ensemble` can redo it. `sets`: the prediction sets' ClinicalOptions."""
     console.import_tensorflow()  # the driver's first TensorFlow, quietly unless --verbose
+    from orchestrator.clinical.evaluate import ClinicalOptions
     from orchestrator.ensemble.build import build_ensemble
 
     try:
