@@ -29,6 +29,7 @@ from orchestrator.clinical.operating_point import (binary_figures, choose_thresh
                                                    threshold_table, wilson_lower_bound)
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.evaluated import evaluated_heads
+from orchestrator.clinical.ood import OodCut, OodEvaluated
 from orchestrator.clinical.heads import review_table
 from orchestrator.clinical.uncertainty import entropy, mc_dropout_probs, mc_summary
 from orchestrator.errors import ConfigError
@@ -416,7 +417,8 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
         test_probs={"ensemble": test, "best_single": test},
         test_groups=np.arange(len(y_test)) // 2, test_paths=[f"img{i}.png" for i in range(80)],
         test_images={SIZE: x_test}, members=[Member("t1", 1.0, model_path, SIZE)],
-        policy="none", leaderboard=board, synthetic=True, title="test report")
+        policy="none", leaderboard=board, synthetic=True, title="test report",
+        ood=OodEvaluated(OodCut(7.25, 0.05, 60, 0.033), "pool", np.arange(80) % 10 == 0))
     result = evaluate(inputs, ClinicalOptions(mc_dropout_passes=4, gradcam_per_group=2), tmp_path,
                       log=lambda _: None)
     names = {p.name for p in result.files}
@@ -448,6 +450,15 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
     assert f"test_{task.metric}_minus_best_single_ci_low" in result.metrics
     assert result.metrics[f"test_{task.metric}_minus_best_single"] == 0.0  # same model twice
     assert "not distinguishable from the best single configuration" in html
+    # the served OOD flag: its cut, and the share of test images it raises, with an interval
+    assert result.metrics["ood_cut"] == 7.25 and result.metrics["val_ood_flagged"] == 0.033
+    assert result.metrics["test_ood_flagged"] == pytest.approx(0.1)
+    assert result.metrics["test_ood_flagged_ci_low"] < 0.1 < result.metrics[
+        "test_ood_flagged_ci_high"]
+    section = unescape(html)[unescape(html).index("<h2>Out-of-distribution flag</h2>"):]
+    assert "features to the nearest training class mean" in section and "above 7.250" in section
+    assert "the 95% quantile of the scores of 60 validation images" in section
+    assert re.search(r"On test: 0\.100 \[0\.\d{3}, 0\.\d{3}\] of the images flagged", section)
     # 60 held-out cases cannot back any cut at accuracy 0.95 (a perfect record needs 120)
     assert result.referral.refers_everything and result.referral.cases == 60
     assert "Referral" in html and "refers every case to a person: no confidence level " \

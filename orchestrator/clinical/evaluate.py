@@ -21,6 +21,7 @@ from orchestrator.clinical.evaluated import evaluated_heads
 from orchestrator.clinical.heads import KINDS, review_table
 from orchestrator.clinical.html import write_report
 from orchestrator.clinical.operating_point import threshold_table
+from orchestrator.clinical.ood import OodEvaluated
 from orchestrator.clinical.options import ClinicalOptions
 from orchestrator.clinical.resampled_metrics import task_metrics
 from orchestrator.clinical.result import ClinicalResult
@@ -59,6 +60,7 @@ class ClinicalInputs:
     title: str
     data_notes: Sequence[str] = ()  # what was left out or grouped before splitting
     held_out: str = "validation"  # what y_val/val_probs are: "validation" or "out-of-fold"
+    ood: OodEvaluated | None = None  # the served OOD flag, fitted before the evaluation
 
 
 def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
@@ -103,6 +105,10 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
                                           measured.difference, task.metric))
     for eh in evaluated:
         metrics.update(KINDS[eh.head.kind].fitted_metrics(eh, fits[eh.head.name]))
+    if inputs.ood is not None:
+        metrics.update({"ood_cut": inputs.ood.cut.cut,
+                        "ood_false_alarm_nominal": inputs.ood.cut.false_alarm,
+                        "val_ood_flagged": inputs.ood.cut.held_out_flagged})
     report = Report(fits, measured.intervals, figures, shared + explained.figures, review,
                     measured.groups_note, metric, measured.difference)
     banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
@@ -155,6 +161,8 @@ def _measure(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, fits, 
             out.update(KINDS[eh.head.kind].ensemble_metrics(
                 eh, fits[eh.head.name], eh.targets(y_test)[idx], ens_test[idx, eh.columns],
                 calibrated[idx, eh.columns], None if d is None else (d[0][idx], d[1][idx])))
+        if inputs.ood is not None:  # the share of test images the served flag raises
+            out["ood_flagged"] = float(inputs.ood.test_flagged[idx].mean())
         return out
 
     probs = {k: np.asarray(v, dtype=np.float64) for k, v in inputs.test_probs.items()}

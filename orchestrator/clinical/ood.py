@@ -63,6 +63,20 @@ class OodCut:
     backed: bool = True
 
 
+@dataclass(frozen=True)
+class OodEvaluated:
+    """What the clinical report says of the flag: its cut as fitted on held-out images, the
+    embedding it reads, and which test images it flags (above the cut, or constant)."""
+
+    cut: OodCut
+    layer: str
+    test_flagged: np.ndarray  # (N test,) bool
+
+    @property
+    def test_share(self) -> float:
+        return float(np.mean(self.test_flagged)) if len(self.test_flagged) else float("nan")
+
+
 def ledoit_wolf(residuals: np.ndarray) -> tuple[np.ndarray, float]:
     """(covariance, shrinkage) of already-centred rows, shrunk towards a scaled identity by
     Ledoit and Wolf's (2004) optimal weight (the estimate scikit-learn's `ledoit_wolf` gives

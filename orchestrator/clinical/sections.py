@@ -283,9 +283,10 @@ class Report:
 
 def report_sections(inputs, options, report: Report) -> list[Section]:
     """report.html's layout: a single-label task's one answer, or a section per head; the
-    prediction sets before the figures."""
+    prediction sets and the out-of-distribution flag before the figures."""
     return with_sets_section(_layout_sections(inputs, options, report),
-                             sets_section(inputs, report.fits, report.intervals))
+                             sets_section(inputs, report.fits, report.intervals)
+                             + ood_section(inputs, report.intervals))
 
 
 def _layout_sections(inputs, options, report: Report) -> list[Section]:
@@ -298,6 +299,37 @@ def _layout_sections(inputs, options, report: Report) -> list[Section]:
     return sections(inputs, options, fit.operating_point, fit.temperature, report.intervals,
                     figures, report.review, report.groups_note, report.metric, fit.referral,
                     report.difference)
+
+
+# --- the out-of-distribution flag ----------------------------------------------------------------
+def ood_section(inputs, intervals: pd.DataFrame) -> list[Section]:
+    """What the served flag is, where its cut comes from, and how many test images it raises;
+    nothing for an evaluation without one."""
+    found = inputs.ood
+    if found is None:
+        return []
+    cut, held = found.cut, inputs.held_out
+    test = intervals[intervals.model == ENSEMBLE].set_index("metric")
+    share = (format_interval(test.loc["ood_flagged"].point, test.loc["ood_flagged"].low,
+                             test.loc["ood_flagged"].high, note=row_note(test.loc["ood_flagged"]))
+             if "ood_flagged" in test.index else f"{found.test_share:.3f}")
+    rate = (f"the {1 - cut.false_alarm:.0%} quantile of the scores of {cut.cases} {held} "
+            f"images (the stated false-alarm rate, {cut.false_alarm:g}, on images like the "
+            f"training data; {cut.held_out_flagged:.1%} of them lie above it)" if cut.backed else
+            f"the largest score of {cut.cases} {held} images: too few for a {cut.false_alarm:g} "
+            "false-alarm rate, which is therefore NOT guaranteed")
+    return [Section("Out-of-distribution flag", [
+        f"The served model sets `out_of_distribution` (and `refer`) when the Mahalanobis "
+        f"distance of an image's `{found.layer}` features to the nearest training class mean "
+        f"(shared, shrunk covariance; each member model's, averaged as their votes are) is "
+        f"above {cut.cut:.3f}, or when the image is constant. The cut is {rate}. On test: "
+        f"{share} of the images flagged; for a test split drawn like the training data this "
+        f"should sit near {cut.false_alarm:g}.",
+        "What the flag says: the image is unlike the images the models were trained on. What "
+        "it does not say: that its class is one the model knows; an unseen class drawn like "
+        "the training images can pass. How it does on shifted images (another task's, noise, "
+        "blank, inverted, blurred) is measured by `bench/ood.py` (docs/benchmarks.md), not by "
+        "this report."])]
 
 
 # --- prediction sets ---------------------------------------------------------------------------

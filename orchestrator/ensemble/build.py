@@ -161,7 +161,10 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                                                   if isinstance(v, (int, float))})
         tracking.log_table_artifact(sweep.uri, run_id, scoring, artifacts.SCORING)
         probs = ens.predict(test_probs)
-        result = evaluate(*clinical, work / "clinical", log=log)
+        ood_fit = _ood_fit(held, ens, clinical, log)
+        inputs, options = clinical
+        result = evaluate(dataclasses.replace(inputs, ood=ood_fit.evaluated()), options,
+                          work / "clinical", log=log)
         tracking.log_metrics(sweep.uri, run_id, {k: v for k, v in result.metrics.items()
                                                   if k not in row.index})  # no duplicates
         if result.interval_notes:  # why the UI shows these test figures with no interval
@@ -181,7 +184,6 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                 "members": [{"name": model.name, "weight": w, "resolution": model.resolution}
                             for model, w in parts]}
         prepared = next(iter(held.data.values()))
-        ood_fit = _ood_fit(held, ens, clinical, log)
         model_uri, name, version = publish(
             sweep, task, spec, parts, work, result, prepared, y_test, probs,
             dict(held=held, choice=choice, transforms=transforms, table=table,
@@ -206,8 +208,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           referral=result.referral,
                           registered_name=name, registered_version=version,
                           head_fits=tuple(result.heads.values()),
-                          ood=ood_fit.spec, ood_test_flagged=float(np.mean(
-                              ood_fit.test_scores > ood_fit.spec.cut)),
+                          ood=ood_fit.spec, ood_test_flagged=ood_fit.evaluated().test_share,
                           sets=tuple((name if fit is not result.answer else "", fit.sets)
                                      for name, fit in result.fits.items()
                                      if fit.sets is not None))

@@ -32,6 +32,13 @@ class OodFit:
     test_scores: np.ndarray
     test_constant: np.ndarray
 
+    def evaluated(self) -> ood.OodEvaluated:
+        """The report's view: the cut and the test images the served flag raises."""
+        s = self.spec
+        return ood.OodEvaluated(
+            ood.OodCut(s.cut, s.false_alarm, s.held_out_cases, s.held_out_flagged, s.backed),
+            s.layer, ood.flag(self.test_scores, s.cut, self.test_constant))
+
     def files(self, folder: Path) -> dict[str, Path]:
         """One .npz per member model, keyed as the logged model's artifacts are."""
         from orchestrator.tracking.ensemble_model import ood_artifact
