@@ -194,6 +194,9 @@ def test_the_card_and_spec_carry_what_backs_the_refer_cut():
     assert backed.answered_heads[0].refer_lower_bound == 0.962
     assert not {"refer_level", "refer_lower_bound", "held_out_cases"} & set(_spec().to_dict())
     card = model_card(_facts(spec=backed))
+    assert ("- Inputs: an image of more than 50 megapixels (read from its header, before "
+            "decoding) or with a side under 16 px is refused") in card
+    assert "more than 2 megapixels" in model_card(_facts(spec=_spec(max_pixels=2_000_000)))
     assert ("80.0% of 240 validation cases accepted, whose accuracy has a 95% lower bound of "
             "0.962 (at or above the target 0.95") in card
     unreachable = model_card(_facts(spec=_spec(refer_cut=2.0, held_out_coverage=0.0,

@@ -100,7 +100,10 @@ def model_card(facts: CardFacts) -> str:
         "- Valid only for images like the training data (same modality, acquisition and "
         "preprocessing); figures come from one data set and do not transfer to other sites, "
         "scanners or populations without a new evaluation.",
-        "- Small test splits give wide intervals: read the interval, not the point.", "",
+        "- Small test splits give wide intervals: read the interval, not the point.",
+        f"- Inputs: an image of more than {spec.max_pixels / 1e6:g} megapixels (read from its "
+        f"header, before decoding) or with a side under {spec.min_side} px is refused with a "
+        "message naming its row.", "",
         "## Lineage", "",
         f"Sweep run `{facts.sweep_run_id}`; ensemble run `{facts.ensemble_run_id}` (its "
         "artifacts hold report.html, the figures and the test predictions).",
