@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +16,11 @@ import pytest
 import ray
 
 from orchestrator import tracking
-from orchestrator.data.phantoms import write_phantom
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.errors import ConfigError
 from orchestrator.cluster import check_trial_fits, set_driver_defaults
 from orchestrator.sweep.state import SWEEP_STATE
 from orchestrator.train.artifacts import FAULT_MARKER
-from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -64,21 +61,18 @@ def local_ray():
     ray.shutdown()
 
 
-def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
+def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(cli_smoke_sweep,
+                                                                       tmp_path):
     # the brain phantom in the real layout, with a training image copied into Testing/
-    data = write_phantom(get_task("brain"), tmp_path / "brain", per_class=16, seed=0)
-    train_img = sorted((data / "Training" / "glioma").glob("*.jpg"))[0]
-    shutil.copy(train_img, data / "Testing" / "glioma" / "Te-gl_copy.jpg")
-    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--data-dir", str(data),
-                      "--set", "dropout=0.3", "--set", "label_smoothing=[0.05]")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # (tests/conftest.py; tests/test_console.py reads what the same run printed)
+    cwd, proc, train_img = cli_smoke_sweep
     assert "MLflow parent run:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     assert "then the runs table: http://127.0.0.1:5000/#/experiments/" in proc.stdout
     # a line per trial and epoch, by the trial's run name (Tune's table: --verbose only)
     assert len(re.findall(r"^t\d\d lr x[\d.]+ ls 0.05 +epoch 1/2  val_accuracy \d\.\d{3}  ",
                           proc.stdout, re.M)) == 2
     assert "Number of trials" not in proc.stdout
-    client, parents, children = _store(tmp_path)
+    client, parents, children = _store(cwd)
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -137,7 +131,7 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(tmp_path):
         assert {"best.keras", "val_probs.npy"} <= {
             a.path for a in client.list_artifacts(child.info.run_id)}
         assert "done" not in child.data.metrics  # no Tune bookkeeping in the user's metrics
-    (ensemble,) = _ensembles(tmp_path)  # the final ensemble, built at the end of every sweep
+    (ensemble,) = _ensembles(cwd)  # the final ensemble, built at the end of every sweep
     assert ensemble.data.tags[tracking.PARENT_TAG] == parent.info.run_id
     assert "final ensemble for brain/3class" in proc.stdout and "test [95% CI]" in proc.stdout
     assert "report.html" in proc.stdout
