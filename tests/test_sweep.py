@@ -233,12 +233,13 @@ def test_a_trial_starts_from_a_clean_keras_state():
     assert names == ["dense"]  # not dense_1: nothing of the previous model is left
 
 
-@pytest.mark.parametrize("storage, stop", [("local", signal.SIGINT), ("uri", signal.SIGINT),
-                                           ("local", signal.SIGTERM)],
-                         ids=["local-SIGINT", "uri-SIGINT", "local-SIGTERM"])
+@pytest.mark.parametrize("storage, stop", [("local", signal.SIGINT), ("uri", signal.SIGTERM)],
+                         ids=["local-SIGINT", "uri-SIGTERM"])
 def test_an_interrupted_sweep_resumes_without_duplicate_runs(storage, stop, tmp_path):
     # "uri": --storage-path file:///..., which goes through pyarrow.fs as s3:// does.
-    # SIGTERM (timeout, kill, a batch scheduler) must do what Ctrl+C does.
+    # SIGTERM (timeout, kill, a batch scheduler) must do what Ctrl+C does. Each storage and
+    # each signal once: the driver turns SIGTERM into what SIGINT does (cluster.sigterm_as_ctrl_c)
+    # before Tune sees it, so the signal and the storage do not interact.
     import psutil
 
     args = ["brain", "--profile", "smoke", "--max-epochs", "24", "--num-samples", "2",
