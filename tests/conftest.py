@@ -5,6 +5,9 @@ Set before TensorFlow or any project module reads them; project code reads these
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -59,3 +62,38 @@ def rebuild_with_permuted_test_labels(tmp_path):
             client.log_artifact(run_id, str(original))
 
     return rebuild
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a user's shell has: TensorFlow's and Ray's defaults, no tracking URI or cluster address.
+def user_env() -> dict:
+    """The environment a user's shell gives a CLI, with this checkout importable."""
+    from orchestrator.console import VERBOSE_ENV
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for key in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS", VERBOSE_ENV, "RAY_ADDRESS",
+                "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def cli_smoke_sweep(tmp_path_factory):
+    """`python -m orchestrator.sweep brain --profile smoke` once, from a user's shell, on the
+    brain phantom in the real layout with a training image copied into Testing/, and two
+    `--set` overrides: every stage (search, cross-validation, the ensemble's TTA actors).
+    Shared by what it records (tests/test_sweep.py) and what it prints (tests/test_console.py).
+    Returns (its folder, the finished process, the copied training image)."""
+    from orchestrator.data.phantoms import write_phantom
+    from tasks import get_task
+
+    cwd = tmp_path_factory.mktemp("cli-smoke-sweep")
+    data = write_phantom(get_task("brain"), cwd / "brain", per_class=16, seed=0)
+    train_img = sorted((data / "Training" / "glioma").glob("*.jpg"))[0]
+    shutil.copy(train_img, data / "Testing" / "glioma" / "Te-gl_copy.jpg")
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", "brain", "--profile",
+                           "smoke", "--data-dir", str(data), "--set", "dropout=0.3", "--set",
+                           "label_smoothing=[0.05]"], cwd=cwd, env=user_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return cwd, proc, train_img

@@ -16,6 +16,8 @@ import pytest
 from orchestrator import console
 from orchestrator.console import QUIET_ENV, VERBOSE_ENV, worker_env
 
+from conftest import user_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TF_START_UP = ("oneDNN", "cuInit", "cudart", "absl::InitializeLog", "cuda_platform")
 CHECKPOINT_LINES = ("Checkpoint successfully created", "checkpoint_0000")
@@ -119,12 +121,9 @@ def test_the_status_line_counts_trials_and_names_the_best_with_its_searched_valu
 
 
 def _sweep(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for key in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS", VERBOSE_ENV, "RAY_ADDRESS",
-                "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE"):
-        env.pop(key, None)  # as a user's shell would have it: TensorFlow's and Ray's defaults
+    # as a user's shell would have it: TensorFlow's and Ray's defaults
     proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", "brain", "--profile",
-                           "smoke", *args], cwd=cwd, env=env,
+                           "smoke", *args], cwd=cwd, env=user_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return proc.stdout + proc.stderr
@@ -145,8 +144,11 @@ def _epochs_in_mlflow(cwd: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_a_sweep_prints_a_line_per_trial_and_epoch_and_no_library_noise(tmp_path):
-    out = _sweep(tmp_path)  # the search, cross-validation, the ensemble's TTA actors: every stage
+def test_a_sweep_prints_a_line_per_trial_and_epoch_and_no_library_noise(cli_smoke_sweep):
+    # the smoke sweep from a user's shell, every stage: the search, cross-validation, the
+    # ensemble's TTA actors (tests/conftest.py; tests/test_sweep.py reads what it recorded)
+    cwd, proc, _ = cli_smoke_sweep
+    out = proc.stdout + proc.stderr
     lines = out.splitlines()
     noisy = [line for line in lines if any(word in line for word in TF_START_UP
                                            + CHECKPOINT_LINES + MLFLOW_NOTICES)]
@@ -158,7 +160,7 @@ def test_a_sweep_prints_a_line_per_trial_and_epoch_and_no_library_noise(tmp_path
         found = EPOCH_LINE.fullmatch(line)
         if found:
             shown.setdefault(found["name"].strip(), []).append(int(found["epoch"]))
-    logged = _epochs_in_mlflow(tmp_path)
+    logged = _epochs_in_mlflow(cwd)
     assert len(logged) == 2 + 2 * 2  # the smoke profile: 2 trials, 2 finalists x 2 folds
     assert {name: sorted(epochs) for name, epochs in shown.items()} == {
         name: list(range(1, n + 1)) for name, n in logged.items()}

@@ -89,6 +89,7 @@ def test_a_crashed_trial_resumes_from_its_checkpoint(brain_data, tmp_path):
     assert (tmp_path / BEST_MODEL).exists()
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_per_epoch_and_labels_synthetic_data(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -139,6 +140,7 @@ def test_a_cross_validation_trial_predicts_its_fold_and_keeps_the_last_epoch(tmp
 
 # --- several heads -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_multihead_trial_beats_chance_on_every_head_and_resumes(tmp_path):
     """The recipe's model on its phantom: MixUp per head, the FFT stream, label smoothing; both
     classifications beat chance and the size beats the mean predictor, on validation. Then a
