@@ -178,6 +178,10 @@ def test_pyfunc_answers_every_input_form_as_the_in_process_ensemble(swept, tmp_p
         "decision", "confidence", "refer", "prediction_set", "set_size", "out_of_distribution",
         "ood_score"]
     assert model.input_example is not None
+    # what a server with its own environment installs: every library the served code imports
+    needs = Path(mlflow.pyfunc.get_model_dependencies("models:/medsweep-brain@candidate"))
+    assert {"tensorflow", "opencv-python-headless", "scipy", "pillow", "mlflow"} <= {
+        line.split("==")[0] for line in needs.read_text().splitlines()}
     data = _prepared()
     paths = data.paths("test")[:12]
     served = model.predict(pd.DataFrame({"path": paths}))

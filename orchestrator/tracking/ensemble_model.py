@@ -164,7 +164,8 @@ def load(model_uri: str, uri: str):
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    names = ("tensorflow", "keras", "numpy", "pandas", "opencv-python-headless", "mlflow")
+    names = ("tensorflow", "keras", "numpy", "pandas", "opencv-python-headless", "scipy", "pillow",
+             "mlflow")
     out = []
     for name in names:
         try:
