@@ -85,13 +85,13 @@ def _parts(model, files: list[bytes]) -> dict[str, float]:
     start = time.perf_counter()
     images = inputs.decode_inputs(pd.DataFrame({inputs.IMAGE: files}))
     times["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    batches = inner.preprocessed(images)  # once per resolution, as the served model does
+    times["preprocess"] = time.perf_counter() - start
     total = 0
     for i, (keras_model, resolution, weight) in enumerate(inner.members):
         start = time.perf_counter()
-        batch = inner._preprocess(images, resolution)
-        times["preprocess"] = times.get("preprocess", 0.0) + time.perf_counter() - start
-        start = time.perf_counter()
-        total = total + weight * tta_predict(keras_model, batch, transforms)
+        total = total + weight * tta_predict(keras_model, batches[resolution], transforms)
         name = inner.spec["members"][i]["name"]
         times[f"TTA x{len(transforms)}: {name} ({resolution} px)"] = time.perf_counter() - start
     start = time.perf_counter()

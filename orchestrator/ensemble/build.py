@@ -162,8 +162,9 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         tracking.log_table_artifact(sweep.uri, run_id, scoring, artifacts.SCORING)
         probs = ens.predict(test_probs)
         ood_fit = _ood_fit(held, ens, clinical, log)
+        ood_seen = ood_fit.evaluated()  # the cut and the test images it flags, once
         inputs, options = clinical
-        result = evaluate(dataclasses.replace(inputs, ood=ood_fit.evaluated()), options,
+        result = evaluate(dataclasses.replace(inputs, ood=ood_seen), options,
                           work / "clinical", log=log)
         tracking.log_metrics(sweep.uri, run_id, {k: v for k, v in result.metrics.items()
                                                   if k not in row.index})  # no duplicates
@@ -208,7 +209,7 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           referral=result.referral,
                           registered_name=name, registered_version=version,
                           head_fits=tuple(result.heads.values()),
-                          ood=ood_fit.spec, ood_test_flagged=ood_fit.evaluated().test_share,
+                          ood=ood_fit.spec, ood_test_flagged=ood_seen.test_share,
                           sets=tuple((name if fit is not result.answer else "", fit.sets)
                                      for name, fit in result.fits.items()
                                      if fit.sets is not None))

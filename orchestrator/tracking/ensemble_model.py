@@ -62,12 +62,14 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
             images = inputs.decode_inputs(model_input, spec.input_limits)
         except inputs.InputError as err:  # the server answers it as a JSON error, status 400
             raise MlflowException.invalid_parameter_value(str(err)) from None
+        batches = self.preprocessed(images)  # once per resolution, for the vote and the score
         if spec.ood is None:
-            return contract.answer(self.raw_probabilities(images), spec)
-        scores, constant = self.ood_scores(images, spec.ood.layer)
-        return contract.answer(self.raw_probabilities(images), spec, scores, constant)
+            return contract.answer(self.raw_probabilities(batches), spec)
+        scores, constant = self.ood_scores(batches, spec.ood.layer)
+        return contract.answer(self.raw_probabilities(batches), spec, scores, constant)
 
-    def ood_scores(self, images: list[np.ndarray], layer: str) -> tuple[np.ndarray, np.ndarray]:
+    def ood_scores(self, batches: dict[int, np.ndarray], layer: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
         """The ensemble's OOD score (each member model's Mahalanobis distance on the identity
         view, weighted as its vote) and which images are constant as the first member sees
         them (after preprocessing)."""
@@ -76,7 +78,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
 
         scores, constant = [], None
         for (model, resolution, _), stats in zip(self.members, self.ood_statistics):
-            batch = self._preprocess(images, resolution)
+            batch = batches[resolution]
             constant = ood.constant_images(batch) if constant is None else constant
             scores.append(ood.mahalanobis(stats, embeddings(model, batch, layer)))
         return ood.combine(scores, [w for _, _, w in self.members]), constant
@@ -85,7 +87,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         """What follows the members' vote (and the input limits), as logged with the model."""
         return contract.ServingSpec.from_dict(self.spec["serving"])
 
-    def raw_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+    def raw_probabilities(self, batches: dict[int, np.ndarray]) -> np.ndarray:
         """The members' weighted soft vote under the TTA policy, before calibration: (N, C), or
         for a multi-head model (N, D), each classification head's probabilities and each
         regression head's value in its unit (`tta_predict` flattens the members' dict outputs
@@ -96,16 +98,18 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         transforms = tuple(NamedTransform(**t) for t in self.spec["transforms"])
         total = None
         for model, resolution, weight in self.members:
-            batch = self._preprocess(images, resolution)
-            probs = weight * tta_predict(model, batch, transforms)
+            probs = weight * tta_predict(model, batches[resolution], transforms)
             total = probs if total is None else total + probs
         return total
 
-    def _preprocess(self, images: list[np.ndarray], resolution: int) -> np.ndarray:
+    def preprocessed(self, images: list[np.ndarray]) -> dict[int, np.ndarray]:
+        """Decoded images -> resolution -> (N, R, R, 3): each image preprocessed once per
+        resolution the members read (under cross-validation a member's K fold models share
+        theirs)."""
         from orchestrator.data.cache import preprocess_image
 
-        return np.stack([preprocess_image(img, self.preprocessing, resolution)
-                         for img in images])
+        return {r: np.stack([preprocess_image(img, self.preprocessing, r) for img in images])
+                for r in sorted({resolution for _, resolution, _ in self.members})}
 
 
 def log_ensemble_model(uri: str, run_id: str, spec: Mapping[str, Any],
