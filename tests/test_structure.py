@@ -44,6 +44,7 @@ LIGHT = (
     "orchestrator.clinical.options",
     "orchestrator.clinical.conformal",
     "orchestrator.clinical.sections",
+    "orchestrator.clinical.answer_sections",
     "orchestrator.clinical.evaluated",
     "orchestrator.serving",  # the whole package: the served model's contract and card
     "orchestrator.keys",  # the MLflow tag keys, which the card names too
