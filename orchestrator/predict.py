@@ -21,6 +21,7 @@ from typing import Callable
 import pandas as pd
 
 from orchestrator.serving import inputs
+from orchestrator.data.readers.walk import file_skip_reason
 from orchestrator.data.table import IMAGE_EXTENSIONS
 from orchestrator import console
 from orchestrator.console import add_tracking_uri, add_verbose
@@ -34,9 +35,10 @@ def image_paths(source: Path) -> tuple[list[str], Path]:
     """(absolute image paths, the folder output paths are written relative to)."""
     if source.is_dir():
         found = sorted(p for p in source.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                       if p.is_file() and file_skip_reason(p) is None)
         if not found:
-            raise DataError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise DataError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))} "
+                            "or DICOM by its content)")
         return [str(p) for p in found], source
     if source.suffix.lower() == ".csv" and source.is_file():
         frame = pd.read_csv(source, dtype=str, keep_default_na=False)
@@ -55,11 +57,11 @@ def predict_files(model, paths: list[str], root: Path, batch_size: int = DEFAULT
     def shown(path: str) -> str:
         return Path(os.path.relpath(path, root)).as_posix()
 
-    limits = _limits(model)
+    limits, reading = _limits(model), _reading(model)
     readable, unreadable, reasons = [], [], []
     for row, path in enumerate(paths):
         try:  # the model's own door: a header over its pixel limit is never decoded
-            inputs.read_checked(path, row, limits)
+            inputs.read_checked(path, row, limits, reading)
             readable.append(path)
         except inputs.InputError as err:
             unreadable.append(path)
@@ -85,6 +87,12 @@ def _limits(model) -> inputs.InputLimits:
     if hasattr(python_model, "serving_spec"):
         return python_model.serving_spec().input_limits
     return inputs.InputLimits()
+
+
+def _reading(model):
+    """How the model reads files (its recorded preprocessing: DICOM window and frame)."""
+    python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
+    return getattr(python_model, "preprocessing", None) or inputs.READING
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:

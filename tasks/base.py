@@ -30,12 +30,21 @@ class Preprocessing:
     clahe: bool = False
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
+    # How a DICOM file's values become pixels (orchestrator.data.dicom): its own first window
+    # ("file"), the values' own range ("auto") or "CENTER,WIDTH"; the frame of a multi-frame
+    # file (-1: a multi-frame file is refused). No effect on other formats.
+    dicom_window: str = "file"
+    dicom_frame: int = -1
 
     def key(self) -> str:
         """A stable string that names this preprocessing in cache keys and MLflow params."""
         parts = ["gray" if self.grayscale else "rgb"]
         if self.clahe:
             parts.append(f"clahe{self.clahe_clip:g}x{self.clahe_tiles}")
+        if self.dicom_window != "file":
+            parts.append(f"dcmwin{self.dicom_window}")
+        if self.dicom_frame >= 0:
+            parts.append(f"dcmframe{self.dicom_frame}")
         return "-".join(parts)
 
 
@@ -258,6 +267,11 @@ class Task:
         return replace(self, classes=first.classes, source_labels=first.classes,
                        label_map={c: c for c in first.classes}, positive_class=None,
                        heads=tuple(heads))
+
+    def with_dicom(self, window: str, frame: int) -> "Task":
+        """A copy that reads DICOM files through `window` and `frame` (`--dicom-window`)."""
+        return replace(self, preprocessing=replace(self.preprocessing, dicom_window=window,
+                                                   dicom_frame=frame))
 
     def summary(self) -> dict:
         """A flat, JSON-friendly description for logs and MLflow params."""

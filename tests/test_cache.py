@@ -132,7 +132,7 @@ def test_second_call_decodes_nothing(images, tmp_path):
     np.testing.assert_array_equal(np.asarray(second.images), np.asarray(first.images))
     assert lines[-1].startswith("cache hit:")
     assert sorted(p.name for p in second.directory.iterdir()) == [
-        "images.npy", "meta.json", "ok.npy", "paths.txt"]
+        "failed.json", "images.npy", "meta.json", "ok.npy", "paths.txt"]
 
 
 def test_bad_files_are_flagged_not_raised(images, tmp_path):

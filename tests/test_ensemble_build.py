@@ -180,7 +180,7 @@ def test_pyfunc_answers_every_input_form_as_the_in_process_ensemble(swept, tmp_p
     assert model.input_example is not None
     # what a server with its own environment installs: every library the served code imports
     needs = Path(mlflow.pyfunc.get_model_dependencies("models:/medsweep-brain@candidate"))
-    assert {"tensorflow", "opencv-python-headless", "scipy", "pillow", "mlflow"} <= {
+    assert {"tensorflow", "opencv-python-headless", "scipy", "pillow", "pydicom", "mlflow"} <= {
         line.split("==")[0] for line in needs.read_text().splitlines()}
     data = _prepared()
     paths = data.paths("test")[:12]

@@ -57,7 +57,8 @@ def test_two_and_a_half_percent_broken_runs_with_every_file_listed(tmp_path):
     a, b = names("a", 100), names("b", 63)
     table, ok, root = build(tmp_path, {"a": a, "b": b}, missing=[a[3]],
                             corrupt=[a[7], b[1], b[2]])
-    report = check_integrity(table, ok, root)
+    report = check_integrity(table, ok, root,
+                             reasons={str(root / b[1]): "DICOM object without pixel data"})
     assert len(report.lost) == 4 and report.lost_fraction == pytest.approx(4 / 163)
     assert sorted(report.lost["path"]) == sorted([a[3], a[7], b[1], b[2]])
     assert dict(zip(report.lost["path"], report.lost["reason"]))[a[3]] == "missing"
@@ -65,7 +66,11 @@ def test_two_and_a_half_percent_broken_runs_with_every_file_listed(tmp_path):
     assert report.summary().startswith("4 of 163 images left out before splitting "
                                        "(1 missing, 3 unreadable): ")
     csv = pd.read_csv(report.write_csv(tmp_path / "lost.csv"))
-    assert list(csv.columns) == ["path", "label", "split", "reason"] and len(csv) == 4
+    assert list(csv.columns) == ["path", "label", "split", "reason", "detail"] and len(csv) == 4
+    # the decoder's reason is kept beside the file, in the CSV and the printed line
+    assert dict(zip(csv["path"], csv["detail"].fillna("")))[b[1]] == \
+        "DICOM object without pixel data"
+    assert f"{b[1]} (DICOM object without pixel data)" in report.summary()
 
 
 def test_over_five_percent_of_the_whole_set_is_refused_listing_the_files(tmp_path):

@@ -14,16 +14,17 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
+from orchestrator.data import dicom
 from tasks.base import Preprocessing
 
-CACHE_VERSION = 1  # bump when decoding or preprocessing changes: old caches are then ignored
+CACHE_VERSION = 2  # bump when decoding or preprocessing changes: old caches are then ignored
 
 
 @dataclass
@@ -36,19 +37,35 @@ class CachedImages:
     key: str
     hit: bool  # loaded from the cache without decoding anything
     directory: Path
+    reasons: dict[str, str] = field(default_factory=dict)  # failed path -> why it did not decode
 
 
-def decode_bytes(data: bytes | np.ndarray) -> np.ndarray | None:
-    """Encoded image -> uint8 gray (H, W) or BGR (H, W, 3); None if it is not an image."""
+NOT_AN_IMAGE = "not an image (neither JPEG, PNG, BMP, TIFF nor DICOM)"
+READING = Preprocessing()  # how files are read when no task says otherwise
+
+
+def decode_checked(data: bytes | np.ndarray, spec: Preprocessing = READING
+                   ) -> tuple[np.ndarray | None, str]:
+    """Encoded image -> (uint8 gray (H, W) or BGR (H, W, 3), "") or (None, why not).
+
+    DICOM (by its magic, whatever the file's name) goes through `dicom.read_dicom` with the
+    spec's window and frame; everything else through OpenCV."""
+    raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
-        return None
+        return None, "empty file"
+    if dicom.is_dicom(buf[:dicom.MAGIC_OFFSET + 4].tobytes()):
+        try:
+            return dicom.read_dicom(raw if raw is not None else buf.tobytes(),
+                                    spec.dicom_window, spec.dicom_frame), ""
+        except dicom.UnreadableImage as err:
+            return None, str(err)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error:
-        return None
+        return None, NOT_AN_IMAGE
     if img is None or img.size == 0:
-        return None
+        return None, NOT_AN_IMAGE
     if img.dtype != np.uint8:
         # 16-bit medical exports often use only 10-12 bits: a fixed shift would leave them black.
         img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
@@ -56,15 +73,27 @@ def decode_bytes(data: bytes | np.ndarray) -> np.ndarray | None:
         img = img[:, :, 0]
     elif img.ndim == 3 and img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return img
+    return img, ""
 
 
-def decode_image(path: str | os.PathLike) -> np.ndarray | None:
-    """Like `decode_bytes`, from a file (non-ASCII paths work); None if missing or unreadable."""
+def decode_bytes(data: bytes | np.ndarray, spec: Preprocessing = READING) -> np.ndarray | None:
+    """Like `decode_checked`, without the reason; None if it is not an image."""
+    return decode_checked(data, spec)[0]
+
+
+def decode_file(path: str | os.PathLike, spec: Preprocessing = READING
+                ) -> tuple[np.ndarray | None, str]:
+    """`decode_checked` of a file (non-ASCII paths work); a missing file says so."""
     try:
-        return decode_bytes(np.fromfile(path, dtype=np.uint8))
+        data = np.fromfile(path, dtype=np.uint8)
     except (OSError, ValueError):
-        return None
+        return None, "missing or not readable"
+    return decode_checked(data, spec)
+
+
+def decode_image(path: str | os.PathLike, spec: Preprocessing = READING) -> np.ndarray | None:
+    """Like `decode_file`, without the reason; None if missing or unreadable."""
+    return decode_file(path, spec)[0]
 
 
 def preprocess_image(img: np.ndarray, spec: Preprocessing, resolution: int) -> np.ndarray:
@@ -129,8 +158,10 @@ def _load(directory: Path, paths: list[str], key: str, hit: bool) -> CachedImage
         raise ValueError(f"cache {directory} holds {len(ok)} images, not {len(paths)}: "
                          "content_fp was not computed from these paths")
     failed = [p for p, good in zip(paths, ok) if not good]
+    reasons_file = directory / "failed.json"
+    reasons = json.loads(reasons_file.read_text()) if reasons_file.exists() else {}
     return CachedImages(images=images, ok=ok, failed=failed, key=key, hit=hit,
-                        directory=directory)
+                        directory=directory, reasons=reasons)
 
 
 def _build(directory: Path, paths: list[str], spec: Preprocessing, resolution: int,
@@ -142,18 +173,21 @@ def _build(directory: Path, paths: list[str], spec: Preprocessing, resolution: i
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(paths), resolution, resolution, 3))
 
-        def one(i: int) -> bool:
-            img = decode_image(paths[i])
+        def one(i: int) -> str:
+            img, reason = decode_file(paths[i], spec)
             if img is None:
-                return False
+                return reason or NOT_AN_IMAGE
             images[i] = preprocess_image(img, spec, resolution)
-            return True
+            return ""
 
         with ThreadPoolExecutor(workers) as pool:
-            ok = np.fromiter(pool.map(one, range(len(paths))), dtype=bool, count=len(paths))
+            reasons = list(pool.map(one, range(len(paths))))
+        ok = np.array([not r for r in reasons], dtype=bool)
         images.flush()
         del images
         np.save(tmp / "ok.npy", ok)
+        (tmp / "failed.json").write_text(json.dumps(
+            {p: r for p, r in zip(paths, reasons) if r}, indent=1) + "\n")
         (tmp / "paths.txt").write_text("".join(f"{p}\n" for p in paths), encoding="utf-8",
                                        errors="surrogateescape")
         meta = {"version": CACHE_VERSION, "content_fp": content_fp, "resolution": resolution,

@@ -120,10 +120,10 @@ def prepare_dataset(
     content_fp = splits.fingerprint_of(paths, list(digests.values()))
     reports = cache.cache_root() / "reports" / content_fp[:16]
 
-    small = cache.load_or_build(paths, duplicates.HASH_PREPROCESSING,
+    small = cache.load_or_build(paths, duplicates.hash_preprocessing(task.preprocessing),
                                 duplicates.HASH_RESOLUTION, content_fp, log=log)
     report = integrity.check_integrity(listed, small.ok, scan.root,
-                                       listing=reports / UNREADABLE_CSV)
+                                       listing=reports / UNREADABLE_CSV, reasons=small.reasons)
     if len(report.lost):
         log(f"warning: {report.summary()}")
     table = listed.assign(row=np.arange(len(listed)))[small.ok].reset_index(drop=True)
@@ -186,6 +186,8 @@ def load_recorded(
                         "it is now (--data-dir)")
     if task.layout == "folder":
         task = task.with_classes(tuple(meta["classes"]), meta.get("positive_class"))
+    # DICOM files are read as the sweep read them (older manifests: the defaults)
+    task = task.with_dicom(meta.get("dicom_window", "file"), int(meta.get("dicom_frame", -1)))
     if task.is_multihead:
         task = _recorded_heads(task, table, meta, manifest)
     paths = table["path"].tolist()

@@ -25,6 +25,8 @@ published evaluation split stays as it is, and training loses an image it alread
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -47,6 +49,13 @@ HASH_RESOLUTION = 64  # images are compared at this decode, whatever a trial's r
 # ... in plain gray: a task's contrast enhancement (CLAHE) amplifies re-encoding noise, and the
 # same picture must compare alike whatever a task does to it for training.
 HASH_PREPROCESSING = Preprocessing(grayscale=True)
+
+
+def hash_preprocessing(task_spec: Preprocessing) -> Preprocessing:
+    """The hashing preprocessing, reading DICOM files through the task's window and frame: two
+    copies of a scan are compared as they will be trained on."""
+    return dataclasses.replace(HASH_PREPROCESSING, dicom_window=task_spec.dicom_window,
+                               dicom_frame=task_spec.dicom_frame)
 HASH_RADIUS = 25  # of 256 bits (~10%): candidates only, every pair is verified
 NEIGHBOURS = 8  # nearest thumbnails per image, also candidates
 HASH_NEIGHBOURS = 32  # nearest hashes within the radius per image (the rest are alike too)

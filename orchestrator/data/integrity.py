@@ -20,7 +20,7 @@ from orchestrator.errors import DataError
 SHOW = 5  # file names named in a printed line
 REFUSAL_SHOW = 20  # file names named in a refusal (the CSV holds them all)
 MAX_BAD_FRACTION = 0.05
-LOST_COLUMNS = ["path", "label", "split", "reason"]
+LOST_COLUMNS = ["path", "label", "split", "reason", "detail"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class IntegrityReport:
     """What the data set listed and what of it could not be used, by file (relative to root)."""
 
     expected: int
-    lost: pd.DataFrame  # LOST_COLUMNS; reason is "missing" (not on disk) or "unreadable"
+    lost: pd.DataFrame  # LOST_COLUMNS; reason is "missing" (not on disk) or "unreadable",
+    # detail what the decoder said (a DICOM report without pixels, a multi-frame file, ...)
     by_class: pd.DataFrame  # index label; columns expected, lost, lost_fraction
 
     @property
@@ -42,7 +43,12 @@ class IntegrityReport:
         kinds = ", ".join(f"{n} {reason}" for reason, n in
                           self.lost["reason"].value_counts().sort_index().items())
         return (f"{len(self.lost)} of {self.expected} images left out before splitting "
-                f"({kinds}): {_first(self.lost['path'].tolist(), SHOW)}")
+                f"({kinds}): {_first(self.named(), SHOW)}")
+
+    def named(self) -> list[str]:
+        """Each lost file, with the decoder's reason where it gave one."""
+        return [f"{path} ({detail})" if detail else path
+                for path, detail in zip(self.lost["path"], self.lost["detail"])]
 
     def lines(self) -> list[str]:
         """A printable table: class, expected, lost."""
@@ -61,12 +67,14 @@ class IntegrityReport:
 
 def check_integrity(table: pd.DataFrame, ok: np.ndarray, root: str | Path,
                     max_bad_fraction: float = MAX_BAD_FRACTION,
-                    listing: str | Path | None = None) -> IntegrityReport:
+                    listing: str | Path | None = None,
+                    reasons: dict[str, str] | None = None) -> IntegrityReport:
     """Find the rows of `table` that are missing or did not decode (`ok`: the cache's per-row
     decode flag, aligned with `table`); refuse when the whole set or a class lost too many.
 
     `listing`: where the refusal writes the full list of lost files (a CSV), so the error can
-    name the first few and point at the rest."""
+    name the first few and point at the rest. `reasons`: path -> why it did not decode (the
+    cache's `reasons`), written as the `detail` of each unreadable file."""
     ok = np.asarray(ok, dtype=bool)
     if len(ok) != len(table):
         raise ValueError(f"ok has {len(ok)} entries for a table of {len(table)} rows")
@@ -78,6 +86,8 @@ def check_integrity(table: pd.DataFrame, ok: np.ndarray, root: str | Path,
         "label": table["label"].to_numpy()[bad],
         "split": table["split"].to_numpy()[bad],
         "reason": np.where(on_disk[bad], "unreadable", "missing"),
+        "detail": [(reasons or {}).get(p, "") if disk else "" for p, disk in
+                   zip(paths[bad], on_disk[bad])],
     }, columns=LOST_COLUMNS)
     by_class = pd.DataFrame({"expected": table.groupby("label").size(),
                              "lost": pd.Series(bad, index=table.index).groupby(
@@ -104,7 +114,7 @@ def _refuse_if_too_many(report: IntegrityReport, limit: float, root: str | Path,
         where = f"; every file is listed in {report.write_csv(listing)}"
     raise DataError(f"too many images missing or unreadable under {root} (more than "
                     f"{limit:.0%}): {'; '.join(over)}; {hint}. Files: "
-                    f"{_first(report.lost['path'].tolist(), REFUSAL_SHOW)}{where}")
+                    f"{_first(report.named(), REFUSAL_SHOW)}{where}")
 
 
 def _first(names: list[str], show: int) -> str:

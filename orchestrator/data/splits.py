@@ -255,10 +255,15 @@ def _file_digest(path: str) -> str:
 
 
 def data_fingerprint(table: pd.DataFrame, content_fp: str, task: Task | None = None) -> str:
-    """Content plus labels, groups and splits: what a run trained and was scored on. A
+    """Content plus labels, groups and splits: what a run trained and was scored on (and the
+    DICOM window and frame, where not the defaults). A
     multi-head task's `target_<head>` columns (where the table has them) and heads (where
     `task` has them: their classes' order gives the indices trained on) count too."""
     h = hashlib.blake2b(content_fp.encode(), digest_size=16)
+    reading = task.preprocessing if task is not None else None
+    if reading is not None and (reading.dicom_window != "file" or reading.dicom_frame >= 0):
+        # other DICOM pixels: another data set, whose own manifest must not be overwritten
+        h.update(f"dicom {reading.dicom_window} {reading.dicom_frame}\n".encode())
     if task is not None and task.heads:
         h.update(json.dumps(task.summary()["heads"], sort_keys=True).encode() + b"\n")
     folds = "fold" in table and bool((table["fold"] != "").any())
@@ -273,7 +278,8 @@ def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, f
                    task: Task | None = None) -> Path:
     """`manifest.csv` (paths relative to root; a multi-head task's `target_<head>` columns;
     each file's content hash when `digests` is given) and `manifest.json` (fingerprint, root,
-    counts; the task's classes and positive class, and its heads where it has them)."""
+    counts; the task's classes and positive class, how DICOM files were read, and its heads
+    where it has them)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(os.path.abspath(root))
@@ -293,7 +299,9 @@ def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, f
         "counts": {s: {c: int(n) for c, n in row.items()} for s, row in counts.iterrows()},
     }
     if task is not None:
-        meta.update(task=task.key, classes=list(task.classes), positive_class=task.positive_class)
+        meta.update(task=task.key, classes=list(task.classes), positive_class=task.positive_class,
+                    dicom_window=task.preprocessing.dicom_window,
+                    dicom_frame=task.preprocessing.dicom_frame)
         if task.heads:
             meta["heads"] = task.summary()["heads"]
     _write_atomic(out / MANIFEST_JSON, json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -23,7 +23,10 @@ from tasks.base import Task
 
 COLUMNS = ("path", "label", "source_label", "group", "split")
 TARGET_PREFIX = "target_"  # a multi-head task's per-head columns: `target_<head name>`
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+# Files with other names (or none: PACS exports often have none) are images when they start
+# like DICOM (`orchestrator.data.dicom.is_dicom_file`).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm",
+                              ".dicom"})
 JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 JUNK_DIRS = frozenset({"__macosx", ".ipynb_checkpoints"})
 # Written at the root of every phantom, so synthetic data is labelled as such wherever it goes.

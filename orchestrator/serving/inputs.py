@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from orchestrator.data.cache import decode_bytes, decode_image
+from orchestrator.data import dicom
+from orchestrator.data.cache import NOT_AN_IMAGE, READING, decode_checked, decode_file
+from tasks.base import Preprocessing
 
 IMAGE, PATH = "image", "path"
 DEFAULT_MAX_PIXELS = 50_000_000  # 7,071 px square: far above any scan the models resize down
@@ -74,13 +76,29 @@ def check_declared(source: bytes | str, row: int, limits: InputLimits) -> None:
                          f"limit of {limits.max_pixels / 1e6:g} megapixels; send it "
                          "downscaled") from None
     except (UnidentifiedImageError, OSError, ValueError):
+        size = _dicom_size(source)
+        if size is not None:
+            limits.check(*size, row, what="the image" if isinstance(source, bytes) else source)
         return
     limits.check(width, height, row, what="the image" if isinstance(source, bytes) else source)
 
 
-def decode_inputs(model_input: Any, limits: InputLimits = InputLimits()) -> list[np.ndarray]:
+def _dicom_size(source: bytes | str) -> tuple[int, int] | None:
+    """A DICOM file's (width, height) from its header (Pillow reads no DICOM); None if it is
+    not one."""
+    if isinstance(source, str):
+        if not dicom.is_dicom_file(source):
+            return None
+        with open(source, "rb") as handle:
+            source = handle.read()
+    return dicom.header_size(source) if dicom.is_dicom(source) else None
+
+
+def decode_inputs(model_input: Any, limits: InputLimits = InputLimits(),
+                  reading: Preprocessing = READING) -> list[np.ndarray]:
     """Any accepted input -> decoded uint8 images, gray (H, W) or BGR (H, W, 3), the way the
-    training cache decodes files. Raises InputError naming the first bad row: unreadable, or
+    training cache decodes files (DICOM through `reading`'s window and frame: the model's
+    recorded preprocessing). Raises InputError naming the first bad row: unreadable, or
     outside `limits` (an encoded file's size read from its header, before decoding)."""
     if isinstance(model_input, Mapping) and not isinstance(model_input, pd.DataFrame):
         if set(model_input) - {IMAGE, PATH}:
@@ -108,9 +126,9 @@ def decode_inputs(model_input: Any, limits: InputLimits = InputLimits()) -> list
             path = frame[PATH].iloc[row] if PATH in frame.columns else None
             if _missing(path):
                 raise InputError(f"row {row}: neither `{IMAGE}` nor `{PATH}` is given")
-            img = read_checked(str(path), row, limits)
+            img = read_checked(str(path), row, limits, reading)
         else:
-            img = _image_of(value, row, limits)
+            img = _image_of(value, row, limits, reading)
         images.append(img)
     return images
 
@@ -121,17 +139,18 @@ def _missing(value: Any) -> bool:
     return isinstance(value, float) and np.isnan(value)
 
 
-def read_checked(path: str, row: int, limits: InputLimits) -> np.ndarray:
+def read_checked(path: str, row: int, limits: InputLimits,
+                 reading: Preprocessing = READING) -> np.ndarray:
     """A local file, its declared size checked before it is decoded."""
     check_declared(path, row, limits)
-    img = decode_image(path)
+    img, reason = decode_file(path, reading)
     if img is None:
-        raise InputError(f"row {row}: {path} is missing or not a readable image")
+        raise InputError(f"row {row}: {path} is missing or not a readable image ({reason})")
     limits.check(img.shape[1], img.shape[0], row, what=path)
     return img
 
 
-def _image_of(value: Any, row: int, limits: InputLimits) -> np.ndarray:
+def _image_of(value: Any, row: int, limits: InputLimits, reading: Preprocessing) -> np.ndarray:
     if isinstance(value, str):
         try:
             value = base64.b64decode(value, validate=True)
@@ -139,28 +158,33 @@ def _image_of(value: Any, row: int, limits: InputLimits) -> np.ndarray:
             raise InputError(f"row {row}: `{IMAGE}` text is not base64") from None
     if isinstance(value, (bytes, bytearray, memoryview)):
         value = bytes(value)
-        img = _decoded(value, row, limits)
-        if img is None:  # MLflow's `inputs` JSON form hands over the base64 text as bytes
+        img, reason = _decoded(value, row, limits, reading)
+        if img is None and reason == NOT_AN_IMAGE:
+            # MLflow's `inputs` JSON form hands over the base64 text as bytes
             try:
                 encoded = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 encoded = b""
-            img = _decoded(encoded, row, limits) if encoded else None
-        if img is None:
+            if encoded:
+                img, reason = _decoded(encoded, row, limits, reading)
+        if img is None and reason == NOT_AN_IMAGE:
             head = bytes(value[:8]).hex(" ") if len(value) else "nothing"
             raise InputError(f"row {row}: {len(value)} bytes that are not an image "
-                             f"(JPEG, PNG, ...; they start {head})")
+                             f"(JPEG, PNG, DICOM, ...; they start {head})")
+        if img is None:
+            raise InputError(f"row {row}: {reason}")
         return img
     return _pixels(np.asarray(value), row, limits)
 
 
-def _decoded(data: bytes, row: int, limits: InputLimits) -> np.ndarray | None:
-    """Encoded bytes -> pixels, the header's size checked first; None if not an image."""
+def _decoded(data: bytes, row: int, limits: InputLimits, reading: Preprocessing
+             ) -> tuple[np.ndarray | None, str]:
+    """Encoded bytes -> (pixels, "") or (None, why not), the header's size checked first."""
     check_declared(data, row, limits)
-    img = decode_bytes(data)
+    img, reason = decode_checked(data, reading)
     if img is not None:
         limits.check(img.shape[1], img.shape[0], row)
-    return img
+    return img, reason
 
 
 def _tensor_images(tensor: np.ndarray, limits: InputLimits) -> list[np.ndarray]:

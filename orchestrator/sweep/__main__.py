@@ -16,6 +16,8 @@ import pandas as pd
 from orchestrator import console
 from orchestrator.clinical.options import add_clinical_arguments, clinical_options
 from orchestrator.console import rule
+from orchestrator.data.dicom import (DEFAULT_WINDOW, NO_FRAME, add_dicom_arguments, check_frame,
+                                     parse_window)
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.naming import short_trial_name
 from orchestrator.sweep.records import LEADERBOARD_COLUMNS
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                    "images are grouped")
     p.add_argument("--positive-class", help="your own folders or CSV: the class that binary "
                    "metrics, the threshold and the report call positive")
+    add_dicom_arguments(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="replace one key of the profile's search space (repeatable): "
                    "--set backbone=resnet50 fixes it, --set 'resolution=[128,224]' makes it a "
@@ -121,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides["duplicate_threshold"] = args.duplicate_threshold
         if args.positive_class:
             overrides["positive_class"] = args.positive_class
+        if args.dicom_window != DEFAULT_WINDOW:
+            overrides["dicom_window"] = parse_window(args.dicom_window)
+        if args.dicom_frame != NO_FRAME:
+            overrides["dicom_frame"] = check_frame(args.dicom_frame)
         result = run_sweep(args.task, space_overrides=overrides, data_dir=args.data_dir, profile=args.profile,
                            num_samples=args.num_samples, max_epochs=args.max_epochs,
                            cpus_per_trial=args.cpus_per_trial,

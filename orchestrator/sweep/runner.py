@@ -246,7 +246,8 @@ class SweepRunner:
                     "duplicate_threshold": space.get("duplicate_threshold",
                                                         TrialConfig.duplicate_threshold),
                     **({"positive_class": space["positive_class"]}
-                       if space.get("positive_class") else {})},
+                       if space.get("positive_class") else {}),
+                    **{k: space[k] for k in ("dicom_window", "dicom_frame") if k in space}},
             artifacts={"search_space.json": self._space_file(space), **records})
         context = self._context(experiment_id, parent)
         state = SweepState(parent_run_id=parent, experiment_id=experiment_id,

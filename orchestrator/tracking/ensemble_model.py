@@ -59,7 +59,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
 
         spec = self.serving_spec()
         try:
-            images = inputs.decode_inputs(model_input, spec.input_limits)
+            images = inputs.decode_inputs(model_input, spec.input_limits, self.preprocessing)
         except inputs.InputError as err:  # the server answers it as a JSON error, status 400
             raise MlflowException.invalid_parameter_value(str(err)) from None
         batches = self.preprocessed(images)  # once per resolution, for the vote and the score
@@ -169,7 +169,7 @@ def _requirements() -> list[str]:
     from importlib.metadata import version
 
     names = ("tensorflow", "keras", "numpy", "pandas", "opencv-python-headless", "scipy", "pillow",
-             "mlflow")
+             "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "mlflow")
     out = []
     for name in names:
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from orchestrator import console
 from orchestrator.train.augmentations import AUGMENTATIONS
 from orchestrator.models.backbones import BACKBONES
+from orchestrator.data.dicom import add_dicom_arguments
 from orchestrator.train.config import PRECISIONS, WEIGHTS, TrialConfig
 from orchestrator.errors import MedSweepError
 from orchestrator.train.schedules import SCHEDULES
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                    "metrics, the threshold and the report call positive (default: the "
                    "alphabetically second)")
     p.add_argument("--phantom-per-class", type=int, default=d.phantom_per_class)
+    add_dicom_arguments(p)
     p.add_argument("--mixed-precision", default=d.mixed_precision, help=" | ".join(PRECISIONS))
     p.add_argument("--cpu-threads", type=int, default=d.cpu_threads)
     p.add_argument("--output-dir", default="runs/trial", help="where the model, validation "

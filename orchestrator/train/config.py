@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
+from orchestrator.data import dicom
 from orchestrator.train.augmentations import get_augmentation
 from orchestrator.models.backbones import get_backbone
 from orchestrator.errors import ConfigError
@@ -55,6 +56,8 @@ class TrialConfig:
     cv_folds: int = 0  # folds made over the non-test images (0: none; the holdout split only)
     cv_fold: int = -1  # >= 0: train on the other folds, predict this one, keep the last epoch
     phantom_per_class: int = 40
+    dicom_window: str = "file"  # how DICOM values become pixels: file | auto | CENTER,WIDTH
+    dicom_frame: int = -1  # the frame of multi-frame DICOM files (-1: they are left out)
     mixed_precision: str = "auto"
     cpu_threads: int = 0  # 0: TensorFlow's default
     gpu_memory_fraction: float = 0.0  # 0 < f < 1: cap TensorFlow at f of the GPU (Ray won't)
@@ -80,6 +83,11 @@ class TrialConfig:
         if self.focal_gamma is not None:
             _check_range("focal_gamma", self.focal_gamma, 0.0, 10.0)
         _check_range("phantom_per_class", self.phantom_per_class, 4, 100_000)
+        try:
+            object.__setattr__(self, "dicom_window", dicom.parse_window(self.dicom_window))
+            dicom.check_frame(self.dicom_frame)
+        except ConfigError as err:
+            raise ConfigError(f"trial config field {err}") from None
         _check_range("duplicate_threshold", self.duplicate_threshold, 0.9, 1.0)
         _check_range("cpu_threads", self.cpu_threads, 0, 1024)
         _check_range("gpu_memory_fraction", self.gpu_memory_fraction, 0.0, 1.0)

@@ -24,7 +24,8 @@ def load_trial_data(config: TrialConfig, log: Callable[[str], None] = print,
     if manifest is not None:
         prepared = load_recorded(get_task(config.task), manifest, config.resolution, log=log)
     else:
-        prepared = prepare_dataset(get_task(config.task), config.data_dir, config.resolution,
+        task = get_task(config.task).with_dicom(config.dicom_window, config.dicom_frame)
+        prepared = prepare_dataset(task, config.data_dir, config.resolution,
                                    split_seed=config.split_seed,
                                    keep_duplicates=config.keep_duplicates,
                                    duplicate_threshold=config.duplicate_threshold,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from orchestrator.data.dicom import is_dicom_file
 from orchestrator.data.table import (IMAGE_EXTENSIONS, JUNK_DIRS, JUNK_NAMES, PHANTOM_MARKER, Scan,
                                      Skipped, make_table)
 from orchestrator.errors import DataError
@@ -35,12 +36,16 @@ def is_junk_dir(name: str) -> bool:
     return name.lower() in JUNK_DIRS or name.startswith(".")
 
 
-def file_skip_reason(name: str) -> str | None:
-    """Why a file is not an image to use (None: it is one)."""
+def file_skip_reason(path: str | Path) -> str | None:
+    """Why a file is not an image to use (None: it is one): an image by its extension, or a
+    DICOM file by its first bytes, whatever its name."""
+    name = Path(path).name
     if name.lower() in JUNK_NAMES or name.startswith("._"):
         return "junk file (OS metadata)"
     suffix = Path(name).suffix.lower()
-    return None if suffix in IMAGE_EXTENSIONS else f"not an image ({suffix or 'no extension'})"
+    if suffix in IMAGE_EXTENSIONS or is_dicom_file(path):
+        return None
+    return f"not an image ({suffix or 'no extension'})"
 
 
 def subdirs(folder: Path) -> list[Path]:
@@ -133,7 +138,7 @@ class Collector:
             for name in files:
                 if base / name in known or (name == PHANTOM_MARKER and base == self.root):
                     continue
-                reason = file_skip_reason(name)
+                reason = file_skip_reason(base / name)
                 if reason:
                     self.skip(base / name, reason)
                 else:
@@ -146,7 +151,7 @@ class Collector:
             if entry.is_dir() and is_junk_dir(entry.name):
                 self.skip(entry, JUNK_FOLDER)
             elif entry.is_file() and entry.name != PHANTOM_MARKER:
-                self.skip(entry, file_skip_reason(entry.name) or image_reason)
+                self.skip(entry, file_skip_reason(entry) or image_reason)
 
     def class_folders(self, parent: Path) -> list[tuple[Path, str]]:
         """(folder, source label) for each class folder in `parent`; loose files are skipped.
