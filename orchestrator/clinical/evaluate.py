@@ -23,7 +23,8 @@ from orchestrator.clinical.html import write_report
 from orchestrator.clinical.operating_point import threshold_table
 from orchestrator.clinical.ood import OodEvaluated
 from orchestrator.clinical.options import ClinicalOptions
-from orchestrator.clinical.per_patient import patient_line, per_patient
+from orchestrator.clinical.patient_sections import patient_line
+from orchestrator.clinical.per_patient import per_patient
 from orchestrator.clinical.resampled_metrics import task_metrics
 from orchestrator.clinical.result import ClinicalResult
 from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, Report, report_sections

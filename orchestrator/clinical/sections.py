@@ -14,7 +14,7 @@ from orchestrator.clinical.calibration import (apply_temperature, calibration_se
                                                confidence_gap)
 from orchestrator.clinical.answer_sections import ood_section, sets_section
 from orchestrator.clinical.html import Section
-from orchestrator.clinical.per_patient import PerPatient, patient_section
+from orchestrator.clinical.patient_sections import PerPatient, patient_section
 from orchestrator.clinical.referral import CANDIDATE_CUTS, Referral
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.result import HeadFit
