@@ -307,7 +307,7 @@ def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept,
     listed = pd.read_csv(tmp_path / "predictions_unreadable.csv")
     assert listed["path"].tolist() == ["broken.png", "tiny.png"]
     assert listed["reason"].tolist() == [
-        "the file is missing or not a readable image",
+        "the file cannot be read: not an image (neither JPEG, PNG, BMP, TIFF nor DICOM)",
         "the file is 8 x 8 pixels; its shorter side is below the minimum of 16 px"]
     missing = subprocess.run([sys.executable, "-m", "orchestrator.predict",
                               "models:/medsweep-nothing@candidate", str(folder), "--out",

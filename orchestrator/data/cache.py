@@ -86,8 +86,10 @@ def decode_file(path: str | os.PathLike, spec: Preprocessing = READING
     """`decode_checked` of a file (non-ASCII paths work); a missing file says so."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
-    except (OSError, ValueError):
-        return None, "missing or not readable"
+    except FileNotFoundError:
+        return None, "no such file"
+    except (OSError, ValueError) as err:
+        return None, f"not readable ({err.__class__.__name__})"
     return decode_checked(data, spec)
 
 

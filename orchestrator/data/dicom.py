@@ -150,7 +150,10 @@ def _gray(pixels: np.ndarray, ds, window: str) -> np.ndarray:
     if window == "file" and "VOILUTSequence" in ds:
         lut = ds.VOILUTSequence[0]
         top = float(2 ** int(lut.LUTDescriptor[2]) - 1)
-        unit = np.asarray(apply_voi(values, ds, 0), dtype=np.float64) / top
+        with warnings.catch_warnings():  # the LUT is indexed by whole values
+            warnings.simplefilter("ignore")
+            unit = np.asarray(apply_voi(np.rint(values).astype(np.int64), ds, 0),
+                              dtype=np.float64) / top
     else:
         center, width, function = _window_of(values, ds, window)
         unit = apply_window(values, center, width, function)

@@ -145,7 +145,7 @@ def read_checked(path: str, row: int, limits: InputLimits,
     check_declared(path, row, limits)
     img, reason = decode_file(path, reading)
     if img is None:
-        raise InputError(f"row {row}: {path} is missing or not a readable image ({reason})")
+        raise InputError(f"row {row}: {path} cannot be read: {reason}")
     limits.check(img.shape[1], img.shape[0], row, what=path)
     return img
 

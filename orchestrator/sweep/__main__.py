@@ -22,6 +22,7 @@ from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.naming import short_trial_name
 from orchestrator.sweep.records import LEADERBOARD_COLUMNS
 from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
+from orchestrator.sweep.search import MIN_TPE_TRIALS, SEARCHES
 from orchestrator.cluster import disconnect_ray
 from tasks import task_names
 
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                    "the same configs (default %(default)s)")
     p.add_argument("--no-ensemble", action="store_true", help="skip the final TTA ensemble "
                    "(build it later with python -m orchestrator.ensemble --sweep-run ID)")
+    p.add_argument("--search", choices=SEARCHES, default=None, help="how trials' "
+                   f"configurations are drawn: random, or tpe (Optuna's TPE, learning from the "
+                   f"trials so far). Default: tpe from {MIN_TPE_TRIALS} trials (the gpu profile), "
+                   "random below (docs/search_spaces.md)")
     p.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="asha stops "
                    "trailing trials early; fifo runs all to the end (default %(default)s)")
     p.add_argument("--weights-dir", help="folder holding the ImageNet weight files (python -m "
@@ -137,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                            storage_path=args.storage_path, experiment=args.experiment,
                            tracking_uri=args.tracking_uri, resume=args.resume, seed=args.seed,
                            scheduler=args.scheduler, ensemble=not args.no_ensemble,
-                           weights_dir=args.weights_dir, clinical=clinical)
+                           weights_dir=args.weights_dir, clinical=clinical,
+                           search=args.search)
     except SweepInterrupted as err:  # Ctrl+C or SIGTERM while trials ran: Tune saved them
         print(f"interrupted: {err}", file=sys.stderr)
         return 130

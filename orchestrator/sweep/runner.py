@@ -21,7 +21,6 @@ import pandas as pd
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from orchestrator import console, tracking
 from orchestrator.clinical.options import ClinicalOptions
@@ -31,6 +30,7 @@ from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.sweep.budget import Budget
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists
+from orchestrator.sweep.search import TPE_STARTUP, check_search, make_search
 from orchestrator.sweep.records import (DATA_FACTS, LEADERBOARD_COLUMNS, data_facts, data_line,
                                         data_records, leaderboard)
 from orchestrator.sweep.state import (SweepState, fetch_recorded_data, find_resumable, is_uri,
@@ -102,6 +102,7 @@ def run_sweep(
     weights_dir: str | os.PathLike | None = None,
     reuse_actors: bool = True,
     clinical: ClinicalOptions | None = None,
+    search: str | None = None,
     log: Log = console.say,
 ) -> SweepResult:
     """Run (or resume) one sweep and return its leaderboard; see `--help` for each argument.
@@ -114,7 +115,8 @@ def run_sweep(
     the same resources instead of a fresh one being started (False: one process per trial, the
     baseline `bench/sweep_efficiency.py` compares against). `clinical`: what the final
     ensemble's evaluation fits and measures (refer rule, prediction sets, OOD rate; default
-    `ClinicalOptions()`).
+    `ClinicalOptions()`). `search`: `random` or `tpe` (None: `sweep.search.default_search` for
+    the budget's trials).
 
     Every name and value (task, profile, scheduler, each override, the profile's whole space) is
     checked here, on the driver, before Ray starts: a typo fails in a second with the valid names,
@@ -154,7 +156,7 @@ def run_sweep(
                          budget_overrides=budget, storage=storage, experiment=experiment,
                          tracking_uri=uri, seed=seed, space_overrides=space_overrides or {},
                          scheduler=scheduler, cluster_can_grow=can_grow,
-                         reuse_actors=reuse_actors, log=log)
+                         reuse_actors=reuse_actors, search=search, log=log)
     searched = runner.resume(previous) if previous else runner.start()
     built = (final_ensemble(searched.context, runner.budget, log, clinical)
              if ensemble and searched.trained_any else None)
@@ -201,7 +203,7 @@ class SweepRunner:
                  profile: str | None, budget_overrides: dict, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
                  scheduler: str, log: Log, cluster_can_grow: bool = False,
-                 reuse_actors: bool = True) -> None:
+                 reuse_actors: bool = True, search: str | None = None) -> None:
         base = get_profile(task, profile or choose_profile(ray.cluster_resources()))
         self.budget = Budget.of(base, budget_overrides)
         self.profile = self.budget.applied(base)
@@ -214,6 +216,7 @@ class SweepRunner:
         self.space_overrides = space_overrides
         check_space(self._space(), f"profile {self.profile.name} with --set")
         self.scheduler = scheduler
+        self.search = check_search(search, self.profile.trials)
         self.reuse_actors = reuse_actors
         self.data_facts: dict[str, int] = {}
         self.manifest: Path | None = None  # the recorded split, once the data are prepared
@@ -240,7 +243,7 @@ class SweepRunner:
                     "trials": self.profile.trials, "data_fingerprint": any_data.fingerprint,
                     "synthetic_data": any_data.synthetic, "data_dir": self.data_dir or "phantom",
                     "metric": self.metric, "mode": self.task_record.mode, "seed": self.seed,
-                    "scheduler": self.scheduler,
+                    "scheduler": self.scheduler, "search": self.search,
                     "storage_path": path, **facts,
                     "keep_duplicates": bool(space.get("keep_duplicates", False)),
                     "duplicate_threshold": space.get("duplicate_threshold",
@@ -253,15 +256,17 @@ class SweepRunner:
         state = SweepState(parent_run_id=parent, experiment_id=experiment_id,
                            tracking_uri=self.uri, task=self.task, profile=self.profile.name,
                            data_dir=self.data_dir, name=name, path=path, budget=self.budget,
-                           space_overrides=self.space_overrides)
-        p = self.profile
+                           space_overrides=self.space_overrides, search=self.search)
+        searcher, param_space, draws = make_search(self.search, space, seed=self.seed,
+                                                   trials=self.profile.trials,
+                                                   metric=self.metric,
+                                                   mode=self.task_record.mode)
         tuner = make_tuner(
             self._trainable(datasets, context), context=context, name=name,
-            storage=self.storage, space=space, num_samples=p.num_samples,
+            storage=self.storage, space=param_space, num_samples=draws,
             scheduler=self._scheduler(), log=self.log,
             columns=[k for k, v in space.items() if is_dimension(v)], keep_checkpoints=2,
-            score_checkpoints=True, reuse_actors=self.reuse_actors,
-            search_alg=BasicVariantGenerator(random_state=self.seed))
+            score_checkpoints=True, reuse_actors=self.reuse_actors, search_alg=searcher)
         write_sweep_state(path, state)
         save_recorded_data(path, records)
         self.log(self._search_line())
@@ -275,6 +280,7 @@ class SweepRunner:
         self.budget = state.budget
         self.profile = state.budget.applied(get_profile(state.task, state.profile))
         self.space_overrides = state.space_overrides
+        self.search = state.search  # its state is restored with Tune's
         scratch = tempfile.mkdtemp(prefix="medsweep-recorded-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         recorded = fetch_recorded_data(previous, (MANIFEST_CSV, MANIFEST_JSON), Path(scratch))
@@ -302,9 +308,11 @@ class SweepRunner:
         stop = ("every trial runs all its epochs" if self.scheduler == "fifo" else
                 f"ASHA stops trailing trials from epoch {p.grace_period}")
         trials = f"{p.trials} trial{'s' if p.trials != 1 else ''}"
+        how = ("drawn at random" if self.search == "random" else
+               f"drawn by TPE (Optuna, seed {self.seed}; the first {TPE_STARTUP} at random)")
         fixed = [f"{k} {v}" for k, v in self._space().items()
                  if k in LEADERBOARD_COLUMNS and not is_dimension(v) and v is not None]
-        return (f"search: {trials} of up to {p.max_epochs} epochs; {stop}"
+        return (f"search: {trials} of up to {p.max_epochs} epochs, {how}; {stop}"
                 + (f"; the same in every trial: {', '.join(fixed)}" if fixed else ""))
 
     def _space(self) -> dict:

@@ -145,6 +145,7 @@ class SweepState:
     budget: Budget
     space_overrides: dict = field(default_factory=dict)
     cv_started: bool = False  # the cross-validation stage began: --resume restores it
+    search: str = "random"  # how configurations are drawn (older states: random)
 
     def to_json(self) -> str:
         record = dataclasses.asdict(self)
