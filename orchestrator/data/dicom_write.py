@@ -51,7 +51,8 @@ def write_dicom(path: str | Path, stored: np.ndarray, *, header: Header = Header
     frames = stored.shape[0] if stored.ndim == 3 and not colour else 1
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    # a UID given in `extra` is used throughout (a deterministic file); else a fresh one
+    meta.MediaStorageSOPInstanceUID = header.extra.get("SOPInstanceUID") or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRBigEndian if big_endian else ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = sop_class
@@ -103,7 +104,7 @@ def write_report(path: str | Path, header: Header = Header()) -> Path:
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = header.extra.get("SOPInstanceUID") or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = BASIC_TEXT_SR
