@@ -1,6 +1,7 @@
 """From a data folder (or the embedded phantom) to cached, integrity-checked, split arrays.
 
-The one path every trial takes: read the layout -> decode once at the hashing resolution ->
+The one path every trial takes: read the layout -> group DICOM images without a group by
+their patient's pseudonym -> decode once at the hashing resolution ->
 leave out missing and unreadable files (refusing when too many are) -> make copies of an image
 one group (dropping copies that would straddle a given held-out split) -> split, group-aware and
 seeded -> decode at the trial's resolution -> write the manifest. Nothing here depends on the
@@ -17,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from orchestrator.data import cache, duplicates, integrity, splits
+from orchestrator.data import cache, duplicates, header_groups, integrity, splits
 from orchestrator.data.layouts import read_layout
 from orchestrator.data.phantoms import ensure_phantom
 from orchestrator.data.table import COLUMNS, summarize_skipped
@@ -116,7 +117,7 @@ def prepare_dataset(
     task = with_positive_class(scan.task, positive_class)
     if scan.table.empty:
         raise DataError(f"no usable images for task {task.key} under {root}")
-    listed = scan.table
+    listed = header_groups.groups_from_headers(scan.table, scan.root, cache.cache_root(), log)
     paths = listed["path"].tolist()
     digests = dict(zip(paths, splits.file_digests(paths)))  # every file read once, here
     content_fp = splits.fingerprint_of(paths, list(digests.values()))

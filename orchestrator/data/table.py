@@ -31,6 +31,9 @@ JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 JUNK_DIRS = frozenset({"__macosx", ".ipynb_checkpoints"})
 # Written at the root of every phantom, so synthetic data is labelled as such wherever it goes.
 PHANTOM_MARKER = "MEDSWEEP_SYNTHETIC_PHANTOM.txt"
+# Kept at the root of a DICOM data set: the salt of its patients' pseudonyms (header_groups).
+SALT_FILE = ".medsweep_salt"
+OWN_FILES = frozenset({PHANTOM_MARKER, SALT_FILE})  # MedSweep's own files in a data root
 
 
 @dataclass(frozen=True)

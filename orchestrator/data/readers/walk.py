@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.data.dicom import is_dicom_file
-from orchestrator.data.table import (IMAGE_EXTENSIONS, JUNK_DIRS, JUNK_NAMES, PHANTOM_MARKER, Scan,
-                                     Skipped, make_table)
+from orchestrator.data.table import (IMAGE_EXTENSIONS, JUNK_DIRS, JUNK_NAMES, OWN_FILES,
+                                     PHANTOM_MARKER, Scan, Skipped, make_table)
 from orchestrator.errors import DataError
 from tasks.base import Task
 
@@ -136,7 +136,7 @@ class Collector:
                     self.skip(base / name, JUNK_FOLDER)
             dirs[:] = sorted(d for d in dirs if not is_junk_dir(d) and base / d not in self.exclude)
             for name in files:
-                if base / name in known or (name == PHANTOM_MARKER and base == self.root):
+                if base / name in known or (name in OWN_FILES and base == self.root):
                     continue
                 reason = file_skip_reason(base / name)
                 if reason:
@@ -150,7 +150,7 @@ class Collector:
         for entry in sorted(folder.iterdir()):
             if entry.is_dir() and is_junk_dir(entry.name):
                 self.skip(entry, JUNK_FOLDER)
-            elif entry.is_file() and entry.name != PHANTOM_MARKER:
+            elif entry.is_file() and entry.name not in OWN_FILES:
                 self.skip(entry, file_skip_reason(entry) or image_reason)
 
     def class_folders(self, parent: Path) -> list[tuple[Path, str]]:
