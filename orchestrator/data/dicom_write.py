@@ -89,7 +89,7 @@ def write_dicom(path: str | Path, stored: np.ndarray, *, header: Header = Header
              (False, False): "<u2"}[(big_endian, signed)] if wide else np.uint8
     ds.PixelData = np.ascontiguousarray(stored.astype(dtype)).tobytes()
     if compress_rle:
-        ds.compress(RLELossless)
+        ds.compress(RLELossless, generate_instance_uid=False)  # keep the UID given
     if big_endian:  # the pixel bytes above are already big-endian
         dcmwrite(path, ds, little_endian=False, implicit_vr=False, enforce_file_format=True)
     else:

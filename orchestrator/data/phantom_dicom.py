@@ -12,6 +12,7 @@ must keep out of every record is really there to be kept out.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -64,6 +65,13 @@ def identifiers(number: int, seed: int) -> Header:
     return Header(patient_id=f"MSPH-{number:04d}", patient_name=f"PHANTOM^SUBJECT^{number:04d}",
                   birth_date=birth, accession=f"MSACC{seed % 100:02d}{number:05d}",
                   institution=INSTITUTION, study_uid=_uid(seed, "study", number))
+
+
+def phantom_salt(task: str, seed: int) -> str:
+    """The salt file's text for a phantom: derived from its seed, since a synthetic patient's
+    identifier needs no secret, and the same phantom then splits the same on every machine."""
+    return hashlib.blake2b(f"medsweep-phantom-{task}-{seed}".encode(), digest_size=16
+                           ).hexdigest() + "\n"
 
 
 def _uid(*parts: object) -> str:

@@ -23,8 +23,8 @@ import pandas as pd
 
 from orchestrator.data import phantom_draw as draw
 from orchestrator.data.phantom_dicom import (DEFAULT_FORMAT, REPORT_MIN_PER_CLASS, DicomExport,
-                                             check_format)
-from orchestrator.data.table import PHANTOM_MARKER
+                                             check_format, phantom_salt)
+from orchestrator.data.table import PHANTOM_MARKER, SALT_FILE
 from orchestrator.errors import ConfigError, DataError
 from tasks.base import Task
 from tasks.multihead import SHAPES, TEXTURES
@@ -101,6 +101,8 @@ def write_phantom(task: Task, out_dir: str | Path, per_class: int = 40, seed: in
     dicom = None if fmt == "jpeg" else DicomExport(
         task.layout, seed, with_report=per_class >= REPORT_MIN_PER_CLASS)
     _LAYOUT_WRITERS[task.layout](_Writer(task, root, per_class, seed, size, dicom))
+    if dicom is not None:  # its patients' pseudonyms, hence its split, the same everywhere
+        (root / SALT_FILE).write_text(phantom_salt(task.name, seed))
     marker = _marker_text(task, per_class, seed, size)
     (root / PHANTOM_MARKER).write_text(marker if fmt == "jpeg" else marker + f"format: {fmt}\n")
     return root
