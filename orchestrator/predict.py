@@ -9,6 +9,10 @@ model logged with prediction sets, `prediction_set` (JSON list text of the class
 probable first) and `set_size` (each `<head>_`-named for a multi-head model), and for a model
 logged with an OOD fit `out_of_distribution` and `ood_score`: the model's own served columns
 (`orchestrator.serving.contract`).
+
+`--per-group COLUMN` (a CSV source) adds `<out>_per_group.csv`: one row per value of the CSV's
+COLUMN (a patient, a lesion), the group's images combined by the model's recorded rule
+(`orchestrator.serving.per_group`).
 """
 from __future__ import annotations
 
@@ -95,6 +99,41 @@ def _reading(model):
     return getattr(python_model, "preprocessing", None) or inputs.READING
 
 
+def group_of(source: Path, column: str) -> dict[str, str]:
+    """Each image's group from the source CSV's `column`, keyed as the output rows name the
+    images (relative to the CSV's folder); checked before any model is loaded."""
+    if not (source.suffix.lower() == ".csv" and source.is_file()):
+        raise ConfigError(f"--per-group {column}: needs a CSV of images with a `{column}` "
+                          f"column; {source} is not one")
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    if column not in frame.columns:
+        raise ConfigError(f"--per-group {column}: {source} has no `{column}` column (columns: "
+                          f"{', '.join(frame.columns)})")
+    base = source.parent
+    return {Path(os.path.relpath(p if Path(p).is_absolute() else base / p, base)).as_posix(): g
+            for p, g in zip(frame["path"], frame[column])}
+
+
+def _write_per_group(model, rows: pd.DataFrame, groups: dict[str, str], column: str,
+                     out_path: Path, log: Log) -> Path:
+    """The per-group file beside the per-image one, and what it used, in a line or two."""
+    from orchestrator.serving.per_group import per_group, unrecorded
+
+    spec = model.unwrap_python_model().serving_spec()
+    if unrecorded(spec):
+        log("the model records no group rule (logged before rules were chosen, or its held-out "
+            "groups were single images): images combined by their mean")
+    frame = per_group(rows, [groups[p] for p in rows["path"]], spec)
+    path = out_path.with_name(out_path.stem + "_per_group.csv")
+    _write_atomic(frame, path)
+    refer = [c for c in frame.columns if c == "refer" or c.endswith("_refer")]
+    referred = "; ".join(f"{int(frame[c].sum())} referred" + (f" ({c[:-6]})" if c != "refer"
+                                                               else "") for c in refer)
+    log(f"wrote {len(frame)} group(s) by `{column}` to {path}"
+        + (f" ({referred})" if referred else ""))
+    return path
+
+
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -103,13 +142,15 @@ def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 
 def run(model_uri: str, source: str, out: str, *, tracking_uri: str | None = None,
-        batch_size: int = DEFAULT_BATCH, log: Log = print) -> pd.DataFrame:
+        batch_size: int = DEFAULT_BATCH, per_group: str | None = None,
+        log: Log = print) -> pd.DataFrame:
     from orchestrator import tracking
     from orchestrator.tracking import ensemble_model
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     paths, root = image_paths(Path(source))
+    groups = group_of(Path(source), per_group) if per_group else None
     uri = tracking_uri or tracking.default_tracking_uri()
     console.import_tensorflow()  # the model's, without its C++ start-up lines unless verbose
     try:
@@ -128,6 +169,8 @@ def run(model_uri: str, source: str, out: str, *, tracking_uri: str | None = Non
         log(f"skipped {len(skipped)} unreadable or refused file(s): "
             f"{', '.join(skipped['path'][:5])}{more}; listed with the reason in {listed}")
     log(f"wrote {len(rows)} prediction(s) to {out_path}{summary(rows)}")
+    if groups is not None and len(rows):
+        _write_per_group(model, rows, groups, per_group, out_path, log)
     return rows
 
 
@@ -162,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
     add_verbose(p)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help="images per call of the model (default %(default)s)")
+    p.add_argument("--per-group", metavar="COLUMN",
+                   help="a CSV source's column naming each image's patient or lesion: also "
+                   "write <out>_per_group.csv, one row per group, its images combined by the "
+                   "model's recorded rule (mean or max)")
     return p
 
 
@@ -170,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     console.set_verbose(args.verbose)
     try:
         run(args.model_uri, args.source, args.out, tracking_uri=args.tracking_uri,
-            batch_size=args.batch_size)
+            batch_size=args.batch_size, per_group=args.per_group)
     except MedSweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

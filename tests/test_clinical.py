@@ -401,6 +401,43 @@ def test_review_table_lists_the_least_confident_cases_first():
 
 
 # --- the whole report ----------------------------------------------------------------------------
+# 40 test patients of two views each (image i and i + 40: one label), but the last image's
+# patient is p0, whose other view has the other label: a mixed group
+TEST_GROUPS = np.array([f"p{i % 40}" for i in range(79)] + ["p0"])
+
+
+def _assert_the_per_patient_section(result, html: str, y_test, names) -> None:
+    """The rule chosen on the held-out pairs, the figures per patient with intervals, the
+    confusion matrix and the review per patient, the mixed patient named."""
+    fit = result.answer
+    assert fit.group_rule in ("mean", "max") and fit.grouping.groups == 30
+    assert set(fit.grouping.scores) == {"mean", "max"}
+    assert fit.group_rule == min(fit.grouping.scores, key=fit.grouping.scores.get)
+    assert {"test_metrics_per_patient.csv", "review_per_patient.csv",
+            "confusion_matrix_per_patient.png"} <= names
+    per = pd.read_csv([p for p in result.files if p.name == "test_metrics_per_patient.csv"][0])
+    assert set(per.groups) == {40} and (per.note.isna()).all()
+    row = per.set_index("metric").loc["patient_balanced_accuracy"]
+    assert row.low <= row.point <= row.high
+    assert result.metrics["test_patient_balanced_accuracy"] == row.point
+    assert "test_patient_sensitivity_at_threshold_ci_low" in result.metrics
+    review = pd.read_csv([p for p in result.files if p.name == "review_per_patient.csv"][0])
+    assert len(review) == 20 and review.confidence.is_monotonic_increasing
+    assert set(review.n_images) <= {1, 2, 3}
+    page = unescape(html)
+    section = page[page.index("<h2>Per patient</h2>"):page.index("<h2>Figures</h2>")]
+    assert "80 images form 40 groups" in section and "1 test group(s) have images with " \
+        "different labels: p0." in section
+    assert f"combined per group by their {fit.group_rule}, chosen on 30 validation " \
+        "groups of 60 images" in section
+    assert result.patient_line.startswith("per patient: 40 test groups of 80 images, combined "
+                                          f"by {fit.group_rule} (chosen on validation groups)")
+    assert result.patient_line.endswith("; 1 group(s) with mixed labels")
+    # p0 holds a negative and a positive view: positive, as the binary group label
+    p0 = review[review.group == "p0"]
+    assert p0.empty or (p0.true == "PNEUMONIA").all()
+
+
 @pytest.mark.slow
 def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_path):
     _, model_path = planted_model
@@ -415,10 +452,11 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
     inputs = ClinicalInputs(
         task=task, y_val=y_val, y_test=y_test, val_probs={"ensemble": val, "best_single": val},
         test_probs={"ensemble": test, "best_single": test},
-        test_groups=np.arange(len(y_test)) // 2, test_paths=[f"img{i}.png" for i in range(80)],
+        test_groups=TEST_GROUPS, test_paths=[f"img{i}.png" for i in range(80)],
         test_images={SIZE: x_test}, members=[Member("t1", 1.0, model_path, SIZE)],
         policy="none", leaderboard=board, synthetic=True, title="test report",
-        ood=OodEvaluated(OodCut(7.25, 0.05, 60, 0.033), "pool", np.arange(80) % 10 == 0))
+        ood=OodEvaluated(OodCut(7.25, 0.05, 60, 0.033), "pool", np.arange(80) % 10 == 0),
+        val_groups=np.arange(60) % 30)  # two views per patient, of one label
     result = evaluate(inputs, ClinicalOptions(mc_dropout_passes=4, gradcam_per_group=2), tmp_path,
                       log=lambda _: None)
     names = {p.name for p in result.files}
@@ -486,6 +524,7 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
     assert ("> 1: on the validation predictions the ensemble was over-confident"
             if result.temperature > 1 else "< 1: on the validation predictions the ensemble "
             "was under-confident") in text
+    _assert_the_per_patient_section(result, html, y_test, names)
 
 
 @pytest.mark.slow
@@ -592,17 +631,22 @@ def test_threshold_and_temperature_ignore_the_test_labels(planted_model, tmp_pat
     test = model.predict(x_test.astype(np.float32), verbose=0)
     board = pd.DataFrame({"trial": ["t1"], "best_val_roc_auc": [0.9], "label": ["t1"]})
     results = []
-    for labels in (y_test, np.random.default_rng(0).permutation(y_test)):
+    shuffle = np.random.default_rng(0)
+    for labels, groups in ((y_test, np.arange(40) // 2),
+                           (shuffle.permutation(y_test), shuffle.permutation(40) // 4)):
         inputs = ClinicalInputs(
             task=get_task("pneumonia"), y_val=y_val, y_test=labels,
             val_probs={"ensemble": val}, test_probs={"ensemble": test},
-            test_groups=np.arange(len(labels)), test_paths=[str(i) for i in range(len(labels))],
+            test_groups=groups, test_paths=[str(i) for i in range(len(labels))],
             test_images={SIZE: x_test}, members=[Member("t1", 1.0, model_path, SIZE)],
-            policy="none", leaderboard=board, synthetic=True, title="permuted")
+            policy="none", leaderboard=board, synthetic=True, title="permuted",
+            val_groups=np.arange(40) % 13)
         results.append(evaluate(inputs, ClinicalOptions(gradcam_per_group=1),
                                 tmp_path / str(len(results)), log=lambda _: None))
     first, permuted = results
     assert first.operating_point == permuted.operating_point
     assert first.temperature == permuted.temperature
     assert first.answer.sets == permuted.answer.sets  # the set quantile too
+    assert first.answer.grouping == permuted.answer.grouping  # the per-patient rule too
+    assert first.answer.group_rule is not None
     assert first.metrics["test_accuracy"] != permuted.metrics["test_accuracy"]

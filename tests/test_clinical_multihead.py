@@ -124,7 +124,8 @@ def _inputs(case, members, y_test=None) -> ClinicalInputs:
         test_images={SIZE: case["x_test"]},
         members=[Member(f"m{i}", w, str(p), SIZE) for i, (w, p) in enumerate(zip(WEIGHTS,
                                                                                  members))],
-        policy="standard6", leaderboard=board, synthetic=True, title="multi-head report")
+        policy="standard6", leaderboard=board, synthetic=True, title="multi-head report",
+        val_groups=np.arange(N_VAL) // 3)  # three views of a patient, each drawn on its own
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +278,9 @@ def test_the_report_has_a_section_and_figures_per_head(evaluated):
     assert {"report.html", "test_metrics_with_ci.csv", "review_low_confidence.csv",
             "confusion_matrix_shape.png", "confusion_matrix_texture.png",
             "reliability_diagram_shape.png", "reliability_diagram_texture.png",
-            "scatter_size.png", "trial_comparison.png"} == names
+            "scatter_size.png", "trial_comparison.png", "test_metrics_per_patient.csv",
+            "review_per_patient.csv", "confusion_matrix_per_patient_shape.png",
+            "confusion_matrix_per_patient_texture.png"} == names
     for path in result.files:
         assert path.exists(), path
     for png in [p for p in result.files if p.suffix == ".png"]:
@@ -301,6 +304,41 @@ def test_the_report_has_a_section_and_figures_per_head(evaluated):
     assert len(review) == 20 and review["lowest_confidence"].is_monotonic_increasing
     assert {"shape_true", "shape_predicted", "texture_confidence", "size_abs_error"} <= set(
         review.columns)
+    _assert_each_classification_head_is_grouped(result, out, page)
+
+
+def _assert_each_classification_head_is_grouped(result, out, page: str) -> None:
+    """Per patient through the per-head structures: each classification head's rule on its
+    own held-out block, its figures per group, its column in the review; the regression head
+    by the group's mean; every head's rule in the spec."""
+    fits = result.fits
+    assert fits["size"].grouping is None and fits["size"].group_rule is None
+    for name in ("shape", "texture"):
+        grouping = fits[name].grouping
+        assert (grouping.groups, grouping.images) == (30, N_VAL)
+        assert fits[name].group_rule == min(grouping.scores, key=grouping.scores.get)
+    per = pd.read_csv(out / "test_metrics_per_patient.csv").set_index("metric")
+    for metric in ("patient_mean_skill", "patient_shape_balanced_accuracy",
+                   "patient_texture_coverage_at_refer_cut", "patient_size_mae"):
+        assert per.loc[metric, "groups"] == 40, metric
+    assert "test_patient_mean_skill" in result.metrics
+    review = pd.read_csv(out / "review_per_patient.csv")
+    assert (review["n_images"] == 2).all() and review["lowest_confidence"].is_monotonic_increasing
+    assert {"group", "images", "shape_true", "texture_predicted", "size_abs_error"} <= set(
+        review.columns)
+    section = page[page.index("<h2>Per patient</h2>"):page.index("<h2>Figures</h2>")]
+    assert "80 images form 40 groups" in section
+    for name in ("shape", "texture"):
+        assert f"head {name}: images combined per group by their {fits[name].group_rule}" \
+            in section
+    assert result.patient_line.startswith("per patient: 40 test groups of 80 images, combined "
+                                          f"by shape {fits['shape'].group_rule}, texture "
+                                          f"{fits['texture'].group_rule} (chosen on validation")
+    spec = publish.serving_spec(MULTIHEAD, result, "validation")
+    rules = {h["name"]: h.get("group_rule") for h in spec.to_dict()["heads"]}
+    assert rules == {"shape": fits["shape"].group_rule, "texture": fits["texture"].group_rule,
+                     "size": None}
+    assert contract.ServingSpec.from_dict(spec.to_dict()) == spec
 
 
 # --- serving --------------------------------------------------------------------------------

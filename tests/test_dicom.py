@@ -238,3 +238,20 @@ def test_a_dicom_folder_prepares_with_non_images_listed_and_the_window_recorded(
     assert again.task.preprocessing.dicom_window == "auto"
     np.testing.assert_array_equal(again.images[again.table["row"].to_numpy()],
                                   prepared.images[prepared.table["row"].to_numpy()])
+
+
+def test_a_voi_lut_sequence_is_the_files_window(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = (np.arange(256, dtype=np.uint16) * 4).reshape(16, 16)  # 0..1020
+    lut = Dataset()
+    lut.LUTDescriptor = [256, 0, 12]  # 256 entries for values 0..255, 12-bit output
+    table = (np.linspace(0, 4095, 256) ** 2 / 4095).astype(np.uint16)  # a gamma curve
+    lut.add_new("LUTData", "US", table.tolist())
+    path = write_dicom(tmp_path / "lut.dcm", stored, window=(900, 10),
+                       header=Header(extra={"VOILUTSequence": Sequence([lut])}))
+    expected = np.rint(table[np.clip(stored, 0, 255)] / 4095 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(decode_file(path)[0], expected)  # the LUT, not the window
+    windowed = decode_file(path, Preprocessing(dicom_window="900,10"))[0]
+    np.testing.assert_array_equal(windowed, _linear(stored.astype(float), 900, 10))

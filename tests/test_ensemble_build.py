@@ -317,6 +317,48 @@ def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept,
     assert "cannot load models:/medsweep-nothing@candidate" in missing.stderr
 
 
+def test_predict_per_group_writes_one_row_per_patient_by_the_models_rule(swept, tmp_path):
+    """`--per-group COLUMN`: the served per-image answers combined per value of the CSV's
+    column; the brain model (no groups in its data) records no rule, so `mean`, said once."""
+    from orchestrator import predict
+
+    _, uri, _ = swept
+    (tmp_path / "imgs").mkdir()
+    for i, p in enumerate(_prepared().paths("test")[:5]):
+        shutil.copy(p, tmp_path / "imgs" / f"case{i}.jpg")
+    pd.DataFrame({"path": [f"imgs/case{i}.jpg" for i in range(5)],
+                  "patient": ["A", "A", "B", "B", "C"]}).to_csv(tmp_path / "new.csv",
+                                                                index=False)
+    lines: list[str] = []
+    rows = predict.run("models:/medsweep-brain@candidate", str(tmp_path / "new.csv"),
+                       str(tmp_path / "preds.csv"), tracking_uri=uri, per_group="patient",
+                       log=lines.append)
+    grouped = pd.read_csv(tmp_path / "preds_per_group.csv")
+    assert grouped["group"].tolist() == ["A", "B", "C"]
+    assert grouped["n_images"].tolist() == [2, 2, 1]
+    probs = [f"prob_{c}" for c in get_task("brain").classes]
+    expected = rows[probs].to_numpy()[:4].reshape(2, 2, len(probs)).mean(axis=1)
+    np.testing.assert_allclose(grouped[probs].to_numpy()[:2], expected, atol=1e-9)
+    combined = grouped[probs].to_numpy()
+    assert grouped["decision"].tolist() == [probs[k][5:] for k in combined.argmax(axis=1)]
+    np.testing.assert_allclose(grouped["confidence"], combined.max(axis=1))
+    model = mlflow.pyfunc.load_model("models:/medsweep-brain@candidate")
+    cut = model.unwrap_python_model().serving_spec().refer_cut
+    flagged = [rows["out_of_distribution"][rows["path"].str.startswith(tuple(
+        f"imgs/case{i}" for i in idx))].any() for idx in ((0, 1), (2, 3), (4,))]
+    assert grouped["refer"].tolist() == list((combined.max(axis=1) < cut) | flagged)
+    assert set(grouped["group_rule"]) == {"mean"}
+    assert sum("records no group rule" in line for line in lines) == 1
+    assert any(line.startswith("wrote 3 group(s) by `patient` to ") for line in lines)
+    with pytest.raises(ConfigError, match=r"--per-group patient_id: .*new\.csv has no "
+                                          r"`patient_id` column \(columns: path, patient\)"):
+        predict.run("models:/medsweep-brain@candidate", str(tmp_path / "new.csv"),
+                    str(tmp_path / "again.csv"), tracking_uri=uri, per_group="patient_id")
+    with pytest.raises(ConfigError, match="needs a CSV of images with a `patient` column"):
+        predict.run("models:/medsweep-brain@candidate", str(tmp_path / "imgs"),
+                    str(tmp_path / "again.csv"), tracking_uri=uri, per_group="patient")
+
+
 def test_actor_pool_probabilities_equal_a_direct_call(swept, tmp_path):
     result, uri, _ = swept
     member = result.ensemble.members[0]

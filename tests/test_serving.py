@@ -403,3 +403,54 @@ def test_the_card_says_how_sets_are_made_and_flags_an_infinite_quantile():
     tiny = model_card(_facts(spec=_spec(sets=SetFit(0.9, (EVERY_CLASS,), (6,)))))
     assert "the quantile is infinite: 6 validation cases are fewer than the 9 it needs, so " \
            "every set holds every class" in tiny
+
+
+# --- per group (patient, lesion) -------------------------------------------------------------
+def test_the_spec_records_a_group_rule_only_when_one_was_chosen():
+    assert "group_rule" not in _spec().to_dict()  # as every model logged before
+    chosen = _spec(group_rule="max")
+    assert chosen.to_dict()["group_rule"] == "max"
+    assert contract.ServingSpec.from_dict(chosen.to_dict()) == chosen
+    assert chosen.answered_heads[0].group_rule == "max"
+    with pytest.raises(ValueError, match="unknown group rule 'median'; valid: mean, max"):
+        _spec(group_rule="median")
+    with pytest.raises(ValueError, match="a regression head has no group rule"):
+        contract.HeadSpec("size", "regression", unit="mm", group_rule="mean")
+
+
+def test_a_group_is_combined_by_the_recorded_rule_decided_and_referred():
+    from orchestrator.serving.per_group import per_group, unrecorded
+
+    # images as served (calibrated): p1 has a calm and an alarming view, p2 one calm view
+    rows = pd.DataFrame({"prob_normal": [0.9, 0.2, 0.8], "prob_pneumonia": [0.1, 0.8, 0.2],
+                         "out_of_distribution": [False, False, False]})
+    spec = _spec(group_rule="max")  # threshold 0.3 on pneumonia, refer below 0.7
+    out = per_group(rows, ["p1", "p1", "p2"], spec)
+    assert out["group"].tolist() == ["p1", "p2"] and out["n_images"].tolist() == [2, 1]
+    np.testing.assert_allclose(out["prob_pneumonia"], [0.8 / 1.7, 0.2])
+    assert out["decision"].tolist() == ["pneumonia", "normal"]
+    np.testing.assert_allclose(out["confidence"], [0.8 / 1.7, 0.8])
+    assert out["refer"].tolist() == [True, False] and set(out["group_rule"]) == {"max"}
+    assert not unrecorded(spec) and unrecorded(_spec())
+    mean = per_group(rows, ["p1", "p1", "p2"], _spec())  # no recorded rule: the mean
+    np.testing.assert_allclose(mean["prob_pneumonia"], [0.45, 0.2])
+    assert mean["decision"].tolist() == ["pneumonia", "normal"] and set(mean["group_rule"]) == {
+        "mean"}
+    flagged = per_group(rows.assign(out_of_distribution=[False, False, True]),
+                        ["p1", "p1", "p2"], spec)  # an OOD image refers its patient
+    assert flagged["refer"].tolist() == [True, True]
+    assert flagged["out_of_distribution"].tolist() == [False, True]
+
+
+def test_each_head_of_a_multihead_model_is_grouped_and_a_value_averaged():
+    from orchestrator.serving.per_group import per_group
+
+    raw = np.array([[0.6, 0.3, 0.1, 0.9, 0.1, 10.0], [0.2, 0.7, 0.1, 0.8, 0.2, 14.0]])
+    spec = _heads_spec()
+    out = per_group(contract.answer(raw, spec), ["a", "a"], spec)
+    served = contract.answer(raw, spec)
+    np.testing.assert_allclose(out["shape_prob_disc"], served["shape_prob_disc"].mean())
+    assert out["size_value"].tolist() == [12.0]
+    assert {"shape_decision", "shape_refer", "grade_confidence", "grade_refer"} <= set(
+        out.columns)
+    assert out["grade_refer"].tolist() == [True]  # its cut 2.0 refers everything

@@ -46,6 +46,8 @@ LIGHT = (
     "orchestrator.clinical.sections",
     "orchestrator.clinical.answer_sections",
     "orchestrator.clinical.evaluated",
+    "orchestrator.clinical.patients",
+    "orchestrator.clinical.patient_sections",
     "orchestrator.serving",  # the whole package: the served model's contract and card
     "orchestrator.keys",  # the MLflow tag keys, which the card names too
     "tasks",  # the whole package
@@ -540,7 +542,9 @@ def test_the_package_root_holds_the_stages_and_a_few_shared_modules() -> None:
 # meet: a branch on the task's shape belongs here. Every later stage loops over heads.
 HEADS_BOUNDARY = ("tasks", "orchestrator.data", "orchestrator.models",
                   "orchestrator.train.outputs", "orchestrator.clinical.heads",
-                  "orchestrator.clinical.evaluated", "orchestrator.serving.contract")
+                  "orchestrator.clinical.evaluated",
+    "orchestrator.clinical.patients",
+    "orchestrator.clinical.patient_sections", "orchestrator.serving.contract")
 MAX_SHAPE_BRANCHES = 10  # outside the boundary: the metric sets and layouts that differ
 
 

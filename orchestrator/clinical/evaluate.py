@@ -23,6 +23,8 @@ from orchestrator.clinical.html import write_report
 from orchestrator.clinical.operating_point import threshold_table
 from orchestrator.clinical.ood import OodEvaluated
 from orchestrator.clinical.options import ClinicalOptions
+from orchestrator.clinical.patient_sections import patient_line
+from orchestrator.clinical.per_patient import per_patient
 from orchestrator.clinical.resampled_metrics import task_metrics
 from orchestrator.clinical.result import ClinicalResult
 from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, Report, report_sections
@@ -61,6 +63,7 @@ class ClinicalInputs:
     data_notes: Sequence[str] = ()  # what was left out or grouped before splitting
     held_out: str = "validation"  # what y_val/val_probs are: "validation" or "out-of-fold"
     ood: OodEvaluated | None = None  # the served OOD flag, fitted before the evaluation
+    val_groups: np.ndarray | None = None  # the held-out images' groups (None: not known)
 
 
 def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
@@ -78,7 +81,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     for eh in evaluated:
         kind = KINDS[eh.head.kind]
         fits[eh.head.name] = fit = kind.fit(eh, eh.targets(inputs.y_val), ens_val[:, eh.columns],
-                                            options, inputs.held_out, log)
+                                            options, inputs.held_out, log, inputs.val_groups)
         calibrated[:, eh.columns] = kind.calibrate(fit, ens_test[:, eh.columns])
         decided[eh.head.name] = kind.decide(eh, fit, calibrated[:, eh.columns])
         if fit.operating_point is not None:
@@ -99,8 +102,11 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     files.append(out / artifacts.REVIEW)
     review.to_csv(files[-1], index=False)
     files += [p for eh in evaluated for p in figures[eh.head.name]] + shared + explained.figures
+    patients = per_patient(inputs, options, evaluated, fits, calibrated, out)
+    files += patients.write(out)
 
     metrics = dict(explained.metrics)
+    metrics.update(patients.metrics())
     metrics.update(sound_interval_metrics(measured.intervals[measured.intervals.model == ENSEMBLE],
                                           measured.difference, task.metric))
     for eh in evaluated:
@@ -110,7 +116,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
                         "ood_false_alarm_nominal": inputs.ood.cut.false_alarm,
                         "val_ood_flagged": inputs.ood.cut.held_out_flagged})
     report = Report(fits, measured.intervals, figures, shared + explained.figures, review,
-                    measured.groups_note, metric, measured.difference)
+                    measured.groups_note, metric, measured.difference, patients)
     banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
               "real patients.") if inputs.synthetic else None
     files.append(write_report(out / artifacts.REPORT, inputs.title,
@@ -120,7 +126,8 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
                                       None),
                           heads={eh.head.name: fits[eh.head.name] for eh in evaluated
                                  if eh.named},
-                          notes=explained.notes, interval_notes=measured.interval_notes)
+                          notes=explained.notes, interval_notes=measured.interval_notes,
+                          patient_line=patient_line(patients, task.metric, inputs.held_out))
 
 
 def _threshold_table(eh, inputs: ClinicalInputs, ens_val, calibrated, fit, out: Path) -> Path:

@@ -21,6 +21,7 @@ from orchestrator.clinical.calibration import (apply_temperature, brier_score,
 from orchestrator.clinical.conformal import (fit_sets, in_set, min_cases, safe_name,
                                              set_figures)
 from orchestrator.clinical.operating_point import binary_figures, choose_threshold
+from orchestrator.clinical.patients import choose_rule
 from orchestrator.clinical.referral import choose_refer_cut, decide, referral_figures
 from orchestrator.clinical.result import HeadFit
 from orchestrator.clinical.uncertainty import entropy
@@ -34,7 +35,7 @@ class Classification:
     confidence of the decision; each on this head's held-out predictions only."""
 
     def fit(self, eh: EvaluatedHead, y: np.ndarray, block: np.ndarray, options, held: str,
-            log: Log) -> HeadFit:
+            log: Log, groups: np.ndarray | None = None) -> HeadFit:
         temperature = fit_temperature(y, block)
         calibrated = apply_temperature(block, temperature)
         where = f"head {eh.head.name}: " if eh.named else ""
@@ -53,8 +54,13 @@ class Classification:
         detail(log, f"{where}refer rule chosen on {held} predictions: " + (
             referral.unreachable(held) if referral.refers_everything
             else referral.supported(held)))
+        grouping = None
+        if groups is not None:  # per patient: mean or max, on the held-out groups' own labels
+            grouping = choose_rule(y, calibrated, groups, eh.positive)
+            detail(log, f"{where}{grouping.sentence(held)}")
         return HeadFit(eh.head.name, temperature, referral, op,
-                       sets=self.fit_sets(eh, y, calibrated, options, held, log))
+                       sets=self.fit_sets(eh, y, calibrated, options, held, log),
+                       grouping=grouping)
 
     def fit_sets(self, eh: EvaluatedHead, y, calibrated, options, held: str, log: Log):
         """The prediction-set quantile(s) on the same calibrated held-out predictions; an
@@ -144,7 +150,7 @@ class Classification:
 class Regression:
     """Nothing is fitted: the value is measured (MAE, RMSE, R² in the head's unit)."""
 
-    def fit(self, eh, y, block, options, held, log) -> HeadFit:
+    def fit(self, eh, y, block, options, held, log, groups=None) -> HeadFit:
         return HeadFit(eh.head.name, None, None)
 
     def calibrate(self, fit: HeadFit, block: np.ndarray) -> np.ndarray:

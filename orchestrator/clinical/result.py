@@ -10,6 +10,7 @@ import pandas as pd
 
 from orchestrator.clinical.conformal import SetFit
 from orchestrator.clinical.operating_point import OperatingPoint
+from orchestrator.clinical.patients import RuleChoice
 from orchestrator.clinical.referral import Referral
 
 
@@ -24,6 +25,13 @@ class HeadFit:
     referral: Referral | None
     operating_point: OperatingPoint | None = None
     sets: SetFit | None = None  # a classification head's prediction-set quantile(s)
+    grouping: RuleChoice | None = None  # how its images combine per patient (held-out groups)
+
+    @property
+    def group_rule(self) -> str | None:
+        """The per-patient rule the served spec records: None when no held-out group held
+        several images, so nothing backs a choice."""
+        return self.grouping.rule if self.grouping and self.grouping.evidence else None
 
 
 @dataclass
@@ -39,6 +47,7 @@ class ClinicalResult:
     # Why some test figures have no interval (`bootstrap.note_lines`), once each; the paired
     # difference's too. Empty when every interval is sound.
     interval_notes: list[str] = field(default_factory=list)
+    patient_line: str = ""  # the per-patient figures in one console line ("" : none to show)
 
     @property
     def fits(self) -> dict[str, HeadFit]:

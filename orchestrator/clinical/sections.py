@@ -14,6 +14,7 @@ from orchestrator.clinical.calibration import (apply_temperature, calibration_se
                                                confidence_gap)
 from orchestrator.clinical.answer_sections import ood_section, sets_section
 from orchestrator.clinical.html import Section
+from orchestrator.clinical.patient_sections import PerPatient, patient_section
 from orchestrator.clinical.referral import CANDIDATE_CUTS, Referral
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.result import HeadFit
@@ -276,14 +277,19 @@ class Report:
     groups_note: str
     metric: str
     difference: dict | None
+    patients: PerPatient | None = None  # the test split per group (patient, lesion)
 
 
 def report_sections(inputs, options, report: Report) -> list[Section]:
     """report.html's layout: a single-label task's one answer, or a section per head; the
-    prediction sets and the out-of-distribution flag before the figures."""
+    prediction sets, the out-of-distribution flag and the per-patient figures before the
+    figures."""
     test = report.intervals[report.intervals.model == ENSEMBLE].set_index("metric")
+    patients = ([patient_section(report.patients, inputs.held_out, options.resamples)]
+                if report.patients is not None else [])
     return with_sets_section(_layout_sections(inputs, options, report),
-                             sets_section(inputs, report.fits, test) + ood_section(inputs, test))
+                             sets_section(inputs, report.fits, test) + ood_section(inputs, test)
+                             + patients)
 
 
 def _layout_sections(inputs, options, report: Report) -> list[Section]:

@@ -102,7 +102,7 @@ def _clinical_inputs(sweep: SweepInfo, task, choice, rows: dict, held: HeldOut, 
     ens = choice.ensemble
     first = {name: models[0] for name, models in held.models.items()}  # Grad-CAM's model
     return ClinicalInputs(
-        task=task, y_val=held.y, y_test=y_test, held_out=held.kind,
+        task=task, y_val=held.y, y_test=y_test, held_out=held.kind, val_groups=held.groups,
         val_probs={k: e.predict(choice.val_probs) for k, e in rows.items()},
         test_probs={k: e.predict(test_probs) for k, e in rows.items()},
         test_groups=test_rows["group"].to_numpy(),
@@ -212,7 +212,8 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           ood=ood_fit.spec, ood_test_flagged=ood_seen.test_share,
                           sets=tuple((name if fit is not result.answer else "", fit.sets)
                                      for name, fit in result.fits.items()
-                                     if fit.sets is not None))
+                                     if fit.sets is not None),
+                          patient_line=result.patient_line)
 
 
 def _ood_fit(held: HeldOut, ens, clinical: tuple, log: Log):

@@ -54,7 +54,7 @@ def serving_spec(task, clinical_result, held_kind: str) -> contract.ServingSpec:
             held_out_cases=int(fit.referral.cases),
             threshold=float(op.threshold) if op is not None else None,
             positive_class=head.classes[eh.positive] if eh.positive is not None else None,
-            named=eh.named, sets=fit.sets))
+            named=eh.named, sets=fit.sets, group_rule=fit.group_rule))
     return contract.ServingSpec.of_heads(heads, chosen_on=held_kind)
 
 

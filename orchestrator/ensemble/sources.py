@@ -46,6 +46,7 @@ class HeldOut:
     positions: dict[str, np.ndarray]  # model name -> rows of `y` its predictions fill
     y: np.ndarray
     data: dict[int, object]  # resolution -> PreparedData (the recorded split)
+    groups: np.ndarray | None = None  # each held-out image's group (patient, lesion), as `y`
 
     def assemble(self, scored: dict) -> dict[str, np.ndarray]:
         """(T, N, C) per configuration whose every model could be scored; others are left out
@@ -162,7 +163,8 @@ def holdout(sweep: SweepInfo, task, ranked: list, top_k: int, work: Path, log: L
     return HeldOut(kind="validation", models=models,
                    images={r: d.arrays("val")[0] for r, d in data.items()},
                    positions={m[0].name: np.arange(len(y)) for m in models.values()}, y=y,
-                   data=data)
+                   data=data, groups=first.table.loc[first.table["split"] == "val",
+                                                     "group"].to_numpy())
 
 
 def cross_validated(sweep: SweepInfo, task, runs: list, work: Path, log: Log,
@@ -209,7 +211,7 @@ def cross_validated(sweep: SweepInfo, task, runs: list, work: Path, log: Log,
     pool = first.table[first.table["split"] != "test"]
     y = first.targets(pool)
     return HeldOut(kind="out-of-fold", models=models, images=images, positions=positions, y=y,
-                   data=data)
+                   data=data, groups=pool["group"].to_numpy())
 
 
 def _download_model(sweep: SweepInfo, run, name: str, resolution: int, work: Path, log: Log,

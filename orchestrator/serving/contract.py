@@ -70,10 +70,14 @@ class HeadSpec:
     positive_class: str | None = None
     named: bool = True
     sets: SetFit | None = None  # classification only: its prediction-set quantile(s)
+    # classification only: how its images combine per patient (`clinical.patients.RULES`),
+    # chosen on held-out groups; None (and absent from the file) when nothing backed a choice
+    group_rule: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
         self.head  # what the head is, checked where the task's heads are (`tasks.base.Head`)
+        _check_group_rule(self.group_rule, self.name, self.is_classification)
         object.__setattr__(self, "sets", _sets(self.sets, self.name, self.classes,
                                                self.is_classification))
         if self.is_classification:
@@ -187,9 +191,11 @@ class ServingSpec:
     min_side: int = DEFAULT_MIN_SIDE
     ood: OodSpec | None = None  # absent in specs logged before the OOD flag, and in their files
     sets: SetFit | None = None  # the prediction-set quantile(s); None: logged before sets
+    group_rule: str | None = None  # as HeadSpec's: mean or max per patient; None: none chosen
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
+        _check_group_rule(self.group_rule, "of the model", True)
         object.__setattr__(self, "sets", _sets(self.sets, "of the model", self.classes, True))
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
@@ -219,7 +225,8 @@ class ServingSpec:
                          held_out_coverage=self.held_out_coverage, threshold=self.threshold,
                          positive_class=self.positive_class, named=False,
                          refer_level=self.refer_level, refer_lower_bound=self.refer_lower_bound,
-                         held_out_cases=self.held_out_cases, sets=self.sets),)
+                         held_out_cases=self.held_out_cases, sets=self.sets,
+                         group_rule=self.group_rule),)
 
     def to_dict(self) -> dict[str, Any]:
         """A single head's dict has no `heads` key: the format models were logged with before
@@ -243,7 +250,8 @@ class ServingSpec:
                    positive_class=first.positive_class, threshold=first.threshold,
                    chosen_on=chosen_on, heads=tuple(h for h in heads if h.named),
                    refer_level=first.refer_level, refer_lower_bound=first.refer_lower_bound,
-                   held_out_cases=first.held_out_cases, sets=first.sets)
+                   held_out_cases=first.held_out_cases, sets=first.sets,
+                   group_rule=first.group_rule)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ServingSpec":
@@ -253,7 +261,18 @@ class ServingSpec:
                       "ood": OodSpec(**found) if found else None})
 
 
-_SINCE_GUARANTEE = ("refer_level", "refer_lower_bound", "held_out_cases", "ood")
+_SINCE_GUARANTEE = ("refer_level", "refer_lower_bound", "held_out_cases", "ood", "group_rule")
+
+
+def _check_group_rule(rule: str | None, name: str, classification: bool) -> None:
+    from orchestrator.clinical.patients import RULES
+
+    if rule is None:
+        return
+    if not classification:
+        raise ValueError(f"head {name}: a regression head has no group rule")
+    if rule not in RULES:
+        raise ValueError(f"head {name}: unknown group rule {rule!r}; valid: {', '.join(RULES)}")
 
 
 def _without_unset(spec: dict[str, Any]) -> dict[str, Any]:
