@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import keras
@@ -113,8 +115,21 @@ def test_a_dicom_export_is_swept_ensembled_and_served_with_the_same_numbers(dico
     calibrated = apply_temperature(expected, report.temperature)
     encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in paths]
     payload = {"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}
-    with _model_server(uri, MODEL, payload) as (_, status, answer):
+    with _model_server(uri, MODEL, payload) as (port, status, answer):
         assert status == 200, answer
+        # docs/serving.md's DICOM example, run as written (only the port differs)
+        (block,) = re.findall(r"<!-- dicom-example -->\n```bash\n(.*?)```",
+                              (ROOT / "docs" / "serving.md").read_text(), re.S)
+        (tmp_path / "scan.dcm").write_bytes(Path(paths[0]).read_bytes())
+        proc = subprocess.run(["bash", "-euc", block.replace("localhost:5001",
+                                                             f"localhost:{port}")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        (row,) = json.loads(proc.stdout)["predictions"]
+        first = answer["predictions"][0]  # alone, not in a batch: the same to float32 noise
+        assert row["decision"] == first["decision"] and row.keys() == first.keys()
+        np.testing.assert_allclose([row[k] for k in first if k.startswith("prob_")],
+                                   [first[k] for k in first if k.startswith("prob_")], atol=1e-6)
     served = pd.DataFrame(answer["predictions"])
     probs = [f"prob_{c}" for c in data.task.classes]
     np.testing.assert_allclose(served[probs].to_numpy(), calibrated, atol=1e-5)

@@ -16,7 +16,6 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from orchestrator.data.dicom_write import Header, write_dicom, write_report
@@ -46,6 +45,8 @@ def check_format(fmt: str) -> str:
 
 def jpeg_pixels(image: np.ndarray, quality: int) -> np.ndarray:
     """What the JPEG phantom's file of `image` decodes to."""
+    import cv2  # here: the trial config imports FORMATS, and should stay light
+
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok, "OpenCV could not encode a phantom image"
     return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
@@ -96,6 +97,8 @@ class DicomExport:
              group: str = "") -> str:
         """Write `image` (as the JPEG phantom would have it) at `relative` with the DICOM
         name; returns that name."""
+        import cv2
+
         k, self.written = self.written, self.written + 1
         name = Path(relative).with_suffix("" if k % NO_EXTENSION_EVERY == 2 else ".dcm")
         path = root / name
