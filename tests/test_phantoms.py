@@ -5,9 +5,13 @@ import re
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 
+from orchestrator.data.cache import decode_file
+from orchestrator.data.dicom import is_dicom_file
 from orchestrator.data.layouts import read_layout
 from orchestrator.data.phantoms import (HAM_COLUMNS, default_phantom_dir, ensure_phantom,
                                         write_phantom)
@@ -144,12 +148,13 @@ def test_marker_says_synthetic(phantoms):
     assert "task: brain" in text and "seed: 0" in text and f"per_class: {PER_CLASS}" in text
 
 
+@pytest.mark.parametrize("fmt", ["jpeg", "dicom"])
 @pytest.mark.parametrize("name", list(TASKS))
-def test_same_seed_same_bytes_other_seed_differs(name, tmp_path):
+def test_same_seed_same_bytes_other_seed_differs(name, fmt, tmp_path):
     task = get_task(name)
-    first = _files(write_phantom(task, tmp_path / "a", per_class=4, seed=3, size=32))
-    again = _files(write_phantom(task, tmp_path / "b", per_class=4, seed=3, size=32))
-    other = _files(write_phantom(task, tmp_path / "c", per_class=4, seed=4, size=32))
+    first = _files(write_phantom(task, tmp_path / "a", per_class=4, seed=3, size=32, fmt=fmt))
+    again = _files(write_phantom(task, tmp_path / "b", per_class=4, seed=3, size=32, fmt=fmt))
+    other = _files(write_phantom(task, tmp_path / "c", per_class=4, seed=4, size=32, fmt=fmt))
     assert first == again
     images = {v for k, v in first.items() if not k.endswith((".txt", ".csv"))}
     assert len(images) >= 8 and not images & set(other.values())
@@ -183,3 +188,121 @@ def test_ensure_phantom_writes_once_and_announces(tmp_path, monkeypatch, capsys)
     assert "NOT MEDICAL" in capsys.readouterr().err
     assert [p.name for p in root.parent.iterdir()] == ["pneumonia-n4-s1"]  # no temp dirs left
     assert read_layout(task, root).synthetic
+
+
+# --- the DICOM phantom ------------------------------------------------------------------------
+
+DICOM_SIZE = 32
+
+
+def _dicom_pairs(jpeg_root: Path, dicom_root: Path) -> list[tuple[Path, Path]]:
+    """(JPEG phantom file, the DICOM phantom's file of the same image), by name without suffix."""
+    dicoms = {p.relative_to(dicom_root).with_suffix("").as_posix(): p
+              for p in dicom_root.rglob("*") if p.is_file() and is_dicom_file(p)}
+    return [(p, dicoms[p.relative_to(jpeg_root).with_suffix("").as_posix()])
+            for p in sorted(jpeg_root.rglob("*")) if p.suffix in (".jpg", ".jpeg")]
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_dicom_phantom_reads_as_the_jpeg_phantoms_pixels(name, tmp_path):
+    """Tolerance 0: the DICOM phantom stores the JPEG phantom's decoded pixels, so the reader's
+    chain (rescale, window, MONOCHROME1 inversion) must give back every pixel exactly."""
+    task = get_task(name)
+    jpeg = write_phantom(task, tmp_path / "jpeg", per_class=4, size=DICOM_SIZE)
+    dcm = write_phantom(task, tmp_path / "dcm", per_class=4, size=DICOM_SIZE, fmt="dicom")
+    pairs = _dicom_pairs(jpeg, dcm)
+    assert len(pairs) == sum(1 for p in jpeg.rglob("*") if p.suffix in (".jpg", ".jpeg"))
+    for a, b in pairs:
+        np.testing.assert_array_equal(decode_file(b)[0], decode_file(a)[0], err_msg=str(b))
+    assert len(read_layout(task, dcm).table) == len(read_layout(task, jpeg).table)
+    if task.source_channels == 1:  # stored as 12-bit values: a reader that skipped the
+        raw = pydicom.dcmread(pairs[0][1]).pixel_array  # rescale and window would not match
+        assert raw.max() > 255 and not np.array_equal(raw, decode_file(pairs[0][0])[0])
+
+
+def test_dicom_phantom_has_a_hospital_exports_quirks_and_fake_identifiers(tmp_path):
+    root = write_phantom(get_task("brain"), tmp_path / "b", per_class=20, size=DICOM_SIZE,
+                         fmt="dicom")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_dicom_file(p))
+    sets = {p: pydicom.dcmread(p) for p in files}
+    images = {p: ds for p, ds in sets.items() if "PixelData" in ds}
+    (report,) = [p for p, ds in sets.items() if ds.Modality == "SR"]
+    assert len(images) == 80 and "PixelData" not in sets[report]
+    syntaxes = {ds.file_meta.TransferSyntaxUID for ds in images.values()}
+    assert syntaxes == {pydicom.uid.RLELossless, pydicom.uid.ExplicitVRLittleEndian}
+    photometric = [ds.PhotometricInterpretation for ds in images.values()]
+    assert photometric.count("MONOCHROME1") == 20 and photometric.count("MONOCHROME2") == 60
+    assert sum(1 for p in images if p.suffix == "") > 10
+    for ds in images.values():
+        assert (ds.BitsStored, float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (
+            12, 1.0, -1024.0)
+        assert "WindowCenter" in ds and ds.pixel_array.max() <= 4095
+        assert re.fullmatch(r"PHANTOM\^SUBJECT\^\d{4}", str(ds.PatientName))
+        assert re.fullmatch(r"MSPH-\d{4}", ds.PatientID)
+        assert re.fullmatch(r"(19[3-9]\d|200[0-5])(0[1-9]|1[0-2])(0[1-9]|1\d|2[0-8])",
+                            ds.PatientBirthDate)
+        assert re.fullmatch(r"MSACC\d{7}", ds.AccessionNumber)
+        assert ds.InstitutionName == "MEDSWEEP PHANTOM HOSPITAL" and "SYNTHETIC" in \
+            ds.ImageComments
+    per_patient = pd.Series([ds.PatientID for ds in images.values()]).value_counts()
+    assert per_patient.max() == 3 and (per_patient == 3).mean() > 0.5  # a few per patient
+    for ds in images.values():  # one patient, one study and one birth date
+        same = [o for o in images.values() if o.PatientID == ds.PatientID]
+        assert {(o.StudyInstanceUID, o.PatientBirthDate, o.PatientName) for o in same} == {
+            (ds.StudyInstanceUID, ds.PatientBirthDate, ds.PatientName)}
+    assert len({ds.SOPInstanceUID for ds in sets.values()}) == len(sets)
+
+
+def test_a_layouts_own_groups_are_its_dicom_patients(tmp_path):
+    """Pneumonia's patients (by file name) are the DICOM phantom's patients (by header)."""
+    task = get_task("pneumonia")
+    scan = read_layout(task, write_phantom(task, tmp_path / "p", per_class=12,
+                                           size=DICOM_SIZE, fmt="dicom"))
+    ids = scan.table["path"].map(lambda p: pydicom.dcmread(p, stop_before_pixels=True).PatientID)
+    by_name = scan.table.groupby("group")["path"].apply(lambda rows: set(ids[rows.index]))
+    assert (by_name.map(len) == 1).all() and ids.nunique() == len(by_name)
+
+
+def test_the_dicom_phantom_trains_through_the_pipeline(tmp_path, monkeypatch):
+    """prepare_dataset on the DICOM phantom: its own cache folder, the report left out with
+    its reason within the 5% rule, patients grouped from the headers, the JPEG's pixels."""
+    from orchestrator.data.dataset import prepare_dataset
+
+    monkeypatch.setenv("MEDSWEEP_CACHE", str(tmp_path / "cache"))
+    task = get_task("brain")
+    lines: list[str] = []
+    data = prepare_dataset(task, None, 32, phantom_per_class=20, phantom_format="dicom",
+                           log=lines.append)
+    assert data.root == default_phantom_dir(task, 20, 0, "dicom")
+    assert data.root.name == "brain-n20-s0-dicom" and data.synthetic
+    assert data.integrity.lost["detail"].tolist() == [
+        "DICOM object without pixel data (structured report)"]
+    assert any("grouped by patient" in line for line in lines)
+    assert data.table["group"].str.startswith("pt-").all()
+    assert data.table["group"].value_counts().max() == 3
+    jpeg = prepare_dataset(task, None, 32, phantom_per_class=20, log=lines.append)
+    assert jpeg.root.name == "brain-n20-s0"
+    rows = data.table.assign(stem=data.table["path"].map(lambda p: Path(p).stem)).set_index("stem")
+    other = jpeg.table.assign(stem=jpeg.table["path"].map(lambda p: Path(p).stem))
+    np.testing.assert_array_equal(data.images[rows.loc[other["stem"], "row"].to_numpy()],
+                                  jpeg.images[other["row"].to_numpy()])
+
+
+def test_format_flags_reach_the_config_and_the_files(tmp_path, capsys):
+    from orchestrator.data.__main__ import main as data_main
+    from orchestrator.train.__main__ import _parser as train_parser
+    from orchestrator.train.config import TrialConfig
+
+    assert TrialConfig(phantom_format="dicom").phantom_format == "dicom"
+    with pytest.raises(ConfigError, match="phantom_format: 'png' is not one of jpeg, dicom"):
+        TrialConfig(phantom_format="png")
+    assert train_parser().parse_args(["brain", "--phantom-format", "dicom"]).phantom_format \
+        == "dicom"
+    with pytest.raises(ConfigError, match="phantom format 'tiff'"):
+        write_phantom(get_task("brain"), tmp_path / "t", fmt="tiff")
+    assert data_main(["synth", "brain", str(tmp_path / "d"), "--per-class", "20", "--size",
+                      "32", "--format", "dicom"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 81 synthetic DICOM files for task brain" in out
+    assert "(1 of them a structured report without pixels)" in out
+    assert "format: dicom" in (tmp_path / "d" / PHANTOM_MARKER).read_text()

@@ -1,7 +1,7 @@
 """`python -m orchestrator.data`: write a task's synthetic phantom, or scan a data folder.
 
     python -m orchestrator.data synth TASK OUT_DIR [--per-class N] [--seed S] [--size PX]
-                                                   [--variant V]
+                                                   [--variant V] [--format jpeg|dicom]
     python -m orchestrator.data scan TASK DATA_DIR [--variant V]
 
 `scan` is the first thing to run on a fresh download: it says what the reader found per class
@@ -15,8 +15,10 @@ import sys
 import pandas as pd
 
 from orchestrator.data.layouts import read_layout
+from orchestrator.data.phantom_dicom import DEFAULT_FORMAT, FORMATS
 from orchestrator.data.phantoms import phantom_banner, write_phantom
-from orchestrator.data.table import IMAGE_EXTENSIONS, Scan, summarize_skipped, target_column
+from orchestrator.data.readers.walk import file_skip_reason
+from orchestrator.data.table import PHANTOM_MARKER, Scan, summarize_skipped, target_column
 from orchestrator.errors import ConfigError, MedSweepError
 from tasks import get_task, task_names
 from tasks.base import Task
@@ -45,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, help="short side in pixels (default 128; skin 120)")
     synth.add_argument("--variant", help="task variant (default: the task's default)")
+    synth.add_argument("--format", default=DEFAULT_FORMAT, choices=FORMATS, dest="fmt",
+                       help="JPEG files, or DICOM files as a hospital export holds them "
+                       "(12-bit values, a window, some MONOCHROME1, RLE or without extension, "
+                       "fake patient identifiers, one report) (default %(default)s)")
     synth.set_defaults(command=_synth)
 
     scan = sub.add_parser("scan", help="count what a data folder holds, per class and split")
@@ -65,10 +71,16 @@ def _task(args: argparse.Namespace) -> Task:
 def _synth(args: argparse.Namespace) -> int:
     task = _task(args)
     root = write_phantom(task, args.out_dir, per_class=args.per_class, seed=args.seed,
-                         size=args.size)
+                         size=args.size, fmt=args.fmt)
     print(phantom_banner(task, root), file=sys.stderr)
-    images = sum(1 for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    print(f"wrote {images} synthetic images for task {task.name} to {root}")
+    files = [p for p in root.rglob("*") if p.is_file() and p.name != PHANTOM_MARKER
+             and file_skip_reason(p) is None]
+    if args.fmt == "dicom":
+        reports = sum(1 for p in files if p.name.endswith("_report"))
+        print(f"wrote {len(files)} synthetic DICOM files for task {task.name} to {root}"
+              + (f" ({reports} of them a structured report without pixels)" if reports else ""))
+    else:
+        print(f"wrote {len(files)} synthetic images for task {task.name} to {root}")
     print(f"scan it with: python -m orchestrator.data scan {task.key} {root}")
     return 0
 

@@ -104,11 +104,13 @@ def prepare_dataset(
     positive_class: str | None = None,
     cv_folds: int = 0,
     phantom_per_class: int = 40,
+    phantom_format: str = "jpeg",
     manifest_dir: str | Path | None = None,
     log: Log = print,
 ) -> PreparedData:
     """Everything between a folder of images and arrays a trial can train on."""
-    root = Path(data_dir) if data_dir else ensure_phantom(task, per_class=phantom_per_class)
+    root = Path(data_dir) if data_dir else ensure_phantom(task, per_class=phantom_per_class,
+                                                          fmt=phantom_format)
     scan = read_layout(task, root)
     for line in summarize_skipped(scan.skipped) + scan.notes:
         log(line)

@@ -51,7 +51,8 @@ def write_dicom(path: str | Path, stored: np.ndarray, *, header: Header = Header
     frames = stored.shape[0] if stored.ndim == 3 and not colour else 1
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    # a UID given in `extra` is used throughout (a deterministic file); else a fresh one
+    meta.MediaStorageSOPInstanceUID = header.extra.get("SOPInstanceUID") or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRBigEndian if big_endian else ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = sop_class
@@ -88,7 +89,7 @@ def write_dicom(path: str | Path, stored: np.ndarray, *, header: Header = Header
              (False, False): "<u2"}[(big_endian, signed)] if wide else np.uint8
     ds.PixelData = np.ascontiguousarray(stored.astype(dtype)).tobytes()
     if compress_rle:
-        ds.compress(RLELossless)
+        ds.compress(RLELossless, generate_instance_uid=False)  # keep the UID given
     if big_endian:  # the pixel bytes above are already big-endian
         dcmwrite(path, ds, little_endian=False, implicit_vr=False, enforce_file_format=True)
     else:
@@ -103,7 +104,7 @@ def write_report(path: str | Path, header: Header = Header()) -> Path:
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = header.extra.get("SOPInstanceUID") or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = BASIC_TEXT_SR

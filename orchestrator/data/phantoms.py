@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.data import phantom_draw as draw
-from orchestrator.data.table import PHANTOM_MARKER
+from orchestrator.data.phantom_dicom import (DEFAULT_FORMAT, REPORT_MIN_PER_CLASS, DicomExport,
+                                             check_format, phantom_salt)
+from orchestrator.data.table import PHANTOM_MARKER, SALT_FILE
 from orchestrator.errors import ConfigError, DataError
 from tasks.base import Task
 from tasks.multihead import SHAPES, TEXTURES
@@ -42,13 +44,14 @@ SIZE_MM = (20.0, 60.0)  # the multihead token's diameter, uniform, in a 100 mm f
 
 @dataclass(frozen=True)
 class _Writer:
-    """One phantom being written: seeded randomness and JPEG output under `root`."""
+    """One phantom being written: seeded randomness and JPEG (or DICOM) output under `root`."""
 
     task: Task
     root: Path
     per_class: int
     seed: int
     size: int
+    dicom: DicomExport | None = None  # None: JPEG files
 
     def rng(self, *key: str | int) -> np.random.Generator:
         """A generator seeded from (seed, task, *key): images do not depend on write order."""
@@ -56,20 +59,30 @@ class _Writer:
                  for k in (self.task.name, *key)]
         return np.random.default_rng([self.seed, *words])
 
-    def save(self, relative: str, image: np.ndarray) -> None:
+    def save(self, relative: str, image: np.ndarray, group: str = "") -> str:
+        """Write one image at `relative` (a JPEG name); returns the name written. `group`: the
+        layout's own group of the image (a DICOM phantom's patient)."""
+        if self.dicom is not None:
+            return self.dicom.save(self.root, relative, image, JPEG_QUALITY, group)
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
             raise DataError(f"could not write phantom image {path}")
+        return relative
 
 
 def write_phantom(task: Task, out_dir: str | Path, per_class: int = 40, seed: int = 0,
-                  size: int | None = None) -> Path:
+                  size: int | None = None, fmt: str = DEFAULT_FORMAT) -> Path:
     """Write the phantom for `task` into an empty `out_dir`; returns the layout root (`out_dir`).
 
     `per_class` counts images per source class (all of them, including ones a variant leaves
-    out); `size` is the short side in pixels. Same arguments give byte-identical files.
+    out); `size` is the short side in pixels; `fmt` jpeg or dicom (`phantom_dicom`). Same
+    arguments give byte-identical files.
     """
+    try:
+        check_format(fmt)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if task.layout not in _LAYOUT_WRITERS:
         raise ConfigError(f"no phantom for layout {task.layout!r}; "
                           f"known: {', '.join(_LAYOUT_WRITERS)}")
@@ -85,25 +98,34 @@ def write_phantom(task: Task, out_dir: str | Path, per_class: int = 40, seed: in
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ConfigError(f"phantom output {root} exists and is not an empty folder")
     root.mkdir(parents=True, exist_ok=True)
-    _LAYOUT_WRITERS[task.layout](_Writer(task, root, per_class, seed, size))
-    (root / PHANTOM_MARKER).write_text(_marker_text(task, per_class, seed, size))
+    dicom = None if fmt == "jpeg" else DicomExport(
+        task.layout, seed, with_report=per_class >= REPORT_MIN_PER_CLASS)
+    _LAYOUT_WRITERS[task.layout](_Writer(task, root, per_class, seed, size, dicom))
+    if dicom is not None:  # its patients' pseudonyms, hence its split, the same everywhere
+        (root / SALT_FILE).write_text(phantom_salt(task.name, seed))
+    marker = _marker_text(task, per_class, seed, size)
+    (root / PHANTOM_MARKER).write_text(marker if fmt == "jpeg" else marker + f"format: {fmt}\n")
     return root
 
 
-def default_phantom_dir(task: Task, per_class: int = 40, seed: int = 0) -> Path:
-    """Where `ensure_phantom` keeps a task's phantom: `<cache>/phantoms/<task>-n<N>-s<seed>`."""
+def default_phantom_dir(task: Task, per_class: int = 40, seed: int = 0,
+                        fmt: str = DEFAULT_FORMAT) -> Path:
+    """Where `ensure_phantom` keeps a task's phantom: `<cache>/phantoms/<task>-n<N>-s<seed>`,
+    with `-dicom` after it for the DICOM phantom (the JPEG one keeps its name and its caches)."""
     cache = os.environ.get("MEDSWEEP_CACHE") or Path.home() / ".cache" / "medsweep"
-    return Path(cache) / "phantoms" / f"{task.name}-n{per_class}-s{seed}"
+    suffix = "" if fmt == DEFAULT_FORMAT else f"-{check_format(fmt)}"
+    return Path(cache) / "phantoms" / f"{task.name}-n{per_class}-s{seed}{suffix}"
 
 
-def ensure_phantom(task: Task, per_class: int = 40, seed: int = 0) -> Path:
+def ensure_phantom(task: Task, per_class: int = 40, seed: int = 0,
+                   fmt: str = DEFAULT_FORMAT) -> Path:
     """The cached phantom's layout root, written once (atomically); always prints the banner."""
-    target = default_phantom_dir(task, per_class, seed)
+    target = default_phantom_dir(task, per_class, seed, fmt)
     if not (target / PHANTOM_MARKER).exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            write_phantom(task, tmp, per_class, seed)
+            write_phantom(task, tmp, per_class, seed, fmt=fmt)
             os.rename(tmp, target)
         except OSError as exc:  # another process may have renamed its copy first
             if not (target / PHANTOM_MARKER).exists():
@@ -187,7 +209,8 @@ def _write_chest(w: _Writer) -> None:
             for name in _chest_names(rng, source, patient, count, first):
                 image_rng = w.rng(source, index)
                 look = _look(image_rng, source, w.task.source_labels)
-                w.save(f"{split}/{source}/{name}", draw.paint_chest(image_rng, look, w.size))
+                w.save(f"{split}/{source}/{name}", draw.paint_chest(image_rng, look, w.size),
+                       group=f"{source}/{patient}")
                 index += 1
             first += count
 
@@ -231,7 +254,7 @@ def _write_skin(w: _Writer) -> None:
             image_id = f"ISIC_{number:07d}"
             part = 1 if number < first_of_part_2 else 2
             image = draw.paint_skin(w.rng(dx, "image", k, j), lesion, w.size)
-            w.save(f"HAM10000_images_part_{part}/{image_id}.jpg", image)
+            w.save(f"HAM10000_images_part_{part}/{image_id}.jpg", image, group=f"{dx}/{k}")
             rows.append({"lesion_id": f"HAM_{lesion_number:07d}", "image_id": image_id,
                          "dx": dx, **meta})
     pd.DataFrame(rows, columns=HAM_COLUMNS).to_csv(w.root / "HAM10000_metadata.csv", index=False)
@@ -290,8 +313,9 @@ def _write_multihead(w: _Writer) -> None:
     rows = []
     for (shape, k, count, token), number in zip(tokens, order.permutation(len(tokens))):
         for j in range(count):
-            name = f"images/{int(next(image_numbers)):05d}.jpg"
-            w.save(name, draw.paint_token(w.rng(shape, "image", k, j), token, w.size))
+            name = w.save(f"images/{int(next(image_numbers)):05d}.jpg",
+                          draw.paint_token(w.rng(shape, "image", k, j), token, w.size),
+                          group=f"obj{int(number):04d}")
             rows.append({"path": name, "shape": shape, "texture": token.texture,
                          "size": f"{token.diameter * draw.FIELD_MM:.2f}",
                          "group": f"obj{int(number):04d}"})

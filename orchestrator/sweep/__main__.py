@@ -18,6 +18,7 @@ from orchestrator.clinical.options import add_clinical_arguments, clinical_optio
 from orchestrator.console import rule
 from orchestrator.data.dicom import (DEFAULT_WINDOW, NO_FRAME, add_dicom_arguments, check_frame,
                                      parse_window)
+from orchestrator.data.phantom_dicom import DEFAULT_FORMAT, FORMATS as PHANTOM_FORMATS
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.naming import short_trial_name
 from orchestrator.sweep.records import LEADERBOARD_COLUMNS
@@ -89,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--positive-class", help="your own folders or CSV: the class that binary "
                    "metrics, the threshold and the report call positive")
     add_dicom_arguments(p)
+    p.add_argument("--phantom-format", default=DEFAULT_FORMAT, choices=PHANTOM_FORMATS,
+                   help="without --data-dir: the synthetic phantom as JPEG files, or as DICOM "
+                   "files the way a hospital export holds them (default %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="replace one key of the profile's search space (repeatable): "
                    "--set backbone=resnet50 fixes it, --set 'resolution=[128,224]' makes it a "
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["dicom_window"] = parse_window(args.dicom_window)
         if args.dicom_frame != NO_FRAME:
             overrides["dicom_frame"] = check_frame(args.dicom_frame)
+        if args.phantom_format != DEFAULT_FORMAT:
+            overrides["phantom_format"] = args.phantom_format
         result = run_sweep(args.task, space_overrides=overrides, data_dir=args.data_dir, profile=args.profile,
                            num_samples=args.num_samples, max_epochs=args.max_epochs,
                            cpus_per_trial=args.cpus_per_trial,

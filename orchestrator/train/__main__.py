@@ -9,6 +9,7 @@ from orchestrator import console
 from orchestrator.train.augmentations import AUGMENTATIONS
 from orchestrator.models.backbones import BACKBONES
 from orchestrator.data.dicom import add_dicom_arguments
+from orchestrator.data.phantom_dicom import FORMATS as PHANTOM_FORMATS
 from orchestrator.train.config import PRECISIONS, WEIGHTS, TrialConfig
 from orchestrator.errors import MedSweepError
 from orchestrator.train.schedules import SCHEDULES
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                    "metrics, the threshold and the report call positive (default: the "
                    "alphabetically second)")
     p.add_argument("--phantom-per-class", type=int, default=d.phantom_per_class)
+    p.add_argument("--phantom-format", default=d.phantom_format, choices=PHANTOM_FORMATS,
+                   help="without --data-dir: the synthetic phantom as JPEG files, or as DICOM "
+                   "files the way a hospital export holds them (default %(default)s)")
     add_dicom_arguments(p)
     p.add_argument("--mixed-precision", default=d.mixed_precision, help=" | ".join(PRECISIONS))
     p.add_argument("--cpu-threads", type=int, default=d.cpu_threads)

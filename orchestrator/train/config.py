@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 from orchestrator.data import dicom
+from orchestrator.data.phantom_dicom import FORMATS as PHANTOM_FORMATS
 from orchestrator.train.augmentations import get_augmentation
 from orchestrator.models.backbones import get_backbone
 from orchestrator.errors import ConfigError
@@ -56,6 +57,7 @@ class TrialConfig:
     cv_folds: int = 0  # folds made over the non-test images (0: none; the holdout split only)
     cv_fold: int = -1  # >= 0: train on the other folds, predict this one, keep the last epoch
     phantom_per_class: int = 40
+    phantom_format: str = "jpeg"  # jpeg | dicom: the synthetic phantom's files (no --data-dir)
     dicom_window: str = "file"  # how DICOM values become pixels: file | auto | CENTER,WIDTH
     dicom_frame: int = -1  # the frame of multi-frame DICOM files (-1: they are left out)
     mixed_precision: str = "auto"
@@ -83,6 +85,7 @@ class TrialConfig:
         if self.focal_gamma is not None:
             _check_range("focal_gamma", self.focal_gamma, 0.0, 10.0)
         _check_range("phantom_per_class", self.phantom_per_class, 4, 100_000)
+        _check_choice("phantom_format", self.phantom_format, PHANTOM_FORMATS)
         try:
             object.__setattr__(self, "dicom_window", dicom.parse_window(self.dicom_window))
             dicom.check_frame(self.dicom_frame)

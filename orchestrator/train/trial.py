@@ -31,7 +31,8 @@ def load_trial_data(config: TrialConfig, log: Callable[[str], None] = print,
                                    duplicate_threshold=config.duplicate_threshold,
                                    positive_class=config.positive_class,
                                    cv_folds=config.cv_folds,
-                                   phantom_per_class=config.phantom_per_class, log=log)
+                                   phantom_per_class=config.phantom_per_class,
+                                   phantom_format=config.phantom_format, log=log)
     x_train, y_train = prepared.arrays("train")
     x_val, y_val = prepared.arrays("val")
     return TrialData(task=prepared.task, x_train=x_train, y_train=y_train, x_val=x_val,
