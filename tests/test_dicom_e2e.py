@@ -101,6 +101,16 @@ def test_a_dicom_export_is_swept_ensembled_and_served_with_the_same_numbers(dico
     assert "1 of 81 images left out before splitting (1 unreadable)" in console
     assert "DICOM object without pixel data (structured report)" in console
     assert "grouped by patient" in console
+    # decisions per patient: the rule chosen on held-out patients, figures per patient
+    assert re.search(r"per patient: \d+ test groups of \d+ images, combined by (mean|max) "
+                     r"\(chosen on validation groups\)", report.patient_line), report.patient_line
+    client = mlflow.MlflowClient(uri)
+    per_patient = pd.read_csv(client.download_artifacts(report.run_id,
+                                                        "test_metrics_per_patient.csv",
+                                                        str(tmp_path)))
+    assert len(per_patient) > 0
+    html = Path(client.download_artifacts(report.run_id, "report.html", str(tmp_path)))
+    assert "per patient" in html.read_text().lower()
     data = _test_split(export)
     paths, x_test = data.paths("test"), data.arrays("test")[0]
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]

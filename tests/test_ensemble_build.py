@@ -225,7 +225,8 @@ def _aps_set(p: np.ndarray, quantile: float, classes: list[str]) -> str:
 @pytest.mark.parametrize("bad, message", [
     (pd.DataFrame({"image": [b"GIF89a-not-really"]}), "row 0: 17 bytes that are not an image"),
     ({"image": np.zeros((1, 8, 8, 3), dtype=np.float32) + 0.5}, "row 0: pixels must be uint8"),
-    (pd.DataFrame({"path": ["/nowhere/nope.jpg"]}), "row 0: /nowhere/nope.jpg is missing"),
+    (pd.DataFrame({"path": ["/nowhere/nope.jpg"]}),
+     "row 0: /nowhere/nope.jpg cannot be read: no such file"),
 ])
 def test_pyfunc_bad_input_is_an_mlflow_error_naming_the_row(swept, bad, message):
     _, uri, _ = swept
