@@ -138,3 +138,17 @@ def test_mismatched_classes_name_both_lists():
     with pytest.raises(ClassMismatch, match=r"the data's classes \(disc, ring\) are not the "
                                             r"model's \(glioma, meningioma, pituitary\)"):
         check_classes(["ring", "disc"], ("glioma", "meningioma", "pituitary"))
+
+
+def test_transport_gives_no_verdict_when_a_side_has_a_zero_width_interval():
+    # a model that calls one class: its accuracy is the class share in every stratified
+    # resample, on both sides; the difference sits still at 0, which is no evidence
+    labels = np.arange(40) % 2
+    calls_one = labels == 0
+    res_e = resample_indices(labels, None, 200, seed=1)
+    res_i = resample_indices(labels, None, 200, seed=2)
+    t = compare("accuracy", "max", _accuracy_of(calls_one), 40, res_e, 40,
+                _accuracy_of(calls_one), 40, res_i, 40)
+    assert t.verdict == "no verdict" and np.isnan(t.difference.low)
+    assert t.line.startswith("cannot say whether performance transported (external zero-width "
+                             "interval: no interval): external accuracy 0.500 [no interval]")

@@ -7,7 +7,8 @@ the internal test groups (from the version's recorded test answers), and takes e
 internal. The internal uncertainty is thus carried, not ignored: treating the internal figure
 as exact would make the interval too narrow, the more so the smaller the internal test split.
 When either side holds fewer groups than a percentile interval needs (`bootstrap.MIN_GROUPS`),
-no interval is drawn and no verdict is given either way.
+or has no sound interval for another reason (zero width), no interval is drawn for the
+difference and no verdict is given either way.
 
 Verdict, in the metric's direction (`mode`): "did not transport" when the whole interval lies
 on the worse side of 0; otherwise "transported" (no drop shown beyond the resampling noise; a
@@ -91,8 +92,13 @@ def compare(metric: str, mode: str, external: Figure, n_external: int,
     low, high = (np.quantile(draws, [alpha, 1.0 - alpha]) if len(draws)
                  else (np.nan, np.nan))
     point = ext.point - inn.point
-    note = _note(ext, inn) or interval_note(max(external_groups, internal_groups), point,
-                                            float(low), float(high), DIFFERENCE_BOUNDS)
+    # a side without a sound interval (too few groups, or zero width: a model that calls one
+    # class has the same accuracy in every class-stratified resample) gives none to the
+    # difference either, even where its draws happen to sit still at 0
+    note = (_note(ext, inn) or next((f"{name} {e.note}" for name, e in
+                                     (("external", ext), ("internal", inn)) if e.note), "")
+            or interval_note(max(external_groups, internal_groups), point, float(low),
+                             float(high), DIFFERENCE_BOUNDS))
     if note or not np.isfinite(point):
         low = high = float("nan")
         note = note or "the difference is undefined"

@@ -75,7 +75,7 @@ def read_spec(uri: str, ref: VersionRef) -> dict[str, Any]:
     """The version's spec file (task, classes, preprocessing, serving), without loading its
     Keras members: enough to read the data and check its classes first."""
     mlflow.set_tracking_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
         path = mlflow.artifacts.download_artifacts(f"{ref.uri}/{SPEC_ARTIFACT}", dst_path=tmp)
         return json.loads(Path(path).read_text())
 
@@ -86,13 +86,13 @@ def internal_answers(uri: str, ref: VersionRef, artifact: str) -> pd.DataFrame |
     client = MlflowClient(uri)
     if artifact not in {a.path for a in client.list_artifacts(ref.run_id)}:
         return None
-    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
         path = client.download_artifacts(ref.run_id, artifact, tmp)
         return pd.read_csv(path, dtype={"group": str, "label": str}, keep_default_na=False)
 
 
 @contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
+def quiet_downloads() -> Iterator[None]:
     """MLflow draws a progress bar per download on stderr: not a line for a person (kept
     under --verbose)."""
     from orchestrator.console import verbose
