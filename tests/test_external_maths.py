@@ -152,3 +152,29 @@ def test_transport_gives_no_verdict_when_a_side_has_a_zero_width_interval():
     assert t.verdict == "no verdict" and np.isnan(t.difference.low)
     assert t.line.startswith("cannot say whether performance transported (external zero-width "
                              "interval: no interval): external accuracy 0.500 [no interval]")
+
+
+def test_external_data_is_read_whole_with_copies_one_group(tmp_path):
+    import shutil
+
+    from orchestrator.data.external import read_external
+    from orchestrator.data.phantoms import write_phantom
+    from tasks import get_task
+
+    task = get_task("brain")
+    data = write_phantom(task, tmp_path / "site", per_class=6, seed=3)
+    original = sorted((data / "Training" / "glioma").glob("*.jpg"))[0]
+    copy = data / "Testing" / "glioma" / "Te-gl_copy.jpg"
+    shutil.copy(original, copy)  # a sweep would leave the training twin out; here both stay
+    said: list[str] = []
+    site = read_external(task, data, ("pituitary", "glioma", "meningioma"), log=said.append)
+    assert len(site.table) == 3 * 6 + 1 and set(site.table["label"]) == set(task.classes)
+    groups = site.table.set_index("path")["group"]
+    assert groups[str(original)] == groups[str(copy)] and site.duplicate_pairs >= 1
+    assert site.table["group"].nunique() == 3 * 6
+    assert any("duplicate image pair(s) verified" in line for line in said)
+    # labels in the model's class order, by name
+    y = site.labels(("pituitary", "glioma", "meningioma"))
+    assert (y[site.table["label"].to_numpy() == "glioma"] == 1).all()
+    with pytest.raises(ClassMismatch):
+        read_external(task, data, ("glioma", "meningioma"), log=said.append)
