@@ -28,7 +28,8 @@ def _served_head(spec: contract.ServingSpec) -> contract.HeadSpec:
     (head, *more) = spec.answered_heads
     if more or not head.is_classification:
         raise ConfigError("external evaluation covers single-label classification models; "
-                          f"this one answers the heads {', '.join(h.name for h in spec.answered_heads)}")
+                          "this one answers the heads "
+                          f"{', '.join(h.name for h in spec.answered_heads)}")
     return head
 
 

@@ -84,8 +84,8 @@ def _shown(row) -> str:
 def lines(ev: Evaluation) -> list[str]:
     """The figures a person reads first, then why some have no interval, then the verdict."""
     rows = ev.intervals.set_index("metric")
-    shown = [f"  {m} {_shown(rows.loc[m])}" for m in list(SHOWN) + [m for m in rows.index if m.startswith("recall_")]
-             if m in rows.index]
+    names = list(SHOWN) + [m for m in rows.index if m.startswith("recall_")]
+    shown = [f"  {m} {_shown(rows.loc[m])}" for m in names if m in rows.index]
     out = [f"external figures at {ev.site} [95% group-bootstrap CI]:", *shown,
            *note_lines(ev.intervals), *ev.rules]
     out.append(ev.transport.line if ev.transport is not None else
