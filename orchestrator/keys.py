@@ -29,10 +29,19 @@ TAG_INTERVAL_NOTE = "medsweep.interval_note"
 TAG_BEST_TRIAL_RUN = "medsweep.best_trial_run"
 TAG_ENSEMBLE_RUN = "medsweep.ensemble_run"
 TAG_MODEL_VERSION = "medsweep.model_version"
+# An external evaluation run (`python -m orchestrator.evaluate`): the version it evaluated, the
+# ensemble run that logged it, the site's name and its data's fingerprint
+TAG_EVALUATED_MODEL = "medsweep.evaluated_model"
+TAG_EVALUATED_VERSION = "medsweep.evaluated_version"
+TAG_EVALUATED_RUN = "medsweep.evaluated_run"
+TAG_SITE = "medsweep.site"
+TAG_DATA_FINGERPRINT = "medsweep.data_fingerprint"
+TAG_TRANSPORT = "medsweep.transport"  # transported | did not transport | no verdict
 
 # --- MLflow's own keys ---------------------------------------------------------------------------
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # a run's or an experiment's description, Markdown
+DATASET_CONTEXT = "mlflow.data.context"  # a run input's role (training, evaluation, ...)
 
 # --- model-version tags (the model card's, and promotion's) ----------------------------------
 VERSION_TASK = "task"
@@ -51,3 +60,8 @@ TAG_OVER = "medsweep.promoted_over"
 def version_metric_tag(metric: str) -> str:
     """The model-version tag holding a test figure with its interval, e.g. `test_pr_auc`."""
     return f"test_{metric}"
+
+
+def version_external_tag(site: str) -> str:
+    """The model-version tag holding one site's external figure, e.g. `external.site_b`."""
+    return f"external.{site}"

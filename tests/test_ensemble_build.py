@@ -655,3 +655,106 @@ def test_the_ensemble_refuses_data_that_changed_after_the_sweep(tmp_path):
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id])
     assert not [r for r in runs if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_ENSEMBLE]
+
+
+# ----------------------------------------------------------------- external validation (#24)
+def _external_site(root: Path, seed: int) -> Path:
+    """Another draw of the brain phantom, its contrast lowered and brightened (another
+    scanner): 8 images per class, each its own group, so >= 20 groups for intervals."""
+    data = write_phantom(get_task("brain"), root, per_class=8, seed=seed)
+    for path in data.rglob("*.jpg"):
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float32)
+        cv2.imwrite(str(path), np.clip(0.7 * image + 30, 0, 255).astype(np.uint8))
+    return data
+
+
+def test_external_evaluation_logs_figures_the_transport_line_and_tags_the_version(swept,
+                                                                                tmp_path):
+    from orchestrator.evaluate.external_run import evaluate_external
+
+    result, uri, _ = swept
+    version = result.ensemble.registered_version  # the sweep's own, whatever moved @candidate
+    data = _external_site(tmp_path / "site_b", seed=7)
+    said: list[str] = []
+    out = evaluate_external(f"models:/medsweep-brain/{version}", str(data), site="site_b",
+                            tracking_uri=uri, recalibrate=0.4, log=said.append)
+    text = "\n".join(said)
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(out.run_id)
+    tags, metrics = run.data.tags, run.data.metrics
+    assert tags["medsweep.evaluated_model"] == "medsweep-brain"
+    assert tags["medsweep.evaluated_version"] == version and tags["medsweep.site"] == "site_b"
+    assert tags["medsweep.evaluated_run"] == result.ensemble.run_id
+    assert len(tags["medsweep.data_fingerprint"]) == 32
+    # 24 groups here, 21 on the internal test split: every interval is drawn, a verdict given
+    for key in ("external_accuracy", "external_recall_glioma",
+                "external_calibration_intercept", "external_brier", "external_refer_coverage",
+                "external_set_coverage", "external_ood_flagged", "internal_accuracy",
+                "difference_accuracy", "recalibration_temperature",
+                "before_recalibration_brier", "after_recalibration_brier"):
+        assert key in metrics, key
+    # every figure has its interval, or the printed notes say why it has none (a weak model
+    # that calls one class has the same accuracy in every class-stratified resample)
+    for key in metrics:
+        figure = key.removeprefix("external_")
+        if key.startswith("external_") and not key.endswith(("_ci_low", "_ci_high")) \
+                and f"{key}_ci_low" not in metrics and np.isfinite(metrics[key]):
+            assert re.search(rf"^zero-width interval: no interval for .*\b{figure}\b", text,
+                             re.M), (key, text)
+    assert metrics["external_roc_auc_ci_low"] < metrics["external_roc_auc_ci_high"], text
+    assert metrics["difference_accuracy"] == pytest.approx(
+        metrics["external_accuracy"] - metrics["internal_accuracy"])
+    interval = r"\d\.\d{3} (\[\d\.\d{3}, \d\.\d{3}\]|\[no interval\])"
+    line = re.search(rf"^(transported|did not transport|cannot say whether performance "
+                     rf"transported \(.+\)): external accuracy "
+                     rf"{interval} vs internal {interval}; difference -?\d\.\d{{3}} "
+                     rf"(\[-?\d\.\d{{3}}, -?\d\.\d{{3}}\]|\[no interval\])$", text, re.M)
+    assert line, text
+    verdict = out.transport.verdict
+    assert tags["medsweep.transport"] == verdict
+    assert line.group(1) == verdict or verdict == "no verdict"
+    # 24 groups here, 21 on the internal test split: a verdict exactly when both figures have
+    # a sound interval (the smoke model may call one class: zero width, no verdict)
+    sound = {"external_accuracy_ci_low", "internal_accuracy_ci_low"} <= set(metrics)
+    assert (verdict != "no verdict") == sound == ("difference_accuracy_ci_low" in metrics)
+    assert re.search(r"^evaluation run \w{32} \(evaluation.html in its artifacts\); open the "
+                     r"MLflow UI: mlflow ui --backend-store-uri sqlite:///", said[-1])
+    artifacts = {a.path for a in client.list_artifacts(out.run_id)}
+    assert {"evaluation.html", "reliability_diagram.png", "reliability_recalibrated.png",
+            "external_predictions.csv", "external_figures.csv",
+            "recalibration_split.csv"} <= artifacts
+    page = Path(client.download_artifacts(out.run_id, "evaluation.html")).read_text()
+    assert "SYNTHETIC PHANTOM DATA" in page and "external accuracy" in page
+    # the version carries the site's tag and a line in its description
+    mv = client.get_model_version("medsweep-brain", version)
+    assert mv.tags["external.site_b"] == out.headline
+    assert out.headline.startswith("accuracy ") and out.headline.endswith(verdict)
+    assert f"- External validation, site_b: {line.group(0)} (run `{out.run_id}`, 24 images" \
+        in mv.description
+    # the figures are linked to the version's logged model, the site as their dataset
+    model_metrics = client.get_logged_model(mv.source.removeprefix("models:/")).metrics
+    assert any(m.key == "external_accuracy" and m.dataset_name == "site_b"
+               for m in model_metrics)
+    # recalibration: fitted and judged on different groups, together every image once
+    split = pd.read_csv(client.download_artifacts(out.run_id, "recalibration_split.csv"),
+                        dtype=str)
+    fit, judged = (set(split.loc[split["part"] == p, "group"]) for p in ("fit", "evaluated"))
+    assert fit and judged and not fit & judged
+    assert len(split) == len(pd.read_csv(client.download_artifacts(
+        out.run_id, "external_predictions.csv"))) == 24
+    assert re.search(rf"^recalibration: T x \d+\.\d{{3}} fitted on {len(fit)} images "
+                     rf"\({len(fit)} groups\), judged on the other {len(judged)} ", text, re.M)
+
+
+def test_evaluate_cli_refuses_data_of_other_classes_in_one_line(swept, tmp_path):
+    _, uri, _ = swept
+    data = write_phantom(get_task("folder"), tmp_path / "shapes", per_class=4, seed=0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.evaluate",
+                           "models:/medsweep-brain/1", str(data), "--task", "folder",
+                           "--tracking-uri", uri], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert errors == ["error: the data's classes (disc, ring, square) are not the model's "
+                      "(glioma, meningioma, pituitary)"], proc.stderr

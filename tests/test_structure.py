@@ -48,6 +48,9 @@ LIGHT = (
     "orchestrator.clinical.evaluated",
     "orchestrator.clinical.patients",
     "orchestrator.clinical.patient_sections",
+    "orchestrator.clinical.external",  # an external evaluation's maths, its report, transport
+    "orchestrator.clinical.external_sections",
+    "orchestrator.clinical.transport",
     "orchestrator.serving",  # the whole package: the served model's contract and card
     "orchestrator.keys",  # the MLflow tag keys, which the card names too
     "tasks",  # the whole package

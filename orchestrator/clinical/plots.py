@@ -73,13 +73,17 @@ def roc_pr_curves(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
     return _save(fig, path)
 
 
-def reliability_diagram(y: np.ndarray, before: np.ndarray, after: np.ndarray, path: Path, *,
-                        temperature: float, n_bins: int = 15, title: str = "") -> Path:
-    """Top-label accuracy against confidence, before and after temperature scaling."""
+def reliability_diagram(y: np.ndarray, before: np.ndarray, after: np.ndarray | None,
+                        path: Path, *, temperature: float | None, n_bins: int = 15,
+                        title: str = "", before_name: str = "ensemble") -> Path:
+    """Top-label accuracy against confidence, before and (`after` given) after temperature
+    scaling."""
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
-    for probs, name, marker in ((before, "ensemble", "o-"),
-                                (after, f"temperature scaled (T={temperature:.2f})", "s-")):
+    curves = [(before, before_name, "o-")]
+    if after is not None:
+        curves.append((after, f"temperature scaled (T={temperature:.2f})", "s-"))
+    for probs, name, marker in curves:
         bins = reliability_bins(y, probs, n_bins)
         filled = bins["count"] > 0
         ax.plot(bins["confidence"][filled], bins["accuracy"][filled], marker, label=name)

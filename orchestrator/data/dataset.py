@@ -21,7 +21,7 @@ import pandas as pd
 from orchestrator.data import cache, duplicates, header_groups, integrity, splits
 from orchestrator.data.layouts import read_layout
 from orchestrator.data.phantoms import ensure_phantom
-from orchestrator.data.table import COLUMNS, summarize_skipped
+from orchestrator.data.table import COLUMNS, Scan, summarize_skipped
 from orchestrator.data.targets import head_columns, heads_from_record, target_matrix
 from orchestrator.errors import ConfigError, DataError
 from tasks.base import SPLITS, Task
@@ -111,6 +111,60 @@ def prepare_dataset(
     """Everything between a folder of images and arrays a trial can train on."""
     root = Path(data_dir) if data_dir else ensure_phantom(task, per_class=phantom_per_class,
                                                           fmt=phantom_format)
+    found = screen(task, root, keep_duplicates=keep_duplicates,
+                   duplicate_threshold=duplicate_threshold, positive_class=positive_class,
+                   log=log)
+    task, scan, table, digests = found.task, found.scan, found.table, found.digests
+    pairs, dropped, report, copies = found.pairs, found.dropped, found.integrity, found.copies
+    table = splits.assign_splits(table, task, split_seed)
+    table = splits.assign_folds(table, cv_folds, split_seed)
+    pairs = duplicates.pairs_outcome(pairs, table)
+    _log_duplicates(pairs, dropped, keep_duplicates, copies, log)
+
+    # Only the images kept, keyed by their own content: `load_recorded` (other resolutions,
+    # the ensemble, a resume) computes the same key from the manifest and finds this cache.
+    table = table.assign(row=np.arange(len(table)))
+    kept = table["path"].tolist()
+    cached = cache.load_or_build(kept, task.preprocessing, resolution,
+                                 splits.fingerprint_of(kept, [digests[p] for p in kept]), log=log)
+    table = table[cached.ok].reset_index(drop=True)
+    fingerprint = splits.data_fingerprint(table, found.content_fingerprint, task)
+    out = Path(manifest_dir) if manifest_dir else cache.cache_root() / "manifests" / fingerprint[:16]
+    manifest = splits.write_manifest(table, out, scan.root, fingerprint, scan.synthetic,
+                                     digests=[digests[p] for p in table["path"]], task=task)
+    report.write_csv(out / UNREADABLE_CSV)
+    _relative(pairs, scan.root, "path_a", "path_b").to_csv(out / DUPLICATES_CSV, index=False)
+    _relative(dropped[list(COLUMNS)], scan.root, "path").to_csv(out / LEFT_OUT_CSV, index=False)
+    return PreparedData(task=task, root=scan.root, table=table, images=cached.images,
+                        resolution=resolution, fingerprint=fingerprint, synthetic=scan.synthetic,
+                        manifest_path=manifest, duplicates=pairs, dropped=dropped,
+                        integrity=report, notes=list(scan.notes))
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A data folder read and screened, before any split: usable rows only (missing and
+    unreadable files left out, refused when too many are), copies of an image one group.
+    What `prepare_dataset` splits, and what an external evaluation reads whole."""
+
+    task: Task
+    scan: Scan
+    table: pd.DataFrame
+    digests: dict[str, str]  # path -> content hash, every file read once
+    content_fingerprint: str
+    integrity: integrity.IntegrityReport
+    copies: duplicates.Copies
+    pairs: pd.DataFrame
+    dropped: pd.DataFrame  # copies left out: a copy sits in a given held-out split
+
+
+def screen(task: Task, root: str | Path, *, keep_duplicates: bool = False,
+           duplicate_threshold: float = duplicates.DEFAULT_THRESHOLD,
+           positive_class: str | None = None, whole: bool = False,
+           log: Log = print) -> Screened:
+    """Read the layout, group DICOM images by patient, leave out what does not decode, make
+    copies one group. `whole`: every row is one held-out set (an external site's data), so
+    no copy is left out for sitting beside a given split."""
     scan = read_layout(task, root)
     for line in summarize_skipped(scan.skipped) + scan.notes:
         log(line)
@@ -118,6 +172,8 @@ def prepare_dataset(
     if scan.table.empty:
         raise DataError(f"no usable images for task {task.key} under {root}")
     listed = header_groups.groups_from_headers(scan.table, scan.root, cache.cache_root(), log)
+    if whole:
+        listed = listed.assign(split="test")
     paths = listed["path"].tolist()
     digests = dict(zip(paths, splits.file_digests(paths)))  # every file read once, here
     content_fp = splits.fingerprint_of(paths, list(digests.values()))
@@ -134,34 +190,12 @@ def prepare_dataset(
     copies = duplicates.find_copies(table, small.images[table["row"].to_numpy()],
                                     threshold=duplicate_threshold,
                                     digests=[digests[p] for p in table["path"]], log=log)
-    pairs = copies.pairs
     dropped = table.iloc[0:0]
     if not keep_duplicates:
         duplicates.check_clusters(table, copies, scan.root)
-        table, dropped = duplicates.group_duplicates(table, pairs)
-    table = splits.assign_splits(table, task, split_seed)
-    table = splits.assign_folds(table, cv_folds, split_seed)
-    pairs = duplicates.pairs_outcome(pairs, table)
-    _log_duplicates(pairs, dropped, keep_duplicates, copies, log)
-
-    # Only the images kept, keyed by their own content: `load_recorded` (other resolutions,
-    # the ensemble, a resume) computes the same key from the manifest and finds this cache.
-    table = table.assign(row=np.arange(len(table)))
-    kept = table["path"].tolist()
-    cached = cache.load_or_build(kept, task.preprocessing, resolution,
-                                 splits.fingerprint_of(kept, [digests[p] for p in kept]), log=log)
-    table = table[cached.ok].reset_index(drop=True)
-    fingerprint = splits.data_fingerprint(table, content_fp, task)
-    out = Path(manifest_dir) if manifest_dir else cache.cache_root() / "manifests" / fingerprint[:16]
-    manifest = splits.write_manifest(table, out, scan.root, fingerprint, scan.synthetic,
-                                     digests=[digests[p] for p in table["path"]], task=task)
-    report.write_csv(out / UNREADABLE_CSV)
-    _relative(pairs, scan.root, "path_a", "path_b").to_csv(out / DUPLICATES_CSV, index=False)
-    _relative(dropped[list(COLUMNS)], scan.root, "path").to_csv(out / LEFT_OUT_CSV, index=False)
-    return PreparedData(task=task, root=scan.root, table=table, images=cached.images,
-                        resolution=resolution, fingerprint=fingerprint, synthetic=scan.synthetic,
-                        manifest_path=manifest, duplicates=pairs, dropped=dropped,
-                        integrity=report, notes=list(scan.notes))
+        table, dropped = duplicates.group_duplicates(table, copies.pairs)
+    return Screened(task, scan, table, digests, content_fp, report, copies, copies.pairs,
+                    dropped)
 
 
 def load_recorded(
