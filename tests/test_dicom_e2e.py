@@ -36,7 +36,10 @@ pytestmark = pytest.mark.slow
 MODEL = "models:/medsweep-folder@candidate"
 # 20 images a class (80 in all): the report is 1 of 21 files of its class, within the 5% rule
 PER_CLASS = 20
-OVERRIDES = {"resolution": 32, "epochs": 1, "lr_multiplier": 10.0}
+# A window other than the files' own: the served answers match only if the server reads the
+# window the sweep recorded (the export's files all carry a window of their own)
+WINDOW = "auto"
+OVERRIDES = {"resolution": 32, "epochs": 1, "lr_multiplier": 10.0, "dicom_window": WINDOW}
 IDENTIFYING = ("PatientName", "PatientID", "AccessionNumber", "PatientBirthDate",
                "InstitutionName")
 
@@ -90,7 +93,8 @@ def dicom_swept(tmp_path_factory):
 
 
 def _test_split(export: Path):
-    return prepare_dataset(get_task("folder"), export, 32, log=lambda _: None)
+    return prepare_dataset(get_task("folder").with_dicom(WINDOW, -1), export, 32,
+                           log=lambda _: None)
 
 
 def test_a_dicom_export_is_swept_ensembled_and_served_with_the_same_numbers(dicom_swept,
@@ -111,6 +115,9 @@ def test_a_dicom_export_is_swept_ensembled_and_served_with_the_same_numbers(dico
     assert len(per_patient) > 0
     html = Path(client.download_artifacts(report.run_id, "report.html", str(tmp_path)))
     assert "per patient" in html.read_text().lower()
+    mlflow.set_tracking_uri(uri)
+    served_model = mlflow.pyfunc.load_model(MODEL).unwrap_python_model()
+    assert served_model.spec["preprocessing"]["dicom_window"] == WINDOW  # recorded, then used
     data = _test_split(export)
     paths, x_test = data.paths("test"), data.arrays("test")[0]
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
