@@ -24,7 +24,10 @@ VERBOSE_ENV = "MEDSWEEP_VERBOSE"
 # TF_CPP_MIN_LOG_LEVEL 3: no C++ INFO/WARNING/ERROR lines once TensorFlow has read it; the lines
 # absl prints while the library loads (before it reads anything) are hidden by
 # import_tensorflow.
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+# MLflow draws a progress bar on stderr for each artifact it downloads (when tqdm is
+# installed, as Optuna brings it): not a line for a person.
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # Ray Train's storage module logs "Checkpoint successfully created at: <path>" at INFO; MLflow
 # logs its database set-up at INFO. Their warnings and errors still show.
 QUIET_LOGGERS = ("ray.train", "mlflow")

@@ -62,7 +62,8 @@ def test_every_input_form_gives_the_decoders_pixels(rgb, tmp_path):
     (np.zeros((8,), dtype=np.uint8), "must be (N, H, W, 3) or (N, H, W)"),
     (np.zeros((0, 8, 8, 3), dtype=np.uint8), "empty batch"),
     (pd.DataFrame({"image": pd.Series([], dtype=object)}), "empty batch"),
-    (pd.DataFrame({"path": ["/nowhere/x.jpg"]}), "row 0: /nowhere/x.jpg is missing"),
+    (pd.DataFrame({"path": ["/nowhere/x.jpg"]}),
+     "row 0: /nowhere/x.jpg cannot be read: no such file"),
     (pd.DataFrame({"pixels": [1]}), "no `image` or `path` column"),
     ({"images": [1]}, "unknown input"),
 ])

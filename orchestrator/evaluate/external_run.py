@@ -50,11 +50,8 @@ def _predict(uri: str, model_uri: str, data, log: Log) -> tuple[pd.DataFrame, pd
     from orchestrator.predict import predict_files
     from orchestrator.tracking import ensemble_model
 
-    from orchestrator.tracking.evaluation import quiet_downloads
-
     console.import_tensorflow()
-    with quiet_downloads():
-        model = ensemble_model.load(model_uri, uri)
+    model = ensemble_model.load(model_uri, uri)
     paths = data.table["path"].tolist()
     rows, skipped = predict_files(model, paths, data.root,
                                   progress=console.Progress(len(paths), "predicting", "images",

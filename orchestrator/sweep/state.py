@@ -168,7 +168,10 @@ class SweepState:
                               f"{version}; this one reads up to {STATE_VERSION}): resume it "
                               "with that version, or start a new sweep")
         known = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(known - set(record) - {"space_overrides", "cv_started"})
+        optional = {f.name for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING
+                    or f.default_factory is not dataclasses.MISSING}  # added since: defaults
+        missing = sorted(known - set(record) - optional)
         if missing:
             raise ConfigError(f"{where} lacks {', '.join(missing)}: not a MedSweep sweep "
                               "state; start a new sweep")

@@ -10,15 +10,13 @@ dataset, so the model's page lists them per site, and the run records the site a
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import mlflow
 import pandas as pd
@@ -75,7 +73,7 @@ def read_spec(uri: str, ref: VersionRef) -> dict[str, Any]:
     """The version's spec file (task, classes, preprocessing, serving), without loading its
     Keras members: enough to read the data and check its classes first."""
     mlflow.set_tracking_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
+    with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(f"{ref.uri}/{SPEC_ARTIFACT}", dst_path=tmp)
         return json.loads(Path(path).read_text())
 
@@ -86,28 +84,9 @@ def internal_answers(uri: str, ref: VersionRef, artifact: str) -> pd.DataFrame |
     client = MlflowClient(uri)
     if artifact not in {a.path for a in client.list_artifacts(ref.run_id)}:
         return None
-    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
+    with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(ref.run_id, artifact, tmp)
         return pd.read_csv(path, dtype={"group": str, "label": str}, keep_default_na=False)
-
-
-@contextlib.contextmanager
-def quiet_downloads() -> Iterator[None]:
-    """MLflow draws a progress bar per download on stderr: not a line for a person (kept
-    under --verbose)."""
-    from orchestrator.console import verbose
-
-    key, before = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", os.environ.get(
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    if not verbose():
-        os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
 
 
 def start_evaluation_run(uri: str, ref: VersionRef, *, site: str, fingerprint: str,
