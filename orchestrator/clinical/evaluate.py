@@ -27,9 +27,8 @@ from orchestrator.clinical.patient_sections import patient_line
 from orchestrator.clinical.per_patient import per_patient
 from orchestrator.clinical.resampled_metrics import task_metrics
 from orchestrator.clinical.result import ClinicalResult
-from orchestrator.clinical.external import decision_figures
 from orchestrator.clinical.subgroup_sections import subgroup_line
-from orchestrator.clinical.subgroups import Subgroups, decision_metrics, measure_subgroups
+from orchestrator.clinical.subgroups import ensemble_subgroups
 from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, Report, report_sections
 from orchestrator.clinical.uncertainty import ensemble_mc, mc_dropout_probs, mc_summary
 from orchestrator.console import detail
@@ -121,7 +120,7 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
         metrics.update({"ood_cut": inputs.ood.cut.cut,
                         "ood_false_alarm_nominal": inputs.ood.cut.false_alarm,
                         "val_ood_flagged": inputs.ood.cut.held_out_flagged})
-    by_subgroup = _subgroups(inputs, options, evaluated, decided)
+    by_subgroup = ensemble_subgroups(inputs, options, evaluated, decided)
     if by_subgroup is not None:
         files.append(out / artifacts.TEST_METRICS_BY_SUBGROUP)
         by_subgroup.table.to_csv(files[-1], index=False)
@@ -201,30 +200,6 @@ def _measure(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, fits, 
     for line in interval_notes:
         log(line)
     return Measured(intervals, difference, groups_note, interval_notes)
-
-
-def _subgroups(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, decided
-               ) -> Subgroups | None:
-    """The test split per subgroup value: the task metric on the ensemble's probabilities and
-    the first classification head's decision figures (sensitivity and specificity, or each
-    class's recall), at the decisions already fixed."""
-    if not inputs.subgroups:
-        return None
-    task, y_test = inputs.task, np.asarray(inputs.y_test)
-    ens_test = np.asarray(inputs.test_probs[ENSEMBLE], dtype=np.float64)
-    first = next(eh for eh in evaluated if eh.head.is_classification)
-    truth, decision = first.targets(y_test), decided[first.head.name][0]
-    decisions = decision_metrics(first.head.classes, first.positive)
-
-    def figures(idx: np.ndarray) -> dict[str, float]:
-        out = {task.metric: task_metrics(y_test[idx], ens_test[idx], task)[task.metric]}
-        out.update(decision_figures(truth[idx], decision[idx], first.head.classes,
-                                    first.positive))
-        return out
-
-    return measure_subgroups(inputs.subgroups, truth, inputs.test_groups, figures,
-                             (task.metric, *decisions), options.resamples, options.seed,
-                             frozenset({task.metric}) if task.mode == "min" else frozenset())
 
 
 @dataclass(frozen=True)

@@ -102,3 +102,33 @@ def measure_subgroups(values: Mapping[str, Sequence[str]], strata: np.ndarray,
 
 def _pick(found: Mapping[str, float], metrics: Sequence[str]) -> dict[str, float]:
     return {m: float(found[m]) for m in metrics}
+
+
+def ensemble_subgroups(inputs, options, evaluated, decided) -> Subgroups | None:
+    """The ensemble's test split per subgroup value (`ClinicalInputs.subgroups`): the task
+    metric on its probabilities and the first classification head's decision figures, at the
+    decisions `evaluate` already fixed; None when no subgroup was asked."""
+    from orchestrator.clinical.external import decision_figures
+    from orchestrator.clinical.resampled_metrics import task_metrics
+
+    if not inputs.subgroups:
+        return None
+    task, y_test = inputs.task, np.asarray(inputs.y_test)
+    ens_test = np.asarray(inputs.test_probs["ensemble"], dtype=np.float64)
+    first = next(eh for eh in evaluated if eh.head.is_classification)
+    truth, decision = first.targets(y_test), decided[first.head.name][0]
+
+    def figures(idx: np.ndarray) -> dict[str, float]:
+        out = {task.metric: task_metrics(y_test[idx], ens_test[idx], task)[task.metric]}
+        out.update(decision_figures(truth[idx], decision[idx], first.head.classes,
+                                    first.positive))
+        return out
+
+    metrics = (task.metric, *decision_metrics(first.head.classes, first.positive))
+    return measure_subgroups(inputs.subgroups, truth, inputs.test_groups, figures, metrics,
+                             options.resamples, options.seed, worse_when_higher(task))
+
+
+def worse_when_higher(task) -> frozenset[str]:
+    """The task metric where lower is better (a loss); the decision figures never are."""
+    return frozenset({task.metric}) if task.mode == "min" else frozenset()

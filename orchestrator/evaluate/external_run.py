@@ -20,7 +20,8 @@ from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, bootstrap_interv
 from orchestrator.clinical.external_sections import Evaluation, Recalibrated, write
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.subgroup_sections import subgroup_line
-from orchestrator.clinical.subgroups import Subgroups, decision_metrics, measure_subgroups
+from orchestrator.clinical.subgroups import (Subgroups, decision_metrics, measure_subgroups,
+                                             worse_when_higher)
 from orchestrator.clinical.transport import Transport, compare
 from orchestrator.evaluate.record import REPORT, ExternalResult, record
 from orchestrator.errors import ConfigError
@@ -244,8 +245,7 @@ def _subgroups(task, data, data_path: str, rows: pd.DataFrame, names, cases: ext
 
     return measure_subgroups(values, cases.y, groups, figures,
                              (task.metric, *decision_metrics(cases.classes, cases.positive)),
-                             resamples_n, seed,
-                             frozenset({task.metric}) if task.mode == "min" else frozenset())
+                             resamples_n, seed, worse_when_higher(task))
 
 
 def site_name(text: str) -> str:
