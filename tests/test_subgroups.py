@@ -200,3 +200,19 @@ def test_permuting_the_subgroups_moves_no_choice(evaluated):
               ("true", "permuted")]
     assert not tables[0]["point"].equals(tables[1]["point"])  # the subgroups did differ
     assert "FLAGGED" not in permuted.subgroup_line
+
+
+def test_the_three_commands_take_repeated_subgroup_options():
+    from orchestrator.clinical.options import clinical_options
+    from orchestrator.ensemble.__main__ import _parser as ensemble_parser
+    from orchestrator.evaluate.__main__ import _parser as evaluate_parser
+    from orchestrator.sweep.__main__ import _parser as sweep_parser
+
+    asked = ["--subgroup", "sex", "--subgroup", "age", "--subgroup", "sex"]
+    sweep = sweep_parser().parse_args(["skin", *asked])
+    ensemble = ensemble_parser().parse_args(["--sweep-run", "r", *asked])
+    assert clinical_options(sweep).subgroups == clinical_options(ensemble).subgroups == (
+        "sex", "age")
+    assert evaluate_parser().parse_args(["models:/m/1", "d", *asked]).subgroup == [
+        "sex", "age", "sex"]
+    assert clinical_options(ensemble_parser().parse_args(["--sweep-run", "r"])).subgroups == ()
