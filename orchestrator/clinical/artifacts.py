@@ -7,6 +7,7 @@ module learns them (the evaluators write them, the report's sentences name them)
     review_low_confidence.csv   the least confident test cases, for a person to look at
     test_metrics_per_patient.csv, review_per_patient.csv, confusion_matrix_per_patient[_<head>].png
                                 the same per group (patient, lesion) where groups hold several
+    test_metrics_by_subgroup.csv each --subgroup value's test figures, intervals and flag
     confusion_matrix[_<head>].png, roc_pr_curves.png, reliability_diagram[_<head>].png,
     scatter_<head>.png, trial_comparison.png, gradcam_<class>.png
 """
@@ -24,6 +25,7 @@ SCATTER = "scatter.png"  # a regression head's predicted against true, per head
 TEST_METRICS_PER_PATIENT = "test_metrics_per_patient.csv"
 REVIEW_PER_PATIENT = "review_per_patient.csv"
 CONFUSION_MATRIX_PER_PATIENT = "confusion_matrix_per_patient.png"
+TEST_METRICS_BY_SUBGROUP = "test_metrics_by_subgroup.csv"
 
 
 def per_head(name: str, head: str) -> str:

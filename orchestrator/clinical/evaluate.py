@@ -6,7 +6,7 @@ task is one head, `heads.evaluated_heads`); what a head's kind fits, measures an
 `heads.py`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -27,6 +27,8 @@ from orchestrator.clinical.patient_sections import patient_line
 from orchestrator.clinical.per_patient import per_patient
 from orchestrator.clinical.resampled_metrics import task_metrics
 from orchestrator.clinical.result import ClinicalResult
+from orchestrator.clinical.subgroup_sections import subgroup_line
+from orchestrator.clinical.subgroups import ensemble_subgroups
 from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, Report, report_sections
 from orchestrator.clinical.uncertainty import ensemble_mc, mc_dropout_probs, mc_summary
 from orchestrator.console import detail
@@ -64,6 +66,9 @@ class ClinicalInputs:
     held_out: str = "validation"  # what y_val/val_probs are: "validation" or "out-of-fold"
     ood: OodEvaluated | None = None  # the served OOD flag, fitted before the evaluation
     val_groups: np.ndarray | None = None  # the held-out images' groups (None: not known)
+    # subgroup name -> each test image's value (the manifest's `subgroup_<name>` columns):
+    # measured per value in the report, read by nothing that chooses
+    subgroups: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
@@ -115,8 +120,12 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
         metrics.update({"ood_cut": inputs.ood.cut.cut,
                         "ood_false_alarm_nominal": inputs.ood.cut.false_alarm,
                         "val_ood_flagged": inputs.ood.cut.held_out_flagged})
+    by_subgroup = ensemble_subgroups(inputs, options, evaluated, decided)
+    if by_subgroup is not None:
+        files.append(out / artifacts.TEST_METRICS_BY_SUBGROUP)
+        by_subgroup.table.to_csv(files[-1], index=False)
     report = Report(fits, measured.intervals, figures, shared + explained.figures, review,
-                    measured.groups_note, metric, measured.difference, patients)
+                    measured.groups_note, metric, measured.difference, patients, by_subgroup)
     banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
               "real patients.") if inputs.synthetic else None
     files.append(write_report(out / artifacts.REPORT, inputs.title,
@@ -127,7 +136,8 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
                           heads={eh.head.name: fits[eh.head.name] for eh in evaluated
                                  if eh.named},
                           notes=explained.notes, interval_notes=measured.interval_notes,
-                          patient_line=patient_line(patients, task.metric, inputs.held_out))
+                          patient_line=patient_line(patients, task.metric, inputs.held_out),
+                          subgroup_line=subgroup_line(by_subgroup))
 
 
 def _threshold_table(eh, inputs: ClinicalInputs, ens_val, calibrated, fit, out: Path) -> Path:

@@ -11,6 +11,8 @@ import pandas as pd
 
 from orchestrator.clinical.bootstrap import format_interval, note_lines, row_note
 from orchestrator.clinical.html import Section, write_report
+from orchestrator.clinical.subgroup_sections import subgroup_section
+from orchestrator.clinical.subgroups import Subgroups
 from orchestrator.clinical.transport import Transport
 
 CALIBRATION_TEXT = (
@@ -56,6 +58,7 @@ class Evaluation:
     reliability: Path
     synthetic: bool
     recalibrated: Recalibrated | None = None
+    subgroups: Subgroups | None = None  # the figures per --subgroup value
 
 
 def figure_table(intervals: pd.DataFrame, column: str = "external [95% CI]") -> pd.DataFrame:
@@ -92,6 +95,8 @@ def sections(ev: Evaluation) -> list[Section]:
     out.append(Section("Calibration", paragraphs=[
         CALIBRATION_TEXT.format(target=ev.calibration_target)], figures=[ev.reliability]))
     out.append(Section("The served rules on this data", paragraphs=list(ev.rules)))
+    if ev.subgroups is not None:
+        out.append(subgroup_section(ev.subgroups, "external data"))
     if ev.recalibrated is not None:
         out.append(_recalibration(ev.recalibrated))
     return out

@@ -29,6 +29,9 @@ class ClinicalOptions:
     set_coverage: float = DEFAULT_SET_COVERAGE
     set_conditional: bool = False
     ood_false_alarm: float = DEFAULT_FALSE_ALARM  # the OOD cut's rate on held-out images
+    # columns the test split is measured by, value by value (docs/evaluation.md, Subgroups);
+    # recorded with the split by the sweep; never read by any choice
+    subgroups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.threshold_rule not in RULES:
@@ -83,6 +86,11 @@ def add_clinical_arguments(parser: argparse.ArgumentParser) -> None:
                    "%(default)s)")
     c.add_argument("--mc-dropout", type=int, default=0, metavar="PASSES",
                    help="MC-dropout passes for predictive entropy (0: off, the default)")
+    c.add_argument("--subgroup", action="append", default=[], metavar="COLUMN",
+                   help="measure the test split per value of COLUMN (repeatable): an extra "
+                   "column of your CSV, HAM10000's sex, age (banded) or localization, DICOM's "
+                   "PatientSex, PatientAge (banded) or Manufacturer; recorded with the split, "
+                   "never used to choose anything (docs/evaluation.md, Subgroups)")
     c.add_argument("--ood-false-alarm", type=float, default=DEFAULT_FALSE_ALARM,
                    help="the served out-of-distribution flag's cut: the share of held-out "
                    "in-distribution images it may flag (default %(default)s)")
@@ -97,4 +105,5 @@ def clinical_options(args: argparse.Namespace) -> ClinicalOptions:
                            resamples=args.resamples, mc_dropout_passes=args.mc_dropout,
                            ood_false_alarm=args.ood_false_alarm,
                            set_coverage=args.set_coverage,
-                           set_conditional=args.set_conditional)
+                           set_conditional=args.set_conditional,
+                           subgroups=tuple(dict.fromkeys(args.subgroup)))

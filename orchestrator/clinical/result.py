@@ -48,6 +48,7 @@ class ClinicalResult:
     # difference's too. Empty when every interval is sound.
     interval_notes: list[str] = field(default_factory=list)
     patient_line: str = ""  # the per-patient figures in one console line ("" : none to show)
+    subgroup_line: str = ""  # the per-subgroup figures in one console line ("": none asked)
 
     @property
     def fits(self) -> dict[str, HeadFit]:

@@ -16,6 +16,8 @@ from orchestrator.clinical.answer_sections import ood_section, sets_section
 from orchestrator.clinical.html import Section
 from orchestrator.clinical.patient_sections import PerPatient, patient_section
 from orchestrator.clinical.referral import CANDIDATE_CUTS, Referral
+from orchestrator.clinical.subgroup_sections import subgroup_section
+from orchestrator.clinical.subgroups import Subgroups
 from orchestrator.clinical.resampled_metrics import fast_metrics
 from orchestrator.clinical.result import HeadFit
 from tasks.base import Task
@@ -278,6 +280,7 @@ class Report:
     metric: str
     difference: dict | None
     patients: PerPatient | None = None  # the test split per group (patient, lesion)
+    subgroups: Subgroups | None = None  # the test split per subgroup value (--subgroup)
 
 
 def report_sections(inputs, options, report: Report) -> list[Section]:
@@ -287,6 +290,8 @@ def report_sections(inputs, options, report: Report) -> list[Section]:
     test = report.intervals[report.intervals.model == ENSEMBLE].set_index("metric")
     patients = ([patient_section(report.patients, inputs.held_out, options.resamples)]
                 if report.patients is not None else [])
+    if report.subgroups is not None:
+        patients.append(subgroup_section(report.subgroups))
     return with_sets_section(_layout_sections(inputs, options, report),
                              sets_section(inputs, report.fits, test) + ood_section(inputs, test)
                              + patients)

@@ -31,6 +31,7 @@ FRACTION_TOLERANCE = 0.01  # fewest folds whose m/k is this close to each asked 
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_JSON = "manifest.json"
 MISSING = "missing"  # the digest of a file that could not be read
+SUBGROUP_PREFIX = "subgroup_"  # a subgroup's values (`subgroups.PREFIX`), never fingerprinted
 
 
 class SplitWarning(UserWarning):
@@ -283,7 +284,7 @@ def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, f
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(os.path.abspath(root))
-    frame = table[[*COLUMNS, *target_columns(table)]].copy()
+    frame = table[[*COLUMNS, *target_columns(table), *_subgroup_columns(table)]].copy()
     frame["path"] = [Path(os.path.relpath(p, root)).as_posix() for p in frame["path"]]
     if "fold" in table:
         frame["fold"] = table["fold"].to_numpy()
@@ -308,6 +309,11 @@ def write_manifest(table: pd.DataFrame, out_dir: str | Path, root: str | Path, f
     return out / MANIFEST_CSV
 
 
+def _subgroup_columns(table: pd.DataFrame) -> list[str]:
+    """The `subgroup_<name>` columns (`orchestrator.data.subgroups`): recorded when asked."""
+    return [c for c in table.columns if c.startswith(SUBGROUP_PREFIX)]
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Trials sharing a data fingerprint write the same manifest: a reader never sees half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
@@ -317,8 +323,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def read_manifest(path: str | Path, root: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
     """The table (absolute paths again, under `root` if given, else the recorded root; with the
-    recorded `target_<head>`, `fold` and `hash` columns where there are) and the metadata it
-    was written with."""
+    recorded `target_<head>`, `fold`, `hash` and `subgroup_<name>` columns where there are) and
+    the metadata it was written with."""
     path = Path(path)
     csv = path / MANIFEST_CSV if path.is_dir() else path
     meta = json.loads((csv.parent / MANIFEST_JSON).read_text())
@@ -326,7 +332,7 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> tuple[pd.
     base = Path(root if root is not None else meta["root"])
     frame["path"] = [os.path.normpath(base / p) for p in frame["path"]]
     table = make_table(frame.to_dict("records"), extra=target_columns(frame))
-    for extra in ("fold", "hash"):  # columns beyond the reader's table, where recorded
+    for extra in ("fold", "hash", *_subgroup_columns(frame)):  # beyond the reader's, if recorded
         if extra in frame:
             table[extra] = table["path"].map(dict(zip(frame["path"], frame[extra])))
     return table, meta

@@ -57,6 +57,9 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
         held = (cross_validated(sweep, task, cv_runs, work, log, data_dir) if cv_runs else
                 holdout(sweep, task, ranked, top_k, work, log, data_dir))
         task = next(iter(held.data.values())).task
+        # before any scoring: an unknown column fails in seconds
+        subgroups = _test_subgroups(task, next(iter(held.data.values())), clinical.subgroups,
+                                    data_dir, log)
         by_policy = {p: policy_for_task(p, task.tta_kinds) for p in policies}
         transforms = union_of(by_policy.values())
         models = [m for group in held.models.values() for m in group]
@@ -90,6 +93,7 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
                 "top2_soft_vote": choice.top2}
         inputs = _clinical_inputs(sweep, task, choice, rows, held, y_test, test_probs,
                                   prepared, test_images, board)
+        inputs = dataclasses.replace(inputs, subgroups=subgroups)
         return _record(sweep, task, choice, table, test_probs, y_test, held,
                        by_policy[choice.policy], scoring, (inputs, clinical), work, log)
 
@@ -114,6 +118,27 @@ def _clinical_inputs(sweep: SweepInfo, task, choice, rows: dict, held: HeldOut, 
         data_notes=sweep.data_notes,
         title=f"MedSweep clinical evaluation: {task.key}, sweep {sweep.name} "
               f"(run {sweep.parent_run_id[:8]})")
+
+
+def _test_subgroups(task, prepared, asked: Sequence[str], data_dir: str | None,
+                    log: Log) -> dict[str, np.ndarray]:
+    """Each subgroup's test values: from the recorded manifest (every recorded one when none
+    is asked); one the sweep did not record is read from the data now, and said so."""
+    from orchestrator.data import subgroups as sg
+
+    test_rows = prepared.table[prepared.table["split"] == "test"]
+    have = {name.lower(): name for name in sg.recorded(prepared.table)}
+    names = [have.get(a.lower(), a) for a in asked] if asked else list(have.values())
+    found = {n: test_rows[sg.column(n)].to_numpy(dtype=object) for n in names
+             if n.lower() in have}
+    missing = [n for n in names if n.lower() not in have]
+    if missing:
+        source = data_dir or str(prepared.root)
+        now = sg.check_columns(missing, sg.layout_columns(task, source), source)
+        log(f"subgroup(s) {', '.join(now)} not recorded by the sweep: read from {source} now")
+        read = sg.read_values(task, source, test_rows["path"].tolist(), now)
+        found.update({n: np.asarray(v, dtype=object) for n, v in read.items()})
+    return found
 
 
 def with_intervals(table: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
@@ -213,7 +238,8 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                           sets=tuple((name if fit is not result.answer else "", fit.sets)
                                      for name, fit in result.fits.items()
                                      if fit.sets is not None),
-                          patient_line=result.patient_line)
+                          patient_line=result.patient_line,
+                          subgroup_line=result.subgroup_line)
 
 
 def _ood_fit(held: HeldOut, ens, clinical: tuple, log: Log):

@@ -44,6 +44,7 @@ class EnsembleReport:
     # (head name, "" for a single-label task's answer; its conformal.SetFit) per head with sets
     sets: tuple = ()
     patient_line: str = ""  # the test figures per group (patient, lesion); "": one image each
+    subgroup_line: str = ""  # the test figures per --subgroup value; "": none asked
 
     @property
     def refer_cut(self) -> float | None:
@@ -163,6 +164,8 @@ def print_report(report: EnsembleReport) -> None:
             print(line)
         if report.patient_line:
             print(report.patient_line)
+        if report.subgroup_line:
+            print(report.subgroup_line)
     # registered only after the logged model answered every test image as evaluated
     print(f"ensemble run {report.run_id}; model {report.registered}, its served answers "
           f"checked against the evaluated ensemble; {REPORT} in its artifacts")

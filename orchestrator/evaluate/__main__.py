@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="seed of the bootstrap and the recalibration split (default 0)")
     p.add_argument("--resamples", type=int, default=MIN_RESAMPLES,
                    help="bootstrap resamples (default and minimum %(default)s)")
+    p.add_argument("--subgroup", action="append", default=[], metavar="COLUMN",
+                   help="measure the site per value of COLUMN (repeatable): an extra column "
+                   "of its CSV, HAM10000's sex, age (banded) or localization, DICOM's "
+                   "PatientSex, PatientAge (banded) or Manufacturer (docs/evaluation.md)")
     add_verbose(p)
     return p
 
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{args.resamples}")
         evaluate_external(args.model_uri, args.data, task=args.task, site=args.name,
                           tracking_uri=args.tracking_uri, recalibrate=args.recalibrate,
-                          seed=args.seed, resamples=args.resamples, log=console.say)
+                          seed=args.seed, resamples=args.resamples,
+                          subgroups=tuple(dict.fromkeys(args.subgroup)), log=console.say)
     except MedSweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,12 +18,17 @@ from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, bootstrap_interv
                                              count_units, format_interval, resample_indices,
                                              row_note)
 from orchestrator.clinical.external_sections import Evaluation, Recalibrated, write
+from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.subgroup_sections import subgroup_line
+from orchestrator.clinical.subgroups import (Subgroups, decision_metrics, measure_subgroups,
+                                             worse_when_higher)
 from orchestrator.clinical.transport import Transport, compare
 from orchestrator.evaluate.record import REPORT, ExternalResult, record
 from orchestrator.errors import ConfigError
 from orchestrator.serving import contract
 
 Log = Callable[[str], None]
+SUBGROUP_CSV = "external_metrics_by_subgroup.csv"
 def _served_head(spec: contract.ServingSpec) -> contract.HeadSpec:
     (head, *more) = spec.answered_heads
     if more or not head.is_classification:
@@ -146,9 +151,11 @@ def _recalibrate(rows, cases, head, spec, groups, fraction, seed, resamples_n, o
 def evaluate_external(model_uri: str, data_path: str, *, task: str | None = None,
                       site: str | None = None, tracking_uri: str | None = None,
                       recalibrate: float | None = None, seed: int = 0,
-                      resamples: int = DEFAULT_RESAMPLES, log: Log = print) -> ExternalResult:
+                      resamples: int = DEFAULT_RESAMPLES, subgroups: Sequence[str] = (),
+                      log: Log = print) -> ExternalResult:
     """Everything `python -m orchestrator.evaluate` does; returns what it logged."""
     from orchestrator import tracking
+    from orchestrator.data import subgroups as sg
     from orchestrator.data.external import read_external
     from orchestrator.tracking.evaluation import read_spec, resolve_version
 
@@ -164,6 +171,8 @@ def evaluate_external(model_uri: str, data_path: str, *, task: str | None = None
     the_task = _task(task, spec_file)
     log(f"{ref.uri} ({model_uri}), task {the_task.key}; external data {data_path} as site "
         f"{site}")
+    names = (sg.check_columns(subgroups, sg.layout_columns(the_task, data_path), data_path)
+             if subgroups else ())
     data = read_external(the_task, data_path, head.classes, log=log)
     rows, _ = _predict(uri, ref.uri, data, log)
     if not len(rows):
@@ -175,6 +184,10 @@ def evaluate_external(model_uri: str, data_path: str, *, task: str | None = None
         f"{data.left_out} unreadable left out")
     intervals = _measure(cases, groups, resample_indices(y, groups, resamples, seed))
     transport = _transport(uri, ref, the_task, head, cases, groups, resamples, seed)
+    by_subgroup = (_subgroups(the_task, data, data_path, rows, names, cases, groups, resamples,
+                              seed) if names else None)
+    if by_subgroup is not None:
+        log(subgroup_line(by_subgroup))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         from orchestrator.clinical import plots
@@ -198,13 +211,38 @@ def evaluate_external(model_uri: str, data_path: str, *, task: str | None = None
             intervals=intervals, transport=transport, calibration_target=f"Read on {event}.",
             rules=_rules(head, spec, intervals), reliability=reliability,
             synthetic=data.synthetic or ref.tags.get("synthetic_data") == "true",
-            recalibrated=recal)
+            recalibrated=recal, subgroups=by_subgroup)
         files = [write(evaluation, out / REPORT), reliability]
+        if by_subgroup is not None:
+            files.append(out / SUBGROUP_CSV)
+            by_subgroup.table.to_csv(files[-1], index=False)
         if recal is not None:
             files += [recal.figure]
         result = record(uri, ref, evaluation, rows, split, files, the_task, resamples, seed,
                         recalibrate, log)
     return result
+
+
+def _subgroups(task, data, data_path: str, rows: pd.DataFrame, names, cases: ext.Cases,
+               groups: np.ndarray, resamples_n: int, seed: int) -> Subgroups:
+    """The site's figures per subgroup value: the task metric and the decision figures at the
+    served decisions (calibration is left to the whole site: it needs more cases)."""
+    from orchestrator.data.subgroups import read_values
+
+    read = read_values(task, data_path, data.table["path"].tolist(), names)
+    shown = [Path(os.path.relpath(p, data.root)).as_posix() for p in data.table["path"]]
+    values = {n: rows["path"].map(dict(zip(shown, v))).fillna("unknown").to_numpy(dtype=object)
+              for n, v in read.items()}
+
+    def figures(idx: np.ndarray) -> dict[str, float]:
+        out = fast_metrics(cases.y[idx], cases.probs[idx], cases.positive)
+        out.update(ext.decision_figures(cases.y[idx], cases.decision[idx], cases.classes,
+                                        cases.positive))
+        return out
+
+    return measure_subgroups(values, cases.y, groups, figures,
+                             (task.metric, *decision_metrics(cases.classes, cases.positive)),
+                             resamples_n, seed, worse_when_higher(task))
 
 
 def site_name(text: str) -> str:

@@ -134,6 +134,9 @@ def run_sweep(
     if profile:
         check_space({**get_profile(task, profile).space, **overrides_space(space_overrides)},
                     f"profile {profile} with --set")
+    subgroups = _subgroups(task_record, data_dir, clinical)
+    if clinical is not None:
+        clinical = dataclasses.replace(clinical, subgroups=subgroups)
     weights_dir = _weights_dir(weights_dir)
     if weights_dir is not None:
         space_overrides["weights_dir"] = weights_dir
@@ -156,7 +159,8 @@ def run_sweep(
                          budget_overrides=budget, storage=storage, experiment=experiment,
                          tracking_uri=uri, seed=seed, space_overrides=space_overrides or {},
                          scheduler=scheduler, cluster_can_grow=can_grow,
-                         reuse_actors=reuse_actors, search=search, log=log)
+                         reuse_actors=reuse_actors, search=search, log=log,
+                         subgroups=subgroups)
     searched = runner.resume(previous) if previous else runner.start()
     built = (final_ensemble(searched.context, runner.budget, log, clinical)
              if ensemble and searched.trained_any else None)
@@ -181,6 +185,18 @@ def final_ensemble(context: SweepContext, budget: Budget, log: Log,
         return None
 
 
+def _subgroups(task: Task, data_dir: str | None,
+               clinical: ClinicalOptions | None) -> tuple[str, ...]:
+    """The asked `--subgroup` columns as the data spell them; an unknown one is refused here,
+    before Ray starts, with the columns this data offers."""
+    from orchestrator.data.subgroups import check_columns, layout_columns
+
+    if clinical is None or not clinical.subgroups:
+        return ()
+    where = data_dir or f"the {task.key} phantom"
+    return check_columns(clinical.subgroups, layout_columns(task, data_dir), where)
+
+
 def _weights_dir(weights_dir: str | os.PathLike | None) -> str | None:
     """The absolute weights folder every trial reads, or None (each node's own lookup)."""
     env = "MEDSWEEP_WEIGHTS_DIR"  # models.WEIGHTS_DIR_ENV; importing models loads TensorFlow
@@ -203,13 +219,15 @@ class SweepRunner:
                  profile: str | None, budget_overrides: dict, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
                  scheduler: str, log: Log, cluster_can_grow: bool = False,
-                 reuse_actors: bool = True, search: str | None = None) -> None:
+                 reuse_actors: bool = True, search: str | None = None,
+                 subgroups: tuple[str, ...] = ()) -> None:
         base = get_profile(task, profile or choose_profile(ray.cluster_resources()))
         self.budget = Budget.of(base, budget_overrides)
         self.profile = self.budget.applied(base)
         check_trial_fits(self.budget.cpus_per_trial, self.budget.gpus_per_trial, log,
                          can_grow=cluster_can_grow)
         self.task, self.task_record, self.data_dir = task, task_record, data_dir
+        self.subgroups = subgroups  # recorded with the split (`data.subgroups.record`)
         self.storage, self.experiment, self.uri, self.seed, self.log = (
             storage, experiment, tracking_uri, seed, log)
         self.metric = f"val_{task_record.metric}"
@@ -226,6 +244,11 @@ class SweepRunner:
         space = self._space()
         datasets = self._prepare_data(space)
         any_data = next(iter(datasets.values()))
+        if self.subgroups:  # before the manifest is logged: it travels with the split
+            from orchestrator.data.subgroups import record
+
+            record(Path(any_data.manifest_path), any_data.task, self.data_dir, self.subgroups,
+                   self.log)
         records = data_records(Path(any_data.manifest_path))
         facts = self.data_facts = data_facts(records)
         self.log(data_line(facts))
