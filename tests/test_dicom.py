@@ -255,3 +255,12 @@ def test_a_voi_lut_sequence_is_the_files_window(tmp_path):
     np.testing.assert_array_equal(decode_file(path)[0], expected)  # the LUT, not the window
     windowed = decode_file(path, Preprocessing(dicom_window="900,10"))[0]
     np.testing.assert_array_equal(windowed, _linear(stored.astype(float), 900, 10))
+
+
+def test_pixel_data_no_installed_decoder_reads_is_named_with_each_decoders_reason():
+    """pydicom's JPEG-lossy.dcm: 12-bit JPEG Extended that libjpeg rejects (a misplaced marker)
+    and Pillow (and GDCM's wheel) do not support: listed with the reason, never guessed at."""
+    img, reason = decode_file(get_testdata_file("JPEG-lossy.dcm"))
+    assert img is None
+    assert reason.startswith("DICOM pixel data cannot be decoded (JPEG Extended")
+    assert "pylibjpeg:" in reason and "pillow:" in reason
