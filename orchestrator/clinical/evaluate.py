@@ -18,6 +18,8 @@ from orchestrator.clinical.bootstrap import (count_units, intervals_by_model,
                                              no_interval_lines, paired_difference,
                                              resample_indices, sound_interval_metrics)
 from orchestrator.clinical.evaluated import evaluated_heads
+from orchestrator.clinical.failures import failure_gallery
+from orchestrator.clinical.flow import Flow
 from orchestrator.clinical.heads import KINDS, review_table
 from orchestrator.clinical.html import write_report
 from orchestrator.clinical.operating_point import threshold_table
@@ -69,6 +71,10 @@ class ClinicalInputs:
     # subgroup name -> each test image's value (the manifest's `subgroup_<name>` columns):
     # measured per value in the report, read by nothing that chooses
     subgroups: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # the recorded data's participant flow and each split's characteristics (None: not known)
+    flow: Flow | None = None
+    split_table: pd.DataFrame | None = None
+    copies_kept_apart: bool = False  # the sweep ran with --keep-duplicates
 
 
 def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
@@ -101,12 +107,14 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
     metric = next(c for c in inputs.leaderboard.columns if c.startswith("best_"))
     shared = [plots.trial_comparison(inputs.leaderboard, metric, out / artifacts.TRIAL_COMPARISON,
                                      [m.name for m in inputs.members])]
-    explained = _explanations(inputs, options, evaluated, out, log)
+    explained = _explanations(inputs, options, evaluated, decided, out, log)
     review = review_table(inputs.test_paths, evaluated, inputs.y_test, calibrated,
                           options.review_cases, explained.mc_entropy)
     files.append(out / artifacts.REVIEW)
     review.to_csv(files[-1], index=False)
     files += [p for eh in evaluated for p in figures[eh.head.name]] + shared + explained.figures
+    if explained.gallery is not None and explained.gallery[0] is not None:
+        files.append(explained.gallery[0])
     patients = per_patient(inputs, options, evaluated, fits, calibrated, out)
     files += patients.write(out)
 
@@ -125,7 +133,8 @@ def evaluate(inputs: ClinicalInputs, options: ClinicalOptions, out: Path,
         files.append(out / artifacts.TEST_METRICS_BY_SUBGROUP)
         by_subgroup.table.to_csv(files[-1], index=False)
     report = Report(fits, measured.intervals, figures, shared + explained.figures, review,
-                    measured.groups_note, metric, measured.difference, patients, by_subgroup)
+                    measured.groups_note, metric, measured.difference, patients, by_subgroup,
+                    explained.gallery)
     banner = ("SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES. These figures say nothing about "
               "real patients.") if inputs.synthetic else None
     files.append(write_report(out / artifacts.REPORT, inputs.title,
@@ -208,10 +217,11 @@ class Explained:
     metrics: dict[str, float]
     notes: list[str]
     mc_entropy: np.ndarray | None = None
+    gallery: tuple[Path | None, int, str] | None = None  # figure, errors shown, member
 
 
-def _explanations(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, out: Path,
-                  log: Log) -> Explained:
+def _explanations(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, decided,
+                  out: Path, log: Log) -> Explained:
     """Grad-CAM and MC dropout read a single softmax output's logits: a model whose one head is
     the task's answer has them; a multi-head model not (yet)."""
     if any(eh.named for eh in evaluated):
@@ -220,15 +230,23 @@ def _explanations(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, o
         for note in notes:
             log(f"MC dropout: {note}")
         return Explained([], {}, notes)
-    figures = _gradcam_figures(max(inputs.members, key=lambda m: m.weight), inputs, options,
-                               out)
+    best = max(inputs.members, key=lambda m: m.weight)
+    model = _load(best.model_path)
+    figures = _gradcam_figures(model, best, inputs, options, out)
+    (head,) = evaluated
+    decision, confidence = decided[head.head.name]
+    figure, shown = failure_gallery(model, inputs.test_images[best.resolution],
+                                    np.asarray(inputs.y_test), decision, confidence,
+                                    inputs.task.classes, inputs.test_paths, out)
+    gallery = (figure, shown, best.name)
     if not options.mc_dropout_passes:
-        return Explained(figures, {}, [])
+        return Explained(figures, {}, [], gallery=gallery)
     summary = mc_summary(_mc_dropout(inputs, options, log))
     return Explained(figures, {
         "test_mc_dropout_mean_entropy": float(summary["predictive_entropy"].mean()),
         "test_mc_dropout_mean_mutual_information": float(
-            summary["mutual_information"].mean())}, [], summary["predictive_entropy"])
+            summary["mutual_information"].mean())}, [], summary["predictive_entropy"],
+        gallery)
 
 
 def _load(path: str):
@@ -239,13 +257,12 @@ def _load(path: str):
     return keras.models.load_model(path)
 
 
-def _gradcam_figures(member: Member, inputs: ClinicalInputs, options: ClinicalOptions,
+def _gradcam_figures(model, member: Member, inputs: ClinicalInputs, options: ClinicalOptions,
                      out: Path) -> list[Path]:
     """Per class: up to n correctly and n wrongly classified test images, with the best
     member's Grad-CAM for the class it predicted."""
     from orchestrator.clinical.gradcam import gradcam, overlay
 
-    model = _load(member.model_path)
     images = inputs.test_images[member.resolution]
     probs = model.predict(images.astype(np.float32), batch_size=64, verbose=0)
     pred = probs.argmax(axis=1)

@@ -21,6 +21,10 @@ figure { display: block; margin: 1em 0; }
 figure img { width: 100%; max-width: 1100px; border: 1px solid #eee; }
 figcaption { font-size: 0.8em; color: #555; }
 .note { color: #555; font-size: 0.9em; }
+.flow-row { display: flex; gap: 0.8em; align-items: flex-start; flex-wrap: wrap; }
+.flow-box { border: 1px solid #888; padding: 0.4em 0.7em; font-size: 0.85em; min-width: 9em; }
+.flow-out { border-style: dashed; } .flow-side { align-self: center; min-width: 1.5em; }
+.flow-arrow { font-size: 1.3em; margin: 0.2em 4em; }
 """
 
 

@@ -13,6 +13,8 @@ from orchestrator.clinical.bootstrap import (MIN_GROUPS, NO_INTERVAL, format_int
 from orchestrator.clinical.calibration import (apply_temperature, calibration_sentence,
                                                confidence_gap)
 from orchestrator.clinical.answer_sections import ood_section, sets_section
+from orchestrator.clinical.flow_sections import (characteristics_section, flow_section,
+                                                  gallery_section)
 from orchestrator.clinical.html import Section
 from orchestrator.clinical.patient_sections import PerPatient, patient_section
 from orchestrator.clinical.referral import CANDIDATE_CUTS, Referral
@@ -281,6 +283,7 @@ class Report:
     difference: dict | None
     patients: PerPatient | None = None  # the test split per group (patient, lesion)
     subgroups: Subgroups | None = None  # the test split per subgroup value (--subgroup)
+    gallery: tuple | None = None  # (figure or None, errors shown, member): a single answer
 
 
 def report_sections(inputs, options, report: Report) -> list[Section]:
@@ -292,9 +295,20 @@ def report_sections(inputs, options, report: Report) -> list[Section]:
                 if report.patients is not None else [])
     if report.subgroups is not None:
         patients.append(subgroup_section(report.subgroups))
-    return with_sets_section(_layout_sections(inputs, options, report),
-                             sets_section(inputs, report.fits, test) + ood_section(inputs, test)
-                             + patients)
+    if report.gallery is not None:
+        patients.append(gallery_section(*report.gallery))
+    return with_data_sections(inputs, with_sets_section(
+        _layout_sections(inputs, options, report),
+        sets_section(inputs, report.fits, test) + ood_section(inputs, test) + patients))
+
+
+def with_data_sections(inputs, out: list[Section]) -> list[Section]:
+    """The participant flow and each split's characteristics, after the opening sections
+    (Ensemble, Data), where the recorded data are known."""
+    extra = ([flow_section(inputs.flow, inputs.copies_kept_apart)] if inputs.flow else []) + (
+        [characteristics_section(inputs.split_table)] if inputs.split_table is not None else [])
+    at = next((i + 1 for i, s in enumerate(out) if s.heading == "Data"), 1)
+    return out[:at] + extra + out[at:]
 
 
 def _layout_sections(inputs, options, report: Report) -> list[Section]:
