@@ -3,6 +3,7 @@ decodes to the same pixels, bad input names its row, the answer applies the vers
 from __future__ import annotations
 
 import base64
+import re
 
 import cv2
 import numpy as np
@@ -455,3 +456,49 @@ def test_each_head_of_a_multihead_model_is_grouped_and_a_value_averaged():
     assert {"shape_decision", "shape_refer", "grade_confidence", "grade_refer"} <= set(
         out.columns)
     assert out["grade_refer"].tolist() == [True]  # its cut 2.0 refers everything
+
+
+def test_the_checklist_fills_each_item_from_the_records_and_marks_the_authors_items():
+    from orchestrator.clinical.flow import flow_counts
+    from orchestrator.serving.checklist import (HEADING, PERSON_ITEMS, TO_BE_STATED,
+                                                ChecklistFacts)
+
+    manifest = pd.DataFrame({"label": ["normal"] * 3 + ["pneumonia"] * 3,
+                             "group": ["p1", "p1", "p2", "p3", "p4", "p5"],
+                             "split": ["train", "train", "test", "train", "test", "test"],
+                             "fold": ["0", "0", "", "1", "", ""]})
+    lost = pd.DataFrame({"path": ["x.dcm"], "label": ["normal"], "reason": ["unreadable"],
+                         "detail": ["no pixel data"]})
+    flow = flow_counts(manifest, ("normal", "pneumonia"), lost)
+    facts = ChecklistFacts(source="data folder `chest`", synthetic=False,
+                           file_dates=("2019-01-02", "2021-03-04"), flow=flow, variant="2class",
+                           group_key="patient_id", backbones={"t1": "densenet121"},
+                           preprocessing="gray-clahe2.0x8", externals={"site_b": "0.810"})
+    card = model_card(_facts(checklist=facts, test={
+        "balanced_accuracy": Interval(0.88, 0.8, 0.95), "ece": Interval(0.1, 0.05, 0.15),
+        "ece_calibrated": Interval(0.04, 0.02, 0.07)}))
+    section = card[card.index(HEADING):card.index("## Lineage")]
+    items = dict(re.findall(r"^- \*\*(.+?)\*\*: (.*)$", section, re.M))
+    assert items["Data source"] == "data folder `chest`"
+    assert items["Date range of the files"].startswith("2019-01-02 to 2021-03-04 (file mod")
+    assert items["Eligibility"] == ("7 files found; left out before splitting: 1 unreadable "
+                                    "(decoder: no pixel data: 1); 0 copy(ies) left out because "
+                                    "a copy sits in a held-out split.")
+    assert items["Outcome"] == "`normal`, `pneumonia`; positive class `pneumonia`"
+    assert items["Sample size per split and class"] == (
+        "train 3 (normal 2, pneumonia 1; 2 groups); test 3 (normal 1, pneumonia 2; 3 groups) | "
+        "folds: fold 0 2 (normal 2, pneumonia 0; 1 groups); fold 1 1 (normal 0, pneumonia 1; "
+        "1 groups)")
+    assert items["Validation"].startswith("2-fold cross-validation outside the test split, "
+                                          "choices made on validation predictions; grouped by "
+                                          "`patient_id`: 5 groups for 6 images")
+    assert items["Model"].startswith("2 member(s): `t1` (densenet121, 64 px, weight 0.750); "
+                                      "`t2` (backbone not recorded, 96 px")
+    assert items["Preprocessing"] == ("`gray-clahe2.0x8`; DICOM window `file`, single-frame "
+                                      "files (no effect on other formats)")
+    assert items["Performance"].startswith("test balanced_accuracy 0.880 [0.800, 0.950]")
+    assert items["Calibration"].endswith("test ece 0.100 [0.050, 0.150], ece_calibrated 0.040 "
+                                         "[0.020, 0.070]")
+    assert items["External validation"] == "site_b: 0.810"
+    assert [k for k, v in items.items() if v == TO_BE_STATED] == list(PERSON_ITEMS)
+    assert HEADING not in model_card(_facts())  # no facts recorded: no checklist

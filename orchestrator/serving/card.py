@@ -8,6 +8,7 @@ from typing import Callable, Mapping, Sequence
 from orchestrator import keys
 from orchestrator.clinical.bootstrap import MIN_GROUPS, NO_INTERVAL
 from orchestrator.clinical.conformal import min_cases
+from orchestrator.serving.checklist import ChecklistFacts, checklist_lines
 from orchestrator.serving.contract import ServingSpec
 
 SYNTHETIC_BANNER = ("## ⚠ SYNTHETIC PHANTOM DATA - NOT MEDICAL IMAGES\n\nThis model was "
@@ -48,6 +49,7 @@ class CardFacts:
     ensemble_run_id: str
     data_notes: Sequence[str] = ()
     interval_notes: Sequence[str] = ()  # why some test figures have none (bootstrap.note_lines)
+    checklist: ChecklistFacts | None = None  # the reporting checklist's facts (None: none)
 
 
 _CHOICES = "members, weights, TTA policy, temperature, threshold, refer cut"
@@ -104,6 +106,7 @@ def model_card(facts: CardFacts) -> str:
         f"- Inputs: an image of more than {spec.max_pixels / 1e6:g} megapixels (read from its "
         f"header, before decoding) or with a side under {spec.min_side} px is refused with a "
         "message naming its row.", "",
+        *(checklist_lines(facts, facts.checklist) if facts.checklist else []),
         "## Lineage", "",
         f"Sweep run `{facts.sweep_run_id}`; ensemble run `{facts.ensemble_run_id}` (its "
         "artifacts hold report.html, the figures and the test predictions).",
