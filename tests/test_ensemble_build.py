@@ -275,6 +275,59 @@ def test_the_registered_version_carries_its_card_and_tags(swept):
     assert f"sweep {sweep_name} (run {result.parent_run_id[:8]})" in page
 
 
+def test_the_card_carries_a_reporting_checklist_and_the_report_its_flow(swept):
+    """The checklist's items filled from the run (sizes as the manifest counts them), the
+    person-only items marked, no home path; report.html's flow, split table and gallery."""
+    from orchestrator.ensemble.recorded import SYNTHETIC_SOURCE
+    from orchestrator.serving.checklist import HEADING, PERSON_ITEMS, TO_BE_STATED
+
+    result, uri, _ = swept
+    client = mlflow.MlflowClient(uri)
+    card = client.get_model_version_by_alias("medsweep-brain", "candidate").description
+    checklist = card[card.index(HEADING):card.index("## Lineage")]
+    items = dict(re.findall(r"^- \*\*(.+?)\*\*: (.*)$", checklist, re.M))
+    assert items["Data source"] == SYNTHETIC_SOURCE
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d to \d{4}-\d\d-\d\d \(file modification .*\)",
+                        items["Date range of the files"])
+    table = _prepared().table
+    assert items["Eligibility"].startswith(f"{len(table)} files found; left out before "
+                                           "splitting: no missing or unreadable file")
+    assert "`notumor` left out by variant `3class`" in items["Eligibility"]
+    assert items["Outcome"] == "`glioma`, `meningioma`, `pituitary`"
+    for split, rows in table.groupby("split"):
+        per_class = ", ".join(f"{c} {(rows.label == c).sum()}"
+                              for c in ("glioma", "meningioma", "pituitary"))
+        assert f"{split} {len(rows)} ({per_class}; {rows.group.nunique()} groups)" in items[
+            "Sample size per split and class"], split
+    assert items["Validation"].startswith("holdout: choices made on validation predictions; ")
+    assert "pair(s) of exact or near copies" in items["Duplicates"]
+    for member in result.ensemble.members:
+        assert f"`{member}` (" in items["Model"], member
+    assert "backbone not recorded" not in items["Model"] and "48 px" in items["Model"]
+    assert "DICOM window `file`" in items["Preprocessing"]
+    assert re.match(r"test accuracy \d\.\d{3}", items["Performance"])
+    assert "ece_calibrated" in items["Calibration"]
+    assert items["Subgroups"].startswith("none recorded")
+    assert items["External validation"].startswith("none yet")
+    for name in PERSON_ITEMS:
+        assert items[name] == TO_BE_STATED, name
+    assert str(Path.home()) not in card and str(_prepared().root) not in card
+    # report.html: the flow, each split's mix and the confident errors
+    page = Path(client.download_artifacts(result.ensemble.run_id, "report.html")).read_text()
+    assert f"Files found</b><br>{len(table)} images, {table.group.nunique()} groups" in page
+    for split, rows in table.groupby("split"):
+        assert f"<b>{split}</b><br>{len(rows)} images" in page, split
+    assert "<h2>Characteristics of each split</h2>" in page and "class glioma" in page
+    preds = pd.read_csv(client.download_artifacts(result.ensemble.run_id,
+                                                  "test_predictions.csv"))
+    assert "<h2>Failure gallery: the most confident test errors</h2>" in page
+    wrong = (preds["decision"] != preds["label"]).sum()
+    assert ('data-file="failure_gallery.png"' in page) == bool(wrong)
+    assert ("made no error on the test split" in page) == (not wrong)
+    if wrong:
+        assert f"The {min(wrong, 6)} test images the ensemble got wrong" in page
+
+
 def test_predict_cli_writes_one_row_per_readable_image_and_lists_the_rest(swept, tmp_path):
     _, uri, root = swept
     folder = tmp_path / "new"

@@ -2,6 +2,10 @@
 are known by construction."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import keras
+import numpy as np
 import pandas as pd
 
 from orchestrator.clinical.flow import COPY_LEFT_OUT, characteristics, flow_counts
@@ -63,3 +67,67 @@ def test_characteristics_give_each_split_its_class_mix_and_subgroup_columns():
     assert table.loc["train", "sex unknown"] == "1 (17%)"
     assert table.loc["val", "sex unknown"] == "0 (0%)"
     assert table.loc["all", "sex F"] == "6 (50%)"
+
+
+# --- the report's sections and the failure gallery ----------------------------------------------
+def test_the_flow_diagram_shows_every_box_with_its_counts():
+    from orchestrator.clinical.flow_sections import flow_section
+    from orchestrator.clinical.html import render
+
+    flow = flow_counts(_manifest(folds=True), CLASSES, UNREADABLE, PAIRS, LEFT_OUT)
+    page = render("t", [flow_section(flow)])
+    for text in ("Files found</b><br>16 images, 13 groups", "Left out: 4</b>", "missing: 1",
+                 "unreadable: 2", f"{COPY_LEFT_OUT}: 1", "unreadable, truncated file: 2",
+                 "Used (split)</b><br>12 images, 9 groups", "Duplicate pairs: 3",
+                 "copies share a group", "<b>test</b><br>4 images, 3 groups",
+                 "a: 1<br>b: 3", "<b>fold 1</b><br>4 images, 3 groups"):
+        assert text in page, text
+    kept = render("t", [flow_section(flow_counts(_manifest(False), CLASSES), True)])
+    assert "copies kept apart" in kept and "fold 0" not in kept and "Left out</b><br>none" in kept
+
+
+def test_worst_errors_are_the_wrong_decisions_most_confident_first():
+    from orchestrator.clinical.failures import worst_errors
+
+    y = np.array([0, 1, 1, 0, 1, 0, 1])
+    decision = np.array([1, 1, 0, 1, 0, 0, 0])  # wrong at 0, 2, 3, 4, 6
+    confidence = np.array([0.6, 0.99, 0.9, 0.6, 0.95, 0.98, 0.7])
+    assert worst_errors(y, decision, confidence, 4).tolist() == [4, 2, 6, 0]  # tie: test order
+    assert worst_errors(y, y, confidence).tolist() == []
+
+
+def test_the_failure_gallery_draws_the_confident_errors_with_grad_cam(tmp_path):
+    from orchestrator.clinical.failures import GALLERY_FILE, failure_gallery
+    from orchestrator.models.classifier import build_model
+
+    keras.utils.set_random_seed(1)
+    model = build_model("baseline_cnn", 2, 32, weights="none", head_units=8, dropout=0.0)
+    images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    y = np.array([0, 0, 1, 1, 0])
+    decision, confidence = np.array([1, 0, 0, 1, 1]), np.array([0.9, 0.8, 0.7, 0.6, 0.95])
+    figure, shown = failure_gallery(model, images, y, decision, confidence, ("neg", "pos"),
+                                    [f"d/img{i}.png" for i in range(5)], tmp_path)
+    assert shown == 3 and figure == tmp_path / GALLERY_FILE and figure.stat().st_size > 1000
+    assert failure_gallery(model, images, y, y, confidence, ("neg", "pos"), ["p"] * 5,
+                           tmp_path / "none") == (None, 0)
+
+
+# --- the card's checklist facts ------------------------------------------------------------------
+def test_the_data_source_names_the_folder_never_its_path_and_dates_are_a_range(tmp_path):
+    import os
+
+    from orchestrator.ensemble.recorded import SYNTHETIC_SOURCE, data_source, file_dates
+    from orchestrator.serving.checklist import externals_from_tags
+
+    text = data_source(Path("/home/alice/scans/chest_2024"), synthetic=False)
+    assert "`chest_2024`" in text and "/home" not in text and "alice" not in text
+    assert data_source(tmp_path, synthetic=True) == SYNTHETIC_SOURCE
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"x"), b.write_bytes(b"y")
+    os.utime(a, (1_600_000_000, 1_600_000_000))  # 2020-09-13 UTC
+    os.utime(b, (1_700_000_000, 1_700_000_000))  # 2023-11-14 UTC
+    assert file_dates([str(a), str(b), str(tmp_path / "gone.png")]) == ("2020-09-13",
+                                                                          "2023-11-14")
+    assert file_dates([str(tmp_path / "gone.png")]) is None
+    assert externals_from_tags({"external.site_b": "0.8 [0.7, 0.9]", "task": "x"}) == {
+        "site_b": "0.8 [0.7, 0.9]"}

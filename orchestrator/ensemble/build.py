@@ -17,6 +17,7 @@ import pandas as pd
 from orchestrator import tracking
 from orchestrator.console import detail
 from orchestrator.ensemble import artifacts
+from orchestrator.ensemble.recorded import recorded_data
 from orchestrator.ensemble.report import EnsembleReport
 from orchestrator.ensemble.sources import (HeldOut, SweepInfo, cross_validated, holdout,
                                            ranked_trials, sweep_info)
@@ -93,9 +94,13 @@ def build_ensemble(sweep_run_id: str, *, tracking_uri: str | None = None,
                 "top2_soft_vote": choice.top2}
         inputs = _clinical_inputs(sweep, task, choice, rows, held, y_test, test_probs,
                                   prepared, test_images, board)
-        inputs = dataclasses.replace(inputs, subgroups=subgroups)
+        recorded = recorded_data(sweep, task, prepared, board, choice.ensemble.members, work)
+        inputs = dataclasses.replace(inputs, subgroups=subgroups, flow=recorded.flow,
+                                     split_table=recorded.split_table,
+                                     copies_kept_apart=sweep.keep_duplicates)
         return _record(sweep, task, choice, table, test_probs, y_test, held,
-                       by_policy[choice.policy], scoring, (inputs, clinical), work, log)
+                       by_policy[choice.policy], scoring, (inputs, clinical), work, log,
+                       checklist=recorded.checklist)
 
 
 def _clinical_inputs(sweep: SweepInfo, task, choice, rows: dict, held: HeldOut, y_test,
@@ -164,7 +169,7 @@ def _scoring_table(candidates, scored: dict, tested: dict) -> pd.DataFrame:
 
 def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_test,
             held: HeldOut, transforms, scoring: pd.DataFrame, clinical: tuple, work: Path,
-            log: Log) -> EnsembleReport:
+            log: Log, checklist=None) -> EnsembleReport:
     """Metrics, plots and reports first, then the model, its check, its registration; the run
     is FINISHED only when all of that is in."""
     from orchestrator.ensemble.report import write_reports
@@ -213,7 +218,8 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
         model_uri, name, version = publish(
             sweep, task, spec, parts, work, result, prepared, y_test, probs,
             dict(held=held, choice=choice, transforms=transforms, table=table,
-                 intervals=result.intervals), run_id, log, ood_fit=ood_fit)
+                 intervals=result.intervals, checklist=checklist), run_id, log,
+            ood_fit=ood_fit)
     except Exception:
         tracking.finish_run(sweep.uri, run_id, "FAILED")
         raise

@@ -171,14 +171,14 @@ def check_served(model, paths: Sequence[str], expected: pd.DataFrame,
 
 def card_facts(sweep, task, prepared, recorded: pd.DataFrame, meta: dict, held, choice,
                transforms, table: pd.DataFrame, intervals: pd.DataFrame,
-               spec: contract.ServingSpec, run_id: str) -> CardFacts:
+               spec: contract.ServingSpec, run_id: str, checklist=None) -> CardFacts:
     ens = choice.ensemble
     row = table.set_index("model").loc["ensemble"]
     shown = (_multihead_shown(task) if task.is_multihead else
              ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss",
               "sensitivity_at_threshold", "specificity_at_threshold",
               "coverage_at_refer_cut", "accuracy_accepted_at_refer_cut", "set_coverage",
-              "set_size_mean"))
+              "set_size_mean", "ece", "ece_calibrated"))
     test = intervals[intervals.model == "ensemble"].set_index("metric")
     return CardFacts(
         task=task.key, metric=task.metric, data_fingerprint=meta["fingerprint"],
@@ -193,7 +193,7 @@ def card_facts(sweep, task, prepared, recorded: pd.DataFrame, meta: dict, held, 
                           float(test.loc[m, "high"]), row_note(test.loc[m]))
               for m in shown if m in test.index},
         spec=spec, sweep_run_id=sweep.parent_run_id, ensemble_run_id=run_id,
-        data_notes=sweep.data_notes,
+        data_notes=sweep.data_notes, checklist=checklist,
         interval_notes=note_lines(test.loc[[m for m in shown if m in test.index]]
                                   .reset_index()))
 

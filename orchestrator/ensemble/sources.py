@@ -31,6 +31,7 @@ class SweepInfo:
     data_notes: tuple[str, ...] = ()
     synthetic: bool = False
     name: str = ""  # the sweep run's name, as the MLflow UI shows it
+    keep_duplicates: bool = False  # copies were kept apart (--keep-duplicates)
 
 
 @dataclass
@@ -72,7 +73,8 @@ def sweep_info(uri: str, run_id: str) -> SweepInfo:
     return SweepInfo(uri=uri, parent_run_id=run_id, experiment_id=run.info.experiment_id,
                      task=params["task"],
                      synthetic=run.data.tags.get(tracking.TAG_SYNTHETIC, "true") != "false",
-                     data_notes=_data_notes(params), name=run.info.run_name or run_id)
+                     data_notes=_data_notes(params), name=run.info.run_name or run_id,
+                     keep_duplicates=params.get("keep_duplicates") in ("true", "True"))
 
 
 def _data_notes(params: dict) -> tuple[str, ...]:
