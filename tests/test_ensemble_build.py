@@ -287,7 +287,8 @@ def test_the_card_carries_a_reporting_checklist_and_the_report_its_flow(swept):
     checklist = card[card.index(HEADING):card.index("## Lineage")]
     items = dict(re.findall(r"^- \*\*(.+?)\*\*: (.*)$", checklist, re.M))
     assert items["Data source"] == SYNTHETIC_SOURCE
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d to \d{4}-\d\d-\d\d \(file modification .*\)",
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d( to \d{4}-\d\d-\d\d| \(every file\)) \(file "
+                        r"modification times, not acquisition dates; a phantom's .*\)",
                         items["Date range of the files"])
     table = _prepared().table
     assert items["Eligibility"].startswith(f"{len(table)} files found; left out before "

@@ -459,6 +459,8 @@ def test_each_head_of_a_multihead_model_is_grouped_and_a_value_averaged():
 
 
 def test_the_checklist_fills_each_item_from_the_records_and_marks_the_authors_items():
+    import dataclasses
+
     from orchestrator.clinical.flow import flow_counts
     from orchestrator.serving.checklist import (HEADING, PERSON_ITEMS, TO_BE_STATED,
                                                 ChecklistFacts)
@@ -494,11 +496,14 @@ def test_the_checklist_fills_each_item_from_the_records_and_marks_the_authors_it
                                           "`patient_id`: 5 groups for 6 images")
     assert items["Model"].startswith("2 member(s): `t1` (densenet121, 64 px, weight 0.750); "
                                       "`t2` (backbone not recorded, 96 px")
-    assert items["Preprocessing"] == ("`gray-clahe2.0x8`; DICOM window `file`, single-frame "
-                                      "files (no effect on other formats)")
+    assert items["Preprocessing"] == ("`gray-clahe2.0x8`; DICOM window `file`, multi-frame "
+                                      "files refused (no effect on other formats)")
     assert items["Performance"].startswith("test balanced_accuracy 0.880 [0.800, 0.950]")
     assert items["Calibration"].endswith("test ece 0.100 [0.050, 0.150], ece_calibrated 0.040 "
                                          "[0.020, 0.070]")
     assert items["External validation"] == "site_b: 0.810"
     assert [k for k, v in items.items() if v == TO_BE_STATED] == list(PERSON_ITEMS)
     assert HEADING not in model_card(_facts())  # no facts recorded: no checklist
+    one_day = model_card(_facts(checklist=dataclasses.replace(
+        facts, file_dates=("2020-05-06", "2020-05-06"))))
+    assert "- **Date range of the files**: 2020-05-06 (every file) (file modification" in one_day

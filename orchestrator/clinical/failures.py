@@ -37,5 +37,6 @@ def failure_gallery(model, images: np.ndarray, y: np.ndarray, decision: np.ndarr
                 f"({confidence[i]:.2f})" for i in picked]
     figure = plots.image_grid([overlay(images[i], m) for i, m in zip(picked, maps)], captions,
                               out / GALLERY_FILE, "Most confident test errors (Grad-CAM of the "
-                              "decided class)", columns=min(3, len(picked)))
+                              "decided class)", columns=min(3, len(picked)),
+                              row_inches=3.6)
     return figure, len(picked)

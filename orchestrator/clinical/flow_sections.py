@@ -81,7 +81,7 @@ def gallery_section(figure: Path | None, shown: int, member: str) -> Section:
         return Section(GALLERY_HEADING, ["The ensemble made no error on the test split."])
     return Section(GALLERY_HEADING,
                    [f"The {shown} test images the ensemble got wrong with the highest calibrated "
-                    f"confidence, worst first, each with the Grad-CAM of the best member "
-                    f"({member}) for the class the ensemble decided. Confident errors are what "
+                    f"confidence, worst first, each with the Grad-CAM of the member with the "
+                    f"largest weight ({member}) for the class the ensemble decided. Confident errors are what "
                     "referral does not catch: look for a shared cause (a marker, a border, a "
                     "label error)."], figures=[figure])

@@ -156,10 +156,11 @@ def trial_comparison(board: pd.DataFrame, metric: str, path: Path, members: Sequ
 
 
 def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: Path, title: str,
-               columns: int = 4) -> Path:
-    """uint8 RGB images with captions, `columns` per row."""
+               columns: int = 4, row_inches: float = 3.2) -> Path:
+    """uint8 RGB images with captions, `columns` per row (taller rows for longer captions)."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, row_inches * rows),
+                             squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, caption in zip(axes.ravel(), images, captions):

@@ -82,7 +82,8 @@ def _dates(c: ChecklistFacts) -> str:
     if c.file_dates is None:
         return "not known"
     first, last = c.file_dates
-    return (f"{first} to {last} (file modification times, not acquisition dates"
+    return ((f"{first} to {last}" if first != last else f"{first} (every file)")
+            + " (file modification times, not acquisition dates"
             + ("; a phantom's are when it was generated" if c.synthetic else "") + ")")
 
 
@@ -95,7 +96,7 @@ def checklist_lines(card, c: ChecklistFacts) -> list[str]:
     calibration = ", ".join(f"{k} {card.test[k].text()}" for k in ("ece", "ece_calibrated")
                             if k in card.test)
     window = (f"DICOM window `{c.dicom_window}`"
-              + (f", frame {c.dicom_frame}" if c.dicom_frame >= 0 else ", single-frame files")
+              + (f", frame {c.dicom_frame}" if c.dicom_frame >= 0 else ", multi-frame files refused")
               + " (no effect on other formats)")
     externals = ("; ".join(f"{site}: {v}" for site, v in c.externals.items()) if c.externals
                  else "none yet (each external evaluation adds an `external.<site>` tag and a "
@@ -117,9 +118,9 @@ def checklist_lines(card, c: ChecklistFacts) -> list[str]:
         ("Model", f"{len(card.members)} member(s): {members}; TTA policy `{card.tta_policy}` "
                   f"({card.tta_transforms} views per image)"),
         ("Preprocessing", f"`{c.preprocessing}`; {window}"),
-        ("Performance", f"test {card.metric} {metric.text()} (95% group-aware bootstrap "
-                        "interval; the others under Performance)" if metric else
-         "see Performance"),
+        ("Performance", f"test {card.metric} {metric.text()} (with its 95% group-aware "
+                        "bootstrap interval where one is sound; every figure under "
+                        "Performance)" if metric else "under Performance"),
         ("Calibration", f"temperature scaling fitted on {spec.chosen_on} predictions"
          + (f"; test {calibration}" if calibration else "")),
         ("Subgroups", (f"recorded {', '.join(f'`{s}`' for s in c.subgroups)}: figures per "
