@@ -282,10 +282,12 @@ def test_sweep_cli_refuses_a_missing_weights_dir_before_ray_starts(tmp_path, mon
 
 
 def test_sweep_weights_dir_is_absolute_and_falls_back_to_the_drivers_env(tmp_path, monkeypatch):
+    from orchestrator.sweep.inputs import weights_dir_for
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w").mkdir()
-    assert sweep_runner._weights_dir("w") == str(tmp_path / "w")
-    assert sweep_runner._weights_dir(None) is None
+    assert weights_dir_for("w") == str(tmp_path / "w")
+    assert weights_dir_for(None) is None
     monkeypatch.setenv("MEDSWEEP_WEIGHTS_DIR", "w")
-    assert sweep_runner._weights_dir(None) == str(tmp_path / "w")
+    assert weights_dir_for(None) == str(tmp_path / "w")
     assert sweep_cli._parser().parse_args(["brain", "--weights-dir", "w"]).weights_dir == "w"

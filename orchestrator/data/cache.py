@@ -50,14 +50,12 @@ def decode_checked(data: bytes | np.ndarray, spec: Preprocessing = READING
 
     DICOM (by its magic, whatever the file's name) goes through `dicom.read_dicom` with the
     spec's window and frame; everything else through OpenCV."""
-    raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
         return None, "empty file"
-    if dicom.is_dicom(buf[:dicom.MAGIC_OFFSET + 4].tobytes()):
+    if dicom.is_dicom(buf[:dicom.MAGIC_OFFSET + len(dicom.MAGIC)].tobytes()):
         try:
-            return dicom.read_dicom(raw if raw is not None else buf.tobytes(),
-                                    spec.dicom_window, spec.dicom_frame), ""
+            return dicom.read_dicom(buf.tobytes(), spec.dicom_window, spec.dicom_frame), ""
         except dicom.UnreadableImage as err:
             return None, str(err)
     try:

@@ -203,24 +203,24 @@ def _colour(pixels: np.ndarray, ds) -> np.ndarray:
     import cv2
     from pydicom.pixels import apply_color_lut
 
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+    palette = str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR"
+    if palette:
         pixels = apply_color_lut(pixels, ds)
     pixels = np.asarray(pixels)
-    if pixels.dtype != np.uint8:
-        bits = int(ds.get("BitsStored", 8)) if pixels.dtype.kind in "iu" else 0
-        top = float(2 ** bits - 1) if bits else max(float(pixels.max()), 1.0)
-        if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
-            top = 65535.0  # palette entries are 16-bit
+    if pixels.dtype != np.uint8:  # palette entries are 16-bit; else the stored bit depth
+        top = 65535.0 if palette else float(2 ** int(ds.get("BitsStored", 16)) - 1)
         pixels = np.rint(np.clip(pixels / top, 0.0, 1.0) * 255.0).astype(np.uint8)
     return cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR)
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a DICOM header without decoding pixels; None if not readable."""
+def header_size(source: bytes | str | Path) -> tuple[int, int] | None:
+    """(width, height) from a DICOM header (bytes, or a file read only up to its pixels)
+    without decoding pixels; None if not readable."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source,
+                             stop_before_pixels=True)
         return int(ds.Columns), int(ds.Rows)
     except Exception:  # noqa: BLE001 - the decoder then says what is wrong
         return None

@@ -87,10 +87,7 @@ def _dicom_size(source: bytes | str) -> tuple[int, int] | None:
     """A DICOM file's (width, height) from its header (Pillow reads no DICOM); None if it is
     not one."""
     if isinstance(source, str):
-        if not dicom.is_dicom_file(source):
-            return None
-        with open(source, "rb") as handle:
-            source = handle.read()
+        return dicom.header_size(source) if dicom.is_dicom_file(source) else None
     return dicom.header_size(source) if dicom.is_dicom(source) else None
 
 

@@ -30,6 +30,7 @@ from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.sweep.budget import Budget
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists
+from orchestrator.sweep.inputs import subgroup_columns, weights_dir_for
 from orchestrator.sweep.search import TPE_STARTUP, check_search, make_search
 from orchestrator.sweep.records import (DATA_FACTS, LEADERBOARD_COLUMNS, data_facts, data_line,
                                         data_records, leaderboard)
@@ -134,10 +135,10 @@ def run_sweep(
     if profile:
         check_space({**get_profile(task, profile).space, **overrides_space(space_overrides)},
                     f"profile {profile} with --set")
-    subgroups = _subgroups(task_record, data_dir, clinical)
+    subgroups = subgroup_columns(task_record, data_dir, clinical)
     if clinical is not None:
         clinical = dataclasses.replace(clinical, subgroups=subgroups)
-    weights_dir = _weights_dir(weights_dir)
+    weights_dir = weights_dir_for(weights_dir)
     if weights_dir is not None:
         space_overrides["weights_dir"] = weights_dir
 
@@ -183,33 +184,6 @@ def final_ensemble(context: SweepContext, budget: Budget, log: Log,
     except MedSweepError as err:
         log(f"warning: no ensemble built: {err}")
         return None
-
-
-def _subgroups(task: Task, data_dir: str | None,
-               clinical: ClinicalOptions | None) -> tuple[str, ...]:
-    """The asked `--subgroup` columns as the data spell them; an unknown one is refused here,
-    before Ray starts, with the columns this data offers."""
-    from orchestrator.data.subgroups import check_columns, layout_columns
-
-    if clinical is None or not clinical.subgroups:
-        return ()
-    where = data_dir or f"the {task.key} phantom"
-    return check_columns(clinical.subgroups, layout_columns(task, data_dir), where)
-
-
-def _weights_dir(weights_dir: str | os.PathLike | None) -> str | None:
-    """The absolute weights folder every trial reads, or None (each node's own lookup)."""
-    env = "MEDSWEEP_WEIGHTS_DIR"  # models.WEIGHTS_DIR_ENV; importing models loads TensorFlow
-    source = "--weights-dir"
-    if weights_dir is None or str(weights_dir) == "":
-        weights_dir, source = os.environ.get(env) or None, f"${env}"
-    if weights_dir is None:
-        return None
-    path = Path(weights_dir).expanduser().resolve()
-    if not path.is_dir():
-        raise ConfigError(f"weights directory {path} (from {source}) does not exist; fetch the "
-                          f"files with: python -m orchestrator.weights fetch {path}")
-    return str(path)
 
 
 class SweepRunner:
