@@ -92,3 +92,22 @@ def test_bad_options_are_refused():
         configure_devices(cpu_threads=-1)
     with pytest.raises(ConfigError, match="gpu_memory_limit_mb"):
         configure_devices(gpu_memory_limit_mb=0)
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="the CPU-only path")
+def test_a_gpu_assigned_but_not_seen_trains_on_cpu_and_says_so(monkeypatch):
+    """The fake multi-node cluster (bench/fake_cluster.py) gives a trial a GPU that is only a
+    Ray resource: Ray sets CUDA_VISIBLE_DEVICES, TensorFlow finds no device."""
+    previous = keras.config.dtype_policy()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    try:
+        report = configure_devices()
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        unassigned = configure_devices()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert report["gpus"] == [] and report["precision_policy"] == "float32"
+    assert report["not_applied"] == []
+    assert any("GPU 0 assigned" in note and "training on CPU" in note
+               for note in report["notes"])
+    assert not any("assigned" in note for note in unassigned["notes"])

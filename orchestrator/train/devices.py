@@ -6,6 +6,8 @@ returned dict what it could not change, so a trial can log it.
 """
 from __future__ import annotations
 
+import os
+
 import keras
 import tensorflow as tf
 
@@ -50,6 +52,9 @@ def configure_devices(
     keras.config.set_dtype_policy(policy)
     if policy == "mixed_float16" and not gpus:
         notes.append("mixed_float16 without a GPU: correct, but slower than float32 on CPU")
+    unseen = _assigned_but_unseen(gpus)
+    if unseen:
+        notes.append(unseen)
 
     return {
         "cpus": [cpu.name for cpu in tf.config.list_physical_devices("CPU")],
@@ -61,6 +66,18 @@ def configure_devices(
         "not_applied": not_applied,
         "notes": notes,
     }
+
+
+def _assigned_but_unseen(gpus: list) -> str | None:
+    """A process given GPUs (Ray sets CUDA_VISIBLE_DEVICES to the ids it assigned) that
+    TensorFlow cannot use: no NVIDIA driver or CUDA libraries on the node, or a GPU that is only
+    a Ray resource (the fake multi-node cluster). Training goes on, on CPU, and says so."""
+    assigned = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if gpus or assigned in ("", "-1", "NoDevFiles"):
+        return None
+    return (f"GPU {assigned} assigned to this process (CUDA_VISIBLE_DEVICES) but TensorFlow "
+            "sees no GPU (no NVIDIA driver or CUDA libraries, or a GPU that is only a Ray "
+            "resource): training on CPU")
 
 
 def _set_threads(threads: int, not_applied: list[str]) -> None:

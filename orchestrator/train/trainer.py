@@ -58,6 +58,8 @@ class Trainer:
             gpu_memory_limit_mb=gpu_memory_limit_for_fraction(self.cfg.gpu_memory_fraction))
         for item in devices["not_applied"]:
             self.log(f"warning: device setting not applied: {item}")
+        for item in devices["notes"]:
+            self.log(f"note: {item}")
         keras.utils.set_random_seed(self.cfg.seed)
         loss_name = self.cfg.loss or self.task.loss
         class_weights = self._class_weights(loss_name)
