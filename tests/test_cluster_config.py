@@ -270,3 +270,53 @@ def test_mlflow_server_on_the_head_bound_to_loopback(prepared):
         assert "0.0.0.0" not in command and "::/0" not in command, command
     dashboard = [c for c in prepared["head_start_ray_commands"] if "ray start --head" in c]
     assert dashboard and all("--dashboard-host=127.0.0.1" in c for c in dashboard)
+
+
+# ------------------------------------------------------------- the cluster, simulated locally
+def test_fake_cluster_keeps_node_types_gpus_and_worker_limits(raw):
+    """bench/fake_cluster.py runs this config: the same cluster as cluster.yaml for the
+    autoscaler (types, GPUs, min/max), shrunk to one machine, under Ray's fake provider."""
+    from orchestrator.fake_cluster import FAKE_HEAD_TYPE, NODE_TYPE_LABEL, fake_cluster_config
+
+    fake = fake_cluster_config(raw, "127.0.0.1:6399")
+    assert fake["provider"]["type"] == "fake_multinode"
+    assert fake["provider"]["gcs_address"] == "127.0.0.1:6399"
+    assert fake["max_workers"] == raw["max_workers"]
+    assert 0 < fake["idle_timeout_minutes"] < raw["idle_timeout_minutes"]
+    head = raw["head_node_type"]
+    assert fake["head_node_type"] == FAKE_HEAD_TYPE
+    names = {FAKE_HEAD_TYPE if name == head else name for name in raw["available_node_types"]}
+    assert set(fake["available_node_types"]) == names
+    for name, node_type in raw["available_node_types"].items():
+        twin = fake["available_node_types"][FAKE_HEAD_TYPE if name == head else name]
+        assert twin["labels"][NODE_TYPE_LABEL] == name
+        aws, local = node_type["resources"], twin["resources"]
+        assert local["GPU"] == aws.get("GPU", 0)
+        assert 1 <= local["CPU"] <= aws["CPU"]
+        assert 75 << 20 <= local["object_store_memory"] <= 1 << 30
+        if name == head:
+            assert twin["max_workers"] == 0 and local["GPU"] == 0
+        else:
+            assert (twin["min_workers"], twin["max_workers"]) == (
+                node_type["min_workers"], node_type["max_workers"])
+            assert local["GPU"] > 0 and local["CPU"] == local["GPU"]  # one trial slot per GPU
+
+
+def test_fake_cluster_config_is_one_rays_autoscaler_accepts(raw):
+    """What the fake provider needs from the installed Ray: its head type's name, its
+    provider registered, the config valid by Ray's schema (the check the autoscaler makes on
+    every read; `prepare_config` is not used: the wheel lacks the fake provider's defaults
+    file), the node labels valid."""
+    from ray._private.label_utils import validate_node_labels
+    from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE
+    from ray.autoscaler._private.providers import _NODE_PROVIDERS
+
+    from orchestrator.fake_cluster import FAKE_HEAD_TYPE, FakeScale, fake_cluster_config
+
+    assert FAKE_HEAD_TYPE == FAKE_HEAD_NODE_TYPE
+    assert "fake_multinode" in _NODE_PROVIDERS
+    fake = fake_cluster_config(raw, "127.0.0.1:6399", FakeScale(cpus_per_gpu=2))
+    validate_config(fake)
+    for node_type in fake["available_node_types"].values():
+        validate_node_labels(node_type["labels"])
+    assert fake["available_node_types"]["worker.gpu4"]["resources"]["CPU"] == 8
