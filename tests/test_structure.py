@@ -53,6 +53,7 @@ LIGHT = (
     "orchestrator.clinical.transport",
     "orchestrator.serving",  # the whole package: the served model's contract and card
     "orchestrator.keys",  # the MLflow tag keys, which the card names too
+    "orchestrator.fake_cluster",  # cluster.yaml as the fake provider's config: dicts only
     "tasks",  # the whole package
 )
 HEAVY = {"ray", "mlflow", "tensorflow", "keras"}
@@ -521,7 +522,8 @@ def test_the_default_positive_class_is_resolved_in_one_place() -> None:
 # --------------------------------------------------------------------------------------------
 
 # Shared by several stages (or a `python -m` entry point whose code lives in a stage).
-ROOT_MODULES = {"cluster", "console", "errors", "keys", "metrics", "naming", "predict", "weights"}
+ROOT_MODULES = {"cluster", "console", "errors", "fake_cluster", "keys", "metrics", "naming",
+                "predict", "weights"}
 
 
 def test_the_package_root_holds_the_stages_and_a_few_shared_modules() -> None:
