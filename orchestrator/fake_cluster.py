@@ -62,9 +62,11 @@ def fake_cluster_config(aws: dict[str, Any], gcs_address: str,
         "max_workers": aws["max_workers"],
         "upscaling_speed": aws.get("upscaling_speed", 1.0),
         "idle_timeout_minutes": scale.idle_timeout_minutes,
+        # launch_multiple: a request for N nodes starts N, as on EC2 (the fake provider's
+        # default starts one per request, whatever N, and the autoscaler then asks again)
         "provider": {"type": "fake_multinode", "gcs_address": gcs_address,
-                     "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True},
+                     "launch_multiple": True, "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
         "available_node_types": types,
         "head_node_type": FAKE_HEAD_TYPE,
         "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],

@@ -281,6 +281,7 @@ def test_fake_cluster_keeps_node_types_gpus_and_worker_limits(raw):
     fake = fake_cluster_config(raw, "127.0.0.1:6399")
     assert fake["provider"]["type"] == "fake_multinode"
     assert fake["provider"]["gcs_address"] == "127.0.0.1:6399"
+    assert fake["provider"]["launch_multiple"] is True  # N nodes asked for, N started
     assert fake["max_workers"] == raw["max_workers"]
     assert 0 < fake["idle_timeout_minutes"] < raw["idle_timeout_minutes"]
     head = raw["head_node_type"]
