@@ -7,8 +7,8 @@ What changes, and why (one small machine runs every "node"):
 - the head type is renamed `ray.head.default`: the fake provider tags its head with that name
   (FAKE_HEAD_NODE_TYPE) whatever the config calls it;
 - CPUs are scaled down, GPU counts kept: a GPU worker gets `cpus_per_gpu` CPU per GPU (one
-  trial slot per GPU at one CPU per trial), the head `head_cpus`. Ray starts worker processes
-  per CPU, so 48 logical CPUs of a g5.12xlarge would start dozens of processes on 2 cores;
+  trial slot per GPU at one CPU per trial), the head `head_cpus`. A raylet prestarts one Python
+  worker per CPU, so the 48 CPUs of a g5.12xlarge would start 48 processes on 2 cores;
 - each node's object store is capped (`object_store_mb`): every fake node would otherwise take
   30% of this machine's memory as its own. Ray's `memory` resource is not set: the fake provider
   refuses it as a node resource, so every fake node reports this machine's memory;
