@@ -21,6 +21,23 @@ os.environ.pop("MEDSWEEP_WEIGHTS_DIR", None)
 
 import pytest  # noqa: E402
 
+# Session fixtures that run a whole sweep: every module that uses one runs in the same pytest-xdist
+# worker (`make test` runs two), so the sweep runs once.
+SHARED_SWEEPS = ("cli_smoke_sweep",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """One xdist group per test module (its module-scoped fixtures, a sweep among them, are
+    made once), modules sharing a session sweep in one group: `--dist loadgroup`."""
+    shared = {}
+    for item in items:
+        for name in SHARED_SWEEPS:
+            if name in getattr(item, "fixturenames", ()):
+                shared[item.module.__name__] = name
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(shared.get(module, module)))
+
 
 @pytest.fixture
 def private_keras_home(tmp_path, monkeypatch) -> Path:
