@@ -16,6 +16,7 @@ import pytest
 import ray
 
 from orchestrator import tracking
+from orchestrator.sweep.__main__ import main as sweep_main
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.errors import ConfigError
 from orchestrator.cluster import check_trial_fits, set_driver_defaults
@@ -199,21 +200,23 @@ def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, loc
     ray.init(num_cpus=2, include_dashboard=False)  # 2 CPUs a trial: one trial at a time
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # ASHA: a trial it stops leaves its process to the next one mid-way (the path that failed
-    # when Tune waited only 2 s for the stopped trial's thread)
-    result = run_sweep("brain", profile="smoke", num_samples=4, cpus_per_trial=2, cv_folds=0,
-                       storage_path=str(tmp_path / "runs"), tracking_uri=uri,
+    # when Tune waited only 2 s for the stopped trial's thread); without reuse, two trials are
+    # enough to see a process each
+    trials = 4 if reuse else 2
+    result = run_sweep("brain", profile="smoke", num_samples=trials, cpus_per_trial=2,
+                       cv_folds=0, storage_path=str(tmp_path / "runs"), tracking_uri=uri,
                        reuse_actors=reuse, ensemble=False, log=lambda _: None)
-    assert list(result.leaderboard["status"]) == ["completed"] * 4
+    assert list(result.leaderboard["status"]) == ["completed"] * trials
     pids = set()
     for results in Path(result.experiment_path).glob("*/result.json"):
         rows = [json.loads(line) for line in results.read_text().splitlines()]
         assert [r["epoch"] for r in rows] in ([1], [1, 2])  # each from its own first epoch
         pids |= {r["pid"] for r in rows}
-    assert len(pids) == (1 if reuse else 4)
+    assert len(pids) == (1 if reuse else trials)
     client = mlflow.MlflowClient(tracking_uri=uri)
     children = tracking.list_trial_runs(uri, client.get_run(result.parent_run_id).info
                                         .experiment_id, result.parent_run_id)
-    assert len(children) == 4 and all(c.data.tags[tracking.TAG_STATUS] in (
+    assert len(children) == trials and all(c.data.tags[tracking.TAG_STATUS] in (
         "completed", "stopped_early") for c in children)
 
 
@@ -375,11 +378,12 @@ def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_stora
     (["brain", "--resume", "--storage-path", "file:///nonexistent/medsweep"],
      "nothing to resume for experiment 'medsweep-brain' under file:///nonexistent/medsweep"),
 ])
-def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path):
-    proc = _sweep_cli(tmp_path, *args, "--profile", "smoke") if "--profile" not in args \
-        else _sweep_cli(tmp_path, *args)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert needle in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path,
+                                                         cli_in_process):
+    argv = args if "--profile" in args else [*args, "--profile", "smoke"]
+    code, _, err = cli_in_process(sweep_main, argv, tmp_path)
+    assert code == 2, err[-2000:]
+    assert needle in err and "Traceback" not in err
     db = tmp_path / "mlflow" / "mlflow.db"
     if db.exists():
         client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
@@ -394,23 +398,32 @@ def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path)
     ("learning_rate=0.1", "['learning_rate'] are not trial config fields"),
     ("backbone", "--set 'backbone': expected KEY=VALUE"),
 ])
-def test_cli_refuses_a_bad_override_before_ray_starts(override, needle, tmp_path):
-    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--set", override, timeout=120)
-    _refused_before_ray(proc, needle, tmp_path)
+def test_cli_refuses_a_bad_override_before_ray_starts(override, needle, tmp_path,
+                                                      cli_in_process):
+    _refused_before_ray(cli_in_process(sweep_main, ["brain", "--profile", "smoke", "--set",
+                                                    override], tmp_path), needle, tmp_path)
 
 
-def test_cli_refuses_a_bad_set_coverage_before_ray_starts(tmp_path):
-    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--set-coverage", "0",
-                      timeout=120)
-    _refused_before_ray(proc, "--set-coverage: set coverage must be strictly between 0 and 1, "
-                              "got 0.0", tmp_path)
+def test_cli_refuses_a_bad_set_coverage_before_ray_starts(tmp_path, cli_in_process):
+    refused = cli_in_process(sweep_main, ["brain", "--profile", "smoke", "--set-coverage", "0"],
+                             tmp_path)
+    _refused_before_ray(refused, "--set-coverage: set coverage must be strictly between 0 and "
+                                 "1, got 0.0", tmp_path)
 
 
-def _refused_before_ray(proc, needle: str, tmp_path) -> None:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+def test_the_entry_point_refuses_in_one_line_before_ray_starts(tmp_path):
+    """`python -m orchestrator.sweep` itself (the cases above call its `main` in-process)."""
+    proc = _sweep_cli(tmp_path, "bogus", "--profile", "smoke", timeout=120)
+    _refused_before_ray((proc.returncode, proc.stdout, proc.stderr), "unknown task 'bogus'",
+                        tmp_path)
+
+
+def _refused_before_ray(refused: tuple[int, str, str], needle: str, tmp_path) -> None:
+    code, out, err = refused
+    assert code == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
-    assert "ray:" not in proc.stdout  # connect_ray announces the cluster it joined or started
+    assert "ray:" not in out  # connect_ray announces the cluster it joined or started
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no runs/, no mlflow/
 
 
