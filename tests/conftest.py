@@ -21,6 +21,23 @@ os.environ.pop("MEDSWEEP_WEIGHTS_DIR", None)
 
 import pytest  # noqa: E402
 
+# Session fixtures that run a whole sweep: every module that uses one runs in the same pytest-xdist
+# worker (`make test` runs two), so the sweep runs once.
+SHARED_SWEEPS = ("cli_smoke_sweep",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """One xdist group per test module (its module-scoped fixtures, a sweep among them, are
+    made once), modules sharing a session sweep in one group: `--dist loadgroup`."""
+    shared = {}
+    for item in items:
+        for name in SHARED_SWEEPS:
+            if name in getattr(item, "fixturenames", ()):
+                shared[item.module.__name__] = name
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(shared.get(module, module)))
+
 
 @pytest.fixture
 def private_keras_home(tmp_path, monkeypatch) -> Path:
@@ -97,3 +114,24 @@ def cli_smoke_sweep(tmp_path_factory):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return cwd, proc, train_img
+
+
+@pytest.fixture
+def cli_in_process(capsys, monkeypatch):
+    """A function (module's `main`, argv, cwd) -> (exit code, stdout, stderr): a CLI run in this
+    process, where a refusal costs no interpreter start. Each CLI's entry point (`python -m`)
+    is run as a subprocess elsewhere in its tests; what `main` sets in the environment
+    (`console.set_verbose`) is undone afterwards."""
+    saved = dict(os.environ)
+
+    def run(main, argv: list[str], cwd: Path | None = None) -> tuple[int, str, str]:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    os.environ.clear()
+    os.environ.update(saved)

@@ -52,12 +52,12 @@ def test_scan_reports_skipped_and_notes(tmp_path):
     (("synth", "brain/5class", "x"), "error: task 'brain' has no variant '5class'"),
     (("scan", "skin", "/no/such/folder"), "error: data folder /no/such/folder does not exist"),
 ])
-def test_user_errors_exit_2_with_one_line(args, message):
-    result = run(*args)
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith(message)
-    assert "Traceback" not in result.stderr and result.stdout == ""
+def test_user_errors_exit_2_with_one_line(args, message, cli_in_process):
+    code, out, err = cli_in_process(main, list(args), REPO)
+    assert code == 2
+    assert err.splitlines() == [err.strip()]
+    assert err.startswith(message)
+    assert "Traceback" not in err and out == ""
 
 
 def test_main_in_process(tmp_path, capsys):

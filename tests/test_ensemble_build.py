@@ -27,7 +27,7 @@ import ray
 from orchestrator import tracking
 from orchestrator.clinical.calibration import apply_temperature
 from orchestrator.data.dataset import prepare_dataset
-from orchestrator.data.phantoms import write_phantom
+from orchestrator.data.phantoms import default_phantom_dir, write_phantom
 from orchestrator.ensemble.build import build_ensemble
 from orchestrator.errors import ConfigError
 from orchestrator.sweep.runner import run_sweep
@@ -635,24 +635,23 @@ def test_default_policies_are_the_registered_ones_cheapest_first():
     assert [len(POLICIES[p]) for p in DEFAULT_POLICIES] == [1, 6, 17]
 
 
-def test_cli_unknown_sweep_run_is_one_line_and_exit_2(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run", "nope",
-                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "'nope'" in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_unknown_sweep_run_is_one_line_and_exit_2(tmp_path, cli_in_process):
+    from orchestrator.ensemble.__main__ import main
+
+    code, _, err = cli_in_process(main, ["--sweep-run", "nope", "--tracking-uri",
+                                         f"sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path)
+    assert code == 2, err[-2000:]
+    assert "'nope'" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("option, message", [(["--resamples", "100"], ">= 1000"),
                                              (["--set-coverage", "1.5"], "got 1.5")])
-def test_cli_bad_clinical_option_is_one_line_and_exit_2(tmp_path, option, message):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run", "x",
-                           *option], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_bad_clinical_option_is_one_line_and_exit_2(tmp_path, option, message,
+                                                        cli_in_process):
+    from orchestrator.ensemble.__main__ import main
+
+    code, _, err = cli_in_process(main, ["--sweep-run", "x", *option], tmp_path)
+    assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
@@ -686,29 +685,36 @@ def test_cli_rebuilds_with_mc_dropout_and_prints_intervals(swept):
     assert {"set_quantile_glioma", "set_quantile_meningioma"} <= set(run.data.metrics)
 
 
-def test_the_ensemble_refuses_data_that_changed_after_the_sweep(tmp_path):
+def test_the_ensemble_refuses_data_that_changed_after_the_sweep(swept):
     """The ensemble rebuilds the split from the sweep's recorded manifest, never re-splits, and
-    one changed image is enough to refuse: a clear line, no ensemble run."""
-    data = write_phantom(get_task("brain"), tmp_path / "brain", per_class=12, seed=1)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_sweep("brain", profile="smoke", data_dir=str(data), num_samples=1, cv_folds=0,
-                       max_epochs=1, storage_path=str(tmp_path / "runs"), tracking_uri=uri,
-                       ensemble=False, **QUIET)
+    one changed image is enough to refuse: a clear line, no ensemble run. (The sweep's phantom
+    is changed for the moment of the check, and put back.)"""
+    result, uri, root = swept
+    data = default_phantom_dir(get_task("brain"), PER_CLASS)
     victim = sorted((data / "Testing" / "glioma").glob("*.jpg"))[0]
-    image = cv2.imread(str(victim))
-    cv2.imwrite(str(victim), 255 - image)  # the same name, another picture
+    original = victim.read_bytes()
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.get_run(result.parent_run_id).info.experiment_id
+
+    def ensembles() -> int:
+        return len([r for r in client.search_runs([experiment_id])
+                    if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_ENSEMBLE])
+
+    before = ensembles()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run",
-                           result.parent_run_id, "--tracking-uri", uri], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    try:
+        cv2.imwrite(str(victim), 255 - cv2.imread(str(victim)))  # the same name, another picture
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.ensemble", "--sweep-run",
+                               result.parent_run_id, "--tracking-uri", uri], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        victim.write_bytes(original)
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert "the data changed since the sweep recorded it" in line
     assert "Testing/glioma/" + victim.name in line and "Traceback" not in proc.stderr
-    client = mlflow.MlflowClient(uri)
-    runs = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id])
-    assert not [r for r in runs if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_ENSEMBLE]
+    assert ensembles() == before
 
 
 # ----------------------------------------------------------------- external validation (#24)

@@ -223,7 +223,10 @@ def accepted_version(client, result) -> str:
     return version
 
 
-def test_promote_without_a_candidate_is_one_line_and_exit_2(tmp_path):
-    proc = _promote_cli(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "no medsweep-brain@candidate" in proc.stderr
+def test_promote_without_a_candidate_is_one_line_and_exit_2(tmp_path, cli_in_process):
+    from orchestrator.ensemble.__main__ import main
+
+    code, _, err = cli_in_process(main, ["promote", "brain", "--tracking-uri",
+                                         f"sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path)
+    assert code == 2 and "Traceback" not in err
+    assert "no medsweep-brain@candidate" in err

@@ -1,26 +1,19 @@
 """The search: random draws or Optuna's TPE, the default by budget, the space define-by-run
-(grids, non-plain choices, conditional values), and a TPE sweep that resumes from its history."""
+(grids, non-plain choices, conditional values), and a TPE sweep that resumes from its history (killed and resumed in tests/test_sweep.py,
+with the other kill/resume paths)."""
 from __future__ import annotations
 
 import pickle
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 from ray import tune
 
-from orchestrator import tracking
 from orchestrator.errors import ConfigError
 from orchestrator.sweep.search import (MIN_TPE_TRIALS, DefineByRun, check_search,
                                        default_search, make_search)
 from search_spaces import get_profile
 
-ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"schedule": tune.choice(["full", "three_phase"]),
          "resolution": tune.grid_search([64, 128]),
          "lr_multiplier": tune.loguniform(0.3, 3.0),
@@ -85,41 +78,3 @@ def test_tpe_takes_the_whole_budget_and_refuses_what_it_cannot_draw():
     assert param_space == SPACE and draws == 16  # 16 per grid point
     with pytest.raises(ConfigError, match="--search tpe cannot draw noise"):
         DefineByRun({"noise": tune.randn(0, 1)})
-
-
-@pytest.mark.slow
-def test_a_tpe_sweep_killed_mid_search_resumes_from_its_history(tmp_path):
-    """Killed after its third trial started, resumed: five trials in all and no configuration
-    drawn twice: a searcher started afresh with the same seed would draw the first ones again
-    (continuous learning rates: a repeat is the same seed's draw, never chance)."""
-    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    args = ["brain", "--profile", "smoke", "--search", "tpe", "--num-samples", "5",
-            "--max-epochs", "2", "--no-ensemble", "--cv-folds", "0", "--scheduler", "fifo"]
-    runs = tmp_path / "runs" / "sweeps"
-    with (tmp_path / "out.txt").open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(runs.glob("*/run_tune_trial_*"))) < 3:
-        time.sleep(0.5)
-    assert proc.poll() is None, "the sweep finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=180)
-    assert proc.returncode == 130, (tmp_path / "out.txt").read_text()[-3000:]
-    resumed = subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args, "--resume"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming sweep" in resumed.stdout
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("medsweep-brain")
-    trials = [r for r in client.search_runs([experiment.experiment_id])
-              if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_TRIAL]
-    drawn = [(r.data.params["lr_multiplier"], r.data.params["label_smoothing"]) for r in trials]
-    assert len(drawn) == 5 and len(set(drawn)) == 5, drawn
-    (parent,) = [r for r in client.search_runs([experiment.experiment_id])
-                 if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_SWEEP]
-    assert parent.data.params["search"] == "tpe" and parent.info.status == "FINISHED"
-    assert list(runs.glob("*/searcher-state-*.pkl"))  # the searcher's state, saved by Tune

@@ -16,6 +16,7 @@ import pytest
 import ray
 
 from orchestrator import tracking
+from orchestrator.sweep.__main__ import main as sweep_main
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.errors import ConfigError
 from orchestrator.cluster import check_trial_fits, set_driver_defaults
@@ -38,8 +39,12 @@ def _sweep_cli(cwd: Path, *args: str, timeout: int = 400) -> subprocess.Complete
                           env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def _store_uri(cwd: Path) -> str:
+    return f"sqlite:///{cwd / 'mlflow' / 'mlflow.db'}"
+
+
 def _store(cwd: Path):
-    uri = f"sqlite:///{cwd / 'mlflow' / 'mlflow.db'}"
+    uri = _store_uri(cwd)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("medsweep-brain")
     runs = client.search_runs([experiment.experiment_id])
@@ -195,21 +200,23 @@ def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, loc
     ray.init(num_cpus=2, include_dashboard=False)  # 2 CPUs a trial: one trial at a time
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # ASHA: a trial it stops leaves its process to the next one mid-way (the path that failed
-    # when Tune waited only 2 s for the stopped trial's thread)
-    result = run_sweep("brain", profile="smoke", num_samples=4, cpus_per_trial=2, cv_folds=0,
-                       storage_path=str(tmp_path / "runs"), tracking_uri=uri,
+    # when Tune waited only 2 s for the stopped trial's thread); without reuse, two trials are
+    # enough to see a process each
+    trials = 4 if reuse else 2
+    result = run_sweep("brain", profile="smoke", num_samples=trials, cpus_per_trial=2,
+                       cv_folds=0, storage_path=str(tmp_path / "runs"), tracking_uri=uri,
                        reuse_actors=reuse, ensemble=False, log=lambda _: None)
-    assert list(result.leaderboard["status"]) == ["completed"] * 4
+    assert list(result.leaderboard["status"]) == ["completed"] * trials
     pids = set()
     for results in Path(result.experiment_path).glob("*/result.json"):
         rows = [json.loads(line) for line in results.read_text().splitlines()]
         assert [r["epoch"] for r in rows] in ([1], [1, 2])  # each from its own first epoch
         pids |= {r["pid"] for r in rows}
-    assert len(pids) == (1 if reuse else 4)
+    assert len(pids) == (1 if reuse else trials)
     client = mlflow.MlflowClient(tracking_uri=uri)
     children = tracking.list_trial_runs(uri, client.get_run(result.parent_run_id).info
                                         .experiment_id, result.parent_run_id)
-    assert len(children) == 4 and all(c.data.tags[tracking.TAG_STATUS] in (
+    assert len(children) == trials and all(c.data.tags[tracking.TAG_STATUS] in (
         "completed", "stopped_early") for c in children)
 
 
@@ -233,19 +240,38 @@ def test_a_trial_starts_from_a_clean_keras_state():
     assert names == ["dense"]  # not dense_1: nothing of the previous model is left
 
 
-@pytest.mark.parametrize("storage, stop", [("local", signal.SIGINT), ("uri", signal.SIGTERM)],
-                         ids=["local-SIGINT", "uri-SIGTERM"])
-def test_an_interrupted_sweep_resumes_without_duplicate_runs(storage, stop, tmp_path):
-    # "uri": --storage-path file:///..., which goes through pyarrow.fs as s3:// does.
-    # SIGTERM (timeout, kill, a batch scheduler) must do what Ctrl+C does. Each storage and
-    # each signal once: the driver turns SIGTERM into what SIGINT does (cluster.sigterm_as_ctrl_c)
-    # before Tune sees it, so the signal and the storage do not interact.
+# Each kill/resume path once, two sweeps in all: the search stage under TPE (its searcher's
+# state restored) with local storage and Ctrl+C; the cross-validation stage with a URI storage
+# path (it goes through pyarrow.fs as s3:// does) and SIGTERM (timeout, kill, a batch
+# scheduler), which must do what Ctrl+C does. The driver turns SIGTERM into what SIGINT does
+# (cluster.sigterm_as_ctrl_c) before Tune sees it, so signal, storage and stage do not interact.
+INTERRUPTIONS = {
+    # killed after its third trial started: a searcher started afresh with the same seed would
+    # draw the first configurations again (continuous learning rates: a repeat is the same
+    # seed's draw, never chance)
+    "search-tpe-local-SIGINT": dict(
+        stop=signal.SIGINT, storage="local", trials=4,
+        args=["--search", "tpe", "--num-samples", "4", "--max-epochs", "3", "--scheduler",
+              "fifo", "--cv-folds", "0"],
+        ready="*/run_tune_trial_*", ready_count=3),
+    # killed while the fold trials run (a fold trial at its second checkpoint has 4 epochs to
+    # go; on 2 CPUs two of the 2 finalists x 2 folds have not started): --resume keeps the
+    # finished search and restores the cross-validation stage from its own state
+    "cv-uri-SIGTERM": dict(
+        stop=signal.SIGTERM, storage="uri", trials=2,
+        args=["--num-samples", "2", "--max-epochs", "6"],
+        ready="*-cv/*/checkpoint_000002", ready_count=1),
+}
+
+
+@pytest.mark.parametrize("case", list(INTERRUPTIONS))
+def test_an_interrupted_sweep_resumes_without_duplicate_runs(case, tmp_path):
     import psutil
 
-    args = ["brain", "--profile", "smoke", "--max-epochs", "24", "--num-samples", "2",
-            "--no-ensemble", "--cv-folds", "0"]
-    checkpoints = tmp_path / "runs"  # the default --storage-path, runs/sweeps
-    if storage == "uri":
+    spec = INTERRUPTIONS[case]
+    args = ["brain", "--profile", "smoke", "--no-ensemble", *spec["args"]]
+    checkpoints = tmp_path / "runs" / "sweeps"  # the default --storage-path
+    if spec["storage"] == "uri":
         checkpoints = tmp_path / "remote-storage"
         args += ["--storage-path", checkpoints.as_uri()]
     out_file, err_file = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
@@ -254,14 +280,15 @@ def test_an_interrupted_sweep_resumes_without_duplicate_runs(storage, stop, tmp_
                                 cwd=tmp_path, env=_env(), stdout=out, stderr=err,
                                 start_new_session=True)
     seen: set[int] = set()  # every process the driver started, workers included
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(checkpoints.rglob("checkpoint_000003")):
+    deadline = time.time() + 400
+    while time.time() < deadline and len(list(checkpoints.glob(spec["ready"]))) < \
+            spec["ready_count"]:
         seen |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep finished before it could be interrupted"
     seen |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
     assert _ray_processes(seen), "no Ray worker was seen: nothing to check below"
-    proc.send_signal(stop)
+    proc.send_signal(spec["stop"])
     proc.wait(timeout=180)
     out, err = out_file.read_text(), err_file.read_text()
     assert proc.returncode == 130, (out + err)[-3000:]
@@ -276,17 +303,31 @@ def test_an_interrupted_sweep_resumes_without_duplicate_runs(storage, stop, tmp_
         time.sleep(0.5)
     assert not _ray_processes(seen | _session_ray_processes(proc.pid))
     (state,) = checkpoints.rglob(SWEEP_STATE)
-    resumed = _sweep_cli(tmp_path, *args, "--resume")
+    resumed = _sweep_cli(tmp_path, *args, "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming sweep {state.parent.name}" in resumed.stdout
-    if storage == "uri":
+    if spec["storage"] == "uri":
         assert not (tmp_path / "runs").exists()  # nothing fell back to the local default
-    _, parents, children = _store(tmp_path)
+    client, parents, children = _store(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trial_ids = [c.data.tags[tracking.TAG_TRIAL_ID] for c in children]
-    assert len(trial_ids) == 2 == len(set(trial_ids))
+    assert len(trial_ids) == spec["trials"] == len(set(trial_ids))
     assert all(c.data.tags[tracking.TAG_STATUS] in ("completed", "stopped_early")
                for c in children)
+    if "--search" in spec["args"]:  # the searcher's history, not a fresh searcher
+        drawn = {(c.data.params["lr_multiplier"], c.data.params["label_smoothing"])
+                 for c in children}
+        assert len(drawn) == spec["trials"], drawn
+        assert parents[0].data.params["search"] == "tpe"
+        assert list(checkpoints.glob("*/searcher-state-*.pkl"))  # saved by Tune
+    else:  # one run per finalist and fold: no fold trial ran twice into two runs
+        experiment_id = parents[0].info.experiment_id
+        folds = tracking.list_trial_runs(_store_uri(tmp_path), experiment_id,
+                                         parents[0].info.run_id, kind=tracking.KIND_CV_TRIAL)
+        cells = [(r.data.tags[tracking.TAG_FINALIST], r.data.tags[tracking.TAG_FOLD])
+                 for r in folds]
+        assert len(cells) == 4 == len(set(cells))
+        assert {r.data.tags[tracking.TAG_STATUS] for r in folds} == {"completed"}
 
 
 def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_storage(tmp_path):
@@ -337,11 +378,12 @@ def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_stora
     (["brain", "--resume", "--storage-path", "file:///nonexistent/medsweep"],
      "nothing to resume for experiment 'medsweep-brain' under file:///nonexistent/medsweep"),
 ])
-def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path):
-    proc = _sweep_cli(tmp_path, *args, "--profile", "smoke") if "--profile" not in args \
-        else _sweep_cli(tmp_path, *args)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert needle in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path,
+                                                         cli_in_process):
+    argv = args if "--profile" in args else [*args, "--profile", "smoke"]
+    code, _, err = cli_in_process(sweep_main, argv, tmp_path)
+    assert code == 2, err[-2000:]
+    assert needle in err and "Traceback" not in err
     db = tmp_path / "mlflow" / "mlflow.db"
     if db.exists():
         client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
@@ -356,23 +398,32 @@ def test_bad_input_is_one_line_nonzero_and_writes_no_run(args, needle, tmp_path)
     ("learning_rate=0.1", "['learning_rate'] are not trial config fields"),
     ("backbone", "--set 'backbone': expected KEY=VALUE"),
 ])
-def test_cli_refuses_a_bad_override_before_ray_starts(override, needle, tmp_path):
-    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--set", override, timeout=120)
-    _refused_before_ray(proc, needle, tmp_path)
+def test_cli_refuses_a_bad_override_before_ray_starts(override, needle, tmp_path,
+                                                      cli_in_process):
+    _refused_before_ray(cli_in_process(sweep_main, ["brain", "--profile", "smoke", "--set",
+                                                    override], tmp_path), needle, tmp_path)
 
 
-def test_cli_refuses_a_bad_set_coverage_before_ray_starts(tmp_path):
-    proc = _sweep_cli(tmp_path, "brain", "--profile", "smoke", "--set-coverage", "0",
-                      timeout=120)
-    _refused_before_ray(proc, "--set-coverage: set coverage must be strictly between 0 and 1, "
-                              "got 0.0", tmp_path)
+def test_cli_refuses_a_bad_set_coverage_before_ray_starts(tmp_path, cli_in_process):
+    refused = cli_in_process(sweep_main, ["brain", "--profile", "smoke", "--set-coverage", "0"],
+                             tmp_path)
+    _refused_before_ray(refused, "--set-coverage: set coverage must be strictly between 0 and "
+                                 "1, got 0.0", tmp_path)
 
 
-def _refused_before_ray(proc, needle: str, tmp_path) -> None:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+def test_the_entry_point_refuses_in_one_line_before_ray_starts(tmp_path):
+    """`python -m orchestrator.sweep` itself (the cases above call its `main` in-process)."""
+    proc = _sweep_cli(tmp_path, "bogus", "--profile", "smoke", timeout=120)
+    _refused_before_ray((proc.returncode, proc.stdout, proc.stderr), "unknown task 'bogus'",
+                        tmp_path)
+
+
+def _refused_before_ray(refused: tuple[int, str, str], needle: str, tmp_path) -> None:
+    code, out, err = refused
+    assert code == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
-    assert "ray:" not in proc.stdout  # connect_ray announces the cluster it joined or started
+    assert "ray:" not in out  # connect_ray announces the cluster it joined or started
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no runs/, no mlflow/
 
 

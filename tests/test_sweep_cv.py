@@ -1,14 +1,10 @@
 """Cross-validation of the finalists, end to end: a smoke CV sweep (2 configurations x 2 folds)
 whose ensemble is chosen on out-of-fold predictions and predicts the test split once with every
-fold model; and the out-of-fold assembly itself, as a property."""
+fold model; and the out-of-fold assembly itself, as a property. (Killed in the
+cross-validation stage and resumed: tests/test_sweep.py, with the other kill/resume paths.)"""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -29,7 +25,6 @@ from orchestrator.tta.pool import Candidate, Scored
 from tasks import get_task
 
 QUIET = dict(log=lambda _: None)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @settings(max_examples=40, deadline=None)
@@ -156,42 +151,3 @@ def test_permuting_the_test_labels_changes_no_choice_under_cv(
     assert again.chosen_on == "out-of-fold" and again.sets == first.sets
     loss = first.table.set_index("model").loc["ensemble", "test_loss"]
     assert again.table.set_index("model").loc["ensemble", "test_loss"] != pytest.approx(loss)
-
-
-@pytest.mark.slow
-def test_a_sweep_interrupted_in_cross_validation_resumes_there(tmp_path):
-    """Ctrl+C while the fold trials run; --resume keeps the finished search, restores the
-    cross-validation stage from its own state and ends with one run per finalist and fold."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    # 6 epochs: a fold trial at its second checkpoint has 4 to go (and on 2 CPUs two of the
-    # 2 finalists x 2 folds have not started), so the interrupt lands in the cross-validation;
-    # more epochs would only lengthen both stages
-    args = ["brain", "--profile", "smoke", "--num-samples", "2", "--max-epochs", "6",
-            "--no-ensemble"]
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 400
-    while time.time() < deadline and not list(
-            tmp_path.glob("runs/sweeps/*-cv/*/checkpoint_000002")):
-        time.sleep(0.5)
-    assert proc.poll() is None, "the sweep finished before its cross-validation was interrupted"
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 130 and "--resume" in out, out[-3000:]
-    resumed = subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args, "--resume"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("medsweep-brain")
-    (parent,) = [r for r in client.search_runs([experiment.experiment_id])
-                 if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_SWEEP]
-    assert parent.info.status == "FINISHED"
-    runs = tracking.list_trial_runs(uri, experiment.experiment_id, parent.info.run_id,
-                                    kind=tracking.KIND_CV_TRIAL)
-    cells = [(r.data.tags[tracking.TAG_FINALIST], r.data.tags[tracking.TAG_FOLD]) for r in runs]
-    assert len(cells) == 4 == len(set(cells))  # no fold trial ran twice into two runs
-    assert {r.data.tags[tracking.TAG_STATUS] for r in runs} == {"completed"}
-    assert len(tracking.list_trial_runs(uri, experiment.experiment_id, parent.info.run_id)) == 2

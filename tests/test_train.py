@@ -108,13 +108,12 @@ def test_cli_prints_one_line_per_epoch_and_labels_synthetic_data(tmp_path):
     (["brain", "--backbone", "vgg16"], "vgg16"),
     (["brain", "--data-dir", "/nonexistent/brain"], "/nonexistent/brain"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.train", *args, "--epochs", "1",
-                           "--output-dir", str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert needle in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, cli_in_process):
+    from orchestrator.train.__main__ import main
+
+    code, _, err = cli_in_process(main, [*args, "--epochs", "1", "--output-dir", tmp_path])
+    assert code == 2
+    assert needle in err and "Traceback" not in err
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import sys
 from orchestrator.ensemble.build import DEFAULT_POLICIES as POLICIES
 from orchestrator.clinical.options import add_clinical_arguments, clinical_options
 from orchestrator import console
+from orchestrator.cluster import disconnect_ray
 from orchestrator.console import add_tracking_uri, add_verbose
 from orchestrator.errors import MedSweepError
 
@@ -82,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.ensemble.build import build_ensemble
         from orchestrator.ensemble.report import print_report
         from orchestrator.cluster import connect_ray
+        from orchestrator.ensemble.sources import sweep_info
+        from orchestrator.tracking import default_tracking_uri
 
         clinical = clinical_options(args)
+        # an unknown or wrong run fails before Ray starts
+        sweep_info(args.tracking_uri or default_tracking_uri(), args.sweep_run)
         connect_ray(args.address, print)
         report = build_ensemble(args.sweep_run, tracking_uri=args.tracking_uri,
                                 policies=args.tta, top_k=args.top_k,
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     except MedSweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        disconnect_ray()
     print_report(report)
     return 0
 
