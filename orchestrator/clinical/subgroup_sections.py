@@ -2,6 +2,7 @@
 no plotting, no models."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from orchestrator.clinical.bootstrap import MIN_GROUPS, format_interval
@@ -10,6 +11,7 @@ from orchestrator.clinical.subgroups import MIN_CASES, MIN_UNITS, TOO_FEW, Subgr
 from orchestrator.data.subgroups import AGE_BANDS
 
 FLAG = "FLAG: below overall"
+UNDEFINED = "undefined (a class absent)"  # e.g. sensitivity where no case is positive
 
 
 def wide_table(sg: Subgroups, name: str) -> pd.DataFrame:
@@ -19,7 +21,8 @@ def wide_table(sg: Subgroups, name: str) -> pd.DataFrame:
     for value, found in sg.measured(name).groupby("value", sort=False):
         row = {"value": value, "n": int(found["n"].iat[0]), "groups": int(found["groups"].iat[0])}
         for r in found.itertuples():
-            row[r.metric] = format_interval(r.point, r.low, r.high, note=r.note)
+            row[r.metric] = (format_interval(r.point, r.low, r.high, note=r.note)
+                             if np.isfinite(r.point) else UNDEFINED)
         flagged = found[found["flagged"].astype(bool)]["metric"].tolist()
         row["flag"] = f"{FLAG} ({', '.join(flagged)})" if flagged else ""
         rows.append(row)
@@ -51,7 +54,9 @@ def subgroup_section(sg: Subgroups, what: str = "test split") -> Section:
         f"few to measure. Intervals: 95% bootstrap, {sg.resamples} resamples of the value's own "
         f"whole groups, stratified by class; under {MIN_GROUPS} groups the point is shown "
         "without one. A value is FLAGGED when an interval lies wholly below the overall "
-        "figure (for a figure where lower is better, above it). Ages are banded: "
+        "figure (for a figure where lower is better, above it). A figure that needs a class "
+        "absent from the value's cases (sensitivity without a positive case) reads "
+        "undefined. Ages are banded: "
         f"{bands} years.",
         verdict], tables=[wide_table(sg, name).assign(subgroup=name)[
             ["subgroup", "value", "n", "groups", *sg.metrics, "flag"]] for name in sg.names])
