@@ -56,6 +56,12 @@ def test_a_csv_column_is_read_by_path_and_an_unknown_one_is_refused(tmp_path):
         sg.read_values(task, tmp_path, paths, ["PatientSex"])
 
 
+def test_the_csv_fixed_columns_are_never_offered_whatever_their_case(tmp_path):
+    pd.DataFrame({"Path": ["a.png"], "LABEL": ["x"], "Group": ["g"], "Split": [""],
+                  "site": ["s"]}).to_csv(tmp_path / "labels.csv", index=False)
+    assert sg.layout_columns(get_task("folder"), tmp_path) == ("site", *sg.DICOM_FIELDS)
+
+
 def test_an_unknown_column_is_refused_by_the_sweep_before_ray_starts(tmp_path):
     import ray
 

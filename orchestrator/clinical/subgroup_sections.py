@@ -36,8 +36,10 @@ def overall_row(sg: Subgroups) -> str:
     return ", ".join(f"{m} {v:.3f}" for m, v in sg.overall.items())
 
 
-def subgroup_section(sg: Subgroups, what: str = "test split") -> Section:
-    """The report's subgroup section: what is measured, the rules, one table per subgroup."""
+def subgroup_section(sg: Subgroups, what: str = "test split",
+                     source: str = "read from the data (recorded with the split)") -> Section:
+    """The report's subgroup section: what is measured, the rules, one table per subgroup.
+    `source`: where the values came from, as a phrase."""
     bands = ", ".join(label for _, label in AGE_BANDS)
     flagged = sg.flagged
     verdict = ("No subgroup's interval lies wholly below the overall figure." if flagged.empty
@@ -47,9 +49,9 @@ def subgroup_section(sg: Subgroups, what: str = "test split") -> Section:
                         f"{format_interval(r.point, r.low, r.high)} below overall "
                         f"{r.overall:.3f}" for r in flagged.itertuples()) + ".")
     return Section("Subgroups", [
-        f"The {what} measured per value of {', '.join(sg.names)}: the values are read from the "
-        "data (recorded with the split) and nothing was chosen on them; every figure is at the "
-        f"served decisions. Overall: {overall_row(sg)}.",
+        f"The {what} measured per value of {', '.join(sg.names)}: the values are {source} and "
+        "nothing was chosen on them; every figure is at the served decisions. Overall: "
+        f"{overall_row(sg)}.",
         f"A value with fewer than {MIN_CASES} cases or {MIN_UNITS} groups is listed as too "
         f"few to measure. Intervals: 95% bootstrap, {sg.resamples} resamples of the value's own "
         f"whole groups, stratified by class; under {MIN_GROUPS} groups the point is shown "

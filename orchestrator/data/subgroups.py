@@ -83,7 +83,7 @@ def layout_columns(task: Task, data: str | Path | None) -> tuple[str, ...]:
             c for c in HAM_FIELDS if c in _header(_ham_metadata(Path(data))))
     elif task.layout == "folder" and data is not None:
         csv = _folder_csv(Path(data))
-        own = tuple(c for c in _header(csv) if c not in CSV_FIXED) if csv else ()
+        own = tuple(c for c in _header(csv) if c.lower() not in CSV_FIXED) if csv else ()
     return own + DICOM_FIELDS
 
 
