@@ -31,6 +31,8 @@ def test_ages_fall_in_the_documented_bands_and_dicom_ages_are_read():
     assert sg.age_band("") == sg.age_band("n/a") == sg.age_band(-1) == sg.UNKNOWN
     assert sg.dicom_age_years("045Y") == 45 and sg.dicom_age_years("006M") == 0.5
     assert sg.dicom_age_years("") is None and sg.dicom_age_years("45") is None
+    assert sorted(["unknown", "75+", "male", "<30", "45-59", "female"], key=sg.value_order) == [
+        "<30", "45-59", "75+", "female", "male", "unknown"]  # as the tables list them
 
 
 def _csv(tmp_path, n: int = 6) -> tuple:
