@@ -857,8 +857,8 @@ def _assert_the_transport_line_says_what_was_logged(text: str, run, uri: str,
 
 def _with_sex_column(data: Path) -> pd.DataFrame:
     """The site as the CSV layout reads it: `labels.csv` (path, label, group, sex), which wins
-    over the class folders, listing the model's classes. Sex F and M in turn; the first 4
-    images' left empty (unknown, too few to measure)."""
+    over the class folders, listing the model's classes. Sex F and M in turn, none given for
+    the first 4 images (unknown: too few to measure)."""
     classes = get_task("brain").classes
     paths = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg")
                    if p.parent.name in classes)
