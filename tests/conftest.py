@@ -52,11 +52,11 @@ def private_keras_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def rebuild_with_permuted_test_labels(tmp_path):
-    """A function (sweep run id, tracking URI) -> the ensemble rebuilt after every test label in
-    the sweep's recorded manifest moved to another class (the files unchanged); the manifest is
-    put back afterwards. What no choice may notice."""
-    def rebuild(run_id: str, uri: str):
+def rebuild_with_changed_manifest(tmp_path):
+    """A function (sweep run id, tracking URI, change) -> the ensemble rebuilt after `change`
+    (a manifest frame -> the frame to record instead) rewrote the sweep's recorded manifest
+    (the files unchanged); the manifest is put back afterwards."""
+    def rebuild(run_id: str, uri: str, change):
         import mlflow
         import pandas as pd
 
@@ -65,20 +65,31 @@ def rebuild_with_permuted_test_labels(tmp_path):
         client = mlflow.MlflowClient(uri)
         original = Path(client.download_artifacts(run_id, "manifest.csv",
                                                   str(tmp_path / "original")))
-        frame = pd.read_csv(original, dtype=str, keep_default_na=False)
-        test = frame["split"] == "test"
-        classes = sorted(frame.loc[test, "label"].unique())
-        rotated = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
-        frame.loc[test, "label"] = frame.loc[test, "label"].map(rotated)
-        (tmp_path / "permuted").mkdir()
-        frame.to_csv(tmp_path / "permuted" / "manifest.csv", index=False)
-        client.log_artifact(run_id, str(tmp_path / "permuted" / "manifest.csv"))
+        frame = change(pd.read_csv(original, dtype=str, keep_default_na=False))
+        (tmp_path / "changed").mkdir()
+        frame.to_csv(tmp_path / "changed" / "manifest.csv", index=False)
+        client.log_artifact(run_id, str(tmp_path / "changed" / "manifest.csv"))
         try:
             return build_ensemble(run_id, tracking_uri=uri, log=lambda _: None)
         finally:
             client.log_artifact(run_id, str(original))
 
     return rebuild
+
+
+@pytest.fixture
+def rebuild_with_permuted_test_labels(rebuild_with_changed_manifest):
+    """A function (sweep run id, tracking URI) -> the ensemble rebuilt after every test label in
+    the sweep's recorded manifest moved to another class (the files unchanged). What no choice
+    may notice."""
+    def rotate(frame):
+        test = frame["split"] == "test"
+        classes = sorted(frame.loc[test, "label"].unique())
+        rotated = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
+        frame.loc[test, "label"] = frame.loc[test, "label"].map(rotated)
+        return frame
+
+    return lambda run_id, uri: rebuild_with_changed_manifest(run_id, uri, rotate)
 
 
 ROOT = Path(__file__).resolve().parents[1]

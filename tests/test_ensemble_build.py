@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from html import unescape
 from pathlib import Path
 
 import cv2
@@ -34,6 +35,7 @@ from orchestrator.sweep.runner import run_sweep
 from orchestrator.tta.policies import get_policy
 from orchestrator.tta.pool import Candidate, ScoringPool
 
+from conftest import user_env
 from test_console import RAY_TOKEN_NOTICE, TF_START_UP  # what a quiet command never prints
 from orchestrator.tta.predict import tta_predict, tta_predict_each
 from tasks import get_task
@@ -718,10 +720,10 @@ def test_the_ensemble_refuses_data_that_changed_after_the_sweep(swept):
 
 
 # ----------------------------------------------------------------- external validation (#24)
-def _external_site(root: Path, seed: int) -> Path:
+def _external_site(root: Path, seed: int, per_class: int = 8) -> Path:
     """Another draw of the brain phantom, its contrast lowered and brightened (another
     scanner): 8 images per class, each its own group, so >= 20 groups for intervals."""
-    data = write_phantom(get_task("brain"), root, per_class=8, seed=seed)
+    data = write_phantom(get_task("brain"), root, per_class=per_class, seed=seed)
     for path in data.rglob("*.jpg"):
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float32)
         cv2.imwrite(str(path), np.clip(0.7 * image + 30, 0, 255).astype(np.uint8))
@@ -764,15 +766,11 @@ def test_external_evaluation_logs_figures_the_transport_line_and_tags_the_versio
     assert metrics["external_roc_auc_ci_low"] < metrics["external_roc_auc_ci_high"], text
     assert metrics["difference_accuracy"] == pytest.approx(
         metrics["external_accuracy"] - metrics["internal_accuracy"])
-    interval = r"\d\.\d{3} (\[\d\.\d{3}, \d\.\d{3}\]|\[no interval\])"
-    line = re.search(rf"^(transported|did not transport|cannot say whether performance "
-                     rf"transported \(.+\)): external accuracy "
-                     rf"{interval} vs internal {interval}; difference -?\d\.\d{{3}} "
-                     rf"(\[-?\d\.\d{{3}}, -?\d\.\d{{3}}\]|\[no interval\])$", text, re.M)
-    assert line, text
+    line = _assert_the_transport_line_says_what_was_logged(text, run, uri,
+                                                           result.ensemble.run_id)
+    assert line.group("metric") == "accuracy"  # the brain task's
     verdict = out.transport.verdict
     assert tags["medsweep.transport"] == verdict
-    assert line.group(1) == verdict or verdict == "no verdict"
     # 24 groups here, 21 on the internal test split: a verdict exactly when both figures have
     # a sound interval (the smoke model may call one class: zero width, no verdict)
     sound = {"external_accuracy_ci_low", "internal_accuracy_ci_low"} <= set(metrics)
@@ -804,6 +802,133 @@ def test_external_evaluation_logs_figures_the_transport_line_and_tags_the_versio
         out.run_id, "external_predictions.csv"))) == 24
     assert re.search(rf"^recalibration: T x \d+\.\d{{3}} fitted on {len(fit)} images "
                      rf"\({len(fit)} groups\), judged on the other {len(judged)} ", text, re.M)
+
+
+TRANSPORT_LINE = re.compile(
+    r"^(?P<verdict>transported|did not transport|cannot say whether performance transported "
+    r"\(.+\)): external (?P<metric>\w+) (?P<external>\S+ \[[^]]+\]) vs internal "
+    r"(?P<internal>\S+ \[[^]]+\]); difference (?P<difference>\S+ \[[^]]+\])$", re.M)
+
+
+def _shown(metrics: dict, key: str) -> str:
+    """A logged figure as the transport line must print it."""
+    interval = (f"[{metrics[f'{key}_ci_low']:.3f}, {metrics[f'{key}_ci_high']:.3f}]"
+                if f"{key}_ci_low" in metrics else "[no interval]")
+    return f"{metrics[key]:.3f} {interval}"
+
+
+def _decided_figure(metric: str, answers: pd.DataFrame) -> float:
+    """Accuracy or balanced accuracy of a logged answers table, recomputed from its label and
+    probability columns (the argmax, which a temperature does not move)."""
+    probs = [c for c in answers.columns if c.startswith("prob_")]
+    decided = answers[probs].to_numpy(float).argmax(axis=1)
+    right = pd.Series(np.array([c.removeprefix("prob_") for c in probs])[decided]
+                      == answers["label"].to_numpy())
+    if metric == "accuracy":
+        return float(right.mean())
+    assert metric == "balanced_accuracy", metric
+    return float(right.groupby(answers["label"].to_numpy()).mean().mean())
+
+
+def _assert_the_transport_line_says_what_was_logged(text: str, run, uri: str,
+                                                    internal_run_id: str) -> re.Match:
+    """The printed verdict line against the run's metrics, and those against the answers
+    logged: the external figure from the site's answers, the internal one from the version's
+    own test answers, the difference theirs; the verdict the interval's side of 0."""
+    line = TRANSPORT_LINE.search(text)
+    assert line, text
+    metrics, metric = run.data.metrics, line.group("metric")
+    for side in ("external", "internal", "difference"):
+        assert line.group(side) == _shown(metrics, f"{side}_{metric}"), (side, line.group(0))
+    client = mlflow.MlflowClient(uri)
+    external = pd.read_csv(client.download_artifacts(run.info.run_id, "external_predictions.csv"))
+    internal = pd.read_csv(client.download_artifacts(internal_run_id, "test_predictions.csv"))
+    assert metrics[f"external_{metric}"] == pytest.approx(_decided_figure(metric, external))
+    assert metrics[f"internal_{metric}"] == pytest.approx(_decided_figure(metric, internal))
+    assert metrics[f"difference_{metric}"] == pytest.approx(
+        metrics[f"external_{metric}"] - metrics[f"internal_{metric}"])
+    verdict = run.data.tags["medsweep.transport"]
+    if f"difference_{metric}_ci_low" in metrics:
+        low, high = (metrics[f"difference_{metric}_ci_{e}"] for e in ("low", "high"))
+        assert low <= high and line.group("verdict") == verdict == (
+            "did not transport" if high < 0 else "transported")
+        # a side without its interval gives none to the difference either
+        assert {f"external_{metric}_ci_low", f"internal_{metric}_ci_low"} <= set(metrics)
+    else:  # the reason names a side without its interval, if one has none
+        assert verdict == "no verdict" and line.group("verdict").startswith("cannot say")
+        bare = [s for s in ("external", "internal") if f"{s}_{metric}_ci_low" not in metrics]
+        assert not bare or any(f"({s} " in line.group("verdict") for s in bare), line.group(0)
+    return line
+
+
+def _with_sex_column(data: Path) -> pd.DataFrame:
+    """The site as the CSV layout reads it: `labels.csv` (path, label, group, sex), which wins
+    over the class folders, listing the model's classes. Sex F and M in turn, none given for
+    the first 4 images (unknown: too few to measure)."""
+    classes = get_task("brain").classes
+    paths = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg")
+                   if p.parent.name in classes)
+    table = pd.DataFrame({"path": paths, "label": [p.split("/")[-2] for p in paths],
+                          "group": [Path(p).stem for p in paths],
+                          "sex": [""] * 4 + ["F", "M"] * ((len(paths) - 4) // 2)})
+    table.to_csv(data / "labels.csv", index=False)
+    return table
+
+
+def test_evaluate_cli_measures_the_site_per_subgroup_of_its_csv(swept, tmp_path):
+    """`python -m orchestrator.evaluate MODEL DATA --task folder --subgroup sex`: the sex
+    column of the site's CSV measured per value in evaluation.html and the run's table, the
+    figures the logged answers' own; the transport line the logged figures'."""
+    from test_subgroups import _html_tables
+
+    from orchestrator.clinical.subgroups import TOO_FEW
+
+    result, uri, _ = swept
+    version = result.ensemble.registered_version
+    data = _external_site(tmp_path / "site_c", seed=11, per_class=16)
+    table = _with_sex_column(data)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.evaluate",
+                           f"models:/medsweep-brain/{version}", str(data), "--task", "folder",
+                           "--subgroup", "SEX", "--tracking-uri", uri], cwd=tmp_path,
+                          env=user_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run_id = re.search(r"^evaluation run (\w{32}) ", proc.stdout, re.M).group(1)
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    line = _assert_the_transport_line_says_what_was_logged(proc.stdout, run, uri,
+                                                           result.ensemble.run_id)
+    assert line.group("metric") == "balanced_accuracy"  # the folder task's, as asked
+    assert re.search(r"^subgroups: sex 2 value\(s\) measured, 1 too few; ", proc.stdout, re.M)
+    # the run's table: every image in one row, each value's figures those of its answers
+    answers = pd.read_csv(client.download_artifacts(run_id, "external_predictions.csv"))
+    answers = answers.merge(table[["path", "sex"]].fillna(""), on="path")
+    assert len(answers) == len(table) == 48
+    by_value = pd.read_csv(client.download_artifacts(
+        run_id, "external_metrics_by_subgroup.csv"), keep_default_na=False)
+    assert sorted(set(by_value["value"])) == ["F", "M", "unknown"]
+    for value, sex in (("F", "F"), ("M", "M")):
+        rows = by_value[by_value["value"] == value].set_index("metric")
+        mine = answers[answers["sex"] == sex]
+        assert (rows["n"] == 22).all() and (rows["groups"] == 22).all()
+        assert float(rows.loc["balanced_accuracy", "point"]) == pytest.approx(
+            _decided_figure("balanced_accuracy", mine))
+        assert set(rows.index) == {"balanced_accuracy", "recall_glioma", "recall_meningioma",
+                                   "recall_pituitary"}
+    assert by_value[by_value["value"] == "unknown"][["n", "status"]].values.tolist() == [
+        [4, TOO_FEW]]
+    # evaluation.html: the same table, read as a person reads it
+    page = Path(client.download_artifacts(run_id, "evaluation.html")).read_text()
+    section = page[page.index("<h2>Subgroups</h2>"):]
+    assert "The external data measured per value of sex: the values are read from the " \
+        "site's data" in unescape(section) and "recorded with the split" not in section
+    (header, *rows), *_ = _html_tables(section)
+    assert header == ["subgroup", "value", "n", "groups", "balanced_accuracy", "recall_glioma",
+                      "recall_meningioma", "recall_pituitary", "flag"]
+    assert [r[:4] for r in rows] == [["sex", "F", "22", "22"], ["sex", "M", "22", "22"],
+                                     ["sex", "unknown", "4", "4"]]
+    women = _decided_figure("balanced_accuracy", answers[answers["sex"] == "F"])
+    assert rows[0][4].startswith(f"{women:.3f} ")
+    assert rows[2][-1] == TOO_FEW
 
 
 def test_evaluate_cli_refuses_data_of_other_classes_in_one_line(swept, tmp_path):

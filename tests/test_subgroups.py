@@ -3,7 +3,9 @@ headers, recorded with the split, measured per value in the report with a flag f
 whose interval lies below the overall figure, and never read by any choice."""
 from __future__ import annotations
 
+import re
 from html import unescape
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,8 @@ def test_ages_fall_in_the_documented_bands_and_dicom_ages_are_read():
     assert sg.age_band("") == sg.age_band("n/a") == sg.age_band(-1) == sg.UNKNOWN
     assert sg.dicom_age_years("045Y") == 45 and sg.dicom_age_years("006M") == 0.5
     assert sg.dicom_age_years("") is None and sg.dicom_age_years("45") is None
+    assert sorted(["unknown", "75+", "male", "<30", "45-59", "female"], key=sg.value_order) == [
+        "<30", "45-59", "75+", "female", "male", "unknown"]  # as the tables list them
 
 
 def _csv(tmp_path, n: int = 6) -> tuple:
@@ -52,6 +56,12 @@ def test_a_csv_column_is_read_by_path_and_an_unknown_one_is_refused(tmp_path):
         sg.check_columns(["site"], sg.layout_columns(task, tmp_path), "here")
     with pytest.raises(DataError, match="none of the 6 images is a DICOM file"):
         sg.read_values(task, tmp_path, paths, ["PatientSex"])
+
+
+def test_the_csv_fixed_columns_are_never_offered_whatever_their_case(tmp_path):
+    pd.DataFrame({"Path": ["a.png"], "LABEL": ["x"], "Group": ["g"], "Split": [""],
+                  "site": ["s"]}).to_csv(tmp_path / "labels.csv", index=False)
+    assert sg.layout_columns(get_task("folder"), tmp_path) == ("site", *sg.DICOM_FIELDS)
 
 
 def test_an_unknown_column_is_refused_by_the_sweep_before_ray_starts(tmp_path):
@@ -216,3 +226,126 @@ def test_the_three_commands_take_repeated_subgroup_options():
     assert evaluate_parser().parse_args(["models:/m/1", "d", *asked]).subgroup == [
         "sex", "age", "sex"]
     assert clinical_options(ensemble_parser().parse_args(["--sweep-run", "r"])).subgroups == ()
+
+
+# --- end to end: a skin sweep with --subgroup sex, age and localization ----------------------
+SKIN_ASKED = ("sex", "age", "localization")
+FIGURE = re.compile(r"^\d\.\d{3} (\[\d\.\d{3}, \d\.\d{3}\]|\[no interval\])$")
+
+
+@pytest.fixture(scope="module")
+def skin_sweep(tmp_path_factory):
+    """The skin phantom (HAM10000's layout and metadata) swept with the three subgroups: 2 smoke
+    trials at 32 px, the ensemble chosen on the holdout validation split. 100 images per dx
+    code give a test split of 100 images, 52 lesions: both sexes hold >= 20 lesions (intervals),
+    the age bands 5-19 (points), and several of the 11 sites too few to measure."""
+    import ray
+
+    from orchestrator.sweep.runner import run_sweep
+
+    root = tmp_path_factory.mktemp("skin-sweep")
+    data = write_phantom(get_task("skin"), root / "skin", per_class=100, size=32)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = run_sweep("skin", profile="smoke", data_dir=str(data), num_samples=2, max_epochs=2,
+                       cv_folds=0, storage_path=str(root / "runs"), tracking_uri=uri,
+                       clinical=ClinicalOptions(subgroups=SKIN_ASKED), log=lambda _: None)
+    yield result, uri, root
+    ray.shutdown()
+
+
+def _artifact(uri: str, run_id: str, name: str, dst) -> str:
+    import mlflow
+
+    return mlflow.MlflowClient(uri).download_artifacts(run_id, name, str(dst))
+
+
+def _html_tables(html: str) -> list[list[list[str]]]:
+    """Each <table>'s rows of cell texts (header row first)."""
+    return [[[unescape(c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+             for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)]
+            for table in re.findall(r"<table.*?</table>", html, re.S)]
+
+
+@pytest.mark.slow
+def test_a_skin_sweep_reports_sex_age_band_and_localization(skin_sweep, tmp_path):
+    from orchestrator.clinical.bootstrap import MIN_GROUPS
+    from orchestrator.clinical.subgroup_sections import UNDEFINED
+
+    result, uri, _ = skin_sweep
+    report = result.ensemble
+    html = Path(_artifact(uri, report.run_id, "report.html", tmp_path)).read_text()
+    section = html[html.index("<h2>Subgroups</h2>"):]
+    section = section[:section.index("<h2", 5)]
+    manifest = pd.read_csv(_artifact(uri, result.parent_run_id, "manifest.csv", tmp_path),
+                           dtype=str, keep_default_na=False)
+    test = manifest[manifest["split"] == "test"]
+    answers = pd.read_csv(_artifact(uri, report.run_id, "test_predictions.csv", tmp_path),
+                          dtype=str, keep_default_na=False).merge(test, on="path",
+                                                                  suffixes=("", "_manifest"))
+    assert len(answers) == len(test) == 100
+    tables = _html_tables(section)
+    assert [t[1][0] for t in tables] == list(SKIN_ASKED)
+    bands = [label for _, label in sg.AGE_BANDS]
+    for name, (header, *rows) in zip(SKIN_ASKED, tables):
+        assert header == ["subgroup", "value", "n", "groups", "pr_auc", "sensitivity",
+                          "specificity", "flag"]
+        # every test image in exactly one row, each row's counts those of the recorded values
+        counts = test.groupby(sg.column(name)).agg(n=("path", "size"), groups=("group", "nunique"))
+        assert sorted(r[1] for r in rows) == sorted(counts.index)
+        measured = [r for r in rows if r[-1] != TOO_FEW]
+        for _, value, n, groups, *figures, flag in rows:
+            assert (int(n), int(groups)) == tuple(counts.loc[value]), (name, value)
+            if flag == TOO_FEW:
+                assert int(n) < MIN_CASES or int(groups) < 5, (name, value)
+                assert figures == ["", "", ""]
+                continue
+            assert int(n) >= MIN_CASES and int(groups) >= 5, (name, value)
+            assert all(FIGURE.match(f) or f == UNDEFINED for f in figures), figures
+            if int(groups) < MIN_GROUPS:
+                assert all(f.endswith("[no interval]") or f == UNDEFINED for f in figures)
+            assert flag == "" or flag.startswith("FLAG: below overall (")
+        assert rows[:len(measured)] == measured  # the too few listed last
+        if name == "age":  # youngest first
+            values = [r[1] for r in measured]
+            assert values == [b for b in bands if b in values] and values
+        if name == "sex":  # 2 values of >= 20 lesions: intervals, and the figures are the
+            assert [r[1] for r in rows] == ["female", "male"]  # served answers' own
+            for _, value, _, _, _, sensitivity, specificity, _ in rows:
+                assert re.search(r"\[\d\.\d{3}, \d\.\d{3}\]$", specificity), specificity
+                mine = answers[answers[sg.column(name)] == value]
+                right = mine["decision"] == mine["label"]
+                for shown, cls in ((sensitivity, "malignant"), (specificity, "benign")):
+                    assert shown.startswith(f"{right[mine['label'] == cls].mean():.3f} ")
+        if name == "localization":
+            assert measured and len(measured) < len(rows)  # both kinds listed
+    assert "nan" not in section
+    assert "fewer than 10 cases or 5 groups" in section
+    # the split's characteristics list the recorded values, age bands youngest first
+    flow = html[html.index("age &lt;30"):]
+    assert flow.index("age 30-44") < flow.index("age 75+")
+    assert report.subgroup_line.startswith("subgroups: sex 2 value(s) measured, age ")
+    assert "localization " in report.subgroup_line
+
+
+@pytest.mark.slow
+def test_permuting_the_recorded_subgroups_moves_no_choice_of_the_ensemble(
+        skin_sweep, rebuild_with_changed_manifest, tmp_path):
+    """Members, weights, TTA policy, temperature, threshold, refer cut and sets are chosen
+    before and without the subgroups: shuffle the recorded values across the images and
+    rebuild; only the per-subgroup figures move."""
+    result, uri, _ = skin_sweep
+    columns = [sg.column(n) for n in SKIN_ASKED]
+
+    def shuffle(frame: pd.DataFrame) -> pd.DataFrame:
+        order = np.random.default_rng(1).permutation(len(frame))
+        frame[columns] = frame[columns].to_numpy()[order]
+        return frame
+
+    again = rebuild_with_changed_manifest(result.parent_run_id, uri, shuffle)
+    first = result.ensemble
+    for field in ("policy", "members", "weights", "temperature", "threshold", "refer_cut",
+                  "ood", "sets"):
+        assert getattr(again, field) == getattr(first, field), field
+    before, after = (pd.read_csv(_artifact(uri, r.run_id, "test_metrics_by_subgroup.csv",
+                                           tmp_path / r.run_id)) for r in (first, again))
+    assert not before[["value", "n"]].equals(after[["value", "n"]])

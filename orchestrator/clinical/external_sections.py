@@ -96,7 +96,8 @@ def sections(ev: Evaluation) -> list[Section]:
         CALIBRATION_TEXT.format(target=ev.calibration_target)], figures=[ev.reliability]))
     out.append(Section("The served rules on this data", paragraphs=list(ev.rules)))
     if ev.subgroups is not None:
-        out.append(subgroup_section(ev.subgroups, "external data"))
+        out.append(subgroup_section(ev.subgroups, "external data",
+                                    "read from the site's data with its images"))
     if ev.recalibrated is not None:
         out.append(_recalibration(ev.recalibrated))
     return out

@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from orchestrator.data.splits import SUBGROUP_PREFIX
+from orchestrator.data.subgroups import value_order
 from tasks.base import SPLITS
 
 COPY_LEFT_OUT = "copy of an image in a held-out split"
@@ -107,7 +108,8 @@ def characteristics(manifest: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
         row.update({f"class {c}": _share(int(counts.get(c, 0)), n) for c in classes})
         for column in subgroups:
             values = rows_of[column].astype(str).replace("", "unknown").value_counts()
-            every = sorted(manifest[column].astype(str).replace("", "unknown").unique())
+            every = sorted(manifest[column].astype(str).replace("", "unknown").unique(),
+                           key=value_order)
             row.update({f"{column[len(SUBGROUP_PREFIX):]} {v}": _share(int(values.get(v, 0)), n)
                         for v in every})
         rows.append(row)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.clinical.bootstrap import bootstrap_intervals, count_units, resample_indices
+from orchestrator.data.subgroups import value_order
 
 MIN_CASES = 10  # test cases of one value, below which it is not measured
 MIN_UNITS = 5  # groups (patients, lesions) of one value, likewise
@@ -75,7 +76,7 @@ def measure_subgroups(values: Mapping[str, Sequence[str]], strata: np.ndarray,
         column = np.asarray(column, dtype=object)
         if len(column) != n:
             raise ValueError(f"subgroup {name}: {len(column)} values for {n} cases")
-        for value in sorted(set(column), key=str):
+        for value in sorted(set(column), key=lambda v: value_order(str(v))):
             idx = np.flatnonzero(column == value)
             g = None if groups_arr is None else groups_arr[idx]
             units = count_units(strata[idx], g)

@@ -58,6 +58,15 @@ def age_band(years: float | str | None) -> str:
     return [label for low, label in AGE_BANDS if value >= low][-1]
 
 
+def value_order(value: str) -> tuple:
+    """Sort key of a subgroup's values for tables: age bands youngest first, other values
+    alphabetically, `unknown` last."""
+    bands = [label for _, label in AGE_BANDS]
+    if value in bands:
+        return (0, bands.index(value), "")
+    return (2, 0, "") if value == UNKNOWN else (1, 0, str(value))
+
+
 def dicom_age_years(text: str) -> float | None:
     """A DICOM Age String (`045Y`, `006M`, `010W`, `003D`) in years; None if not one."""
     found = _DICOM_AGE.match(str(text or ""))
@@ -74,7 +83,7 @@ def layout_columns(task: Task, data: str | Path | None) -> tuple[str, ...]:
             c for c in HAM_FIELDS if c in _header(_ham_metadata(Path(data))))
     elif task.layout == "folder" and data is not None:
         csv = _folder_csv(Path(data))
-        own = tuple(c for c in _header(csv) if c not in CSV_FIXED) if csv else ()
+        own = tuple(c for c in _header(csv) if c.lower() not in CSV_FIXED) if csv else ()
     return own + DICOM_FIELDS
 
 
