@@ -110,7 +110,8 @@ def cli_smoke_sweep(tmp_path_factory):
     """`python -m orchestrator.sweep brain --profile smoke` once, from a user's shell, on the
     brain phantom in the real layout with a training image copied into Testing/, and two
     `--set` overrides: every stage (search, cross-validation, the ensemble's TTA actors).
-    Shared by what it records (tests/test_sweep.py) and what it prints (tests/test_console.py).
+    Shared by what it records (tests/test_sweep.py, tests/test_sweep_cv.py) and what it prints
+    (tests/test_console.py).
     Returns (its folder, the finished process, the copied training image)."""
     from orchestrator.data.phantoms import write_phantom
     from tasks import get_task

@@ -1,30 +1,33 @@
-"""Cross-validation of the finalists, end to end: a smoke CV sweep (2 configurations x 2 folds)
-whose ensemble is chosen on out-of-fold predictions and predicts the test split once with every
-fold model; and the out-of-fold assembly itself, as a property. (Killed in the
-cross-validation stage and resumed: tests/test_sweep.py, with the other kill/resume paths.)"""
+"""Cross-validation of the finalists, end to end: the CLI smoke sweep's cross-validation (2
+configurations x 2 folds; tests/conftest.py), whose ensemble is chosen on out-of-fold
+predictions and predicts the test split once with every fold model; and the out-of-fold
+assembly itself, as a property. (Killed in the cross-validation stage and resumed:
+tests/test_sweep.py, with the other kill/resume paths.)"""
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import mlflow.artifacts
 import numpy as np
 import pandas as pd
 import pytest
 import ray
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mlflow.entities import Run
 
 from orchestrator import tracking
 from orchestrator.data.splits import assign_folds, assign_splits
 from orchestrator.data.table import make_table
 from orchestrator.ensemble.sources import HeldOut
 from orchestrator.errors import DataError
-from orchestrator.sweep.runner import run_sweep
 from orchestrator.tta.pool import Candidate, Scored
 from tasks import get_task
 
-QUIET = dict(log=lambda _: None)
 
 
 @settings(max_examples=40, deadline=None)
@@ -61,20 +64,56 @@ def test_property_every_non_test_image_gets_exactly_one_out_of_fold_prediction(n
     assert list(held.assemble(missing)) == ["c1"]  # a configuration missing a fold drops out
 
 
+@dataclass(frozen=True)
+class RecordedCv:
+    """What the CLI smoke sweep (tests/conftest.py: search, 2 finalists x 2 folds, ensemble)
+    recorded, read back from its store: every figure below is the recorded one."""
+
+    uri: str
+    parent_run_id: str
+    ensemble: Run
+    spec: dict  # the registered model's ensemble.json
+
+    @property
+    def members(self) -> list[str]:
+        return json.loads(self.ensemble.data.params["members"])
+
+    @property
+    def sets(self) -> dict:
+        """The prediction sets' fit as the served model reads it (`SetFit.to_dict`)."""
+        return self.spec["serving"]["sets"]
+
+
 @pytest.fixture(scope="module")
-def cv_sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cv")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    result = run_sweep("brain", profile="smoke", max_epochs=3, storage_path=str(root / "runs"),
-                       tracking_uri=uri, space_overrides={"phantom_per_class": 24,
-                                                          "lr_multiplier": 10.0}, **QUIET)
-    yield result, uri, root
+def cv_sweep(cli_smoke_sweep, tmp_path_factory):
+    """The CLI smoke sweep's cross-validation stage and out-of-fold ensemble, as recorded; a
+    local Ray for the rebuilds below."""
+    from orchestrator.cluster import connect_ray
+
+    cwd, _, _ = cli_smoke_sweep
+    uri = f"sqlite:///{cwd / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("medsweep-brain")
+    (parent,) = tracking.find_runs_by_tag(uri, experiment.experiment_id,
+                                          {tracking.TAG_KIND: tracking.KIND_SWEEP})
+    (ensemble,) = tracking.find_runs_by_tag(uri, experiment.experiment_id,
+                                            {tracking.TAG_KIND: tracking.KIND_ENSEMBLE})
+    (version,) = [v for v in client.search_model_versions("name='medsweep-brain'")
+                  if v.run_id == ensemble.info.run_id]
+    model = client.get_logged_model(version.source.rsplit("/", 1)[-1])  # models:/m-...
+    spec_file = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{model.artifact_location}/artifacts/ensemble.json",
+        dst_path=str(tmp_path_factory.mktemp("cv-model")))
+    spec = json.loads(Path(spec_file).read_text())
+    connect_ray(None, lambda _: None)
+    yield RecordedCv(uri, parent.info.run_id, ensemble, spec), cwd
     ray.shutdown()
 
 
 @pytest.mark.slow
 def test_a_smoke_cv_sweep_retrains_two_finalists_on_two_folds(cv_sweep):
-    result, uri, _ = cv_sweep
+    result, _ = cv_sweep
+    uri = result.uri
     client = mlflow.MlflowClient(uri)
     parent = client.get_run(result.parent_run_id)
     assert (parent.data.params["cv_folds"], parent.data.params["cv_top"]) == ("2", "2")
@@ -98,28 +137,24 @@ def test_a_smoke_cv_sweep_retrains_two_finalists_on_two_folds(cv_sweep):
 @pytest.mark.slow
 def test_the_ensemble_is_chosen_out_of_fold_and_tests_once_with_every_fold_model(cv_sweep,
                                                                                   tmp_path):
-    result, uri, _ = cv_sweep
-    report = result.ensemble
-    assert report is not None and report.chosen_on == "out-of-fold"
-    client = mlflow.MlflowClient(uri)
-    run = client.get_run(report.run_id)
+    result, _ = cv_sweep
+    run, spec = result.ensemble, result.spec
+    client = mlflow.MlflowClient(result.uri)
     assert run.data.params["chosen_on"] == "out-of-fold"
     assert run.data.params["models_per_member"] == "2"
-    scoring = pd.read_csv(client.download_artifacts(report.run_id, "scoring.csv",
+    scoring = pd.read_csv(client.download_artifacts(run.info.run_id, "scoring.csv",
                                                     str(tmp_path)))
     held = scoring[scoring["split"] == "held_out"]
     assert len(held) == 4  # 2 finalists x 2 fold models, each on its own fold
     manifest = pd.read_csv(client.download_artifacts(result.parent_run_id, "manifest.csv",
                                                      str(tmp_path / "m")))
-    assert report.held_out_images == int((manifest["split"] != "test").sum())  # every one
+    held_out_images = int((manifest["split"] != "test").sum())  # every one
     tested = scoring[scoring["split"] == "test"]
     assert len(tested) == len(set(tested["model"]))  # every model predicted the test split once
-    assert all(len(tested[tested["model"].str.startswith(m)]) == 2 for m in report.members)
-    spec_dir = client.download_artifacts(report.run_id, "model", str(tmp_path / "model"))
-    spec = json.loads(next(Path(spec_dir).rglob("ensemble.json")).read_text())
-    assert len(spec["members"]) == 2 * len(report.members)  # a member is its fold models
+    assert all(len(tested[tested["model"].str.startswith(m)]) == 2 for m in result.members)
+    assert len(spec["members"]) == 2 * len(result.members)  # a member is its fold models
     assert sum(m["weight"] for m in spec["members"]) == pytest.approx(1.0)
-    html = next(Path(client.download_artifacts(report.run_id, "report.html",
+    html = next(Path(client.download_artifacts(run.info.run_id, "report.html",
                                                str(tmp_path / "r"))).parent.rglob("report.html"))
     text = html.read_text()
     assert "out-of-fold predictions of the cross-validated finalists" in text
@@ -127,27 +162,32 @@ def test_the_ensemble_is_chosen_out_of_fold_and_tests_once_with_every_fold_model
     # the prediction sets' quantile: on every out-of-fold prediction, versioned in the spec
     from orchestrator.clinical.conformal import coverage_range
 
-    ((_, sets),) = report.sets
-    assert sets.cases == (report.held_out_images,)
-    assert spec["serving"]["sets"] == sets.to_dict()
+    sets = result.sets  # fitted on every held-out image's out-of-fold prediction
+    assert sets["cases"] == [held_out_images]
     assert "The held-out scores come from the fold models" in text
     metrics = run.data.metrics
     n_test = int((manifest["split"] == "test").sum())
-    low, _ = coverage_range(n_test, report.held_out_images, sets.coverage)
-    print(f"out-of-fold prediction sets: quantile {sets.quantiles[0]:.4f} on "
-          f"{sets.cases[0]} cases; test coverage {metrics['test_set_coverage']:.3f} on {n_test} "
+    low, _ = coverage_range(n_test, held_out_images, sets["coverage"])
+    print(f"out-of-fold prediction sets: quantile {sets['quantiles'][0]:.4f} on "
+          f"{sets['cases'][0]} cases; test coverage {metrics['test_set_coverage']:.3f} on {n_test} "
           f"(99% range from {low:.3f}), mean set size {metrics['test_set_size_mean']:.2f}")
     assert metrics["test_set_coverage"] >= low
 
 
 @pytest.mark.slow
 def test_permuting_the_test_labels_changes_no_choice_under_cv(
-        cv_sweep, rebuild_with_permuted_test_labels):
-    result, uri, _ = cv_sweep
-    again = rebuild_with_permuted_test_labels(result.parent_run_id, uri)
-    first = result.ensemble
-    assert (again.policy, again.members, again.weights, again.temperature) == (
-        first.policy, first.members, first.weights, first.temperature)
-    assert again.chosen_on == "out-of-fold" and again.sets == first.sets
-    loss = first.table.set_index("model").loc["ensemble", "test_loss"]
+        cv_sweep, rebuild_with_permuted_test_labels, tmp_path):
+    result, cwd = cv_sweep
+    # rebuilt on a copy of the store (the same artifacts): the sweep's own records stay as
+    # tests/test_sweep.py reads them
+    copy = tmp_path / "mlflow.db"
+    shutil.copy(cwd / "mlflow" / "mlflow.db", copy)
+    again = rebuild_with_permuted_test_labels(result.parent_run_id, f"sqlite:///{copy}")
+    first = result.ensemble.data
+    assert (again.policy, list(again.members), list(again.weights)) == (
+        first.params["tta_policy"], result.members, json.loads(first.params["member_weights"]))
+    assert again.temperature == pytest.approx(first.metrics["temperature"], rel=1e-6)
+    ((_, sets),) = again.sets
+    assert again.chosen_on == "out-of-fold" and sets.to_dict() == result.sets
+    loss = first.metrics["test_loss"]
     assert again.table.set_index("model").loc["ensemble", "test_loss"] != pytest.approx(loss)
