@@ -103,7 +103,7 @@ def cv_sweep(cli_smoke_sweep, tmp_path_factory):
     model = client.get_logged_model(version.source.rsplit("/", 1)[-1])  # models:/m-...
     spec_file = mlflow.artifacts.download_artifacts(
         artifact_uri=f"{model.artifact_location}/artifacts/ensemble.json",
-        dst_path=str(tmp_path_factory.mktemp("cv-model")))
+        dst_path=str(tmp_path_factory.mktemp("cv-model")), tracking_uri=uri)
     spec = json.loads(Path(spec_file).read_text())
     connect_ray(None, lambda _: None)
     yield RecordedCv(uri, parent.info.run_id, ensemble, spec), cwd
