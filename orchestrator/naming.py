@@ -41,6 +41,13 @@ def cv_run_name(finalist_id: str, fold: int, folds: int, replicate: int = 0) -> 
             + (f"/{folds}" if folds else ""))
 
 
+def cv_trial_name(finalist: str, replicate: int, fold: int) -> str:
+    """`t03-f1` (`t03-r1-f1` for an extra seed): a cross-validation run's trial id as people
+    read it, the same name the ensemble gives that fold's model (the fold counted from 0, as
+    the tag `medsweep.fold`)."""
+    return f"{candidate_name(short_trial_name(finalist), replicate)}-f{fold}"
+
+
 def replicate_of(sampled: Mapping[str, Any]) -> int:
     """Which seed of its finalist a cross-validation trial trains (0: the finalist's own)."""
     return int(sampled.get("replicate", 0))
