@@ -162,6 +162,21 @@ def test_ensure_experiment_is_idempotent_and_restores_a_deleted_one(store):
         "http://mlflow.internal:5000/#/experiments/7?workflowType=machine_learning"
 
 
+def test_a_sweeps_trials_view_is_an_experiment_tag_its_link_opens(store, sweep):
+    """The UI's shared view: the link's key names the tag holding filter, order and columns."""
+    import json
+
+    uri, experiment_id = store
+    link = T.share_trials_view(uri, experiment_id, sweep, "val_accuracy", "max", ("schedule",))
+    key = link.rsplit("viewStateShareKey=", 1)[1]
+    assert link.startswith(f"#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+    state = json.loads(MlflowClient(uri).get_experiment(experiment_id).tags[
+        f"mlflow.sharedViewState.{key}"])
+    assert sweep in state["searchFilter"] and state["orderByKey"] == "metrics.`best_val_accuracy`"
+    assert "params.`schedule`" in state["selectedColumns"]
+    assert T.ui_url(uri, link) == f"http://127.0.0.1:5000/{link}"
+
+
 # ------------------------------------------------------------------------------ sweep runs
 def test_sweep_run_has_kind_params_and_artifacts(store, sweep, tmp_path):
     uri, _ = store
