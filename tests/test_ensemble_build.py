@@ -243,7 +243,7 @@ def test_the_registered_version_carries_its_card_and_tags(swept):
     card = version.description
     assert card.startswith("MedSweep ensemble for brain/3class: test accuracy ")
     for text in ("SYNTHETIC PHANTOM DATA", "## Data", "## Members", result.ensemble.members[0],
-                 "## Performance", "T = ", "## Prediction sets", "| set_coverage |",
+                 "## Performance", "T = ", "## Prediction sets", "- set_coverage: ",
                  "Intended use and limits", result.parent_run_id):
         assert text in card, text
     tags = version.tags
