@@ -25,6 +25,7 @@ from orchestrator.clinical.calibration import (apply_temperature, binary_brier, 
                                                reliability_bins)
 from orchestrator.clinical.evaluate import (ClinicalInputs, ClinicalOptions, Member, evaluate)
 from orchestrator.clinical.gradcam import gradcam, overlay
+from orchestrator.clinical.html import number_text
 from orchestrator.clinical.operating_point import (binary_figures, choose_threshold,
                                                    threshold_table, wilson_lower_bound)
 from orchestrator.clinical.resampled_metrics import fast_metrics
@@ -551,6 +552,9 @@ def _assert_a_reader_sees_figures_not_nan(result, html: str) -> None:
     assert "figure img { max-width: 100%; height: auto;" in html
     assert html.count("<table") == html.count("<div class='table-wrap'><table") > 0
     assert ".table-wrap { max-width: 100%; overflow-x: auto; }" in html
+    # figures in tables to 3 decimals, as the console and the card give them
+    assert not re.search(r"<td>(?!0\.000)\d+\.\d{4,}</td>", html)  # 0.00088 keeps 2 digits
+    assert number_text(0.8055555555555556) == "0.806" and number_text(2.763e-11) == "2.8e-11"
 
 
 @pytest.mark.slow

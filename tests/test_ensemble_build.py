@@ -304,8 +304,8 @@ def test_people_read_one_trial_id_and_one_rounded_line_per_run(swept):
     assert f"(#/models/medsweep-brain/versions/{result.ensemble.registered_version})" in ensemble
     summary = parent.data.tags["mlflow.note.content"]
     assert not LONG_DECIMAL.search(summary + ensemble)
-    assert (f"[The trials, best first](#/experiments/{parent.info.experiment_id}/runs?"
-            f"workflowType=machine_learning&viewStateShareKey=") in summary
+    assert (f"; [all trials by best_val_accuracy](#/experiments/{parent.info.experiment_id}/"
+            f"runs?workflowType=machine_learning&viewStateShareKey=") in summary
     assert result.runs_url.startswith("http://127.0.0.1:5000/#/experiments/")
     card = client.get_model_version_by_alias("medsweep-brain", "candidate").description
     page = Path(client.download_artifacts(result.ensemble.run_id, "report.html")).read_text()
@@ -780,6 +780,9 @@ def test_external_evaluation_logs_figures_the_transport_line_and_tags_the_versio
     assert tags["medsweep.evaluated_model"] == "medsweep-brain"
     assert tags["medsweep.evaluated_version"] == version and tags["medsweep.site"] == "site_b"
     assert tags["medsweep.evaluated_run"] == result.ensemble.run_id
+    assert tags["mlflow.note.content"].startswith(  # its page links back to the version
+        f"External evaluation of [medsweep-brain version {version}](#/models/medsweep-brain/"
+        f"versions/{version}) at site_b: ")
     assert len(tags["medsweep.data_fingerprint"]) == 32
     # 24 groups here, 21 on the internal test split: every interval is drawn, a verdict given
     for key in ("external_accuracy", "external_recall_glioma",

@@ -175,7 +175,7 @@ def test_the_card_states_data_members_figures_operating_point_and_limits():
                                     "balanced_accuracy 0.880 [0.800, 0.950]; SYNTHETIC phantom "
                                     "data.")
     for text in ("## ⚠ SYNTHETIC PHANTOM DATA", "`normal`, `pneumonia`", "f" * 32, "e" * 32,
-                 "- `t1`: weight 0.750, 64 px, 3 model(s)", "standard6", "- train: 80 images",
+                 "- `t1`: weight 0.750, 64 px, 3 model(s)", "standard6", "Images per split: test 20, train 80.",
                  "- balanced_accuracy: validation 0.900; test 0.880 [0.800, 0.950]",
                  "- roc_auc: test 0.930\n",
                  "T = 2.0000", "at least 0.3000", "below 0.7000", "80.0% of cases accepted",

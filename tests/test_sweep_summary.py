@@ -80,9 +80,11 @@ def test_the_parent_run_note_rounds_its_figures_and_links_the_ranked_trials():
     link = trials_view_link("3", "p" * 32)
     note = summary_note("3", ("t02", "r" * 32), _report(), metrics, "accuracy",
                         "val_accuracy", link)
-    assert "): best val_accuracy 0.806" in note and "0.8055" not in note
-    assert (f"[The trials, best first]({link}): the runs table filtered to this sweep's "
-            "trials, ordered by best_val_accuracy") in note
+    assert f"): best val_accuracy 0.806; [all trials by best_val_accuracy]({link})" in note
+    assert "0.8055" not in note
+    alone = summary_note("3", None, None, {"trials_run": 1.0}, metric="val_accuracy",
+                         trials_link=link)
+    assert f"- [All trials by best_val_accuracy]({link})" in alone
 
 
 def test_the_trials_view_ranks_one_sweeps_trials_with_the_metric_as_a_column():

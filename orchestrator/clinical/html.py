@@ -38,10 +38,16 @@ class Section:
     extra: list[str] = field(default_factory=list)  # pre-escaped HTML
 
 
+def number_text(value: float) -> str:
+    """3 decimals, as the console and the card give figures; a value too small for them keeps
+    2 significant digits rather than reading 0.000."""
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.001 else f"{value:.2g}"
+
+
 def table_html(frame: pd.DataFrame) -> str:
     """A wide table scrolls inside its own box instead of running past the page's edge."""
     table = frame.to_html(index=False, escape=True, na_rep="", border=0,
-                          float_format=lambda v: f"{v:.4g}")
+                          float_format=number_text)
     return f"<div class='table-wrap'>{table}</div>"
 
 

@@ -107,7 +107,7 @@ def record(uri: str, ref, ev: Evaluation, rows: pd.DataFrame, split: pd.DataFram
            files: Sequence[Path], task, resamples: int, seed: int,
            recalibrate: float | None, log: Log):
     from orchestrator import tracking
-    from orchestrator.keys import TAG_TRANSPORT, version_external_tag
+    from orchestrator.keys import NOTE_TAG, TAG_TRANSPORT, version_external_tag
     from orchestrator.tracking import evaluation as tev
 
     fingerprint = str(ev.facts["data fingerprint"])
@@ -127,6 +127,9 @@ def record(uri: str, ref, ev: Evaluation, rows: pd.DataFrame, split: pd.DataFram
             tracking.log_file(uri, run_id, path)
         top = headline(ev, task.metric)
         summary = (ev.transport.line if ev.transport is not None else top)
+        tracking.set_tags(uri, run_id, {NOTE_TAG: (
+            f"External evaluation of [{ref.name} version {ref.version}](#/models/{ref.name}/"
+            f"versions/{ref.version}) at {ev.site}: {summary}.")})
         tev.record_on_version(uri, ref, ev.site, top,
                               f"{summary} ([evaluation run]({tracking.run_page(uri, run_id)})"
                               f", {ev.facts['images evaluated']} "

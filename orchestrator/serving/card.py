@@ -86,7 +86,9 @@ def model_card(facts: CardFacts) -> str:
         "## Data", "",
         f"Data fingerprint `{facts.data_fingerprint}` (content, labels, groups and splits); "
         f"test split fingerprint `{facts.test_fingerprint}`.", "",
-        *[f"- {split}: {n} images" for split, n in sorted(facts.split_counts.items())], "",
+        "Images per split: " + ", ".join(f"{split} {n}"
+                                         for split, n in sorted(facts.split_counts.items()))
+        + ".", "",
         *[f"- {note}" for note in facts.data_notes],
         *([""] if facts.data_notes else []),
         "## Members", "",

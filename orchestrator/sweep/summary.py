@@ -58,16 +58,18 @@ def summary_note(experiment_id: str, best: tuple[str, str] | None, ensemble=None
     lines = [f"**Sweep summary**: {int(metrics.get('trials_run', 0))} trial(s), "
              f"{int(metrics.get('trials_stopped_early', 0))} stopped early (ASHA), "
              f"{int(metrics.get('trials_failed', 0))} failed.", ""]
-    if trials_link:
-        lines.append(f"- [The trials, best first]({trials_link}): the runs table filtered to "
-                     f"this sweep's trials, ordered by best_{metric}, with it and the searched "
-                     "values as columns")
+    # short enough that the run page shows it whole, without "Show more"
+    label = f"all trials by best_{metric}"
+    ranked = f"[{label}]({trials_link})" if trials_link else ""
     if best is not None:
         trial_id, run_id = best
         figure = metrics.get(f"best_{metric}")
         lines.append(f"- Best trial: [{short_trial_name(trial_id)}]"
                      f"({_run_link(experiment_id, run_id)})"
-                     + (f": best {metric} {figure:.3f}" if figure is not None else ""))
+                     + (f": best {metric} {figure:.3f}" if figure is not None else "")
+                     + (f"; {ranked}" if ranked else ""))
+    elif ranked:
+        lines.append(f"- [{label[0].upper()}{label[1:]}]({trials_link})")
     if ensemble is not None:
         key = f"ensemble_test_{task_metric}"
         figure = ""
