@@ -8,7 +8,8 @@ from __future__ import annotations
 
 # --- run tags --------------------------------------------------------------------------------
 TAG_KIND = "medsweep.kind"  # KIND_SWEEP | KIND_TRIAL | KIND_CV_TRIAL | KIND_ENSEMBLE
-TAG_TRIAL_ID = "medsweep.trial_id"
+TAG_TRIAL_ID = "medsweep.trial_id"  # what people read: `t05`, a fold run `t05-f1`
+TAG_TUNE_TRIAL_ID = "medsweep.tune_trial_id"  # Tune's `63832_00005`: finds the run again
 TAG_STATUS = "medsweep.status"  # one of TRIAL_STATUSES
 TAG_SYNTHETIC = "medsweep.synthetic_data"
 TAG_TASK = "medsweep.task"
@@ -41,6 +42,9 @@ TAG_TRANSPORT = "medsweep.transport"  # transported | did not transport | no ver
 # --- MLflow's own keys ---------------------------------------------------------------------------
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # a run's or an experiment's description, Markdown
+# An experiment tag holding a runs-table view (filter, order, columns) that the MLflow UI opens
+# from a `viewStateShareKey=<key>` link: this prefix, then the key
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 DATASET_CONTEXT = "mlflow.data.context"  # a run input's role (training, evaluation, ...)
 
 # --- model-version tags (the model card's, and promotion's) ----------------------------------

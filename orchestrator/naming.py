@@ -41,6 +41,13 @@ def cv_run_name(finalist_id: str, fold: int, folds: int, replicate: int = 0) -> 
             + (f"/{folds}" if folds else ""))
 
 
+def cv_trial_name(finalist: str, replicate: int, fold: int) -> str:
+    """`t03-f1` (`t03-r1-f1` for an extra seed): a cross-validation run's trial id as people
+    read it, the same name the ensemble gives that fold's model (the fold counted from 0, as
+    the tag `medsweep.fold`)."""
+    return f"{candidate_name(short_trial_name(finalist), replicate)}-f{fold}"
+
+
 def replicate_of(sampled: Mapping[str, Any]) -> int:
     """Which seed of its finalist a cross-validation trial trains (0: the finalist's own)."""
     return int(sampled.get("replicate", 0))
@@ -54,3 +61,53 @@ def replicate_seed(seed: int, replicate: int) -> int:
 def candidate_name(finalist: str, replicate: int) -> str:
     """How the ensemble calls one seed of a finalist: its trial id, `-r<k>` for extra seeds."""
     return finalist if replicate == 0 else f"{finalist}-r{replicate}"
+
+
+# --- one-line run descriptions ----------------------------------------------------------------
+# What the MLflow UI shows on a trial's, a cross-validation run's and the ensemble's page (the
+# tag `mlflow.note.content`): what the run is and its figure, rounded to 3 decimals for the
+# reader (the logged metrics keep full precision).
+DIGITS = 3
+
+
+def _best(metric: str, best: tuple[float, int] | None) -> str:
+    if best is None or best[0] != best[0]:
+        return f"no {metric} reported"
+    return f"best {metric} {best[0]:.{DIGITS}f} at epoch {best[1]}"
+
+
+def trial_description(trial_id: str, metric: str, best: tuple[float, int] | None,
+                      epochs_run: int, max_epochs: int, outcome: str) -> str:
+    """`Search trial t05: best val_accuracy 0.806 at epoch 5; stopped early by ASHA after
+    epoch 4 of 8.` `outcome`: completed | stopped_early | errored."""
+    ended = {"completed": f"ran all {max_epochs} epochs",
+             "stopped_early": f"stopped early by ASHA after epoch {epochs_run} of {max_epochs}",
+             "errored": f"failed after epoch {epochs_run} of {max_epochs}"}[outcome]
+    return f"Search trial {short_trial_name(trial_id)}: {_best(metric, best)}; {ended}."
+
+
+def cv_description(finalist: str, replicate: int, fold: int, folds: int, metric: str,
+                   best: tuple[float, int] | None, outcome: str) -> str:
+    """`Cross-validation of finalist t03: trained with fold 2 of 3 held out; best val_accuracy
+    on that fold 0.863 at epoch 8.` The ensemble is chosen on these out-of-fold predictions."""
+    seed = f" (seed {replicate + 1})" if replicate else ""
+    ended = "" if outcome == "completed" else f" ({outcome})"
+    return (f"Cross-validation of finalist {short_trial_name(finalist)}{seed}: trained with "
+            f"fold {fold + 1} of {folds} held out{ended}; {_best(metric, best)} on that fold. "
+            "The ensemble is chosen on these out-of-fold predictions.")
+
+
+def ensemble_description(members: Sequence[str], weights: Sequence[float], policy: str,
+                         chosen_on: str, test_figure: str, registered: tuple[str, str] | None,
+                         ) -> str:
+    """`Final ensemble: t03 x0.62 + t01 x0.38, TTA policy light, chosen on out-of-fold
+    predictions; test accuracy 0.778 [0.651, 0.872]; registered as medsweep-brain version 3.`
+    `test_figure` is already worded (`accuracy 0.778 [0.651, 0.872]`)."""
+    parts = " + ".join(f"{m} x{w:.2f}" for m, w in zip(members, weights))
+    text = (f"Final ensemble: {parts}, TTA policy `{policy}`, chosen on {chosen_on} "
+            f"predictions; test {test_figure}")
+    if registered:
+        name, version = registered
+        text += (f"; registered as [{name} version {version}](#/models/{name}/versions/"
+                 f"{version}) (its description is the model card)")
+    return text + "."

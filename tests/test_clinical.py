@@ -17,14 +17,15 @@ from scipy.stats import binomtest
 from sklearn import metrics as skm
 
 from orchestrator.clinical.bootstrap import (MIN_GROUPS, bootstrap_intervals, count_units,
-                                             format_interval, interval_note, note_lines,
-                                             paired_difference, resample_indices)
+                                             figure_text, format_interval, interval_note,
+                                             note_lines, paired_difference, resample_indices)
 from orchestrator.clinical.calibration import (apply_temperature, binary_brier, brier_score,
                                                calibration_sentence, confidence_gap,
                                                expected_calibration_error, fit_temperature, nll,
                                                reliability_bins)
 from orchestrator.clinical.evaluate import (ClinicalInputs, ClinicalOptions, Member, evaluate)
 from orchestrator.clinical.gradcam import gradcam, overlay
+from orchestrator.clinical.html import number_text
 from orchestrator.clinical.operating_point import (binary_figures, choose_threshold,
                                                    threshold_table, wilson_lower_bound)
 from orchestrator.clinical.resampled_metrics import fast_metrics
@@ -525,6 +526,35 @@ def test_evaluate_writes_report_html_referencing_every_plot(planted_model, tmp_p
             if result.temperature > 1 else "< 1: on the validation predictions the ensemble "
             "was under-confident") in text
     _assert_the_per_patient_section(result, html, y_test, names)
+    _assert_a_reader_sees_figures_not_nan(result, html)
+
+
+def _assert_a_reader_sees_figures_not_nan(result, html: str) -> None:
+    """Every case is referred here, so none is accepted: said in words, never `nan` or an
+    interval of zeros; figures drawn at the size they were made for; wide tables scroll in
+    their own box."""
+    ens = result.intervals[result.intervals.model == "ensemble"].set_index("metric")
+    assert ens.loc["coverage_at_refer_cut"].point == 0.0
+    assert np.isnan(ens.loc["accuracy_accepted_at_refer_cut"].point)
+    text = re.sub(r"data:image/png;base64,[^\"]*", "", unescape(html))
+    assert not re.search(r"\bnan\b", text)
+    shown = re.findall(r"coverage_at_refer_cut</td>\s*<td>([^<]*)<", text)
+    assert shown and set(shown) == {"0.000 (every case referred: no test case accepted)"}
+    assert set(re.findall(r"accuracy_accepted_at_refer_cut</td>\s*<td>([^<]*)<", text)) == {
+        "none (no test case accepted)"}
+    assert figure_text("coverage_at_refer_cut", 0.0, 0.0, 0.0) == \
+        "0.000 (every case referred: no test case accepted)"
+    assert figure_text("accuracy_accepted_at_refer_cut", np.nan, np.nan, np.nan) == \
+        "none (no test case accepted)"
+    # a 5-inch square reliability diagram shows at 480 px, not stretched to the page
+    width = re.search(r'data-file="reliability_diagram.png" width="(\d+)"', html)
+    assert width and int(width.group(1)) == 480
+    assert "figure img { max-width: 100%; height: auto;" in html
+    assert html.count("<table") == html.count("<div class='table-wrap'><table") > 0
+    assert ".table-wrap { max-width: 100%; overflow-x: auto; }" in html
+    # figures in tables to 3 decimals, as the console and the card give them
+    assert not re.search(r"<td>(?!0\.000)\d+\.\d{4,}</td>", html)  # 0.00088 keeps 2 digits
+    assert number_text(0.8055555555555556) == "0.806" and number_text(2.763e-11) == "2.8e-11"
 
 
 @pytest.mark.slow

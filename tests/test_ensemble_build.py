@@ -245,7 +245,7 @@ def test_the_registered_version_carries_its_card_and_tags(swept):
     card = version.description
     assert card.startswith("MedSweep ensemble for brain/3class: test accuracy ")
     for text in ("SYNTHETIC PHANTOM DATA", "## Data", "## Members", result.ensemble.members[0],
-                 "## Performance", "T = ", "## Prediction sets", "| set_coverage |",
+                 "## Performance", "T = ", "## Prediction sets", "- set_coverage: ",
                  "Intended use and limits", result.parent_run_id):
         assert text in card, text
     tags = version.tags
@@ -275,6 +275,47 @@ def test_the_registered_version_carries_its_card_and_tags(swept):
     page = Path(client.download_artifacts(result.ensemble.run_id, "report.html")).read_text()
     sweep_name = client.get_run(result.parent_run_id).info.run_name
     assert f"sweep {sweep_name} (run {result.parent_run_id[:8]})" in page
+
+
+TUNE_ID = re.compile(r"\b[0-9a-f]{5}_\d{5}\b")  # Tune's own trial id, `63832_00005`
+LONG_DECIMAL = re.compile(r"\d\.\d{4,}")  # 0.8055555555555556: unrounded
+
+
+def test_people_read_one_trial_id_and_one_rounded_line_per_run(swept):
+    """The short name (`t02`) in the tags, the card, report.html and the members (which
+    title the Grad-CAM figures); Tune's id only in `medsweep.tune_trial_id`; every run's
+    description one line, its figures rounded; the parent's description links the trials
+    ranked in the runs table."""
+    result, uri, _ = swept
+    client = mlflow.MlflowClient(uri)
+    parent = client.get_run(result.parent_run_id)
+    trials = tracking.list_trial_runs(uri, parent.info.experiment_id, result.parent_run_id)
+    for run in trials:
+        tags = run.data.tags
+        assert TUNE_ID.fullmatch(tags[tracking.TAG_TUNE_TRIAL_ID])
+        assert re.fullmatch(r"t\d\d", tags[tracking.TAG_TRIAL_ID])
+        assert run.info.run_name.startswith(tags[tracking.TAG_TRIAL_ID] + " ")
+        note = tags["mlflow.note.content"]
+        assert re.match(rf"Search trial {tags[tracking.TAG_TRIAL_ID]}: best val_accuracy "
+                        r"\d\.\d{3} at epoch \d", note) and "\n" not in note, note
+        assert not LONG_DECIMAL.search(note)
+    assert set(result.leaderboard["trial_id"]) == {r.data.tags[tracking.TAG_TRIAL_ID]
+                                                   for r in trials}
+    ensemble = client.get_run(result.ensemble.run_id).data.tags["mlflow.note.content"]
+    assert ensemble.startswith("Final ensemble: ") and "\n" not in ensemble
+    assert f"(#/models/medsweep-brain/versions/{result.ensemble.registered_version})" in ensemble
+    summary = parent.data.tags["mlflow.note.content"]
+    assert not LONG_DECIMAL.search(summary + ensemble)
+    assert (f"; [all trials by best_val_accuracy](#/experiments/{parent.info.experiment_id}/"
+            f"runs?workflowType=machine_learning&viewStateShareKey=") in summary
+    assert result.runs_url.startswith("http://127.0.0.1:5000/#/experiments/")
+    card = client.get_model_version_by_alias("medsweep-brain", "candidate").description
+    page = Path(client.download_artifacts(result.ensemble.run_id, "report.html")).read_text()
+    for text in (card, re.sub(r"data:image/png;base64,[^\"]*", "", page),
+                 " ".join(result.ensemble.members)):
+        assert not TUNE_ID.search(text), TUNE_ID.search(text)
+    assert all(re.fullmatch(r"t\d\d", m) for m in result.ensemble.members)
+    assert f"- `{result.ensemble.members[0]}`: weight " in card
 
 
 def test_the_card_carries_a_reporting_checklist_and_the_report_its_flow(swept):
@@ -747,6 +788,9 @@ def test_external_evaluation_logs_figures_the_transport_line_and_tags_the_versio
     assert tags["medsweep.evaluated_model"] == "medsweep-brain"
     assert tags["medsweep.evaluated_version"] == version and tags["medsweep.site"] == "site_b"
     assert tags["medsweep.evaluated_run"] == result.ensemble.run_id
+    assert tags["mlflow.note.content"].startswith(  # its page links back to the version
+        f"External evaluation of [medsweep-brain version {version}](#/models/medsweep-brain/"
+        f"versions/{version}) at site_b: ")
     assert len(tags["medsweep.data_fingerprint"]) == 32
     # 24 groups here, 21 on the internal test split: every interval is drawn, a verdict given
     for key in ("external_accuracy", "external_recall_glioma",
@@ -787,8 +831,10 @@ def test_external_evaluation_logs_figures_the_transport_line_and_tags_the_versio
     mv = client.get_model_version("medsweep-brain", version)
     assert mv.tags["external.site_b"] == out.headline
     assert out.headline.startswith("accuracy ") and out.headline.endswith(verdict)
-    assert f"- External validation, site_b: {line.group(0)} (run `{out.run_id}`, 24 images" \
-        in mv.description
+    # ... linking the evaluation run's page, which the MLflow UI opens from the version's page
+    assert (f"- External validation, site_b: {line.group(0)} ([evaluation run](#/experiments/"
+            f"{run.info.experiment_id}/runs/{out.run_id}?workflowType=machine_learning), "
+            "24 images") in mv.description
     # the figures are linked to the version's logged model, the site as their dataset
     model_metrics = client.get_logged_model(mv.source.removeprefix("models:/")).metrics
     assert any(m.key == "external_accuracy" and m.dataset_name == "site_b"

@@ -175,13 +175,26 @@ def test_the_card_states_data_members_figures_operating_point_and_limits():
                                     "balanced_accuracy 0.880 [0.800, 0.950]; SYNTHETIC phantom "
                                     "data.")
     for text in ("## ⚠ SYNTHETIC PHANTOM DATA", "`normal`, `pneumonia`", "f" * 32, "e" * 32,
-                 "| t1 | 0.750 | 64 px | 3 |", "standard6", "0.880 [0.800, 0.950]", "| roc_auc |",
+                 "- `t1`: weight 0.750, 64 px, 3 model(s)", "standard6", "Images per split: test 20, train 80.",
+                 "- balanced_accuracy: validation 0.900; test 0.880 [0.800, 0.950]",
+                 "- roc_auc: test 0.930\n",
                  "T = 2.0000", "at least 0.3000", "below 0.7000", "80.0% of cases accepted",
                  "Intended use and limits", "s" * 32):
         assert text in card, text
     assert "SYNTHETIC" not in model_card(_facts(synthetic=False))
-    everything = model_card(_facts(spec=_spec(refer_cut=2.0, held_out_coverage=0.0)))
+    # lists, not Markdown tables: the MLflow UI draws a description's tables without borders
+    assert not any(line.startswith("|") for line in card.splitlines())
+    nan = float("nan")
+    everything = model_card(_facts(spec=_spec(refer_cut=2.0, held_out_coverage=0.0), test={
+        "balanced_accuracy": Interval(0.88, 0.8, 0.95),
+        "coverage_at_refer_cut": Interval(0.0, 0.0, 0.0),
+        "accuracy_accepted_at_refer_cut": Interval(nan, nan, nan)}))
     assert "`refer` is always true" in everything
+    # no case accepted is said in words, never as nan or an interval of zeros
+    assert ("- coverage_at_refer_cut: test 0.000 (every case referred: no test case accepted)"
+            in everything)
+    assert "- accuracy_accepted_at_refer_cut: test none (no test case accepted)" in everything
+    assert not re.search(r"\bnan\b", everything) and "[0.000, 0.000]" not in everything
     tags = card_tags(_facts())
     assert tags["test_balanced_accuracy"] == "0.880 [0.800, 0.950]"
     assert tags["test_fingerprint"] == "e" * 32 and tags["positive_class"] == "pneumonia"
@@ -218,7 +231,7 @@ def test_the_card_of_a_one_group_test_split_gives_points_and_says_why():
     assert card.splitlines()[0] == ("MedSweep ensemble for pneumonia/2class: test "
                                     "balanced_accuracy 0.830 [no interval]; SYNTHETIC phantom "
                                     "data.")
-    assert "| balanced_accuracy | 0.900 | 0.830 [no interval] |" in card
+    assert "- balanced_accuracy: validation 0.900; test 0.830 [no interval]" in card
     assert "- Test holds 1 group: no interval for any test figure." in card
     assert "[0.830, 0.830]" not in card and "nan" not in card
     assert card_tags(facts)["test_balanced_accuracy"] == "0.830 [no interval]"
@@ -314,9 +327,9 @@ def test_the_card_of_a_multihead_model_lists_every_head():
                                     "0.610 [0.520, 0.700]; SYNTHETIC phantom data.")
     for text in ("3 heads", "- `shape`: classification, 3 classes: `disc`, `square`, `ring`",
                  "`size_value`", "- `size`: regression, in mm",
-                 "### shape (classification, 3 classes", "| balanced_accuracy | 0.850 | "
-                 "0.810 [0.700, 0.900] |", "### size (regression, in mm)",
-                 "| mae |  | 3.200 [2.500, 4.100] |", "| mean_skill | 0.650 | 0.610",
+                 "### shape (classification, 3 classes", "- balanced_accuracy: validation "
+                 "0.850; test 0.810 [0.700, 0.900]", "### size (regression, in mm)",
+                 "- mae: test 3.200 [2.500, 4.100]", "- mean_skill: validation 0.650; test 0.610",
                  "T = 2.0000 (fitted on validation predictions of this head)",
                  "`shape_refer` is true when `shape_confidence` is below 0.6000",
                  "`grade_refer` is always true", "`size_value`: the members' weighted mean, "

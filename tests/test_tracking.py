@@ -162,6 +162,21 @@ def test_ensure_experiment_is_idempotent_and_restores_a_deleted_one(store):
         "http://mlflow.internal:5000/#/experiments/7?workflowType=machine_learning"
 
 
+def test_a_sweeps_trials_view_is_an_experiment_tag_its_link_opens(store, sweep):
+    """The UI's shared view: the link's key names the tag holding filter, order and columns."""
+    import json
+
+    uri, experiment_id = store
+    link = T.share_trials_view(uri, experiment_id, sweep, "val_accuracy", "max", ("schedule",))
+    key = link.rsplit("viewStateShareKey=", 1)[1]
+    assert link.startswith(f"#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+    state = json.loads(MlflowClient(uri).get_experiment(experiment_id).tags[
+        f"mlflow.sharedViewState.{key}"])
+    assert sweep in state["searchFilter"] and state["orderByKey"] == "metrics.`best_val_accuracy`"
+    assert "params.`schedule`" in state["selectedColumns"]
+    assert T.ui_url(uri, link) == f"http://127.0.0.1:5000/{link}"
+
+
 # ------------------------------------------------------------------------------ sweep runs
 def test_sweep_run_has_kind_params_and_artifacts(store, sweep, tmp_path):
     uri, _ = store
@@ -224,7 +239,10 @@ def test_trials_nest_under_the_parent_without_duplicates(store, sweep):
     assert {r.info.run_id for r in T.list_trial_runs(uri, experiment_id, sweep)} == {first, other}
     run = MlflowClient(uri).get_run(first)
     assert run.data.tags[T.PARENT_TAG] == sweep and run.data.tags[T.TAG_KIND] == T.KIND_TRIAL
-    assert run.data.tags[T.TAG_TRIAL_ID] == "t_00001"
+    # people read Tune's counter (`t01`, as the run name and the console); Tune's own id stays
+    # only where the sweep finds the run again
+    assert run.data.tags[T.TAG_TRIAL_ID] == "t01"
+    assert run.data.tags[T.TAG_TUNE_TRIAL_ID] == "t_00001"
     assert run.data.tags[T.TAG_STATUS] == T.STATUS_RUNNING
     assert run.data.params["lr_multiplier"] == "0.5" and "data_dir" not in run.data.params
     assert run.data.params["sizes"] == "[1, 2]" and len(run.data.params["note"]) < 10_000

@@ -139,6 +139,22 @@ def format_interval(point: float, low: float, high: float, digits: int = 3,
     return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+_COVERAGE = ("coverage_at_refer_cut", "refer_coverage")  # the share of cases not referred
+_ACCEPTED = ("accuracy_accepted_at_refer_cut", "accuracy_accepted")  # their accuracy
+
+
+def figure_text(metric: str, point: float, low: float, high: float, digits: int = 3,
+                note: str = "", cases: str = "test") -> str:
+    """`format_interval`, except that a refer figure with no accepted case says so: its
+    accuracy is `none (no test case accepted)`, not `nan`, and its coverage `0.000 (every case
+    referred: no test case accepted)`, not an interval of zeros."""
+    if metric.endswith(_ACCEPTED) and point != point:
+        return f"none (no {cases} case accepted)"
+    if metric.endswith(_COVERAGE) and point == 0:
+        return f"{0:.{digits}f} (every case referred: no {cases} case accepted)"
+    return format_interval(point, low, high, digits, note)
+
+
 def paired_difference(metric: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray,
                       probs_a: np.ndarray, probs_b: np.ndarray,
                       resamples: Sequence[np.ndarray], *, level: float = 0.95,

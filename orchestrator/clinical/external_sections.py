@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from orchestrator.clinical.bootstrap import format_interval, note_lines, row_note
+from orchestrator.clinical.bootstrap import figure_text, note_lines, row_note
 from orchestrator.clinical.html import Section, write_report
 from orchestrator.clinical.subgroup_sections import subgroup_section
 from orchestrator.clinical.subgroups import Subgroups
@@ -63,7 +63,7 @@ class Evaluation:
 
 def figure_table(intervals: pd.DataFrame, column: str = "external [95% CI]") -> pd.DataFrame:
     return pd.DataFrame({"metric": intervals["metric"], column: [
-        format_interval(r.point, r.low, r.high, note=row_note(r))
+        figure_text(r.metric, r.point, r.low, r.high, note=row_note(r), cases="external")
         for r in intervals.itertuples()]})
 
 

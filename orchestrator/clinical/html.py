@@ -18,7 +18,8 @@ th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .banner { background: #b00020; color: white; padding: 0.8em; font-weight: bold; }
 figure { display: block; margin: 1em 0; }
-figure img { width: 100%; max-width: 1100px; border: 1px solid #eee; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.table-wrap { max-width: 100%; overflow-x: auto; }
 figcaption { font-size: 0.8em; color: #555; }
 .note { color: #555; font-size: 0.9em; }
 .flow-row { display: flex; gap: 0.8em; align-items: flex-start; flex-wrap: wrap; }
@@ -37,16 +38,36 @@ class Section:
     extra: list[str] = field(default_factory=list)  # pre-escaped HTML
 
 
+def number_text(value: float) -> str:
+    """3 decimals, as the console and the card give figures; a value too small for them keeps
+    2 significant digits rather than reading 0.000."""
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.001 else f"{value:.2g}"
+
+
 def table_html(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, escape=True, na_rep="", border=0,
-                         float_format=lambda v: f"{v:.4g}")
+    """A wide table scrolls inside its own box instead of running past the page's edge."""
+    table = frame.to_html(index=False, escape=True, na_rep="", border=0,
+                          float_format=number_text)
+    return f"<div class='table-wrap'>{table}</div>"
+
+
+def display_width(path: Path) -> int | None:
+    """The CSS width a figure was drawn for (its inches at 96 px each): a 5-inch square
+    reliability diagram shows at 480 px, not stretched to the page's width."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        dpi = image.info.get("dpi")
+        return round(image.width / float(dpi[0]) * 96) if dpi and dpi[0] else None
 
 
 def figure_html(path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     name = html.escape(Path(path).name)
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{name}" data-file="{name}">'
-            f"<figcaption>{name}</figcaption></figure>")
+    width = display_width(path)
+    size = f' width="{width}"' if width else ""
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{name}" data-file="{name}"'
+            f"{size}><figcaption>{name}</figcaption></figure>")
 
 
 def render(title: str, sections: Sequence[Section], banner: str | None = None) -> str:

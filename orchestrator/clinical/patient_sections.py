@@ -9,7 +9,7 @@ from typing import Mapping
 import pandas as pd
 
 from orchestrator.clinical import artifacts
-from orchestrator.clinical.bootstrap import (format_interval, note_lines, row_note,
+from orchestrator.clinical.bootstrap import (figure_text, format_interval, note_lines, row_note,
                                              sound_interval_metrics)
 from orchestrator.clinical.html import Section
 from orchestrator.clinical.patients import RuleChoice
@@ -80,8 +80,8 @@ def patient_section(pp: PerPatient, held: str, resamples: int) -> Section:
         return Section("Per patient", [
             f"Every test group (patient, lesion) is a single image ({pp.images} images): the "
             "per-patient figures equal the per-image ones above."])
-    shown = pp.intervals.assign(value=[format_interval(r.point, r.low, r.high,
-                                                       note=row_note(r))
+    shown = pp.intervals.assign(value=[figure_text(r.metric, r.point, r.low, r.high,
+                                                   note=row_note(r))
                                        for r in pp.intervals.itertuples()])
     notes = note_lines(pp.intervals)
     return Section("Per patient", [

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from orchestrator.clinical.bootstrap import (MIN_GROUPS, NO_INTERVAL, format_interval,
+from orchestrator.clinical.bootstrap import (MIN_GROUPS, NO_INTERVAL, figure_text,
                                              no_interval_lines, row_note)
 from orchestrator.clinical.calibration import (apply_temperature, calibration_sentence,
                                                confidence_gap)
@@ -30,7 +30,7 @@ BEST_SINGLE = "best_single"
 
 def _interval_table(intervals: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     shown = intervals[intervals.metric.isin(names)]
-    table = shown.assign(value=[format_interval(r.point, r.low, r.high, note=row_note(r))
+    table = shown.assign(value=[figure_text(r.metric, r.point, r.low, r.high, note=row_note(r))
                                 for r in shown.itertuples()])
     return table.pivot(index="metric", columns="model", values="value").reindex(
         [n for n in names if n in set(shown.metric)]).reset_index().rename_axis(columns=None)
@@ -81,9 +81,9 @@ def _referral_text(referral: Referral, held: str, intervals: pd.DataFrame,
             f"{referral.accuracy:.3f}, {referral.confidence_level:.0%} lower bound "
             f"{referral.lower_bound:.3f} (target {referral.target_accuracy})." + rule
             + " On test: "
-            f"{format_interval(cov.point, cov.low, cov.high, note=row_note(cov))} accepted, "
-            f"accuracy of the accepted "
-            f"{format_interval(acc.point, acc.low, acc.high, note=row_note(acc))}.")
+            f"{figure_text(cov.name, cov.point, cov.low, cov.high, note=row_note(cov))} "
+            f"accepted, accuracy of the accepted "
+            f"{figure_text(acc.name, acc.point, acc.low, acc.high, note=row_note(acc))}.")
 
 
 def _notes_text(intervals: pd.DataFrame, difference: dict | None, metric: str) -> str:
@@ -166,13 +166,23 @@ def sections(inputs, options, op, temperature, intervals, figures, review, group
                                  "nll_calibrated"])]))
     sections.append(Section("Referral", [_referral_text(referral, held, intervals)]))
     sections.append(Section("Figures", figures=figures))
-    board = inputs.leaderboard.drop(columns=["label"], errors="ignore")
-    sections.append(Section(f"Trials (by {metric})", tables=[board]))
+    sections.append(trials_section(inputs.leaderboard, metric))
     sections.append(Section(
         "Cases to review",
         ["The test cases the ensemble is least sure about (calibrated probabilities), for a "
          "person to look at: review_low_confidence.csv."], tables=[review]))
     return sections
+
+
+def trials_section(leaderboard: pd.DataFrame, metric: str) -> Section:
+    """The search trials by their short names (`t03`), best first; a column equal in every
+    trial is said once above the table instead, so the table stays narrow."""
+    board = leaderboard.drop(columns=["label"], errors="ignore")
+    same = [c for c in board.columns if c != "trial" and len(board) > 1
+            and board[c].astype(str).nunique() == 1]
+    said = ([f"The same in every trial: {', '.join(f'{c} {board[c].iloc[0]}' for c in same)}."]
+            if same else [])
+    return Section(f"Trials (by {metric})", said, tables=[board.drop(columns=same)])
 
 
 # --- a multi-head ensemble ---------------------------------------------------------------------
@@ -259,8 +269,7 @@ def multihead_sections(inputs, options, fits, intervals, head_figures, figures, 
         "Grad-CAM maps and MC-dropout figures are not drawn for a multi-head ensemble: both "
         "read a single softmax head's logits."]))
     out.append(Section("Figures", figures=figures))
-    board = inputs.leaderboard.drop(columns=["label"], errors="ignore")
-    out.append(Section(f"Trials (by {metric})", tables=[board]))
+    out.append(trials_section(inputs.leaderboard, metric))
     out.append(Section(
         "Cases to review",
         ["The test cases whose least confident classification head is least sure (calibrated "

@@ -16,12 +16,14 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.console import detail
+from orchestrator.naming import ensemble_description
 from orchestrator.ensemble import artifacts
 from orchestrator.ensemble.recorded import recorded_data
 from orchestrator.ensemble.report import EnsembleReport
 from orchestrator.ensemble.sources import (HeldOut, SweepInfo, cross_validated, holdout,
                                            ranked_trials, sweep_info)
 from orchestrator.errors import ConfigError
+from orchestrator.keys import NOTE_TAG
 from orchestrator.tta.pool import ScoringPool, pool_size
 
 if TYPE_CHECKING:
@@ -220,6 +222,9 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
             dict(held=held, choice=choice, transforms=transforms, table=table,
                  intervals=result.intervals, checklist=checklist), run_id, log,
             ood_fit=ood_fit)
+        tracking.set_tags(sweep.uri, run_id, {NOTE_TAG: ensemble_description(
+            ens.members, ens.weights, choice.policy, held.kind,
+            _test_figure(result.intervals, task.metric), (name, version))})
     except Exception:
         tracking.finish_run(sweep.uri, run_id, "FAILED")
         raise
@@ -246,6 +251,17 @@ def _record(sweep: SweepInfo, task, choice, table: pd.DataFrame, test_probs, y_t
                                      if fit.sets is not None),
                           patient_line=result.patient_line,
                           subgroup_line=result.subgroup_line)
+
+
+def _test_figure(intervals: pd.DataFrame, metric: str) -> str:
+    """`accuracy 0.778 [0.651, 0.872]`: the ensemble's test figure as the run page says it."""
+    from orchestrator.clinical.bootstrap import figure_text, row_note
+
+    found = intervals[(intervals.model == "ensemble") & (intervals.metric == metric)]
+    if not len(found):
+        return f"{metric} not measured"
+    row = found.iloc[0]
+    return f"{metric} {figure_text(metric, row.point, row.low, row.high, note=row_note(row))}"
 
 
 def _ood_fit(held: HeldOut, ens, clinical: tuple, log: Log):

@@ -105,7 +105,8 @@ def print_report(report: EnsembleReport) -> None:
     second (test figures with their 95% bootstrap intervals, or `[no interval]` and one line
     saying why). Members by their trials' short names (`t03`), as the sweep's epoch lines and
     leaderboard show them."""
-    from orchestrator.clinical.bootstrap import format_interval, note_lines, row_note
+    from orchestrator.clinical.bootstrap import (figure_text, format_interval, note_lines,
+                                                 row_note)
     from orchestrator.console import rule
     from orchestrator.naming import short_trial_name
 
@@ -154,10 +155,8 @@ def print_report(report: EnsembleReport) -> None:
             shown = []
             for m in (m for m in group if m in ens.index):
                 point, low, high = ens.loc[m, ["point", "low", "high"]]
-                shown.append(f"{m} " + (format_interval(point, low, high,
-                                                        note=row_note(ens.loc[m]))
-                                        if np.isfinite(point) else
-                                        "none (no test case accepted)"))
+                shown.append(f"{m} " + figure_text(m, point, low, high,
+                                                   note=row_note(ens.loc[m])))
             if shown:
                 print("  ensemble test: " + "; ".join(shown))
         for line in set_lines(report.sets, ens, report.chosen_on):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from orchestrator.clinical import external as ext
 from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, bootstrap_intervals,
-                                             count_units, format_interval, resample_indices,
+                                             count_units, figure_text, resample_indices,
                                              row_note)
 from orchestrator.clinical.external_sections import Evaluation, Recalibrated, write
 from orchestrator.clinical.resampled_metrics import fast_metrics
@@ -101,7 +101,7 @@ def _rules(head: contract.HeadSpec, spec: contract.ServingSpec, intervals: pd.Da
 
     def shown(m: str) -> str:
         r = row.loc[m]
-        return format_interval(r.point, r.low, r.high, note=row_note(r))
+        return figure_text(m, r.point, r.low, r.high, note=row_note(r), cases="external")
 
     lines = [f"refer rule (confidence < {head.refer_cut:.4f}): {shown('refer_coverage')} of "
              f"cases accepted here (held-out {head.held_out_coverage:.3f}); their accuracy "

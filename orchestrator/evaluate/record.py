@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from orchestrator.clinical.bootstrap import format_interval, note_lines, row_note
+from orchestrator.clinical.bootstrap import figure_text, format_interval, note_lines, row_note
 from orchestrator.clinical.external_sections import Evaluation
 from orchestrator.clinical.transport import Transport
 
@@ -75,17 +75,17 @@ def headline(ev: Evaluation, metric: str) -> str:
     return text
 
 
-def _shown(row) -> str:
-    if row.point != row.point:  # NaN: e.g. no case accepted, one class only
-        return "undefined on this data"
-    return format_interval(row.point, row.low, row.high, note=row_note(row))
+def _shown(metric: str, row) -> str:
+    text = figure_text(metric, row.point, row.low, row.high, note=row_note(row),
+                       cases="external")
+    return "undefined on this data" if text.startswith("nan") else text  # e.g. one class only
 
 
 def lines(ev: Evaluation) -> list[str]:
     """The figures a person reads first, then why some have no interval, then the verdict."""
     rows = ev.intervals.set_index("metric")
     names = list(SHOWN) + [m for m in rows.index if m.startswith("recall_")]
-    shown = [f"  {m} {_shown(rows.loc[m])}" for m in names if m in rows.index]
+    shown = [f"  {m} {_shown(m, rows.loc[m])}" for m in names if m in rows.index]
     out = [f"external figures at {ev.site} [95% group-bootstrap CI]:", *shown,
            *note_lines(ev.intervals), *ev.rules]
     out.append(ev.transport.line if ev.transport is not None else
@@ -107,7 +107,7 @@ def record(uri: str, ref, ev: Evaluation, rows: pd.DataFrame, split: pd.DataFram
            files: Sequence[Path], task, resamples: int, seed: int,
            recalibrate: float | None, log: Log):
     from orchestrator import tracking
-    from orchestrator.keys import TAG_TRANSPORT, version_external_tag
+    from orchestrator.keys import NOTE_TAG, TAG_TRANSPORT, version_external_tag
     from orchestrator.tracking import evaluation as tev
 
     fingerprint = str(ev.facts["data fingerprint"])
@@ -127,8 +127,12 @@ def record(uri: str, ref, ev: Evaluation, rows: pd.DataFrame, split: pd.DataFram
             tracking.log_file(uri, run_id, path)
         top = headline(ev, task.metric)
         summary = (ev.transport.line if ev.transport is not None else top)
+        tracking.set_tags(uri, run_id, {NOTE_TAG: (
+            f"External evaluation of [{ref.name} version {ref.version}](#/models/{ref.name}/"
+            f"versions/{ref.version}) at {ev.site}: {summary}.")})
         tev.record_on_version(uri, ref, ev.site, top,
-                              f"{summary} (run `{run_id}`, {ev.facts['images evaluated']} "
+                              f"{summary} ([evaluation run]({tracking.run_page(uri, run_id)})"
+                              f", {ev.facts['images evaluated']} "
                               f"images, data `{fingerprint[:12]}`)")
     except Exception:
         tracking.finish_run(uri, run_id, "FAILED")

@@ -20,7 +20,6 @@ from orchestrator.data.dicom import (DEFAULT_WINDOW, NO_FRAME, add_dicom_argumen
                                      parse_window)
 from orchestrator.data.phantom_dicom import DEFAULT_FORMAT, FORMATS as PHANTOM_FORMATS
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
-from orchestrator.naming import short_trial_name
 from orchestrator.sweep.records import LEADERBOARD_COLUMNS
 from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
 from orchestrator.sweep.search import MIN_TPE_TRIALS, SEARCHES
@@ -174,18 +173,18 @@ def _print_summary(result: SweepResult, seconds: float) -> None:
     print(rule(f"sweep finished in {seconds / 60:.1f} min: {len(board)} trials, best first "
                f"(val {result.metric}, {result.mode})"))
     if not board.empty:
-        shown = board.assign(trial_id=board["trial_id"].map(short_trial_name)).rename(
-            columns={"trial_id": "trial"})
+        shown = board.rename(columns={"trial_id": "trial"})
         # what every trial shares was said when the search started: only what differs
         same = [c for c in LEADERBOARD_COLUMNS if c in shown and len(shown) > 1
                 and shown[c].astype(str).nunique() == 1]
-        shown = shown.drop(columns=same)
+        shown = shown.drop(columns=same).round(3)  # full precision stays in MLflow
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(shown.head(10).to_string(index=False))
     print(f"MLflow parent run: {result.parent_run_id}  (tracking URI {result.tracking_uri})")
     print(f"open the MLflow UI: {result.ui_command}")
     if result.runs_url:
-        print(f"  then the runs table: {result.runs_url}")
+        print(f"  then the runs table: {result.runs_url}  (this sweep's trials, best "
+              f"val_{result.metric} first)")
     print(f"checkpoints: {result.experiment_path}")
     if result.ensemble is not None:
         from orchestrator.ensemble.report import print_report

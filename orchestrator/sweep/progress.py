@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune import CLIReporter
 
 from orchestrator import console
+from orchestrator.naming import short_trial_name
 from orchestrator.sweep.trainable import SweepContext, run_name, trial_config
 
 SECONDS_KEY = "epoch_seconds"  # reported by the trainer: the epoch's training time
@@ -110,7 +111,7 @@ def status_line(trials, metric: str, maximise: bool, parameters: list[str]) -> s
     if scored:
         best = (max if maximise else min)(scored, key=lambda t: t.last_result[metric])
         values = ", ".join(f"{k}={_short_value(best.config.get(k))}" for k in parameters)
-        line += (f"; best so far {best.trial_id} ({values}) {metric} "
+        line += (f"; best so far {short_trial_name(best.trial_id)} ({values}) {metric} "
                  f"{best.last_result[metric]:.3f} at epoch {best.last_result.get('epoch', '?')}")
     return line
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from orchestrator.data.dataset import DUPLICATES_CSV, LEFT_OUT_CSV, UNREADABLE_CSV
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
-from orchestrator.naming import STOPPED_EARLY
+from orchestrator.naming import STOPPED_EARLY, short_trial_name
 
 # parent-run param -> the record whose rows it counts
 DATA_FACTS = {"images": MANIFEST_CSV, "images_unreadable": UNREADABLE_CSV,
@@ -55,7 +55,8 @@ def leaderboard(grid, metric: str, mode: str, max_epochs: int | None = None) -> 
         best = result.metrics_dataframe[metric].agg("max" if mode == "max" else "min") \
             if result.metrics_dataframe is not None and metric in result.metrics_dataframe \
             else float("nan")
-        rows.append({"trial_id": metrics.get("trial_id", ""), f"best_{metric}": best,
+        rows.append({"trial_id": short_trial_name(metrics.get("trial_id", "")),
+                     f"best_{metric}": best,
                      "epochs": metrics.get("epoch", 0),
                      "seconds": round(float(metrics.get("time_total_s", float("nan"))), 1),
                      "status": "errored" if result.error else STOPPED_EARLY

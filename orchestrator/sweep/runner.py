@@ -59,7 +59,7 @@ class SweepResult:
     mode: str
     leaderboard: pd.DataFrame  # one row per trial, best first
     ui_command: str
-    runs_url: str = ""  # the experiment's runs table in that UI
+    runs_url: str = ""  # the sweep's trials, best first, in the runs table of that UI
     ensemble: Any = None  # orchestrator.ensemble.report.EnsembleReport, when one was built
     data_facts: dict = field(default_factory=dict)  # images used, left out, duplicate pairs
 
@@ -392,8 +392,11 @@ class SweepRunner:
     def finish(self, searched: Searched, ensemble) -> SweepResult:
         """The sweep's summary note and its parent run closed: FAILED when no trial trained."""
         context = searched.context
+        trials = tracking.share_trials_view(self.uri, context.experiment_id,
+                                            context.parent_run_id, self.metric,
+                                            self.task_record.mode, context.searched)
         record_summary(self.uri, context.experiment_id, context.parent_run_id, searched.board,
-                       self.metric, self.task_record.metric, ensemble)
+                       self.metric, self.task_record.metric, ensemble, trials)
         tracking.finish_run(self.uri, context.parent_run_id,
                             "FINISHED" if searched.trained_any else "FAILED")
         return SweepResult(parent_run_id=context.parent_run_id, experiment_path=searched.path,
@@ -401,7 +404,7 @@ class SweepRunner:
                            mode=self.task_record.mode, leaderboard=searched.board,
                            ui_command=tracking.ui_command(self.uri,
                                                           tracking.local_artifact_root(self.uri)),
-                           runs_url=tracking.runs_table_url(self.uri, context.experiment_id),
+                           runs_url=tracking.ui_url(self.uri, trials),
                            ensemble=ensemble, data_facts=self.data_facts)
 
     def _cross_validate(self, grid, context: SweepContext, path: str) -> None:

@@ -46,23 +46,30 @@ def _note(ensemble, task_metric: str) -> str:
     return row_note(found.iloc[0]) if len(found) else ""
 
 
-def _run_link(experiment_id: str, run_id: str) -> str:
-    """MLflow 3 opens a run page in its GenAI mode unless the link asks for the runs view."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+_run_link = tracking.run_route
 
 
 def summary_note(experiment_id: str, best: tuple[str, str] | None, ensemble=None,
                  metrics: Mapping[str, float] | None = None, task_metric: str | None = None,
-                 ) -> str:
-    """Pure: the parent run's description, with links the MLflow UI opens."""
+                 metric: str = "", trials_link: str = "") -> str:
+    """Pure: the parent run's description, with links the MLflow UI opens; figures rounded to
+    3 decimals (the run's metrics keep full precision)."""
     metrics = metrics or {}
     lines = [f"**Sweep summary**: {int(metrics.get('trials_run', 0))} trial(s), "
              f"{int(metrics.get('trials_stopped_early', 0))} stopped early (ASHA), "
              f"{int(metrics.get('trials_failed', 0))} failed.", ""]
+    # short enough that the run page shows it whole, without "Show more"
+    label = f"all trials by best_{metric}"
+    ranked = f"[{label}]({trials_link})" if trials_link else ""
     if best is not None:
         trial_id, run_id = best
+        figure = metrics.get(f"best_{metric}")
         lines.append(f"- Best trial: [{short_trial_name(trial_id)}]"
-                     f"({_run_link(experiment_id, run_id)})")
+                     f"({_run_link(experiment_id, run_id)})"
+                     + (f": best {metric} {figure:.3f}" if figure is not None else "")
+                     + (f"; {ranked}" if ranked else ""))
+    elif ranked:
+        lines.append(f"- [{label[0].upper()}{label[1:]}]({trials_link})")
     if ensemble is not None:
         key = f"ensemble_test_{task_metric}"
         figure = ""
@@ -83,7 +90,8 @@ def summary_note(experiment_id: str, best: tuple[str, str] | None, ensemble=None
 
 
 def record_summary(uri: str, experiment_id: str, parent_run_id: str, board: pd.DataFrame,
-                   metric: str, task_metric: str, ensemble=None) -> dict[str, Any]:
+                   metric: str, task_metric: str, ensemble=None,
+                   trials_link: str = "") -> dict[str, Any]:
     """Log the summary on the parent run; returns the metrics logged."""
     metrics = summary_metrics(board, metric, ensemble, task_metric)
     tracking.log_metrics(uri, parent_run_id, metrics)
@@ -100,6 +108,7 @@ def record_summary(uri: str, experiment_id: str, parent_run_id: str, board: pd.D
         tags[TAG_ENSEMBLE_RUN] = ensemble.run_id
         if ensemble.registered_name:
             tags[TAG_MODEL_VERSION] = f"{ensemble.registered_name}/{ensemble.registered_version}"
-    tags[NOTE_TAG] = summary_note(experiment_id, best, ensemble, metrics, task_metric)
+    tags[NOTE_TAG] = summary_note(experiment_id, best, ensemble, metrics, task_metric, metric,
+                                  trials_link)
     tracking.set_tags(uri, parent_run_id, tags)
     return metrics

@@ -13,11 +13,12 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestrator import tracking
-from orchestrator.naming import replicate_of
+from orchestrator.naming import (cv_description, cv_trial_name, replicate_of, short_trial_name,
+                                 trial_description)
 from orchestrator.sweep.trainable import NODE_KEY, PHASE_KEY, SweepContext, run_name, trial_config
 from orchestrator.train.artifacts import CHECKPOINT_FILES, STATE
 
-from orchestrator.keys import TAG_PHASE, TAG_STOPPED_BY  # noqa: E402
+from orchestrator.keys import NOTE_TAG, TAG_PHASE, TAG_STOPPED_BY  # noqa: E402
 # What Tune adds to a reported result besides AUTO_RESULT_KEYS; none of it is a trial's metric.
 _TUNE_KEYS = frozenset({*AUTO_RESULT_KEYS, "epoch", NODE_KEY, "done", "trial_id",
                         "experiment_tag", "should_checkpoint", "training_iteration"})
@@ -55,8 +56,10 @@ class TrialTracker(tune.Callback):
                 finalist = ctx.finalists[int(trial.config["finalist"])][0]
                 fold = int(trial.config["cv_fold"])
                 kind = tracking.KIND_CV_TRIAL
-                tags = {tracking.TAG_FINALIST: finalist, tracking.TAG_FOLD: str(fold),
-                        tracking.TAG_REPLICATE: str(replicate_of(trial.config))}
+                replicate = replicate_of(trial.config)
+                tags = {tracking.TAG_FINALIST: short_trial_name(finalist),
+                        tracking.TAG_FOLD: str(fold), tracking.TAG_REPLICATE: str(replicate),
+                        tracking.TAG_TRIAL_ID: cv_trial_name(finalist, replicate, fold)}
             params = trial_config(trial.config, ctx).to_dict()
             if ctx.task_key:  # the same meaning as the parent run's `task`
                 params["task"] = ctx.task_key
@@ -127,7 +130,20 @@ class TrialTracker(tune.Callback):
                 extra[tracking.TAG_BEST_EPOCH] = str(state["best_epoch"])
                 extra[tracking.TAG_CHECKPOINT] = checkpoint_uri(checkpoint)
         self._log_curves(run_id, run_name(trial.trial_id, trial.config, ctx))
+        extra[NOTE_TAG] = self._description(trial, status, run_id)
         tracking.set_trial_status(ctx.tracking_uri, run_id, status, extra_tags=extra)
+
+    def _description(self, trial, status: str, run_id: str) -> str:
+        """The run page's one line: what the run is and its best figure, rounded."""
+        ctx = self.context
+        best = self._best.get(trial.trial_id) or self._best_so_far(run_id)
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        if not ctx.is_cv:
+            return trial_description(trial.trial_id, ctx.metric, best, epochs, ctx.max_epochs,
+                                     status)
+        finalist, config = ctx.finalists[int(trial.config["finalist"])]
+        return cv_description(finalist, replicate_of(trial.config), int(trial.config["cv_fold"]),
+                              int(config.get("cv_folds") or 0), ctx.metric, best, status)
 
     def _log_curves(self, run_id: str, name: str) -> None:
         """training_curves.png in the trial's run; a figure is never worth failing a sweep."""

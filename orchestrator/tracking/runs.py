@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 from orchestrator.keys import (  # noqa: E402  (re-exported by the package)
     PARENT_TAG, TAG_BEST_EPOCH, TAG_CHECKPOINT, TAG_EPOCHS_RUN, TAG_FINALIST, TAG_FOLD,
     TAG_INTERVAL_NOTE, TAG_KIND, TAG_NODE, TAG_PROFILE, TAG_REPLICATE, TAG_STATUS,
-    TAG_SYNTHETIC, TAG_TASK, TAG_TRIAL_ID)
+    TAG_SYNTHETIC, TAG_TASK, TAG_TRIAL_ID, TAG_TUNE_TRIAL_ID)
+from orchestrator.naming import short_trial_name  # noqa: E402
 KIND_SWEEP, KIND_TRIAL, KIND_ENSEMBLE = "sweep", "trial", "ensemble"
 KIND_CV_TRIAL = "cv_trial"  # a finalist retrained on one fold (the second stage of a sweep)
 STATUS_RUNNING, STATUS_COMPLETED = "running", "completed"
@@ -180,12 +181,15 @@ def get_or_create_trial_run(uri: str, experiment_id: str, parent_run_id: str, tr
                             tags: Mapping[str, str] | None = None) -> str:
     """The trial's run id, never a duplicate: a retried or resumed trial continues its own run.
 
+    `trial_id` is Tune's (`63832_00005`), kept in `medsweep.tune_trial_id` to find the run
+    again; `medsweep.trial_id` is the name people read (`t05`), unless `tags` gives another.
+
     A found run that had failed or been killed is set RUNNING again; a finished one is left as
     it is. Params are (re)logged: unchanged values pass, a changed value raises.
     """
     client = MlflowClient(uri)
     found = find_runs_by_tag(uri, experiment_id, {PARENT_TAG: parent_run_id,
-                                                  TAG_TRIAL_ID: trial_id})
+                                                  TAG_TUNE_TRIAL_ID: trial_id})
     if found:
         run = found[0]
         run_id = run.info.run_id
@@ -193,8 +197,9 @@ def get_or_create_trial_run(uri: str, experiment_id: str, parent_run_id: str, tr
             client.update_run(run_id, status="RUNNING")
             _set_tags(client, run_id, {TAG_STATUS: STATUS_RUNNING})
     else:
-        tags = {PARENT_TAG: parent_run_id, TAG_KIND: kind, TAG_TRIAL_ID: trial_id,
-                TAG_STATUS: STATUS_RUNNING, **(tags or {})}
+        tags = {PARENT_TAG: parent_run_id, TAG_KIND: kind, TAG_TUNE_TRIAL_ID: trial_id,
+                TAG_TRIAL_ID: short_trial_name(trial_id), TAG_STATUS: STATUS_RUNNING,
+                **(tags or {})}
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     _log_params(client, run_id, params)
     return run_id

@@ -118,10 +118,15 @@ def ui_command(uri: str, artifact_root: str | None) -> str:
 
 
 def runs_table_url(uri: str, experiment_id: str) -> str:
-    """Where the experiment's runs table opens: the server's own URL, or `mlflow ui`'s default
+    """Where the experiment's runs table opens."""
+    return ui_url(uri, runs_view_link(experiment_id))
+
+
+def ui_url(uri: str, route: str) -> str:
+    """A UI route (`#/experiments/...`) at the server's own URL, or at `mlflow ui`'s default
     address for a local store."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/{runs_view_link(experiment_id)}"
+    return f"{base}/{route}"
 
 
 def local_artifact_root(uri: str) -> str | None:
