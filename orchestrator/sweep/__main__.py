@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                    "the trial uses that many threads (default: the profile's)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.5) "
                    "packs trials on one GPU and caps each trial's TensorFlow memory to match")
+    p.add_argument("--workers-per-trial", type=int, help="data-parallel workers per trial "
+                   "(default 1): each takes its share of the trial's GPUs (or CPU slots, at "
+                   "least one each) and of every batch; batch_size stays the global batch "
+                   "(docs/cluster.md, Several devices per trial)")
     p.add_argument("--cv-folds", type=int, help="after the search, retrain the finalists on "
                    "this many grouped, stratified folds of every non-test image and choose the "
                    "ensemble on their out-of-fold predictions; 0: choose on the holdout "
@@ -141,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_sweep(args.task, space_overrides=overrides, data_dir=args.data_dir, profile=args.profile,
                            num_samples=args.num_samples, max_epochs=args.max_epochs,
                            cpus_per_trial=args.cpus_per_trial,
-                           gpus_per_trial=args.gpus_per_trial, cv_folds=args.cv_folds,
+                           gpus_per_trial=args.gpus_per_trial,
+                           workers_per_trial=args.workers_per_trial, cv_folds=args.cv_folds,
                            cv_top=args.cv_top, replicates=args.replicates,
                            address=args.address,
                            storage_path=args.storage_path, experiment=args.experiment,

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from search_spaces import Profile, with_overrides
 
 OVERRIDABLE = ("num_samples", "max_epochs", "cpus_per_trial", "gpus_per_trial", "cv_folds",
-               "cv_top", "replicates")  # the CLI flags of the same names
+               "cv_top", "replicates", "workers_per_trial")  # the CLI flags of the same names
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Budget:
     cv_folds: int = 0
     cv_top: int = 0
     replicates: int = 1
+    workers_per_trial: int = 1  # data-parallel workers sharing each trial's resources
 
     @classmethod
     def of(cls, profile: Profile, overrides: Mapping[str, Any] | None = None) -> "Budget":
@@ -36,8 +37,14 @@ class Budget:
         unknown = sorted(set(overrides or {}) - set(OVERRIDABLE))
         if unknown:
             raise ValueError(f"unknown budget override(s) {unknown}; valid: {OVERRIDABLE}")
-        spent = with_overrides(profile, **(overrides or {}))
-        return cls.from_dict({f.name: getattr(spent, f.name) for f in fields(cls)})
+        overrides = dict(overrides or {})
+        workers = overrides.pop("workers_per_trial", None)
+        workers = 1 if workers is None else int(workers)
+        if workers < 1:
+            raise ValueError(f"--workers-per-trial {workers}: must be 1 or more")
+        spent = with_overrides(profile, **overrides)
+        return cls.from_dict({**{f.name: getattr(spent, f.name) for f in fields(cls)
+                                 if hasattr(spent, f.name)}, "workers_per_trial": workers})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Budget":
@@ -49,5 +56,6 @@ class Budget:
 
     def applied(self, profile: Profile) -> Profile:
         """`profile` spending this budget: its fields, and the space's `epochs` = max_epochs."""
-        return dataclasses.replace(profile, **self.to_dict(),
+        spent = {k: v for k, v in self.to_dict().items() if k != "workers_per_trial"}
+        return dataclasses.replace(profile, **spent,
                                    space={**profile.space, "epochs": self.max_epochs})

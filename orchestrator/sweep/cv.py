@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from ray import tune
@@ -49,7 +50,7 @@ def finalists(grid: tune.ResultGrid, metric: str, mode: str,
 
 
 def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: SweepContext,
-                   manifest: Path, storage: str, name: str, resources: dict,
+                   manifest: Path, storage: str, name: str, resources: Any,
                    restore: str | None, log: Log, reuse_actors: bool = True,
                    replicates: int = 1) -> pd.DataFrame:
     """Run (or, with `restore`, continue) the N x R x K fold trials (R seeds per finalist);

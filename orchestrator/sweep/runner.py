@@ -31,6 +31,7 @@ from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.sweep.budget import Budget
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists
 from orchestrator.sweep.inputs import subgroup_columns, weights_dir_for
+from orchestrator.sweep.parallel import trial_resources, worker_share
 from orchestrator.sweep.search import TPE_STARTUP, check_search, make_search
 from orchestrator.sweep.records import (DATA_FACTS, LEADERBOARD_COLUMNS, data_facts, data_line,
                                         data_records, leaderboard)
@@ -88,6 +89,7 @@ def run_sweep(
     max_epochs: int | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
+    workers_per_trial: int | None = None,
     cv_folds: int | None = None,
     cv_top: int | None = None,
     replicates: int | None = None,
@@ -155,7 +157,7 @@ def run_sweep(
         store_opened.result()  # an unreachable server fails here, before any trial
     budget = {"num_samples": num_samples, "max_epochs": max_epochs,
               "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-              "cv_folds": cv_folds, "cv_top": cv_top, "replicates": replicates}
+              "workers_per_trial": workers_per_trial, "cv_folds": cv_folds, "cv_top": cv_top, "replicates": replicates}
     runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
                          budget_overrides=budget, storage=storage, experiment=experiment,
                          tracking_uri=uri, seed=seed, space_overrides=space_overrides or {},
@@ -198,7 +200,8 @@ class SweepRunner:
         base = get_profile(task, profile or choose_profile(ray.cluster_resources()))
         self.budget = Budget.of(base, budget_overrides)
         self.profile = self.budget.applied(base)
-        check_trial_fits(self.budget.cpus_per_trial, self.budget.gpus_per_trial, log,
+        check_trial_fits(*worker_share(self.budget.cpus_per_trial, self.budget.gpus_per_trial,
+                                       self.budget.workers_per_trial), log,
                          can_grow=cluster_can_grow)
         self.task, self.task_record, self.data_dir = task, task_record, data_dir
         self.subgroups = subgroups  # recorded with the split (`data.subgroups.record`)
@@ -209,7 +212,8 @@ class SweepRunner:
         check_space(self._space(), f"profile {self.profile.name} with --set")
         self.scheduler = scheduler
         self.search = check_search(search, self.profile.trials)
-        self.reuse_actors = reuse_actors
+        # a process holds one TensorFlow cluster (TF_CONFIG): data-parallel trials never share it
+        self.reuse_actors = reuse_actors and self.budget.workers_per_trial == 1
         self.data_facts: dict[str, int] = {}
         self.manifest: Path | None = None  # the recorded split, once the data are prepared
 
@@ -278,6 +282,7 @@ class SweepRunner:
         self.profile = state.budget.applied(get_profile(state.task, state.profile))
         self.space_overrides = state.space_overrides
         self.search = state.search  # its state is restored with Tune's
+        self.reuse_actors = self.reuse_actors and self.budget.workers_per_trial == 1
         scratch = tempfile.mkdtemp(prefix="medsweep-recorded-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         recorded = fetch_recorded_data(previous, (MANIFEST_CSV, MANIFEST_JSON), Path(scratch))
@@ -341,9 +346,13 @@ class SweepRunner:
                              grace_period=self.budget.grace_period, reduction_factor=2)
 
     def _trainable(self, datasets: dict[int, TrialData], context: SweepContext):
-        resources = {"cpu": self.budget.cpus_per_trial, "gpu": self.budget.gpus_per_trial}
         return tune.with_resources(
-            tune.with_parameters(run_tune_trial, datasets=datasets, context=context), resources)
+            tune.with_parameters(run_tune_trial, datasets=datasets, context=context),
+            self._resources())
+
+    def _resources(self):
+        b = self.budget
+        return trial_resources(b.cpus_per_trial, b.gpus_per_trial, b.workers_per_trial)
 
     def _context(self, experiment_id: str, parent: str) -> SweepContext:
         searched = tuple(k for k, v in self._space().items() if is_dimension(v))
@@ -352,6 +361,7 @@ class SweepRunner:
                             mode=self.task_record.mode, max_epochs=self.budget.max_epochs,
                             cpus_per_trial=self.budget.cpus_per_trial,
                             gpus_per_trial=self.budget.gpus_per_trial,
+                            workers_per_trial=self.budget.workers_per_trial,
                             task_key=self.task_record.key, searched=searched)
 
     def _experiment_path(self, name: str) -> str:
@@ -422,8 +432,7 @@ class SweepRunner:
                 chosen, folds=self.budget.cv_folds, replicates=self.budget.replicates,
                 context=context, manifest=self.manifest,
                 storage=self.storage, name=state.name,
-                resources={"cpu": self.budget.cpus_per_trial,
-                           "gpu": self.budget.gpus_per_trial},
+                resources=self._resources(),
                 restore=path + CV_SUFFIX if state.cv_started else None,
                 reuse_actors=self.reuse_actors, log=self.log)
         except SweepInterrupted as err:

@@ -63,6 +63,7 @@ class TrialTracker(tune.Callback):
             params = trial_config(trial.config, ctx).to_dict()
             if ctx.task_key:  # the same meaning as the parent run's `task`
                 params["task"] = ctx.task_key
+            params["workers_per_trial"] = ctx.workers_per_trial
             self._runs[trial.trial_id] = tracking.get_or_create_trial_run(
                 ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial.trial_id,
                 run_name(trial.trial_id, trial.config, ctx), params=params, kind=kind, tags=tags)

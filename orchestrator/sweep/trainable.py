@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import ray
 from ray import tune
 
 from orchestrator import console
@@ -18,6 +17,7 @@ from orchestrator.train.config import TrialConfig
 from orchestrator.naming import cv_run_name, replicate_of, replicate_seed, trial_run_name
 from orchestrator.train.artifacts import EpochReport, FoldedData, TrialData
 from orchestrator.train.trial import train_trial
+from orchestrator.sweep.parallel import data_parallel, worker_share
 
 NODE_KEY = "node_id"  # reported with every epoch: where the trial's current attempt runs
 PHASE_KEY = "phase"  # the unfreezing phase of the epoch: logged as a tag
@@ -35,6 +35,7 @@ class SweepContext:
     max_epochs: int
     cpus_per_trial: float
     gpus_per_trial: float
+    workers_per_trial: int = 1  # data-parallel workers per trial (`parallel.py`)
     # The cross-validation stage: each trial samples {"finalist": i, "cv_fold": k} and retrains
     # finalists[i] (a search trial's config, `epochs` set to its best epoch) on fold k.
     finalists: tuple[tuple[str, dict], ...] = ()  # (search trial id, config)
@@ -47,15 +48,16 @@ class SweepContext:
 
 
 def trial_config(sampled: Mapping[str, Any], context: SweepContext) -> TrialConfig:
-    """The sampled config plus what the trial's resources dictate (threads, GPU share)."""
-    gpus = context.gpus_per_trial
+    """The sampled config plus what one worker's resources dictate (threads, GPU share)."""
+    cpus, gpus = worker_share(context.cpus_per_trial, context.gpus_per_trial,
+                              context.workers_per_trial)
     if context.is_cv:
         base = context.finalists[int(sampled["finalist"])][1]
         sampled = {**base, "cv_fold": int(sampled["cv_fold"]),
                    "seed": replicate_seed(int(base.get("seed", 0)), replicate_of(sampled))}
     return TrialConfig.from_dict({
         **sampled,
-        "cpu_threads": max(1, int(context.cpus_per_trial)),
+        "cpu_threads": max(1, int(cpus)),
         "gpu_memory_fraction": gpus if 0.0 < gpus < 1.0 else 0.0,
     })
 
@@ -73,16 +75,21 @@ def run_name(trial_id: str, sampled: Mapping[str, Any], context: SweepContext) -
 def run_tune_trial(config: dict, datasets: dict[int, TrialData], context: SweepContext) -> None:
     """One Tune trial: train, report each epoch with its checkpoint, resume from the last one."""
     cfg = trial_config(config, context)
-    _train_reporting(cfg, datasets[cfg.resolution])
+    _train_reporting(cfg, datasets[cfg.resolution], context.workers_per_trial)
 
 
-def _train_reporting(cfg: TrialConfig, data: TrialData) -> None:
+def _train_reporting(cfg: TrialConfig, data: TrialData, workers: int) -> None:
+    """Train (as worker 0 of `workers`), report each epoch with its checkpoint, resume."""
     console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
     console.quiet_process()
     _fresh_keras()
     trial = tune.get_context()
-    node = ray.get_runtime_context().get_node_id()
+    checkpoint = tune.get_checkpoint()
+    with data_parallel(cfg, data, workers, checkpoint) as (strategy, nodes):
+        _train(cfg, data, trial, checkpoint, strategy, ",".join(nodes))
 
+
+def _train(cfg: TrialConfig, data: TrialData, trial, checkpoint, strategy, node: str) -> None:
     def report(epoch: EpochReport) -> None:
         tune.report({**epoch.metrics, "epoch": epoch.epoch, NODE_KEY: node},
                     checkpoint=tune.Checkpoint.from_directory(str(epoch.checkpoint_dir)))
@@ -92,14 +99,14 @@ def _train_reporting(cfg: TrialConfig, data: TrialData) -> None:
     # upload then fails on a vanished file. Every epoch's checkpoint is persisted by
     # `tune.report` before it returns, so the working folder is only scratch.
     output_dir = Path(tempfile.mkdtemp(prefix=f"medsweep-trial-{trial.get_trial_id()}-"))
-    checkpoint = tune.get_checkpoint()
     try:
         if checkpoint is None:
-            train_trial(cfg, data, output_dir=output_dir, report=report, log=console.trial_log)
+            train_trial(cfg, data, output_dir=output_dir, report=report, log=console.trial_log,
+                        strategy=strategy)
             return
         with checkpoint.as_directory() as resume_from:
             train_trial(cfg, data, output_dir=output_dir, report=report,
-                        resume_from=resume_from, log=console.trial_log)
+                        resume_from=resume_from, log=console.trial_log, strategy=strategy)
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
 
@@ -117,4 +124,5 @@ def _fresh_keras() -> None:
 def run_cv_trial(config: dict, folded: dict[int, FoldedData], context: SweepContext) -> None:
     """One cross-validation trial: a finalist retrained on every fold but one, predicting it."""
     cfg = trial_config(config, context)
-    _train_reporting(cfg, folded[cfg.resolution].trial_data(cfg.cv_fold))
+    _train_reporting(cfg, folded[cfg.resolution].trial_data(cfg.cv_fold),
+                     context.workers_per_trial)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import shutil
 import time
@@ -16,6 +15,7 @@ from typing import Callable
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from orchestrator import metrics as M
 from orchestrator.train.config import TrialConfig
@@ -35,12 +35,21 @@ from orchestrator.train.artifacts import (BEST_FILES, BEST_MODEL, CHECKPOINT_DIR
 from orchestrator.train.phases import current_learning_rate, make_optimizer, set_trainable
 
 
+Strategy = Callable[[], tf.distribute.Strategy]
+
+
 class Trainer:
-    """Runs one trial; holds the bookkeeping the epoch callback updates."""
+    """Runs one trial; holds the bookkeeping the epoch callback updates.
+
+    `strategy` makes the strategy the model is built, restored and trained under, once the
+    devices are configured: TensorFlow's default (one process) unless given, e.g.
+    `distributed.multi_worker_strategy` for one of several data-parallel workers."""
 
     def __init__(self, cfg: TrialConfig, data: TrialData, output_dir: Path,
-                 report: Reporter | None, log: Callable[[str], None]) -> None:
+                 report: Reporter | None, log: Callable[[str], None],
+                 strategy: Strategy | None = None) -> None:
         self.cfg, self.data, self.out, self.report, self.log = cfg, data, output_dir, report, log
+        self.strategy = strategy or tf.distribute.get_strategy
         self.task = data.task
         self.metric_key = f"val_{self.task.metric}"
         self.history: list[dict[str, float]] = []
@@ -60,6 +69,10 @@ class Trainer:
             self.log(f"warning: device setting not applied: {item}")
         for item in devices["notes"]:
             self.log(f"note: {item}")
+        with self.strategy().scope():
+            return self._run(resume_from)
+
+    def _run(self, resume_from: Path | None) -> TrialResult:
         keras.utils.set_random_seed(self.cfg.seed)
         loss_name = self.cfg.loss or self.task.loss
         class_weights = self._class_weights(loss_name)
@@ -70,7 +83,8 @@ class Trainer:
         resumed = model is not None
         model = model or self._build()
         dataset = self._dataset(class_weights)
-        steps = math.ceil(len(self.data.x_train) / self.cfg.batch_size)
+        steps = _steps(len(self.data.x_train), self.cfg.batch_size,
+                       tf.distribute.get_strategy().num_replicas_in_sync)
         loss, loss_weights = self._loss(loss_name)
         for index, planned in enumerate(plan):
             if planned.end_epoch <= self.epochs_done or self.stop_all:
@@ -127,10 +141,17 @@ class Trainer:
         augmentation = augmentation_for(self.cfg.augment, self.task.tta_kinds,
                                         measures=any(not h.is_classification
                                                      for h in self.task.heads))
-        return self.outputs.dataset(self.data.x_train, self.data.y_train,
-                                    batch_size=self.cfg.batch_size, seed=self.cfg.seed,
-                                    augmentation=augmentation, mixup_alpha=self.cfg.mixup_alpha,
-                                    class_weights=class_weights)
+        dataset = self.outputs.dataset(self.data.x_train, self.data.y_train,
+                                       batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+                                       augmentation=augmentation,
+                                       mixup_alpha=self.cfg.mixup_alpha,
+                                       class_weights=class_weights)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:  # a last batch smaller than the workers leaves one without data,
+            # and Keras 3 cannot step a worker on an empty batch: that batch is left out
+            dataset = dataset.filter(
+                lambda *batch: tf.shape(tf.nest.flatten(batch)[0])[0] >= replicas)
+        return dataset
 
     def _loss(self, loss_name: str):
         """The loss (a dict per head for a multi-head task) and the heads' weights (None)."""
@@ -266,6 +287,12 @@ class _EpochCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.trainer.end_epoch(self.model, epoch + 1, logs or {}, self.phase, self.phases,
                                time.perf_counter() - self.started)
+
+
+def _steps(images: int, batch_size: int, replicas: int) -> int:
+    """Optimizer steps per epoch: every batch, less a last one smaller than the replicas."""
+    full, last = divmod(images, batch_size)
+    return full + (1 if last >= replicas else 0)
 
 
 def _default(value: float | None, fallback: float) -> float:

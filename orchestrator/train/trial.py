@@ -64,8 +64,10 @@ def train_trial(
     report: Reporter | None = None,
     resume_from: str | Path | None = None,
     log: Callable[[str], None] = print,
+    strategy: Callable[[], Any] | None = None,
 ) -> TrialResult:
     """Train one config; resume from a checkpoint directory written by an earlier attempt.
+    `strategy`: makes the tf.distribute strategy to train under (`Trainer`); None: one process.
 
     Every name in the config (task, backbone, schedule, ...) was checked when the TrialConfig
     was built, so a bad one fails here before any data is read."""
@@ -75,5 +77,6 @@ def train_trial(
     if data is None and cfg.cv_fold >= 0:
         raise ValueError("a cross-validation trial takes its fold's data (FoldedData)")
     data = data if data is not None else load_trial_data(cfg, log)
-    trainer = Trainer(cfg, data, Path(output_dir), report=report, log=log)
+    trainer = Trainer(cfg, data, Path(output_dir), report=report, log=log,
+                      strategy=strategy)
     return trainer.run(Path(resume_from) if resume_from else None)
