@@ -248,6 +248,20 @@ def test_trials_nest_under_the_parent_without_duplicates(store, sweep):
     assert run.data.params["sizes"] == "[1, 2]" and len(run.data.params["note"]) < 10_000
 
 
+
+def test_a_sweep_older_than_the_tune_id_tag_resumes_into_its_own_runs(store, sweep):
+    """Before `medsweep.tune_trial_id`, Tune's id was the `medsweep.trial_id` tag: a resumed old
+    sweep finds those runs, and counts them closed, instead of opening duplicates."""
+    uri, experiment_id = store
+    client = MlflowClient(uri)
+    old = client.create_run(experiment_id, run_name="old trial", tags={
+        T.PARENT_TAG: sweep, T.TAG_KIND: T.KIND_TRIAL, T.TAG_TRIAL_ID: "t_00007",
+        T.TAG_STATUS: T.STATUS_COMPLETED}).info.run_id
+    assert T.get_or_create_trial_run(uri, experiment_id, sweep, "t_00007", "x", {}) == old
+    assert T.tune_trial_id(client.get_run(old)) == "t_00007"
+    new = T.get_or_create_trial_run(uri, experiment_id, sweep, "t_00008", "y", {})
+    assert T.tune_trial_id(client.get_run(new)) == "t_00008" != new
+
 def test_values_read_as_a_person_writes_them():
     """4 significant digits, true/false, JSON lists; one spelling, so re-logging is stable."""
     assert T.format_value(0.00012345678) == "0.0001235"

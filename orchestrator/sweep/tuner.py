@@ -50,6 +50,6 @@ def unfinished_trials(grid: tune.ResultGrid, context: SweepContext,
     runs = tracking.list_trial_runs(context.tracking_uri, context.experiment_id,
                                     context.parent_run_id,
                                     **({"kind": kind} if kind else {}))
-    closed = {run.data.tags.get(tracking.TAG_TUNE_TRIAL_ID) for run in runs
+    closed = {tracking.tune_trial_id(run) for run in runs
               if run.data.tags.get(tracking.TAG_STATUS) != tracking.STATUS_RUNNING}
     return [r for r in grid if r.metrics.get("trial_id") not in closed]

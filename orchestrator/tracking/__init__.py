@@ -14,7 +14,7 @@ from orchestrator.tracking.runs import (
     start_child_run, finish_run, format_value,
     get_or_create_trial_run, list_trial_runs, log_epoch_metrics, log_json_artifact, log_params,
     log_table_artifact, log_trial_files, reopen_run, set_tags, set_trial_status,
-    start_sweep_run)
+    start_sweep_run, tune_trial_id)
 from orchestrator.tracking.store import (
     TRACKING_URI_ENV, check_tracking_uri, default_artifact_root, default_tracking_uri,
     ensure_experiment, environment_params, local_artifact_root, open_store, runs_table_url,
@@ -35,5 +35,5 @@ __all__ = [
     "log_json_artifact", "log_params", "open_store", "log_table_artifact", "log_trial_files", "reopen_run",
     "set_tags", "set_trial_status", "start_sweep_run", "ui_command", "format_value",
     "runs_table_url", "ui_url", "share_trials_view", "trials_view_link",
-    "run_page", "run_route",
+    "run_page", "run_route", "tune_trial_id",
 ]

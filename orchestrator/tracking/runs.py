@@ -189,7 +189,9 @@ def get_or_create_trial_run(uri: str, experiment_id: str, parent_run_id: str, tr
     """
     client = MlflowClient(uri)
     found = find_runs_by_tag(uri, experiment_id, {PARENT_TAG: parent_run_id,
-                                                  TAG_TUNE_TRIAL_ID: trial_id})
+                                                  TAG_TUNE_TRIAL_ID: trial_id}) or \
+        find_runs_by_tag(uri, experiment_id, {PARENT_TAG: parent_run_id,
+                                              TAG_TRIAL_ID: trial_id})  # a sweep older than it
     if found:
         run = found[0]
         run_id = run.info.run_id
@@ -203,6 +205,13 @@ def get_or_create_trial_run(uri: str, experiment_id: str, parent_run_id: str, tr
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     _log_params(client, run_id, params)
     return run_id
+
+
+def tune_trial_id(run: Run) -> str | None:
+    """The Tune id a trial run was opened for (a sweep older than `medsweep.tune_trial_id`
+    kept it in `medsweep.trial_id`)."""
+    tags = run.data.tags
+    return tags.get(TAG_TUNE_TRIAL_ID) or tags.get(TAG_TRIAL_ID)
 
 
 def log_epoch_metrics(uri: str, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
