@@ -28,6 +28,7 @@ from orchestrator.clinical.gradcam import gradcam, overlay
 from orchestrator.clinical.operating_point import (binary_figures, choose_threshold,
                                                    threshold_table, wilson_lower_bound)
 from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.weighted_metrics import weighted_metrics
 from orchestrator.clinical.evaluated import evaluated_heads
 from orchestrator.clinical.ood import OodCut, OodEvaluated
 from orchestrator.clinical.heads import review_table
@@ -272,8 +273,8 @@ def test_the_paired_difference_of_too_few_groups_has_no_interval():
     a, b = np.eye(2)[y] * 0.8 + 0.1, np.eye(2)[1 - y] * 0.8 + 0.1
     groups = np.arange(24) // 3  # 8 patients
 
-    def acc(labels, probs):
-        return float(np.mean(probs.argmax(1) == labels))
+    def acc(labels, probs, counts):
+        return weighted_metrics(labels, probs, counts)["accuracy"]
 
     draws = resample_indices(y, groups, 1000, 0)
     d = paired_difference(acc, y, a, b, draws, units=count_units(y, groups))
