@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.clinical.weighted_metrics import (weighted_metrics,
-                                                    weighted_multihead_metrics)
+from orchestrator.clinical.weighted_metrics import (weighted_metrics, weighted_multihead_metrics,
+                                                    weighted_task_metrics)
 
 
 def _once(figures: dict[str, np.ndarray]) -> dict[str, float]:
@@ -35,6 +35,4 @@ def fast_multihead_metrics(y: np.ndarray, matrix: np.ndarray, task) -> dict[str,
 def task_metrics(y: np.ndarray, probs: np.ndarray, task) -> dict[str, float]:
     """The task's test figures of one model: a single-label task's classification figures, or
     every head's and mean_skill (the shape of the figures is the task's, read here once)."""
-    if task.heads:
-        return fast_multihead_metrics(y, probs, task)
-    return fast_metrics(y, probs, task.positive_index)
+    return _once(weighted_task_metrics(y, probs, np.ones((1, len(y))), task))
