@@ -58,34 +58,43 @@ def label_figures(cm: np.ndarray) -> Figures:
 
 
 def _levels(counts: np.ndarray, positive: np.ndarray, scores: np.ndarray):
-    """Per resample, the positive weight and the whole weight at each distinct score,
-    ascending: (B, L) each."""
-    order = np.argsort(scores, kind="mergesort")
+    """Per resample, at each distinct score, descending, (B, L) each: the positive weight, the
+    whole weight and the whole weight at or above it; and which levels hold a positive case."""
+    order = np.argsort(scores, kind="stable")[::-1]
     s, t = scores[order], np.asarray(positive, dtype=np.float64)[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
     w = counts[:, order]
-    return np.add.reduceat(w * t, starts, axis=1), np.add.reduceat(w, starts, axis=1)
+    if (s[1:] == s[:-1]).any():  # ties: one level per distinct score
+        starts = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
+        pos, w = np.add.reduceat(w * t, starts, axis=1), np.add.reduceat(w, starts, axis=1)
+        has = np.add.reduceat(t, starts) > 0
+    else:
+        pos, has = w * t, t > 0
+    return pos, w, np.cumsum(w, axis=1), has
 
 
-def roc_auc(pos: np.ndarray, total: np.ndarray) -> np.ndarray:
+def roc_auc(pos: np.ndarray, total: np.ndarray, drawn: np.ndarray, _=None) -> np.ndarray:
     """Mann-Whitney U / (n+ n-), ties counted half (sklearn's roc_auc_score); NaN without
-    positives or negatives. Exact sums of halves, so the one correctly rounded value."""
-    neg = total - pos
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    positives or negatives. U = sum over levels of pos x (negatives below + half those tied)
+    = n+ n- + n+^2 / 2 - sum pos x (drawn - total / 2): exact sums of halves, so the one
+    correctly rounded value."""
+    n_pos = pos.sum(axis=1)
+    n_neg = drawn[:, -1] - n_pos
+    u = n_pos * n_neg + 0.5 * n_pos ** 2 - np.einsum("ij,ij->i", pos, drawn - 0.5 * total)
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos * (np.cumsum(neg, axis=1) - 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
-def average_precision(pos: np.ndarray, total: np.ndarray) -> np.ndarray:
+def average_precision(pos: np.ndarray, total: np.ndarray, drawn: np.ndarray,
+                      has: np.ndarray) -> np.ndarray:
     """Sum over distinct thresholds, descending, of (recall step) x precision: sklearn's
     average_precision_score; NaN without positives. The recall step at a threshold is its
-    positives / n+, so a score no case of the resample holds adds nothing."""
-    tps = np.cumsum(pos[:, ::-1], axis=1)
-    drawn = np.maximum(np.cumsum(total[:, ::-1], axis=1), 1.0)  # 0 only where tps is 0
-    n_pos = tps[:, -1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n_pos > 0, (pos[:, ::-1] * tps / drawn).sum(axis=1) / n_pos, np.nan)
+    positive weight / n+, so only the levels that hold a positive case (`has`) count."""
+    pos, drawn = pos[:, has], drawn[:, has]
+    tps = np.cumsum(pos, axis=1)
+    n_pos = tps[:, -1] if tps.shape[1] else np.zeros(len(pos))
+    with np.errstate(invalid="ignore", divide="ignore"):  # drawn is 0 only where tps is
+        ap = np.einsum("ij,ij->i", pos, tps / np.maximum(drawn, 1.0)) / n_pos
+    return np.where(n_pos > 0, ap, np.nan)
 
 
 def weighted_metrics(y: np.ndarray, probs: np.ndarray, counts: np.ndarray,
