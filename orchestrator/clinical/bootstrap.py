@@ -71,14 +71,23 @@ def resample_indices(labels: np.ndarray, groups: np.ndarray | None, n_resamples:
     if len(groups) != len(labels):
         raise ValueError(f"{len(groups)} groups for {len(labels)} cases")
     codes, group_of_case = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(group_of_case == g) for g in range(len(codes))]
-    stratum = np.array([pd.Series(labels[m]).mode().iloc[0] for m in members])
+    classes, label_of_case = np.unique(labels, return_inverse=True)
+    # each group's most frequent class, the smallest on a tie
+    tally = np.bincount(group_of_case * len(classes) + label_of_case,
+                        minlength=len(codes) * len(classes)).reshape(len(codes), len(classes))
+    stratum = tally.argmax(axis=1)
     by_stratum = [np.flatnonzero(stratum == s) for s in np.unique(stratum)]
+    # group g's cases, ascending: members[first[g]:first[g] + size[g]]
+    members = np.argsort(group_of_case, kind="stable")
+    size = np.bincount(group_of_case, minlength=len(codes))
+    first = np.cumsum(size) - size
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n_resamples):
         chosen = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in by_stratum])
-        out.append(np.concatenate([members[g] for g in chosen]))
+        lengths = size[chosen]
+        offset = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out.append(members[np.repeat(first[chosen], lengths) + offset])
     return out
 
 
