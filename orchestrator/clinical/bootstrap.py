@@ -23,8 +23,8 @@ from orchestrator.clinical.weighted_metrics import resample_counts
 Weighted = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
 DEFAULT_RESAMPLES = 1000
-# Resamples scored at once: B x n counts of about this many entries, so that the few arrays of
-# that size a figure needs stay in the processor's cache (and memory stays small for any n).
+# Resamples scored at once: B x n counts of about this many entries (1 MiB in float64), so the
+# few arrays of that size a figure needs stay small for any n; larger chunks were no faster.
 CHUNK_ENTRIES = 1 << 17
 # A percentile bootstrap redraws the groups it was given: with n of them it sees only their
 # spread (too small by about sqrt((n-1)/n), more for a rate near 0 or 1), and its 2.5% and

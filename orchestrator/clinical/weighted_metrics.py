@@ -3,8 +3,8 @@
 A resample is a row of `counts` (B, n): counts[b, i] = how often case i is drawn in resample b
 (a whole group is drawn at once, so rows differ in total). Each figure is its per-case
 definition weighted by those counts, for all B rows in a few array operations, instead of one
-call per resample: scoring 1,000 resamples costs about what a few calls did. The figures are
-scikit-learn's (tests/test_clinical.py checks them against it): accuracy, balanced accuracy,
+call per resample (docs/benchmarks.md, "Bootstrap intervals"). The figures are scikit-learn's
+(tests/test_weighted_metrics.py checks every resample against it): accuracy, balanced accuracy,
 macro-F1, ROC-AUC (binary: the positive class; multiclass: macro one-vs-rest, NaN when a class
 is absent), PR-AUC as average precision, the log loss of `orchestrator.metrics`, and for two
 classes the predicted positive rate (argmax). A single set of cases is the row of ones
