@@ -45,10 +45,14 @@ def _pr_auc(y: np.ndarray, probs: np.ndarray, positive_index: int | None) -> flo
     return float(skm.average_precision_score(onehot, probs, average="macro"))
 
 
+def case_log_loss(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each case's cross-entropy of its true class, the probability clipped to [EPS, 1]."""
+    return -np.log(np.clip(probs[np.arange(len(y)), y], EPS, 1.0))
+
+
 def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
     """Mean cross-entropy of the true class (unweighted, unsmoothed): comparable across trials."""
-    picked = np.clip(probs[np.arange(len(y)), y], EPS, 1.0)
-    return float(-np.mean(np.log(picked)))
+    return float(np.mean(case_log_loss(y, probs)))
 
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray, task: Task) -> dict[str, float]:

@@ -29,6 +29,7 @@ from orchestrator.clinical.html import number_text
 from orchestrator.clinical.operating_point import (binary_figures, choose_threshold,
                                                    threshold_table, wilson_lower_bound)
 from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.weighted_metrics import weighted_metrics
 from orchestrator.clinical.evaluated import evaluated_heads
 from orchestrator.clinical.ood import OodCut, OodEvaluated
 from orchestrator.clinical.heads import review_table
@@ -215,6 +216,29 @@ def test_group_resampling_keeps_groups_whole_and_strata_sized():
     assert any((np.bincount(groups[idx], minlength=8) % 3 != 0).any() for idx in plain)
 
 
+def _resamples_drawn_plainly(labels, groups, n_resamples, seed):
+    """The draw spelled out group by group (the stratum: the group's pandas mode)."""
+    codes, group_of_case = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(group_of_case == g) for g in range(len(codes))]
+    stratum = np.array([pd.Series(labels[m]).mode().iloc[0] for m in members])
+    by_stratum = [np.flatnonzero(stratum == s) for s in np.unique(stratum)]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[g] for g in np.concatenate(
+        [rng.choice(g, size=len(g), replace=True) for g in by_stratum])])
+        for _ in range(n_resamples)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_resamples_are_the_plain_group_by_group_draw(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 80))
+    labels = np.array(["b", "a", "c"])[rng.integers(0, 3, n)]
+    groups = np.array([f"p{g}" for g in rng.integers(0, max(1, n // (1 + seed % 4)), n)])
+    got = resample_indices(labels, groups, 20, seed)
+    want = _resamples_drawn_plainly(labels, groups, 20, seed)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == 20
+
+
 def test_an_interval_means_nothing_below_20_groups_or_at_zero_width_inside_the_range():
     assert MIN_GROUPS == 20
     assert interval_note(1, 0.83, 0.83, 0.83) == "test holds 1 group: no interval"
@@ -273,8 +297,8 @@ def test_the_paired_difference_of_too_few_groups_has_no_interval():
     a, b = np.eye(2)[y] * 0.8 + 0.1, np.eye(2)[1 - y] * 0.8 + 0.1
     groups = np.arange(24) // 3  # 8 patients
 
-    def acc(labels, probs):
-        return float(np.mean(probs.argmax(1) == labels))
+    def acc(labels, probs, counts):
+        return weighted_metrics(labels, probs, counts)["accuracy"]
 
     draws = resample_indices(y, groups, 1000, 0)
     d = paired_difference(acc, y, a, b, draws, units=count_units(y, groups))

@@ -231,6 +231,7 @@ def _ensemble_report(groups):
     from orchestrator.clinical.bootstrap import count_units, intervals_by_model, resample_indices
     from orchestrator.clinical.calibration import brier_score
     from orchestrator.clinical.resampled_metrics import fast_metrics
+    from orchestrator.clinical.weighted_metrics import weighted_metrics
     from orchestrator.ensemble.report import EnsembleReport
 
     y = np.arange(40) % 2
@@ -244,9 +245,8 @@ def _ensemble_report(groups):
     draws = resample_indices(y, groups, 1000, 0)
     intervals = intervals_by_model(
         probs, "ensemble",
-        lambda idx: {**fast_metrics(y[idx], probs["ensemble"][idx]),
-                     "brier": brier_score(y[idx], probs["ensemble"][idx])},
-        lambda idx, p: fast_metrics(y[idx], p[idx]), draws, count_units(y, groups))
+        lambda idx: {"brier": brier_score(y[idx], probs["ensemble"][idx])},
+        lambda counts, p: weighted_metrics(y, p, counts), draws, count_units(y, groups))
     return EnsembleReport(run_id="r" * 32, task="pneumonia", policy="none", members=("t01",),
                           weights=(1.0,), table=table, model_uri="models:/m/1",
                           registered="medsweep-pneumonia@candidate (version 1)",

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from orchestrator.clinical.bootstrap import resample_indices
+from orchestrator.clinical.bootstrap import bootstrap_intervals, resample_indices
 from orchestrator.clinical.external import (calibration_in_the_large, calibration_slope,
                                             cases_from_answer, decision_figures, figures, logit,
-                                            split_groups)
+                                            served_figures, split_groups, task_figures)
 from orchestrator.clinical.transport import compare
 from orchestrator.data.external import ClassMismatch, check_classes
 
@@ -88,6 +88,28 @@ def test_figures_read_the_served_columns():
     assert got["set_size_mean"] == pytest.approx(4 / 3)
     assert got["ood_flagged"] == pytest.approx(1 / 3)
     assert got["sensitivity"] == 0.0 and got["specificity"] == 0.5
+
+
+def test_the_task_figures_scored_at_once_complete_the_served_ones():
+    """The external bootstrap scores the task's metrics of every resample at once and the
+    served answers' figures one resample at a time: the rows `figures` per resample gives."""
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(2), 90)
+    decision = np.where(probs[:, 1] > 0.4, "b", "a")
+    answer = pd.DataFrame({"prob_a": probs[:, 0], "prob_b": probs[:, 1], "decision": decision,
+                           "confidence": probs.max(axis=1), "refer": probs.max(axis=1) < 0.6})
+    y = (rng.random(90) < probs[:, 1]).astype(int)
+    cases = cases_from_answer(answer, y, ("a", "b"), positive_class="b")
+    draws = resample_indices(y, rng.integers(0, 40, 90), 100, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one_by_one = bootstrap_intervals(lambda idx: figures(cases, idx), 90, draws)
+        split = bootstrap_intervals(lambda idx: served_figures(cases, idx), 90, draws,
+                                    weighted=lambda counts: task_figures(cases, counts))
+    assert list(split.metric) == list(one_by_one.metric) == list(figures(cases))
+    assert (split.resamples == one_by_one.resamples).all()
+    np.testing.assert_allclose(split[["point", "low", "high"]].to_numpy(),
+                               one_by_one[["point", "low", "high"]].to_numpy(), rtol=1e-12)
 
 
 def test_recalibration_split_keeps_every_group_on_one_side():

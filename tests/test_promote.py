@@ -15,6 +15,7 @@ import pytest
 import ray
 
 from orchestrator.clinical.bootstrap import paired_difference, resample_indices
+from orchestrator.clinical.weighted_metrics import weighted_metrics
 from orchestrator.ensemble.build import build_ensemble
 from orchestrator.ensemble.promote import (TAG_DIFFERENCE, TAG_OVER, TAG_PROMOTION, compare,
                                            promote)
@@ -86,7 +87,8 @@ def test_paired_intervals_are_narrower_than_the_difference_of_independent_ones()
     def acc(y, p):
         return float(np.mean(p.argmax(1) == y))
 
-    paired = paired_difference(acc, labels, pa, pb, draws)
+    paired = paired_difference(lambda y, p, counts: weighted_metrics(y, p, counts)["accuracy"],
+                               labels, pa, pb, draws)
     independent_a = np.quantile([acc(labels[i], pa[i]) for i in draws], [0.025, 0.975])
     independent_b = np.quantile([acc(labels[i], pb[i]) for i in draws], [0.025, 0.975])
     assert paired["low"] > 0  # a is better, and the paired interval shows it

@@ -39,6 +39,7 @@ LIGHT = (
     "orchestrator.clinical.calibration",
     "orchestrator.clinical.operating_point",
     "orchestrator.clinical.resampled_metrics",
+    "orchestrator.clinical.weighted_metrics",
     "orchestrator.clinical.referral",
     "orchestrator.clinical.ood",
     "orchestrator.clinical.options",

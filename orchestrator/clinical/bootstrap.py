@@ -17,7 +17,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from orchestrator.clinical.weighted_metrics import resample_counts
+
+# counts (B, n) -> {name: (B,) values}: figures of every resample at once (`weighted_metrics`)
+Weighted = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+
 DEFAULT_RESAMPLES = 1000
+# Resamples scored at once: B x n counts of about this many entries (1 MiB in float64), so the
+# few arrays of that size a figure needs stay small for any n; larger chunks were no faster.
+CHUNK_ENTRIES = 1 << 17
 # A percentile bootstrap redraws the groups it was given: with n of them it sees only their
 # spread (too small by about sqrt((n-1)/n), more for a rate near 0 or 1), and its 2.5% and
 # 97.5% percentiles rest on the few most extreme of the resamples those n allow (1 group: one
@@ -63,36 +71,62 @@ def resample_indices(labels: np.ndarray, groups: np.ndarray | None, n_resamples:
     if len(groups) != len(labels):
         raise ValueError(f"{len(groups)} groups for {len(labels)} cases")
     codes, group_of_case = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(group_of_case == g) for g in range(len(codes))]
-    stratum = np.array([pd.Series(labels[m]).mode().iloc[0] for m in members])
+    classes, label_of_case = np.unique(labels, return_inverse=True)
+    # each group's most frequent class, the smallest on a tie
+    tally = np.bincount(group_of_case * len(classes) + label_of_case,
+                        minlength=len(codes) * len(classes)).reshape(len(codes), len(classes))
+    stratum = tally.argmax(axis=1)
     by_stratum = [np.flatnonzero(stratum == s) for s in np.unique(stratum)]
+    # group g's cases, ascending: members[first[g]:first[g] + size[g]]
+    members = np.argsort(group_of_case, kind="stable")
+    size = np.bincount(group_of_case, minlength=len(codes))
+    first = np.cumsum(size) - size
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n_resamples):
         chosen = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in by_stratum])
-        out.append(np.concatenate([members[g] for g in chosen]))
+        lengths = size[chosen]
+        offset = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out.append(members[np.repeat(first[chosen], lengths) + offset])
     return out
 
 
-def bootstrap_intervals(metrics: Callable[[np.ndarray], Mapping[str, float]], n_cases: int,
-                        resamples: Sequence[np.ndarray], *, level: float = 0.95,
-                        units: int | None = None,
-                        bounds: Sequence[float] = BOUNDS) -> pd.DataFrame:
-    """`metrics(indices)` -> {name: value}; one row per metric: point (on all `n_cases`), low,
-    high (percentiles of the resampled values, NaNs dropped), resamples used, groups (`units`,
-    from `count_units`; None: each case its own) and note (`interval_note`; when set, low and
-    high are NaN).
+def weighted_draws(weighted: Weighted, n_cases: int,
+                   resamples: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """`weighted(counts)` of every resample, scored CHUNK_ENTRIES counts at a time."""
+    step = max(1, CHUNK_ENTRIES // max(n_cases, 1))
+    parts = [weighted(resample_counts(resamples[i:i + step], n_cases))
+             for i in range(0, len(resamples), step)]
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
-    Pass the same `resamples` (from `resample_indices`) for every model compared: paired
-    intervals, and the resampling is paid once."""
+
+def bootstrap_intervals(metrics: Callable[[np.ndarray], Mapping[str, float]] | None,
+                        n_cases: int, resamples: Sequence[np.ndarray], *, level: float = 0.95,
+                        units: int | None = None, bounds: Sequence[float] = BOUNDS,
+                        weighted: Weighted | None = None) -> pd.DataFrame:
+    """One row per figure: point (on all `n_cases`), low, high (percentiles of the resampled
+    values, NaNs dropped), resamples used, groups (`units`, from `count_units`; None: each case
+    its own) and note (`interval_note`; when set, low and high are NaN).
+
+    The figures are `weighted(counts)` -> {name: (B,) values}, every resample scored at once
+    from its counts (`weighted_metrics`), then `metrics(indices)` -> {name: value}, called
+    once per resample, for the figures that have no weighted form. Pass the same `resamples`
+    (from `resample_indices`) for every model compared: paired intervals."""
     if not resamples:
         raise ValueError("no resamples")
-    point = dict(metrics(np.arange(n_cases)))
-    draws = {k: [] for k in point}
-    for idx in resamples:
-        for k, v in metrics(idx).items():
-            if k in draws:
-                draws[k].append(v)
+    point: dict[str, float] = {}
+    draws: dict[str, Sequence[float]] = {}
+    if weighted is not None:
+        point.update({k: float(v[0]) for k, v in weighted(np.ones((1, n_cases))).items()})
+        draws.update(weighted_draws(weighted, n_cases, resamples))
+    if metrics is not None:
+        own = dict(metrics(np.arange(n_cases)))
+        point.update(own)
+        draws.update({k: [] for k in own})
+        for idx in resamples:
+            for k, v in metrics(idx).items():
+                if k in own:
+                    draws[k].append(v)
     alpha = (1.0 - level) / 2.0
     units = n_cases if units is None else int(units)
     rows = []
@@ -111,18 +145,17 @@ def bootstrap_intervals(metrics: Callable[[np.ndarray], Mapping[str, float]], n_
 
 
 def intervals_by_model(test_probs: Mapping[str, np.ndarray], ensemble: str,
-                       ensemble_metrics: Callable[[np.ndarray], Mapping[str, float]],
-                       metrics: Callable[[np.ndarray, np.ndarray], Mapping[str, float]],
+                       ensemble_metrics: Callable[[np.ndarray], Mapping[str, float]] | None,
+                       weighted: Callable[[np.ndarray, np.ndarray], Mapping[str, np.ndarray]],
                        resamples: Sequence[np.ndarray], units: int | None = None) -> pd.DataFrame:
-    """`bootstrap_intervals` of every model row on the same resamples: the `ensemble` row by
-    its own function (it adds the operating point, calibration, referral), every other row by
-    `metrics(idx, probs)`; one frame with a `model` column first."""
+    """`bootstrap_intervals` of every model row on the same resamples: each row's figures
+    `weighted(counts, probs)`, the `ensemble` row's followed by its own `ensemble_metrics(idx)`
+    (the operating point, calibration, referral); one frame with a `model` column first."""
     frames = []
     for name, probs in test_probs.items():
-        fn = ensemble_metrics if name == ensemble else (
-            lambda idx, p=probs: metrics(idx, p))
-        frame = bootstrap_intervals(fn, len(next(iter(test_probs.values()))), resamples,
-                                    units=units)
+        frame = bootstrap_intervals(ensemble_metrics if name == ensemble else None,
+                                    len(probs), resamples, units=units,
+                                    weighted=lambda counts, p=probs: weighted(counts, p))
         frame.insert(0, "model", name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -155,23 +188,24 @@ def figure_text(metric: str, point: float, low: float, high: float, digits: int 
     return format_interval(point, low, high, digits, note)
 
 
-def paired_difference(metric: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray,
-                      probs_a: np.ndarray, probs_b: np.ndarray,
+def paired_difference(metric: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+                      y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
                       resamples: Sequence[np.ndarray], *, level: float = 0.95,
                       units: int | None = None) -> dict:
-    """`metric(y, probs)` of A minus that of B on the same resampled cases each time: the
-    interval of the difference, which is what says whether A is better (independent intervals
-    that overlap say nothing). {point, low, high, resamples, groups, note}: with a note, low
-    and high are NaN and no verdict may be drawn."""
+    """`metric(y, probs, counts)` (one value per row of counts, `weighted_metrics`) of A minus
+    that of B on the same resampled cases each time: the interval of the difference, which is
+    what says whether A is better (independent intervals that overlap say nothing). {point,
+    low, high, resamples, groups, note}: with a note, low and high are NaN and no verdict may
+    be drawn."""
     y, probs_a, probs_b = np.asarray(y), np.asarray(probs_a), np.asarray(probs_b)
     if len(probs_a) != len(y) or len(probs_b) != len(y):
         raise ValueError(f"{len(y)} labels, {len(probs_a)} and {len(probs_b)} predictions")
 
-    def difference(idx: np.ndarray) -> dict[str, float]:
-        return {"difference": metric(y[idx], probs_a[idx]) - metric(y[idx], probs_b[idx])}
+    def difference(counts: np.ndarray) -> dict[str, np.ndarray]:
+        return {"difference": metric(y, probs_a, counts) - metric(y, probs_b, counts)}
 
-    row = bootstrap_intervals(difference, len(y), resamples, level=level, units=units,
-                              bounds=DIFFERENCE_BOUNDS).iloc[0]
+    row = bootstrap_intervals(None, len(y), resamples, level=level, units=units,
+                              bounds=DIFFERENCE_BOUNDS, weighted=difference).iloc[0]
     return {"point": float(row.point), "low": float(row.low), "high": float(row.high),
             "resamples": int(row.resamples), "groups": int(row.groups), "note": str(row.note)}
 

@@ -27,12 +27,12 @@ from orchestrator.clinical.ood import OodEvaluated
 from orchestrator.clinical.options import ClinicalOptions
 from orchestrator.clinical.patient_sections import patient_line
 from orchestrator.clinical.per_patient import per_patient
-from orchestrator.clinical.resampled_metrics import task_metrics
 from orchestrator.clinical.result import ClinicalResult
 from orchestrator.clinical.subgroup_sections import subgroup_line
 from orchestrator.clinical.subgroups import ensemble_subgroups
 from orchestrator.clinical.sections import BEST_SINGLE, ENSEMBLE, Report, report_sections
 from orchestrator.clinical.uncertainty import ensemble_mc, mc_dropout_probs, mc_summary
+from orchestrator.clinical.weighted_metrics import weighted_task_metrics
 from orchestrator.console import detail
 from tasks.base import Task
 
@@ -181,7 +181,8 @@ def _measure(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, fits, 
     units = count_units(y_test, inputs.test_groups)
 
     def ensemble_metrics(idx: np.ndarray) -> dict[str, float]:
-        out = task_metrics(y_test[idx], ens_test[idx], task)
+        """The ensemble's figures beyond the task's (those are every row's, `weighted`)."""
+        out: dict[str, float] = {}
         for eh in evaluated:
             d = decided[eh.head.name]
             out.update(KINDS[eh.head.kind].ensemble_metrics(
@@ -194,12 +195,12 @@ def _measure(inputs: ClinicalInputs, options: ClinicalOptions, evaluated, fits, 
     probs = {k: np.asarray(v, dtype=np.float64) for k, v in inputs.test_probs.items()}
     intervals = intervals_by_model(
         probs, ENSEMBLE, ensemble_metrics,
-        lambda idx, p: task_metrics(y_test[idx], p[idx], task), resamples, units)
+        lambda counts, p: weighted_task_metrics(y_test, p, counts, task), resamples, units)
     difference = None
     if BEST_SINGLE in probs:
-        difference = paired_difference(lambda y, p: task_metrics(y, p, task)[task.metric],
-                                       y_test, ens_test, probs[BEST_SINGLE], resamples,
-                                       units=units)
+        difference = paired_difference(
+            lambda y, p, counts: weighted_task_metrics(y, p, counts, task)[task.metric],
+            y_test, ens_test, probs[BEST_SINGLE], resamples, units=units)
     groups_note = ("whole groups (patient / lesion) resampled" if len(np.unique(
         inputs.test_groups)) < len(y_test) else "each image its own group")
     stratum = f"the {first.head.name} class" if first.named else "class"

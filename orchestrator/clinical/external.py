@@ -22,6 +22,7 @@ from scipy.optimize import brentq
 from orchestrator.clinical.calibration import brier_score, expected_calibration_error
 from orchestrator.clinical.conformal import safe_name
 from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.weighted_metrics import weighted_metrics
 
 EPS = 1e-6  # probabilities clipped to [EPS, 1 - EPS] before the logit
 NEWTON_STEPS = 50
@@ -140,13 +141,24 @@ def decision_figures(y: np.ndarray, decision: np.ndarray, classes: Sequence[str]
 
 def figures(cases: Cases, idx: np.ndarray | None = None) -> dict[str, float]:
     """Every figure of the external set (or of the cases `idx`, a bootstrap resample): the
-    task's metrics, the decision figures, calibration (intercept, slope, Brier, ECE), the
-    refer rule's coverage and accepted accuracy, and the sets' and OOD flag's shares where
-    the model has them."""
+    task's metrics, then `served_figures`."""
+    take = slice(None) if idx is None else idx
+    return {**fast_metrics(cases.y[take], cases.probs[take], cases.positive),
+            **served_figures(cases, idx)}
+
+
+def task_figures(cases: Cases, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """The task's metrics of every resample at once, from its counts (`weighted_metrics`)."""
+    return weighted_metrics(cases.y, cases.probs, counts, cases.positive)
+
+
+def served_figures(cases: Cases, idx: np.ndarray | None = None) -> dict[str, float]:
+    """The decision figures, calibration (intercept, slope, Brier, ECE), the refer rule's
+    coverage and accepted accuracy, and the sets' and OOD flag's shares where the model has
+    them: the figures of the served answers beyond the task's metrics."""
     take = slice(None) if idx is None else idx
     y, probs, decision = cases.y[take], cases.probs[take], cases.decision[take]
-    out = fast_metrics(y, probs, cases.positive)
-    out.update(decision_figures(y, decision, cases.classes, cases.positive))
+    out = decision_figures(y, decision, cases.classes, cases.positive)
     event, p = cases.calibration_target()
     out["calibration_intercept"] = calibration_in_the_large(event[take], p[take])
     out["calibration_slope"] = calibration_slope(event[take], p[take])[1]

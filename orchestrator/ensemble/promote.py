@@ -21,7 +21,7 @@ import pandas as pd
 
 from orchestrator.clinical.bootstrap import (DEFAULT_RESAMPLES, MIN_GROUPS, NO_INTERVAL,
                                              count_units, paired_difference, resample_indices)
-from orchestrator.clinical.resampled_metrics import fast_metrics
+from orchestrator.clinical.weighted_metrics import weighted_metrics, weighted_multihead_metrics
 from orchestrator.errors import ConfigError
 from orchestrator.serving.contract import PROBABILITY_PREFIX, VALUE
 
@@ -83,8 +83,8 @@ def compare(candidate: pd.DataFrame, champion: pd.DataFrame, metric: str,
     y = np.array([classes.index(label) for label in a["label"]])
     positive = classes.index(positive_class) if positive_class in classes else None
 
-    def score(labels: np.ndarray, probs: np.ndarray) -> float:
-        return fast_metrics(labels, probs, positive)[metric]
+    def score(labels: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return weighted_metrics(labels, probs, counts, positive)[metric]
 
     groups = a["group"].astype(str).to_numpy()
     draws = resample_indices(y, groups, resamples, seed)
@@ -122,8 +122,6 @@ def _heads_of(frame: pd.DataFrame, task):
 
 def _compare_multihead(candidate: pd.DataFrame, champion: pd.DataFrame, metric: str, task,
                        resamples: int, seed: int) -> Comparison:
-    from orchestrator.clinical.resampled_metrics import fast_multihead_metrics
-
     heads_a, heads_b = _heads_of(candidate, task), _heads_of(champion, task)
     if heads_a.heads != heads_b.heads:
         raise ConfigError(f"the candidate's heads {_names(heads_a)} differ from the "
@@ -146,8 +144,8 @@ def _compare_multihead(candidate: pd.DataFrame, champion: pd.DataFrame, metric: 
         [f"{h.name}_{PROBABILITY_PREFIX}{k}" for k in h.classes] if h.is_classification
         else [f"{h.name}_{VALUE}"])]
 
-    def score(labels: np.ndarray, probs: np.ndarray) -> float:
-        return fast_multihead_metrics(labels, probs, task)[metric]
+    def score(labels: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return weighted_multihead_metrics(labels, probs, counts, task)[metric]
 
     first = next(i for i, h in enumerate(task.heads) if h.is_classification)
     groups = a["group"].astype(str).to_numpy()

@@ -70,8 +70,9 @@ def _predict(uri: str, model_uri: str, data, log: Log) -> tuple[pd.DataFrame, pd
 
 
 def _measure(cases: ext.Cases, groups: np.ndarray, resamples) -> pd.DataFrame:
-    return bootstrap_intervals(lambda idx: ext.figures(cases, idx), len(cases), resamples,
-                               units=count_units(cases.y, groups))
+    return bootstrap_intervals(lambda idx: ext.served_figures(cases, idx), len(cases),
+                               resamples, units=count_units(cases.y, groups),
+                               weighted=lambda counts: ext.task_figures(cases, counts))
 
 
 def _transport(uri, ref, task, head, cases, groups, resamples_n, seed) -> Transport | None:
