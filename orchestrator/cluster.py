@@ -5,6 +5,8 @@ Ray only inside the functions that need it, so a CLI's `--help` stays fast.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import socket
@@ -89,11 +91,21 @@ def _as_ctrl_c(signum, frame) -> None:
 
 
 def disconnect_ray() -> None:
-    """Shut down this driver's Ray (a local one stops with its workers), if it started one."""
+    """Shut down this driver's Ray (a local one stops with its workers), if it started one.
+
+    Unless --verbose, what workers print while they are being stopped is dropped: everything
+    the run had to say was said, and a worker torn down mid-exit can print an abort trace
+    (absl's "Mutex corrupt", seen under load) that would read as a failure."""
     import sys
 
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        sys.modules["ray"].shutdown()
+        from orchestrator import console
+
+        if console.verbose():
+            sys.modules["ray"].shutdown()
+            return
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            sys.modules["ray"].shutdown()
 
 
 def check_trial_fits(cpus: float, gpus: float, log: Log, *, can_grow: bool) -> None:

@@ -197,7 +197,8 @@ def _session_ray_processes(session: int) -> set[int]:
 @pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "fresh"])
 def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, local_ray):
     set_driver_defaults()  # as connect_ray does, for the Ray this test starts itself
-    ray.init(num_cpus=2, include_dashboard=False)  # 2 CPUs a trial: one trial at a time
+    # "local": a Ray of its own, never another test's cluster on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # one trial at a time
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # ASHA: a trial it stops leaves its process to the next one mid-way (the path that failed
     # when Tune waited only 2 s for the stopped trial's thread); without reuse, two trials are
@@ -429,7 +430,8 @@ def _refused_before_ray(refused: tuple[int, str, str], needle: str, tmp_path) ->
 
 def test_a_request_no_node_meets_is_refused_locally_and_announced_on_a_cluster(local_ray):
     set_driver_defaults()  # as connect_ray does, for the Ray this test starts itself
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
+             logging_level="ERROR")
     lines: list[str] = []
     with pytest.raises(ConfigError, match="one trial needs 1 CPU and 2 GPU"):
         check_trial_fits(1, 2, lines.append, can_grow=False)
