@@ -24,7 +24,7 @@ trial: $(STAMP)
 		--phantom-per-class 100 --output-dir runs/trial
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 tests
 
 bench: $(STAMP)
 	$(PY) bench/data_cache.py

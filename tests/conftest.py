@@ -21,22 +21,24 @@ os.environ.pop("MEDSWEEP_WEIGHTS_DIR", None)
 
 import pytest  # noqa: E402
 
-# Session fixtures that run a whole sweep: every module that uses one runs in the same pytest-xdist
-# worker (`make test` runs two), so the sweep runs once.
-SHARED_SWEEPS = ("cli_smoke_sweep",)
+# The test modules reading the one CLI smoke sweep (`cli_smoke_sweep`, a session fixture):
+# `make test` runs them in the same pytest-xdist worker, so that sweep runs once.
+SHARED_SWEEP_MODULES = ("tests/test_console.py", "tests/test_sweep.py", "tests/test_sweep_cv.py")
 
 
-def pytest_collection_modifyitems(config, items):
-    """One xdist group per test module (its module-scoped fixtures, a sweep among them, are
-    made once), modules sharing a session sweep in one group: `--dist loadgroup`."""
-    shared = {}
-    for item in items:
-        for name in SHARED_SWEEPS:
-            if name in getattr(item, "fixturenames", ()):
-                shared[item.module.__name__] = name
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(shared.get(module, module)))
+def pytest_xdist_make_scheduler(config, log):
+    """Each test module whole in one worker (its module-scoped fixtures, a sweep among them,
+    are made once), the modules of SHARED_SWEEP_MODULES together. (`--dist loadgroup` would say
+    this with marks, but its grouping has no effect under pytest 9: the nodeids it rewrites are
+    not the ones reported.)"""
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "cli smoke sweep" if module in SHARED_SWEEP_MODULES else module
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture
