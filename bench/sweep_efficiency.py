@@ -86,16 +86,15 @@ def run_whole(args: argparse.Namespace, workdir: Path) -> dict:
 
     started, started_at = time.perf_counter(), time.time()
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    lines = open(args.log, "a") if args.log else None
+    path = args.log
 
-    def log(line: str) -> None:  # the sweep's lines, each with its second since the start
-        if lines:
-            lines.write(f"{time.perf_counter() - started:7.1f} {line}\n")
+    def log(line: str) -> None:  # the sweep's lines, timed; Tune pickles it: no open file
+        if path:
+            with open(path, "a") as lines:
+                lines.write(f"{time.perf_counter() - started:7.1f} {line}\n")
 
     result = run_sweep("brain", profile="cpu", seed=args.seed, storage_path=str(workdir),
                        tracking_uri=uri, ensemble=False, log=log)
-    if lines:
-        lines.close()
     wall = time.perf_counter() - started
     slots = ray.cluster_resources().get("CPU", 1)
     ray.shutdown()
