@@ -132,7 +132,7 @@ def print_whole(rows: list[dict], args: argparse.Namespace, loads: list[str]) ->
           f"{'start s':>9}{'switch s':>10}{'tail s':>8}{'between s':>11}{'end s':>7}  load")
     for i, (r, load) in enumerate(zip(rows, loads), 1):
         print(f"{i:>4}{r['trials']:>8}{r['wall_s']:>9.1f}{r['trial_s']:>13.1f}"
-              f"{r['overhead']:>9.2f}x{r['start_s']:>9.1f}{r['switch_s']:>10.1f}"
+              f"{r['overhead']:>9.3f}x{r['start_s']:>9.1f}{r['switch_s']:>10.1f}"
               f"{r['tail_s']:>8.1f}{r['between_s']:>11.1f}{r['end_s']:>7.1f}  {load}")
     good = sum(1 for r in rows if r["overhead"] <= TARGET)
     print(f"{good} of {len(rows)} runs at or below {TARGET:.2f}x. start: before the first "
@@ -183,7 +183,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="medsweep-bench-") as tmp:
                 rows.append(run_whole(args, Path(tmp)))
             loads.append(f"{before} -> {load_average()}")
-            print(f"run {len(rows)}: overhead {rows[-1]['overhead']:.2f}x "
+            print(f"run {len(rows)}: overhead {rows[-1]['overhead']:.3f}x "
                   f"(load {loads[-1]})", flush=True)
         print_whole(rows, args, loads)
         return
