@@ -9,11 +9,18 @@ trial processes), the overhead within the trials' span alone, and the idle slots
 between trials (switch) and once no trial is left to start (tail). Runs on the brain
 phantom; the space is the `cpu` profile, shortened to fit a few minutes.
 
+`--whole N` instead runs the whole `cpu` sweep as `make demo` runs it (the search with ASHA,
+then the cross-validation of its finalists; the final ensemble left out, as it trains no trial)
+N times, and prints each run's overhead over both stages, where the rest went, and how many runs
+were at or below 1.15x.
+
     .venv/bin/python bench/sweep_efficiency.py [--num-samples 8] [--max-epochs 8]
+    .venv/bin/python bench/sweep_efficiency.py --whole 4 [--seed 0]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -64,6 +71,80 @@ def run(scheduler: str, reuse: bool, args: argparse.Namespace, workdir: Path) ->
             "no_tail_overhead": (wall - tail) / (trial_seconds / slots)}
 
 
+TARGET = 1.15  # the whole sweep's overhead to stay at or below
+
+
+def run_whole(args: argparse.Namespace, workdir: Path) -> dict:
+    """The `cpu` profile's search and cross-validation, as `make demo` runs them (no ensemble):
+    wall time from the call to the last fold trial's end; trial time from Tune's
+    `time_total_s` of every search and fold trial."""
+    import ray
+
+    from orchestrator import tracking
+    from orchestrator.sweep.cv import CV_SUFFIX
+    from orchestrator.sweep.runner import run_sweep
+
+    started, started_at = time.perf_counter(), time.time()
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    path = args.log
+
+    def log(line: str) -> None:  # the sweep's lines, timed; Tune pickles it: no open file
+        if path:
+            with open(path, "a") as lines:
+                lines.write(f"{time.perf_counter() - started:7.1f} {line}\n")
+
+    result = run_sweep("brain", profile="cpu", seed=args.seed, storage_path=str(workdir),
+                       tracking_uri=uri, ensemble=False, log=log)
+    wall = time.perf_counter() - started
+    slots = ray.cluster_resources().get("CPU", 1)
+    ray.shutdown()
+    parent = tracking.get_run(uri, result.parent_run_id)
+    stages = {}
+    for stage, kind in (("search", tracking.KIND_TRIAL), ("cv", tracking.KIND_CV_TRIAL)):
+        runs = tracking.list_trial_runs(uri, parent.info.experiment_id, result.parent_run_id,
+                                        kind=kind)
+        stages[stage] = sorted((r.info.start_time / 1000.0,
+                                (r.info.end_time or r.info.start_time) / 1000.0) for r in runs)
+    cv_seconds = [last_result(p)["time_total_s"]
+                  for p in Path(result.experiment_path + CV_SUFFIX).glob("*/result.json")]
+    trial_s = float(result.leaderboard["seconds"].sum()) + sum(cv_seconds)
+    search, cv = stages["search"], stages["cv"]
+    s_switch, s_tail = idle_slot_seconds(search, slots)
+    c_switch, c_tail = idle_slot_seconds(cv, slots) if cv else (0.0, 0.0)
+    search_end = max(b for _, b in search)
+    return {"trials": f"{len(search)}+{len(cv)}", "wall_s": wall, "trial_s": trial_s,
+            "overhead": wall / (trial_s / slots), "start_s": search[0][0] - started_at,
+            "switch_s": s_switch + c_switch, "tail_s": s_tail + c_tail,
+            "between_s": (cv[0][0] - search_end) if cv else 0.0,
+            "end_s": started_at + wall - max(b for _, b in cv or search)}
+
+
+def last_result(path: Path) -> dict:
+    """The last line of a Tune trial's result.json: its totals at its end."""
+    lines = path.read_text().strip().splitlines()
+    return json.loads(lines[-1])
+
+
+def print_whole(rows: list[dict], args: argparse.Namespace, loads: list[str]) -> None:
+    print(f"\nthe whole cpu sweep (brain phantom, search + cross-validation, no ensemble), "
+          f"seed {args.seed}, {os.cpu_count()} cores")
+    print(f"{'run':>4}{'trials':>8}{'wall s':>9}{'sum trial s':>13}{'overhead':>10}"
+          f"{'start s':>9}{'switch s':>10}{'tail s':>8}{'between s':>11}{'end s':>7}  load")
+    for i, (r, load) in enumerate(zip(rows, loads), 1):
+        print(f"{i:>4}{r['trials']:>8}{r['wall_s']:>9.1f}{r['trial_s']:>13.1f}"
+              f"{r['overhead']:>9.3f}x{r['start_s']:>9.1f}{r['switch_s']:>10.1f}"
+              f"{r['tail_s']:>8.1f}{r['between_s']:>11.1f}{r['end_s']:>7.1f}  {load}")
+    good = sum(1 for r in rows if r["overhead"] <= TARGET)
+    print(f"{good} of {len(rows)} runs at or below {TARGET:.2f}x. start: before the first "
+          "search trial opens; switch and tail: idle slots in both stages; between: the last "
+          "search trial's end to the first fold trial's start; end: after the last fold trial")
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages: the machine is shared."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def idle_slot_seconds(spans: list[tuple[float, float]], slots: float) -> tuple[float, float]:
     """Wall seconds lost to slots without a trial, from the trial runs' open and close times:
     before the last trial opens (a slot waiting between one trial and the next: the
@@ -89,8 +170,23 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--whole", type=int, default=0, metavar="N",
+                        help="run the whole cpu sweep N times instead")
+    parser.add_argument("--log", metavar="FILE",
+                        help="with --whole: append the sweeps' lines there, timed")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.whole:
+        rows, loads = [], []
+        for _ in range(args.whole):
+            before = load_average()
+            with tempfile.TemporaryDirectory(prefix="medsweep-bench-") as tmp:
+                rows.append(run_whole(args, Path(tmp)))
+            loads.append(f"{before} -> {load_average()}")
+            print(f"run {len(rows)}: overhead {rows[-1]['overhead']:.3f}x "
+                  f"(load {loads[-1]})", flush=True)
+        print_whole(rows, args, loads)
+        return
     with tempfile.TemporaryDirectory(prefix="medsweep-bench-") as tmp:
         rows = [run(s, reuse, args, Path(tmp))
                 for s, reuse in (("fifo", True), ("asha", True), ("asha", False))]

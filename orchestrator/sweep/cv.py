@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 from ray import tune
@@ -49,12 +49,44 @@ def finalists(grid: tune.ResultGrid, metric: str, mode: str,
     return [(trial_id, config) for _, _, trial_id, config in rows[:top]]
 
 
+def search_seconds(grid: tune.ResultGrid, chosen: list[tuple[str, dict]]) -> list[float]:
+    """Each finalist's fold-trial length as its search trial foretells it: that trial's seconds
+    per epoch times the epochs a fold trial runs (a search trial ASHA stopped ran fewer)."""
+    by_id = {r.metrics.get("trial_id"): r.metrics for r in grid}
+    seconds = []
+    for trial_id, config in chosen:
+        metrics = by_id.get(trial_id) or {}
+        epochs = max(1, int(metrics.get("epoch") or 1))
+        seconds.append(float(metrics.get("time_total_s") or 0.0) / epochs
+                       * int(config.get("epochs") or epochs))
+    return seconds
+
+
+def longest_first(seconds: Sequence[float]) -> list[int]:
+    """The finalists' indices, longest fold trials first (ties: the better finalist first):
+    Tune starts the fold trials in this order, so the short ones fill the slots that free up
+    and the slots finish together (longest processing time first)."""
+    return sorted(range(len(seconds)), key=lambda i: -seconds[i])
+
+
+def fold_space(order: list[int], folds: int, replicates: int = 1) -> dict:
+    """The stage's grid: finalist x fold (x replicate). Tune varies the keys in their sorted
+    order, the first fastest: it queues every fold of one finalist, finalist by finalist in
+    `order`, and (replicates) that whole round once per seed (tests/test_sweep_cv.py)."""
+    space = {"finalist": tune.grid_search(order),
+             "cv_fold": tune.grid_search(list(range(folds)))}
+    if replicates > 1:
+        space["replicate"] = tune.grid_search(list(range(replicates)))
+    return space
+
+
 def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: SweepContext,
                    manifest: Path, storage: str, name: str, resources: Any,
                    restore: str | None, log: Log, reuse_actors: bool = True,
-                   replicates: int = 1) -> pd.DataFrame:
+                   replicates: int = 1, seconds: Sequence[float] = ()) -> pd.DataFrame:
     """Run (or, with `restore`, continue) the N x R x K fold trials (R seeds per finalist);
-    their runs' statuses as a table.
+    their runs' statuses as a table. `seconds`: each finalist's expected fold-trial length
+    (`search_seconds`), which orders the queue longest first; none, the finalists' order.
 
     Raises SweepInterrupted when Ctrl+C stopped it: `--resume` continues here."""
     cv_context = dataclasses.replace(context, finalists=tuple(chosen))
@@ -67,10 +99,8 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
     log(f"cross-validation: {len(chosen)} finalist(s){seeds} x {folds} folds = "
         f"{len(chosen) * replicates * folds} trials: "
         + ", ".join(short_trial_name(t) for t, _ in chosen))
-    space = {"finalist": tune.grid_search(list(range(len(chosen)))),
-             "cv_fold": tune.grid_search(list(range(folds)))}
-    if replicates > 1:
-        space["replicate"] = tune.grid_search(list(range(replicates)))
+    order = longest_first(seconds) if len(seconds) == len(chosen) else range(len(chosen))
+    space = fold_space(list(order), folds, replicates)
     tuner = make_tuner(trainable, context=cv_context, name=name + CV_SUFFIX, storage=storage,
                        space=space, num_samples=1, scheduler=FIFOScheduler(), log=log,
                        columns=list(space), keep_checkpoints=1, score_checkpoints=False,

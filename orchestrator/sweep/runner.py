@@ -29,7 +29,7 @@ from orchestrator.train.config import TrialConfig
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.sweep.budget import Budget
-from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists
+from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists, search_seconds
 from orchestrator.sweep.inputs import subgroup_columns, weights_dir_for
 from orchestrator.sweep.parallel import trial_resources, worker_share
 from orchestrator.sweep.search import TPE_STARTUP, check_search, make_search
@@ -434,7 +434,8 @@ class SweepRunner:
                 storage=self.storage, name=state.name,
                 resources=self._resources(),
                 restore=path + CV_SUFFIX if state.cv_started else None,
-                reuse_actors=self.reuse_actors, log=self.log)
+                reuse_actors=self.reuse_actors, log=self.log,
+                seconds=search_seconds(grid, chosen))
         except SweepInterrupted as err:
             tracking.finish_run(self.uri, context.parent_run_id, "KILLED")
             raise SweepInterrupted(
