@@ -21,24 +21,42 @@ os.environ.pop("MEDSWEEP_WEIGHTS_DIR", None)
 
 import pytest  # noqa: E402
 
-# The test modules reading the one CLI smoke sweep (`cli_smoke_sweep`, a session fixture):
-# `make test` runs them in the same pytest-xdist worker, so that sweep runs once.
-SHARED_SWEEP_MODULES = ("tests/test_console.py", "tests/test_sweep.py", "tests/test_sweep_cv.py")
+# How `make test` shares its two pytest-xdist workers. The tests reading the one CLI smoke
+# sweep (`cli_smoke_sweep`, a session fixture) run in the same worker, so that sweep runs once.
+SHARED_SWEEP = ("tests/test_console.py", "tests/test_sweep_cv.py",
+                "tests/test_sweep.py::test_cli_smoke_sweep_records_parent_children_epochs_and_"
+                "artifacts")
+# Modules whose tests share no module fixture, each test a sweep of its own: spread test by test.
+SPREAD_MODULES = ("tests/test_sweep.py",)
+
+
+def _worker_scope(nodeid: str) -> str:
+    """What must run in one worker: the shared sweep's tests; a module otherwise (its
+    module-scoped fixtures, a sweep among them, are made once); a test of SPREAD_MODULES alone."""
+    module = nodeid.split("::", 1)[0]
+    if module in SHARED_SWEEP or nodeid.split("[", 1)[0] in SHARED_SWEEP:
+        return "cli smoke sweep"
+    return nodeid if module in SPREAD_MODULES else module
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Each test module whole in one worker (its module-scoped fixtures, a sweep among them,
-    are made once), the modules of SHARED_SWEEP_MODULES together. (`--dist loadgroup` would say
-    this with marks, but its grouping has no effect under pytest 9: the nodeids it rewrites are
-    not the ones reported.)"""
-    from xdist.scheduler import LoadFileScheduling
+    """`_worker_scope` as xdist's scheduling unit. (`--dist loadgroup` would say this with
+    marks, but its grouping has no effect under pytest 9: the nodeids it rewrites are not the
+    ones reported.)"""
+    from xdist.scheduler import LoadScopeScheduling
 
-    class ModuleScheduling(LoadFileScheduling):
+    class WorkerScopes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "cli smoke sweep" if module in SHARED_SWEEP_MODULES else module
+            return _worker_scope(nodeid)
 
-    return ModuleScheduling(config, log)
+    return WorkerScopes(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules holding slow tests first (each module's order kept): the workers take the long
+    units early and finish together."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
 
 
 @pytest.fixture
