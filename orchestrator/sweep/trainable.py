@@ -37,7 +37,7 @@ class SweepContext:
     gpus_per_trial: float
     workers_per_trial: int = 1  # data-parallel workers per trial (`parallel.py`)
     # The cross-validation stage: each trial samples {"finalist": i, "cv_fold": k} and retrains
-    # finalists[i] (a search trial's config, `epochs` set to its best epoch) on fold k.
+    # finalists[i] (a search trial's config, its `epochs` unchanged) on fold k.
     finalists: tuple[tuple[str, dict], ...] = ()  # (search trial id, config)
     task_key: str = ""  # e.g. "brain/3class": the `task` param of every run means this
     searched: tuple[str, ...] = ()  # the keys Tune samples: what trial run names show
