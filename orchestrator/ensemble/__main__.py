@@ -8,7 +8,7 @@ import sys
 from orchestrator.ensemble.build import DEFAULT_POLICIES as POLICIES
 from orchestrator.clinical.options import add_clinical_arguments, clinical_options
 from orchestrator import console
-from orchestrator.cluster import disconnect_ray
+from orchestrator.cluster import connect_ray, disconnect_ray
 from orchestrator.console import add_tracking_uri, add_verbose
 from orchestrator.errors import MedSweepError
 
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
         from orchestrator.ensemble.build import build_ensemble
         from orchestrator.ensemble.report import print_report
-        from orchestrator.cluster import connect_ray
         from orchestrator.ensemble.sources import sweep_info
         from orchestrator.tracking import default_tracking_uri
 
