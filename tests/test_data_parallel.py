@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -17,7 +19,7 @@ import ray
 
 from orchestrator import tracking
 from orchestrator.sweep.budget import Budget
-from orchestrator.sweep.parallel import trial_resources, worker_share
+from orchestrator.sweep.parallel import trial_resources, worker_name, worker_share
 from orchestrator.sweep.runner import run_sweep
 from orchestrator.train.artifacts import FAULT_MARKER
 from orchestrator.train.distributed import tf_config
@@ -52,6 +54,44 @@ def test_each_worker_takes_its_share_of_the_trial():
     assert Budget.of(profile, {"workers_per_trial": 2}).applied(profile).name == "smoke"
     with pytest.raises(ValueError, match="--workers-per-trial 0"):
         Budget.of(profile, {"workers_per_trial": 0})
+
+
+class RayStateWatcher:
+    """Polls Ray's state (its named actors, in every namespace) while a sweep runs; `kill`, if
+    given, is called once on the first actor whose name starts with it, after the sweep's
+    storage holds `after` checkpoints."""
+
+    def __init__(self, kill: str = "", storage: Path | None = None, after: int = 1) -> None:
+        self.seen: set[str] = set()
+        self.killed: list[str] = []
+        self._kill, self._storage, self._after = kill, storage, after
+        self._running = threading.Event()
+        self._running.set()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while self._running.is_set():
+            if ray.is_initialized():
+                actors = ray.util.list_named_actors(all_namespaces=True)
+                self.seen.update(a["name"] for a in actors)
+                if self._kill and not self.killed and self._checkpoints() >= self._after:
+                    for actor in actors:
+                        if actor["name"].startswith(self._kill):
+                            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+                            self.killed.append(actor["name"])
+                            break
+            time.sleep(0.3)
+
+    def _checkpoints(self) -> int:
+        return len(list(self._storage.rglob("checkpoint_0*"))) if self._storage else 0
+
+    def named(self, prefix: str) -> set[str]:
+        return {n for n in self.seen if n.startswith(prefix)}
+
+    def stop(self) -> None:
+        self._running.clear()
+        self._thread.join()
 
 
 @pytest.mark.slow
@@ -89,6 +129,7 @@ def test_a_two_worker_trial_spans_two_nodes_reports_once_per_epoch_and_resumes(t
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
+    watcher = RayStateWatcher()
     try:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         result = run_sweep("brain", profile="smoke", num_samples=1, max_epochs=3, cv_folds=0,
@@ -97,6 +138,7 @@ def test_a_two_worker_trial_spans_two_nodes_reports_once_per_epoch_and_resumes(t
                            space_overrides={"fail_at_epoch": 2}, ensemble=False,
                            log=lambda _: None)
     finally:
+        watcher.stop()
         ray.shutdown()
         cluster.shutdown()
     board = result.leaderboard
@@ -107,6 +149,9 @@ def test_a_two_worker_trial_spans_two_nodes_reports_once_per_epoch_and_resumes(t
     (child,) = tracking.list_trial_runs(uri, parent.info.experiment_id, result.parent_run_id)
     assert parent.data.params["workers_per_trial"] == "2"
     assert child.data.params["workers_per_trial"] == "2"
+    trial_id = child.data.tags[tracking.TAG_TUNE_TRIAL_ID]
+    workers = watcher.named(worker_name(trial_id, 1, 2))
+    assert len(workers) == 2, watcher.seen  # worker 1 of 2 in Ray's state, once per attempt
     nodes = child.data.tags[tracking.TAG_NODE].split(",")
     assert len(nodes) == 2 and len(set(nodes)) == 2  # one worker on each node
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
@@ -121,3 +166,29 @@ def test_a_two_worker_trial_spans_two_nodes_reports_once_per_epoch_and_resumes(t
     alone = build_model(config["backbone"], get_task("brain").num_classes,
                         int(config["resolution"]), weights="none")
     assert [w.shape for w in best.get_weights()] == [w.shape for w in alone.get_weights()]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_ends_its_attempt_and_the_trial_resumes_from_its_checkpoint(tmp_path):
+    """Worker 1 of a two-worker trial is killed (`ray.kill`) once epoch 1's checkpoint is
+    stored: worker 0 must not wait in the collective forever; Tune retries the trial from that
+    checkpoint, on two workers again, and it completes."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    watcher = RayStateWatcher(kill="medsweep-", storage=tmp_path / "runs")
+    try:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        result = run_sweep("brain", profile="smoke", num_samples=1, max_epochs=3, cv_folds=0,
+                           workers_per_trial=2, storage_path=str(tmp_path / "runs"),
+                           tracking_uri=uri, ensemble=False, log=lambda _: None)
+    finally:
+        watcher.stop()
+        ray.shutdown()
+    assert watcher.killed, "no worker was killed: the test proved nothing"
+    board = result.leaderboard
+    assert len(board) == 1 and board.loc[0, "status"] == "completed" and board.loc[0, "epochs"] == 3
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = client.get_run(result.parent_run_id)
+    (child,) = tracking.list_trial_runs(uri, parent.info.experiment_id, result.parent_run_id)
+    assert len(watcher.named(worker_name(tracking.tune_trial_id(child), 1, 2))) == 2  # retried
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+    assert steps[-1] == 3 and steps.count(1) == 1, steps  # resumed: epoch 1 not trained again

@@ -21,6 +21,7 @@ from orchestrator.train.config import TrialConfig
 from orchestrator.errors import SweepInterrupted
 from orchestrator.cluster import Log
 from orchestrator.naming import short_trial_name
+from orchestrator.sweep.shared_data import SharedData
 from orchestrator.sweep.trainable import SweepContext, run_cv_trial
 from orchestrator.sweep.tuner import make_tuner, unfinished_trials
 from orchestrator.train.trial import load_folded_data
@@ -94,7 +95,8 @@ def cross_validate(chosen: list[tuple[str, dict]], *, folds: int, context: Sweep
     base = TrialConfig.from_dict(chosen[0][1])
     folded = {r: load_folded_data(base.replace(resolution=r), manifest, log) for r in resolutions}
     trainable = tune.with_resources(
-        tune.with_parameters(run_cv_trial, folded=folded, context=cv_context), resources)
+        tune.with_parameters(run_cv_trial, folded=SharedData.put(folded), context=cv_context),
+        resources)
     seeds = f" x {replicates} seeds" if replicates > 1 else ""
     log(f"cross-validation: {len(chosen)} finalist(s){seeds} x {folds} folds = "
         f"{len(chosen) * replicates * folds} trials: "

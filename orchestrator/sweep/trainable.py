@@ -15,9 +15,10 @@ from ray import tune
 from orchestrator import console
 from orchestrator.train.config import TrialConfig
 from orchestrator.naming import cv_run_name, replicate_of, replicate_seed, trial_run_name
-from orchestrator.train.artifacts import EpochReport, FoldedData, TrialData
+from orchestrator.train.artifacts import EpochReport, TrialData
 from orchestrator.train.trial import train_trial
 from orchestrator.sweep.parallel import data_parallel, worker_share
+from orchestrator.sweep.shared_data import SharedData
 
 NODE_KEY = "node_id"  # reported with every epoch: where the trial's current attempt runs
 PHASE_KEY = "phase"  # the unfreezing phase of the epoch: logged as a tag
@@ -72,20 +73,20 @@ def run_name(trial_id: str, sampled: Mapping[str, Any], context: SweepContext) -
                        replicate_of(sampled))
 
 
-def run_tune_trial(config: dict, datasets: dict[int, TrialData], context: SweepContext) -> None:
+def run_tune_trial(config: dict, datasets: SharedData, context: SweepContext) -> None:
     """One Tune trial: train, report each epoch with its checkpoint, resume from the last one."""
-    cfg = trial_config(config, context)
-    _train_reporting(cfg, datasets[cfg.resolution], context.workers_per_trial)
+    _train_reporting(trial_config(config, context), datasets, context.workers_per_trial)
 
 
-def _train_reporting(cfg: TrialConfig, data: TrialData, workers: int) -> None:
+def _train_reporting(cfg: TrialConfig, shared: SharedData, workers: int) -> None:
     """Train (as worker 0 of `workers`), report each epoch with its checkpoint, resume."""
     console.import_tensorflow()  # without its C++ start-up lines, unless --verbose
     console.quiet_process()
     _fresh_keras()
     trial = tune.get_context()
     checkpoint = tune.get_checkpoint()
-    with data_parallel(cfg, data, workers, checkpoint) as (strategy, nodes):
+    data = shared.trial_data(cfg)
+    with data_parallel(cfg, shared, workers, checkpoint) as (strategy, nodes):
         _train(cfg, data, trial, checkpoint, strategy, ",".join(nodes))
 
 
@@ -121,8 +122,7 @@ def _fresh_keras() -> None:
     keras.backend.clear_session(free_memory=True)
 
 
-def run_cv_trial(config: dict, folded: dict[int, FoldedData], context: SweepContext) -> None:
-    """One cross-validation trial: a finalist retrained on every fold but one, predicting it."""
-    cfg = trial_config(config, context)
-    _train_reporting(cfg, folded[cfg.resolution].trial_data(cfg.cv_fold),
-                     context.workers_per_trial)
+def run_cv_trial(config: dict, folded: SharedData, context: SweepContext) -> None:
+    """One cross-validation trial: a finalist retrained on every fold but one, predicting it
+    (`folded` holds FoldedData)."""
+    _train_reporting(trial_config(config, context), folded, context.workers_per_trial)
