@@ -70,6 +70,28 @@ def connect_ray(address: str | None, log: Log) -> bool:
     return bool(address) and address != "local"
 
 
+def local_resources_before_start(address: str | None) -> dict[str, float] | None:
+    """What `connect_ray(address)` will find, known before it runs: the running Ray's
+    resources, or, for the local Ray it will start, the GPUs Ray's own detection counts here
+    (NVIDIA devices, capped by CUDA_VISIBLE_DEVICES); None for a cluster reached by address or
+    when the count cannot be told. The caller checks its guess once Ray is up."""
+    import ray
+
+    if ray.is_initialized():
+        return dict(ray.cluster_resources())
+    if (address or os.environ.get("RAY_ADDRESS") or "local") != "local":
+        return None
+    try:  # Ray's detection, which its raylet runs at start (a private module: may move)
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        count = manager.get_current_node_num_accelerators()
+        visible = manager.get_current_process_visible_accelerator_ids()
+    except Exception:  # noqa: BLE001 (no guess: the data are prepared after Ray starts)
+        return None
+    return {"GPU": float(min(count, len(visible)) if visible is not None else count)}
+
+
 def sigterm_as_ctrl_c() -> None:
     """Make SIGTERM (`timeout`, `kill`, a batch scheduler) do what Ctrl+C does: Tune saves the
     sweep's state and stops its trials, the CLI says how to resume, Ray shuts down.
@@ -108,23 +130,31 @@ def disconnect_ray() -> None:
             sys.modules["ray"].shutdown()
 
 
-def check_trial_fits(cpus: float, gpus: float, log: Log, *, can_grow: bool) -> None:
+def check_trial_fits(cpus: float, gpus: float, log: Log, *, can_grow: bool,
+                     workers: int = 1) -> None:
     """Refuse, at once, a per-trial request that no node can ever meet: Tune would otherwise
-    leave every trial pending forever. A cluster reached by address may have an autoscaler
-    that adds such a node (`can_grow`), so there it is said, and the request left as it is;
-    the local single-node Ray this process started never grows."""
+    leave every trial pending forever. `cpus`, `gpus`: one worker's share when a trial has
+    `workers` data-parallel workers (`sweep/parallel.py`), each of which must fit on one node,
+    and all of which must fit in the cluster at once. A cluster reached by address may have an
+    autoscaler that adds such nodes (`can_grow`), so there it is said, and the request left as
+    it is; the local single-node Ray this process started never grows."""
     import ray
 
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
     need = {"CPU": float(cpus), "GPU": float(gpus)}
-    if any(all(node.get(k, 0.0) >= v for k, v in need.items() if v > 0) for node in nodes):
+    held = sum(min(int(node.get(k, 0.0) // v) for k, v in need.items() if v > 0)
+               for node in nodes)  # how many workers of this size the cluster holds at once
+    if held >= workers:
         return
     have = "; ".join(f"{node.get('CPU', 0):g} CPU, {node.get('GPU', 0):g} GPU" for node in nodes)
+    asked = (f"{cpus:g} CPU and {gpus:g} GPU" if workers == 1 else
+             f"{workers} workers of {cpus:g} CPU and {gpus:g} GPU each (--workers-per-trial "
+             f"{workers} shares the trial's CPUs and GPUs among them)")
     if can_grow:
-        log(f"no node has {cpus:g} CPU and {gpus:g} GPU for one trial yet (nodes: {have}); if "
-            "the cluster autoscales, nodes that do are being requested and trials wait for "
-            "them; otherwise stop with Ctrl+C and lower --cpus-per-trial/--gpus-per-trial")
+        log(f"the cluster cannot yet hold one trial of {asked} (nodes: {have}); if it "
+            "autoscales, nodes that can are being requested and trials wait for them; "
+            "otherwise stop with Ctrl+C and lower --cpus-per-trial/--gpus-per-trial")
         return
-    raise ConfigError(f"one trial needs {cpus:g} CPU and {gpus:g} GPU, and no node of this "
-                      f"cluster has that (nodes: {have}); lower --cpus-per-trial or "
-                      "--gpus-per-trial, or run on a cluster that has such nodes")
+    raise ConfigError(f"one trial needs {asked}, and this cluster cannot hold that "
+                      f"(nodes: {have}); lower --cpus-per-trial or --gpus-per-trial, or run "
+                      "on a cluster that has such nodes")

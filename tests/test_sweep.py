@@ -373,8 +373,8 @@ def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_stora
     (["brain", "--address", "127.0.0.1:1"], "127.0.0.1:1"),
     (["brain", "--tracking-uri", "http://127.0.0.1:1"], "http://127.0.0.1:1"),
     (["brain", "--tracking-uri", "foo://bar"], "MLflow has no store for scheme 'foo'"),
-    (["brain", "--gpus-per-trial", "2"], "one trial needs 1 CPU and 2 GPU, and no node of "
-     "this cluster has that (nodes: 2 CPU, 0 GPU)"),
+    (["brain", "--gpus-per-trial", "2"], "one trial needs 1 CPU and 2 GPU, and this "
+     "cluster cannot hold that (nodes: 2 CPU, 0 GPU)"),
     (["brain", "--resume"], "nothing to resume"),
     (["brain", "--resume", "--storage-path", "file:///nonexistent/medsweep"],
      "nothing to resume for experiment 'medsweep-brain' under file:///nonexistent/medsweep"),
@@ -436,6 +436,9 @@ def test_a_request_no_node_meets_is_refused_locally_and_announced_on_a_cluster(l
     with pytest.raises(ConfigError, match="one trial needs 1 CPU and 2 GPU"):
         check_trial_fits(1, 2, lines.append, can_grow=False)
     check_trial_fits(1, 2, lines.append, can_grow=True)  # an autoscaler may add such a node
-    assert len(lines) == 1 and "nodes that do are being requested" in lines[0]
+    assert len(lines) == 1 and "nodes that can are being requested" in lines[0]
     check_trial_fits(1, 0, lines.append, can_grow=False)  # it fits: nothing said
+    check_trial_fits(1, 0, lines.append, can_grow=False, workers=2)  # two one-CPU workers fit
     assert len(lines) == 1
+    with pytest.raises(ConfigError, match="one trial needs 3 workers of 1 CPU and 0 GPU each"):
+        check_trial_fits(1, 0, lines.append, can_grow=False, workers=3)

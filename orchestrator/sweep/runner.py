@@ -11,11 +11,12 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import ray
@@ -24,7 +25,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestrator import console, tracking
 from orchestrator.clinical.options import ClinicalOptions
-from orchestrator.cluster import Log, check_trial_fits, connect_ray
+from orchestrator.cluster import (Log, check_trial_fits, connect_ray,
+                                  local_resources_before_start)
 from orchestrator.train.config import TrialConfig
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
@@ -32,6 +34,7 @@ from orchestrator.sweep.budget import Budget
 from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists, search_seconds
 from orchestrator.sweep.inputs import subgroup_columns, weights_dir_for
 from orchestrator.sweep.parallel import trial_resources, worker_share
+from orchestrator.sweep.shared_data import SharedData
 from orchestrator.sweep.search import TPE_STARTUP, check_search, make_search
 from orchestrator.sweep.records import (DATA_FACTS, LEADERBOARD_COLUMNS, data_facts, data_line,
                                         data_records, leaderboard)
@@ -149,25 +152,56 @@ def run_sweep(
     storage = storage_path_for(storage_path)
     experiment = experiment or f"medsweep-{task_record.name}"
     previous = find_resumable(storage, experiment) if resume else None
-    # MLflow's store opens (its tables created, or its migrations checked) while Ray starts:
-    # seconds each on a small machine, and neither needs the other.
-    with ThreadPoolExecutor(1, thread_name_prefix="medsweep-mlflow") as pool:
-        store_opened = pool.submit(tracking.open_store, uri)
-        can_grow = connect_ray(address, log)
-        store_opened.result()  # an unreachable server fails here, before any trial
     budget = {"num_samples": num_samples, "max_epochs": max_epochs,
               "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-              "workers_per_trial": workers_per_trial, "cv_folds": cv_folds, "cv_top": cv_top, "replicates": replicates}
-    runner = SweepRunner(task=task, task_record=task_record, data_dir=data_dir, profile=profile,
-                         budget_overrides=budget, storage=storage, experiment=experiment,
-                         tracking_uri=uri, seed=seed, space_overrides=space_overrides or {},
-                         scheduler=scheduler, cluster_can_grow=can_grow,
-                         reuse_actors=reuse_actors, search=search, log=log,
-                         subgroups=subgroups)
-    searched = runner.resume(previous) if previous else runner.start()
+              "workers_per_trial": workers_per_trial, "cv_folds": cv_folds, "cv_top": cv_top,
+              "replicates": replicates}
+
+    def runner_for(profile_name: str) -> SweepRunner:
+        return SweepRunner(task=task, task_record=task_record, data_dir=data_dir,
+                           profile=profile_name, budget_overrides=budget, storage=storage,
+                           experiment=experiment, tracking_uri=uri, seed=seed,
+                           space_overrides=space_overrides or {}, scheduler=scheduler,
+                           reuse_actors=reuse_actors, search=search, log=log,
+                           subgroups=subgroups)
+
+    # While Ray starts, MLflow's store opens (its tables created, or its migrations checked)
+    # and the data are decoded: seconds each on a small machine, and none needs the others.
+    # The data to prepare follow from the profile; unnamed, it is the one the Ray about to
+    # start will lead to (`choose_profile`), checked once Ray is up.
+    expected = local_resources_before_start(address)
+    guess = profile or (choose_profile(expected) if expected is not None else None)
+    runner = runner_for(guess) if guess else None
+    store_opened = in_background(tracking.open_store, uri)
+    prepared = in_background(runner.prepare_data) if runner and not previous else None
+    can_grow = connect_ray(address, log)
+    store_opened.result()  # an unreachable server fails here, before any trial
+    chosen = profile or choose_profile(ray.cluster_resources())
+    if runner is None or chosen != guess:
+        if prepared is not None:
+            prepared.result()  # never two threads writing the same cache
+        runner, prepared = runner_for(chosen), None
+    runner.check_fits(cluster_can_grow=can_grow)
+    searched = (runner.resume(previous) if previous else
+                runner.start(prepared.result() if prepared else None))
     built = (final_ensemble(searched.context, runner.budget, log, clinical)
              if ensemble and searched.trained_any else None)
     return runner.finish(searched, built)
+
+
+def in_background(fn: Callable[..., Any], *args: Any) -> Future:
+    """`fn(*args)` in a daemon thread: when the foreground fails (Ray unreachable), its error
+    is raised at once and the process exits without waiting for this."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001 (handed to whoever asks for the result)
+            future.set_exception(err)
+
+    threading.Thread(target=run, daemon=True, name=f"medsweep-{fn.__name__}").start()
+    return future
 
 
 def final_ensemble(context: SweepContext, budget: Budget, log: Log,
@@ -192,17 +226,14 @@ class SweepRunner:
     """The search and cross-validation stages of one sweep, started or resumed."""
 
     def __init__(self, *, task: str, task_record: Task, data_dir: str | None,
-                 profile: str | None, budget_overrides: dict, storage: str,
+                 profile: str, budget_overrides: dict, storage: str,
                  experiment: str, tracking_uri: str, seed: int, space_overrides: dict,
-                 scheduler: str, log: Log, cluster_can_grow: bool = False,
-                 reuse_actors: bool = True, search: str | None = None,
-                 subgroups: tuple[str, ...] = ()) -> None:
-        base = get_profile(task, profile or choose_profile(ray.cluster_resources()))
+                 scheduler: str, log: Log, reuse_actors: bool = True,
+                 search: str | None = None, subgroups: tuple[str, ...] = ()) -> None:
+        """Everything here is checked without Ray; `check_fits` asks the cluster."""
+        base = get_profile(task, profile)
         self.budget = Budget.of(base, budget_overrides)
         self.profile = self.budget.applied(base)
-        check_trial_fits(*worker_share(self.budget.cpus_per_trial, self.budget.gpus_per_trial,
-                                       self.budget.workers_per_trial), log,
-                         can_grow=cluster_can_grow)
         self.task, self.task_record, self.data_dir = task, task_record, data_dir
         self.subgroups = subgroups  # recorded with the split (`data.subgroups.record`)
         self.storage, self.experiment, self.uri, self.seed, self.log = (
@@ -218,9 +249,20 @@ class SweepRunner:
         self.manifest: Path | None = None  # the recorded split, once the data are prepared
 
     # --------------------------------------------------------------------------- public
-    def start(self) -> Searched:
+    def check_fits(self, *, cluster_can_grow: bool) -> None:
+        """Refuse, before any trial, a trial that this Ray can never hold (`check_trial_fits`)."""
+        b = self.budget
+        check_trial_fits(*worker_share(b.cpus_per_trial, b.gpus_per_trial, b.workers_per_trial),
+                         self.log, can_grow=cluster_can_grow, workers=b.workers_per_trial)
+
+    def prepare_data(self) -> dict[int, TrialData]:
+        """The search's data, decoded at each resolution of the space (no Ray needed)."""
+        return self._prepare_data(self._space())
+
+    def start(self, datasets: dict[int, TrialData] | None = None) -> Searched:
+        """Start the sweep; `datasets`: what `prepare_data` returned, if it already ran."""
         space = self._space()
-        datasets = self._prepare_data(space)
+        datasets = datasets if datasets is not None else self._prepare_data(space)
         any_data = next(iter(datasets.values()))
         if self.subgroups:  # before the manifest is logged: it travels with the split
             from orchestrator.data.subgroups import record
@@ -347,7 +389,8 @@ class SweepRunner:
 
     def _trainable(self, datasets: dict[int, TrialData], context: SweepContext):
         return tune.with_resources(
-            tune.with_parameters(run_tune_trial, datasets=datasets, context=context),
+            tune.with_parameters(run_tune_trial, datasets=SharedData.put(datasets),
+                                 context=context),
             self._resources())
 
     def _resources(self):
