@@ -15,7 +15,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from gpu_check import overlap_seconds  # noqa: E402  (bench/gpu_check.py)
 
-ROWS = ("mixed-precision trial", "two trials sharing a device", "TTA batched (tta_predict_each)",
+ROWS = ("mixed-precision trial", "two trials sharing a device", "one trial on 1 vs 2 devices",
+        "TTA batched (tta_predict_each)",
         "TTA per-augmentation loop", "TTA per-image predict", "input pipeline alone (no model)",
         "training fed by the input pipeline", "training fed synthetic input")
 
@@ -39,11 +40,13 @@ def test_dry_run_prints_one_table_with_every_check(tmp_path):
     table = [[cell.strip() for cell in line.split(" | ")] for line in lines[header[0] + 2:]]
     assert [row[0] for row in table] == list(ROWS)
     status = {row[0]: row[3] for row in table}
-    assert all(status[name] == "ok" for name in ROWS if name != ROWS[6]), status
-    assert status[ROWS[6]] in ("ok", "input-bound")  # a finding, not a failure
+    assert all(status[name] == "ok" for name in ROWS if name != ROWS[7]), status
+    assert status[ROWS[7]] in ("ok", "input-bound")  # a finding, not a failure
     figures = {row[0]: row[2] for row in table}
     assert "float32" in table[0][1]  # a dry run never asks for mixed precision on CPU
     side_by_side = float(re.match(r"([\d.]+) s side by side", figures[ROWS[1]]).group(1))
     assert side_by_side > 0
-    for name in ROWS[2:]:
+    epoch = re.match(r"epoch ([\d.]+) s on 1 CPU slot, ([\d.]+) s on 2: x", figures[ROWS[2]])
+    assert epoch and float(epoch.group(1)) > 0 and float(epoch.group(2)) > 0, figures[ROWS[2]]
+    for name in ROWS[3:]:
         assert float(re.match(r"([\d.]+) images/s", figures[name]).group(1)) > 0
