@@ -303,17 +303,16 @@ class SweepRunner:
                            tracking_uri=self.uri, task=self.task, profile=self.profile.name,
                            data_dir=self.data_dir, name=name, path=path, budget=self.budget,
                            space_overrides=self.space_overrides, search=self.search)
-        searcher, param_space, draws = make_search(self.search, space, seed=self.seed,
-                                                   trials=self.profile.trials,
-                                                   metric=self.metric,
-                                                   mode=self.task_record.mode)
+        searcher, draws = make_search(self.search, space, seed=self.seed,
+                                      trials=self.profile.trials, metric=self.metric,
+                                      mode=self.task_record.mode)
         b = self.budget
         staged = StagedSearch(searcher, search_trials=draws, top=b.cv_top, folds=b.cv_folds,
                               replicates=b.replicates, metric=self.metric,
                               mode=self.task_record.mode)
         tuner = make_tuner(
             self._trainable(datasets, self._fold_data(space), context), context=context,
-            name=name, storage=self.storage, space=param_space, num_samples=staged.max_trials,
+            name=name, storage=self.storage, space={}, num_samples=staged.max_trials,
             scheduler=self._scheduler(), log=self.log,
             columns=[k for k, v in space.items() if is_dimension(v)], keep_checkpoints=2,
             score_checkpoints=True, reuse_actors=self.reuse_actors,

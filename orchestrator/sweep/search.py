@@ -46,8 +46,9 @@ def check_search(name: str | None, trials: int) -> str:
 
 
 def make_search(name: str, space: Mapping[str, Any], *, seed: int, trials: int, metric: str,
-                mode: str) -> tuple[Any, dict, int]:
-    """(the Tune searcher, the Tuner's `param_space`, its `num_samples`) for one search.
+                mode: str) -> tuple[Searcher, int]:
+    """(the searcher, how many configurations it draws) for one search; it draws every one
+    itself (the Tuner's `param_space` stays empty).
 
     Random keeps Tune's own sampling of the space (a grid is enumerated, `trials // grid`
     draws of each point); TPE takes the whole space itself and draws `trials` one by one,
@@ -58,7 +59,7 @@ def make_search(name: str, space: Mapping[str, Any], *, seed: int, trials: int, 
         for value in space.values():
             grid *= len(grid_values(value)) if is_grid(value) else 1
         draws = max(1, trials // grid)
-        return RandomDraws(space, seed=seed, draws=draws), {}, draws * grid
+        return RandomDraws(space, seed=seed, draws=draws), draws * grid
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -66,7 +67,7 @@ def make_search(name: str, space: Mapping[str, Any], *, seed: int, trials: int, 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP)
     searcher = OptunaSearch(space=DefineByRun(space), metric=metric, mode=mode,
                             sampler=sampler)
-    return searcher, {}, trials
+    return searcher, trials
 
 
 class RandomDraws(Searcher):
