@@ -16,7 +16,8 @@ from typing import Callable
 from orchestrator.errors import ConfigError
 
 Log = Callable[[str], None]
-# Every Ray worker of a sweep gets these (Ray's runtime_env). A reused trial process
+# Every Ray worker of a sweep gets these (the environment of a local Ray's workers, Ray's
+# runtime_env on a cluster reached by address). A reused trial process
 # (`reuse_actors`) first waits for the last trial's thread to end; Tune's default wait, 2 s, is
 # shorter than a stopped Keras trial takes to unwind on a loaded CPU, and a wait that runs out
 # fails the next trial ("Trainable runner reuse requires reset_config()...").
@@ -60,9 +61,17 @@ def connect_ray(address: str | None, log: Log) -> bool:
     # No address: a Ray of this run's own ("local"). Ray's default would join whichever other
     # Ray on this machine started last (another user's sweep, a test's cluster) and lose its
     # objects when that one stops.
+    env = {**WORKER_ENV, **console.worker_env()}
+    starts_here = (address or "local") == "local"
+    if starts_here:
+        # The Ray started here runs its workers with this process's environment: set there,
+        # not as a runtime_env, for which Ray would start workers of its own rather than take
+        # the ones it prestarts (two trial processes ready in 1.7 s instead of 0.4 s, and
+        # ray.init 1 s longer, on 2 cores).
+        os.environ.update(env)
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
              logging_level="WARNING", configure_logging=True,
-             runtime_env={"env_vars": {**WORKER_ENV, **console.worker_env()}})
+             runtime_env=None if starts_here else {"env_vars": env})
     sigterm_as_ctrl_c()
     resources = ray.cluster_resources()
     log(f"ray: {'connected to ' + address if address else 'local single-node'}; "
