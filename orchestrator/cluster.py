@@ -30,6 +30,9 @@ DRIVER_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
               "RAY_AIR_NEW_OUTPUT": "0"}
 
 
+PRESTART_OFF = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+
+
 def set_driver_defaults() -> None:
     """DRIVER_ENV, and WORKER_ENV for a local Ray this process starts afterwards (its workers
     inherit the driver's environment), unless already set. Called where Ray is connected and
@@ -65,13 +68,17 @@ def connect_ray(address: str | None, log: Log) -> bool:
     starts_here = (address or "local") == "local"
     if starts_here:
         # The Ray started here runs its workers with this process's environment: set there,
-        # not as a runtime_env, for which Ray would start workers of its own rather than take
-        # the ones it prestarts (two trial processes ready in 1.7 s instead of 0.4 s, and
-        # ray.init 1 s longer, on 2 cores).
+        # not as a job runtime_env, which costs ray.init about a second and keeps the job's
+        # own actors (the TTA pool) off the Python workers Ray prestarts (`bench/ray_start.py`;
+        # Tune's trial actors carry a runtime_env of Tune's and never take them).
         os.environ.update(env)
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
              logging_level="WARNING", configure_logging=True,
-             runtime_env=None if starts_here else {"env_vars": env})
+             runtime_env=None if starts_here else {"env_vars": env},
+             # Ray prestarts a Python worker per CPU for tasks that never come: Tune's trial
+             # actors carry a runtime_env of Tune's own and start workers of their own. On a
+             # small machine those idle starts slow the data's decoding and Ray's own start.
+             **({"_system_config": PRESTART_OFF} if starts_here else {}))
     sigterm_as_ctrl_c()
     resources = ray.cluster_resources()
     log(f"ray: {'connected to ' + address if address else 'local single-node'}; "
