@@ -288,7 +288,7 @@ def data_parallel_trial(sizes: Sizes, workdir: Path) -> Row:
     overrides = {k: v for k, v in _trial_config(sizes).items() if k != "epochs"}
     for workers in (1, 2):
         result = run_sweep("brain", profile="smoke", num_samples=1,
-                           max_epochs=max(sizes.epochs, 3), cpus_per_trial=float(workers),
+                           max_epochs=max(sizes.epochs, 2), cpus_per_trial=float(workers),
                            gpus_per_trial=float(workers) if sizes.gpu else 0.0,
                            workers_per_trial=workers, cv_folds=0, scheduler="fifo",
                            ensemble=False, space_overrides=overrides,

@@ -16,7 +16,8 @@ from typing import Callable
 from orchestrator.errors import ConfigError
 
 Log = Callable[[str], None]
-# Every Ray worker of a sweep gets these (Ray's runtime_env). A reused trial process
+# Every Ray worker of a sweep gets these (the environment of a local Ray's workers, Ray's
+# runtime_env on a cluster reached by address). A reused trial process
 # (`reuse_actors`) first waits for the last trial's thread to end; Tune's default wait, 2 s, is
 # shorter than a stopped Keras trial takes to unwind on a loaded CPU, and a wait that runs out
 # fails the next trial ("Trainable runner reuse requires reset_config()...").
@@ -27,6 +28,9 @@ WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
 # ones this one shows).
 DRIVER_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
               "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+PRESTART_OFF = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
 
 def set_driver_defaults() -> None:
@@ -60,9 +64,21 @@ def connect_ray(address: str | None, log: Log) -> bool:
     # No address: a Ray of this run's own ("local"). Ray's default would join whichever other
     # Ray on this machine started last (another user's sweep, a test's cluster) and lose its
     # objects when that one stops.
+    env = {**WORKER_ENV, **console.worker_env()}
+    starts_here = (address or "local") == "local"
+    if starts_here:
+        # The Ray started here runs its workers with this process's environment: set there,
+        # not as a job runtime_env, which costs ray.init about a second and keeps the job's
+        # own actors (the TTA pool) off the Python workers Ray prestarts (`bench/ray_start.py`;
+        # Tune's trial actors carry a runtime_env of Tune's and never take them).
+        os.environ.update(env)
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
              logging_level="WARNING", configure_logging=True,
-             runtime_env={"env_vars": {**WORKER_ENV, **console.worker_env()}})
+             runtime_env=None if starts_here else {"env_vars": env},
+             # Ray prestarts a Python worker per CPU for tasks that never come: Tune's trial
+             # actors carry a runtime_env of Tune's own and start workers of their own. On a
+             # small machine those idle starts slow the data's decoding and Ray's own start.
+             **({"_system_config": PRESTART_OFF} if starts_here else {}))
     sigterm_as_ctrl_c()
     resources = ray.cluster_resources()
     log(f"ray: {'connected to ' + address if address else 'local single-node'}; "

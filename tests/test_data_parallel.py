@@ -1,6 +1,7 @@
 """Data-parallel trials (`--workers-per-trial`): Keras 3 under MultiWorkerMirroredStrategy
-trains two processes exactly as one; a sweep's trial runs on two workers (on two nodes),
-reports once per epoch, and resumes after a worker's failure, on a real Ray and MLflow."""
+trains two processes exactly as one; a sweep's trial runs on two workers (on two nodes, named
+in Ray's state), reports once per epoch, and resumes after a worker is killed, on a real Ray
+and MLflow."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,6 @@ from orchestrator import tracking
 from orchestrator.sweep.budget import Budget
 from orchestrator.sweep.parallel import trial_resources, worker_name, worker_share
 from orchestrator.sweep.runner import run_sweep
-from orchestrator.train.artifacts import FAULT_MARKER
 from orchestrator.train.distributed import tf_config
 from search_spaces import get_profile
 
@@ -123,39 +123,39 @@ def test_two_workers_train_exactly_as_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_two_worker_trial_spans_two_nodes_reports_once_per_epoch_and_resumes(tmp_path):
-    """One trial of two workers on two one-CPU nodes; a fault injected after epoch 2 fails it
-    and Tune resumes it from that epoch's checkpoint on two workers again."""
+    """One trial of two workers on two one-CPU nodes. Worker 1 is killed (`ray.kill`) once
+    epoch 1's checkpoint is stored: worker 0 must not wait in the collective forever; Tune
+    retries the trial from its checkpoint, on two workers again, and it completes."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
-    watcher = RayStateWatcher()
+    watcher = RayStateWatcher(kill="medsweep-", storage=tmp_path / "runs")
     try:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         result = run_sweep("brain", profile="smoke", num_samples=1, max_epochs=3, cv_folds=0,
                            workers_per_trial=2, address=cluster.address,
                            storage_path=str(tmp_path / "runs"), tracking_uri=uri,
-                           space_overrides={"fail_at_epoch": 2}, ensemble=False,
-                           log=lambda _: None)
+                           ensemble=False, log=lambda _: None)
     finally:
         watcher.stop()
         ray.shutdown()
         cluster.shutdown()
+    assert watcher.killed, "no worker was killed: the test proved nothing"
     board = result.leaderboard
     assert len(board) == 1 and board.loc[0, "status"] == "completed" and board.loc[0, "epochs"] == 3
-    assert list((tmp_path / "runs").rglob(FAULT_MARKER)), "the injected fault never fired"
     client = mlflow.MlflowClient(tracking_uri=uri)
     parent = client.get_run(result.parent_run_id)
     (child,) = tracking.list_trial_runs(uri, parent.info.experiment_id, result.parent_run_id)
     assert parent.data.params["workers_per_trial"] == "2"
     assert child.data.params["workers_per_trial"] == "2"
-    trial_id = child.data.tags[tracking.TAG_TUNE_TRIAL_ID]
-    workers = watcher.named(worker_name(trial_id, 1, 2))
+    workers = watcher.named(worker_name(tracking.tune_trial_id(child), 1, 2))
     assert len(workers) == 2, watcher.seen  # worker 1 of 2 in Ray's state, once per attempt
     nodes = child.data.tags[tracking.TAG_NODE].split(",")
     assert len(nodes) == 2 and len(set(nodes)) == 2  # one worker on each node
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
-    assert steps == [1, 2, 3]  # once per epoch, not per worker; epochs 1-2 not retrained
+    # once per epoch, not per worker; resumed, not started over: epoch 1 never trained again
+    assert sorted(set(steps)) == [1, 2, 3] and steps.count(1) == 1, steps
     import keras
 
     from orchestrator.models.classifier import build_model
@@ -166,29 +166,3 @@ def test_a_two_worker_trial_spans_two_nodes_reports_once_per_epoch_and_resumes(t
     alone = build_model(config["backbone"], get_task("brain").num_classes,
                         int(config["resolution"]), weights="none")
     assert [w.shape for w in best.get_weights()] == [w.shape for w in alone.get_weights()]
-
-
-@pytest.mark.slow
-def test_a_killed_worker_ends_its_attempt_and_the_trial_resumes_from_its_checkpoint(tmp_path):
-    """Worker 1 of a two-worker trial is killed (`ray.kill`) once epoch 1's checkpoint is
-    stored: worker 0 must not wait in the collective forever; Tune retries the trial from that
-    checkpoint, on two workers again, and it completes."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    watcher = RayStateWatcher(kill="medsweep-", storage=tmp_path / "runs")
-    try:
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        result = run_sweep("brain", profile="smoke", num_samples=1, max_epochs=3, cv_folds=0,
-                           workers_per_trial=2, storage_path=str(tmp_path / "runs"),
-                           tracking_uri=uri, ensemble=False, log=lambda _: None)
-    finally:
-        watcher.stop()
-        ray.shutdown()
-    assert watcher.killed, "no worker was killed: the test proved nothing"
-    board = result.leaderboard
-    assert len(board) == 1 and board.loc[0, "status"] == "completed" and board.loc[0, "epochs"] == 3
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    parent = client.get_run(result.parent_run_id)
-    (child,) = tracking.list_trial_runs(uri, parent.info.experiment_id, result.parent_run_id)
-    assert len(watcher.named(worker_name(tracking.tune_trial_id(child), 1, 2))) == 2  # retried
-    steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
-    assert steps[-1] == 3 and steps.count(1) == 1, steps  # resumed: epoch 1 not trained again

@@ -257,11 +257,12 @@ INTERRUPTIONS = {
         ready="*/run_tune_trial_*", ready_count=3),
     # killed while the fold trials run (a fold trial at its second checkpoint has 4 epochs to
     # go; on 2 CPUs two of the 2 finalists x 2 folds have not started): --resume keeps the
-    # finished search and restores the cross-validation stage from its own state
+    # finished search and restores the fold trials and those still to queue (StagedSearch's
+    # state)
     "cv-uri-SIGTERM": dict(
         stop=signal.SIGTERM, storage="uri", trials=2,
         args=["--num-samples", "2", "--max-epochs", "6"],
-        ready="*-cv/*/checkpoint_000002", ready_count=1),
+        ready="*/run_tune_trial_*cv_fold=*/checkpoint_000002", ready_count=1),
 }
 
 

@@ -191,17 +191,3 @@ def test_permuting_the_test_labels_changes_no_choice_under_cv(
     assert again.chosen_on == "out-of-fold" and sets.to_dict() == result.sets
     loss = first.metrics["test_loss"]
     assert again.table.set_index("model").loc["ensemble", "test_loss"] != pytest.approx(loss)
-
-
-def test_fold_trials_are_queued_longest_first_in_tunes_own_order() -> None:
-    from ray.tune.search.variant_generator import generate_variants
-
-    from orchestrator.sweep.cv import fold_space, longest_first
-
-    order = longest_first([20.0, 31.5, 20.0, 8.0])
-    assert order == [1, 0, 2, 3]  # ties keep the better finalist first
-    queued = [c["finalist"] for _, c in generate_variants(fold_space(order, folds=3))]
-    assert queued == [f for f in order for _ in range(3)]
-    queued = [(c["replicate"], c["finalist"], c["cv_fold"])
-              for _, c in generate_variants(fold_space(order, folds=3, replicates=2))]
-    assert queued == [(r, f, k) for r in range(2) for f in order for k in range(3)]

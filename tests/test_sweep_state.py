@@ -37,7 +37,7 @@ def _state(**changes) -> SweepState:
 
 
 def test_the_state_round_trips_through_its_file_with_its_version(tmp_path):
-    state = _state(cv_started=True)
+    state = _state(search="tpe")
     write_sweep_state(str(tmp_path), state)
     record = json.loads((tmp_path / SWEEP_STATE).read_text())
     assert record["version"] == STATE_VERSION and record["budget"]["num_samples"] >= 1
@@ -53,7 +53,21 @@ def test_a_state_written_before_it_was_versioned_still_resumes(tmp_path):
     state = read_sweep_state(str(tmp_path))
     assert (state.budget.num_samples, state.budget.max_epochs) == (3, 2)
     assert (state.budget.cv_folds, state.budget.cv_top, state.budget.replicates) == (0, 0, 1)
-    assert state.space_overrides == {} and state.cv_started is False
+    assert state.space_overrides == {} and state.search == "random"
+
+
+def test_a_two_experiment_sweep_with_cross_validation_is_refused_one_without_resumes(tmp_path):
+    """Version 2 ran the fold trials as a second Tune experiment, which this version never
+    restores: such a sweep is refused with what to do; one without folds resumes as it was."""
+    record = json.loads(_state().to_json())
+    record.update(version=2, cv_started=False)
+    record["budget"]["cv_folds"] = 3
+    (tmp_path / SWEEP_STATE).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="second Tune experiment; resume it with that version"):
+        read_sweep_state(str(tmp_path))
+    record["budget"]["cv_folds"] = 0
+    (tmp_path / SWEEP_STATE).write_text(json.dumps(record))
+    assert read_sweep_state(str(tmp_path)).budget.cv_folds == 0
 
 
 def test_a_newer_or_foreign_state_is_refused_with_one_clear_line(tmp_path):

@@ -20,7 +20,8 @@ from ray import tune
 from ray.tune import CLIReporter
 
 from orchestrator import console
-from orchestrator.naming import short_trial_name
+from orchestrator.naming import replicate_of, short_trial_name
+from orchestrator.sweep.staged import FINALIST_KEY, FOLD_KEY, is_fold_trial
 from orchestrator.sweep.trainable import SweepContext, run_name, trial_config
 
 SECONDS_KEY = "epoch_seconds"  # reported by the trainer: the epoch's training time
@@ -50,6 +51,21 @@ class EpochLines(tune.Callback):
             self._names[trial.trial_id] = (
                 run_name(trial.trial_id, trial.config, self.context), epochs)
         return self._names[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        """The first fold trial of a finalist starts: say which finalist and why now."""
+        config = trial.config or {}
+        if (not is_fold_trial(config) or int(config.get(FOLD_KEY, 0))
+                or replicate_of(config)):
+            return
+        finalist = config[FINALIST_KEY]
+        folds = int(config.get("cv_folds") or 0)
+        searching = sum(1 for t in trials if not is_fold_trial(t.config or {})
+                        and t.status in ("PENDING", "RUNNING", "PAUSED"))
+        why = (f" (the {searching} search trial(s) still running cannot push it out of the "
+               "finalists)" if searching else "")
+        self.log(f"cross-validation: finalist {short_trial_name(finalist)} on {folds} folds"
+                 f"{why}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epoch" not in result:

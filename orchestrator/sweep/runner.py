@@ -1,7 +1,8 @@
-"""A sweep from start to finish: `run_sweep` checks everything on the driver, then runs its
-three stages in order: the search (`SweepRunner` prepares the data once, opens the MLflow parent
-run, runs the Tuner, writes the leaderboard), the cross-validation of its finalists (`cv.py`),
-and the final ensemble (`orchestrator.ensemble`); `SweepRunner.finish` closes the parent run.
+"""A sweep from start to finish: `run_sweep` checks everything on the driver, then runs the
+search and the cross-validation of its finalists in one Tune experiment (`SweepRunner` prepares
+the data once, opens the MLflow parent run, runs the Tuner: `staged.py` queues each finalist's
+fold trials once it is certain, `cv.py`), then the final ensemble (`orchestrator.ensemble`);
+`SweepRunner.finish` closes the parent run.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import pandas as pd
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 
 from orchestrator import console, tracking
 from orchestrator.clinical.options import ClinicalOptions
@@ -31,10 +32,12 @@ from orchestrator.train.config import TrialConfig
 from orchestrator.data.splits import MANIFEST_CSV, MANIFEST_JSON
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.sweep.budget import Budget
-from orchestrator.sweep.cv import CV_SUFFIX, cross_validate, finalists, search_seconds
+from orchestrator.sweep.cv import cv_table, folded_data
 from orchestrator.sweep.inputs import subgroup_columns, weights_dir_for
 from orchestrator.sweep.parallel import trial_resources, worker_share
 from orchestrator.sweep.shared_data import SharedData
+from orchestrator.sweep.staged import (NumberedTrials, SearchOnlyASHA, StagedSearch,
+                                       is_fold_trial)
 from orchestrator.sweep.search import TPE_STARTUP, check_search, make_search
 from orchestrator.sweep.records import (DATA_FACTS, LEADERBOARD_COLUMNS, data_facts, data_line,
                                         data_records, leaderboard)
@@ -44,7 +47,7 @@ from orchestrator.sweep.state import storage_path as storage_path_for
 from orchestrator.sweep.summary import record_summary
 from orchestrator.sweep.trainable import SweepContext, run_tune_trial
 from orchestrator.sweep.tuner import make_tuner, unfinished_trials
-from orchestrator.train.artifacts import TrialData
+from orchestrator.train.artifacts import FoldedData, TrialData
 from orchestrator.train.trial import load_trial_data
 from search_spaces import (check_space, choose_profile, discrete_values, get_profile,
                            is_dimension, overrides_space, space_to_json)
@@ -300,16 +303,20 @@ class SweepRunner:
                            tracking_uri=self.uri, task=self.task, profile=self.profile.name,
                            data_dir=self.data_dir, name=name, path=path, budget=self.budget,
                            space_overrides=self.space_overrides, search=self.search)
-        searcher, param_space, draws = make_search(self.search, space, seed=self.seed,
-                                                   trials=self.profile.trials,
-                                                   metric=self.metric,
-                                                   mode=self.task_record.mode)
+        searcher, draws = make_search(self.search, space, seed=self.seed,
+                                      trials=self.profile.trials, metric=self.metric,
+                                      mode=self.task_record.mode)
+        b = self.budget
+        staged = StagedSearch(searcher, search_trials=draws, top=b.cv_top, folds=b.cv_folds,
+                              replicates=b.replicates, metric=self.metric,
+                              mode=self.task_record.mode)
         tuner = make_tuner(
-            self._trainable(datasets, context), context=context, name=name,
-            storage=self.storage, space=param_space, num_samples=draws,
+            self._trainable(datasets, self._fold_data(space), context), context=context,
+            name=name, storage=self.storage, space={}, num_samples=staged.max_trials,
             scheduler=self._scheduler(), log=self.log,
             columns=[k for k, v in space.items() if is_dimension(v)], keep_checkpoints=2,
-            score_checkpoints=True, reuse_actors=self.reuse_actors, search_alg=searcher)
+            score_checkpoints=True, reuse_actors=self.reuse_actors,
+            search_alg=NumberedTrials(staged))
         write_sweep_state(path, state)
         save_recorded_data(path, records)
         self.log(self._search_line())
@@ -338,7 +345,9 @@ class SweepRunner:
             self.log(data_line(self.data_facts))
         tracking.reopen_run(self.uri, state.parent_run_id)
         context = self._context(state.experiment_id, state.parent_run_id)
-        tuner = make_tuner(self._trainable(datasets, context), context=context, name=state.name,
+        folded = self._fold_data(self._space())
+        tuner = make_tuner(self._trainable(datasets, folded, context), context=context,
+                           name=state.name,
                            storage=self.storage, space={}, num_samples=0, scheduler=None,
                            log=self.log, columns=(), keep_checkpoints=2,
                            score_checkpoints=True, reuse_actors=self.reuse_actors,
@@ -356,8 +365,13 @@ class SweepRunner:
                f"drawn by TPE (Optuna, seed {self.seed}; the first {TPE_STARTUP} at random)")
         fixed = [f"{k} {v}" for k, v in self._space().items()
                  if k in LEADERBOARD_COLUMNS and not is_dimension(v) and v is not None]
+        b = self.budget
+        seeds = f" x {b.replicates} seeds" if b.replicates > 1 else ""
+        folds = (f"; then the {b.cv_top} best{seeds} retrained on {b.cv_folds} folds, each "
+                 "finalist's fold trials as soon as no trial left can overtake it"
+                 if b.cv_folds else "")
         return (f"search: {trials} of up to {p.max_epochs} epochs, {how}; {stop}"
-                + (f"; the same in every trial: {', '.join(fixed)}" if fixed else ""))
+                + (f"; the same in every trial: {', '.join(fixed)}" if fixed else "") + folds)
 
     def _space(self) -> dict:
         """The profile's space with the overrides laid over it: what Tune samples."""
@@ -379,17 +393,27 @@ class SweepRunner:
         self.manifest = manifest
         return datasets
 
+    def _fold_data(self, space: dict) -> dict[int, FoldedData] | None:
+        """The recorded split's folds at each resolution of the space; None without folds."""
+        if not self.budget.cv_folds:
+            return None
+        base = TrialConfig.from_dict({k: v for k, v in space.items() if not is_dimension(v)})
+        return folded_data(base, discrete_values(space["resolution"], "resolution"),
+                           self.manifest, self.log)
+
     def _scheduler(self):
-        """ASHA stops trials that trail at each rung; FIFO runs every trial to the end (the
-        baseline `bench/sweep_efficiency.py` compares against)."""
+        """ASHA stops search trials that trail at each rung (never a fold trial); FIFO runs
+        every trial to the end (the baseline `bench/sweep_efficiency.py` compares against)."""
         if self.scheduler == "fifo":
             return FIFOScheduler()
-        return ASHAScheduler(time_attr="epoch", max_t=self.budget.max_epochs,
-                             grace_period=self.budget.grace_period, reduction_factor=2)
+        return SearchOnlyASHA(time_attr="epoch", max_t=self.budget.max_epochs,
+                              grace_period=self.budget.grace_period, reduction_factor=2)
 
-    def _trainable(self, datasets: dict[int, TrialData], context: SweepContext):
+    def _trainable(self, datasets: dict[int, TrialData], folded: dict[int, FoldedData] | None,
+                   context: SweepContext):
         return tune.with_resources(
             tune.with_parameters(run_tune_trial, datasets=SharedData.put(datasets),
+                                 folded=SharedData.put(folded) if folded else None,
                                  context=context),
             self._resources())
 
@@ -424,7 +448,7 @@ class SweepRunner:
         return Path(file.name)
 
     def _search(self, tuner: tune.Tuner, context: SweepContext, path: str) -> Searched:
-        """Run the search to its end (and the cross-validation after it), or raise
+        """Run the search and its finalists' fold trials to their end, or raise
         SweepInterrupted with the command that resumes it."""
         grid = tuner.fit()
         unfinished = unfinished_trials(grid, context)
@@ -434,12 +458,17 @@ class SweepRunner:
                 f"sweep interrupted with {len(unfinished)} unfinished trial(s); its state is "
                 f"saved in {path}. Continue it with: python -m orchestrator.sweep {self.task} "
                 f"--resume" + (f" --storage-path {self.storage}" if self.storage else ""))
-        board = leaderboard(grid, self.metric, self.task_record.mode, self.budget.max_epochs)
+        search = [r for r in grid if not is_fold_trial(r.config or {})]
+        board = leaderboard(search, self.metric, self.task_record.mode, self.budget.max_epochs)
         tracking.log_table_artifact(self.uri, context.parent_run_id, board, "tune_results.csv")
         searched = Searched(context=context, path=path, board=board,
-                            errored=sum(1 for r in grid if r.error is not None))
+                            errored=sum(1 for r in search if r.error is not None))
         if self.budget.cv_folds and searched.trained_any:
-            self._cross_validate(grid, context, path)
+            if len(search) == len(grid):
+                self.log("warning: no finished trial to cross-validate")
+            else:
+                tracking.log_table_artifact(self.uri, context.parent_run_id, cv_table(context),
+                                            "cv_runs.csv")
         return searched
 
     def finish(self, searched: Searched, ensemble) -> SweepResult:
@@ -459,29 +488,3 @@ class SweepRunner:
                                                           tracking.local_artifact_root(self.uri)),
                            runs_url=tracking.ui_url(self.uri, trials),
                            ensemble=ensemble, data_facts=self.data_facts)
-
-    def _cross_validate(self, grid, context: SweepContext, path: str) -> None:
-        """The second stage (`cv.py`); the sweep state says it started, so `--resume` restores
-        it rather than starting it again."""
-        chosen = finalists(grid, self.metric, self.task_record.mode, self.budget.cv_top)
-        if not chosen:
-            self.log("warning: no finished trial to cross-validate")
-            return
-        state = read_sweep_state(path)
-        if not state.cv_started:
-            write_sweep_state(path, dataclasses.replace(state, cv_started=True))
-        try:
-            table = cross_validate(
-                chosen, folds=self.budget.cv_folds, replicates=self.budget.replicates,
-                context=context, manifest=self.manifest,
-                storage=self.storage, name=state.name,
-                resources=self._resources(),
-                restore=path + CV_SUFFIX if state.cv_started else None,
-                reuse_actors=self.reuse_actors, log=self.log,
-                seconds=search_seconds(grid, chosen))
-        except SweepInterrupted as err:
-            tracking.finish_run(self.uri, context.parent_run_id, "KILLED")
-            raise SweepInterrupted(
-                f"{err}; its state is saved in {path}. Continue it with: python -m "
-                f"orchestrator.sweep {self.task} --resume --storage-path {self.storage}") from None
-        tracking.log_table_artifact(self.uri, context.parent_run_id, table, "cv_runs.csv")

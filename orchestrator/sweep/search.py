@@ -16,10 +16,11 @@ from its history instead of drawing the same first trials again.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping
+import itertools
+from typing import Any, Callable, Iterator, Mapping
 
 from ray.tune.search import sample as _sample
-from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search import Searcher
 
 from orchestrator.errors import ConfigError
 from search_spaces import is_grid
@@ -45,8 +46,9 @@ def check_search(name: str | None, trials: int) -> str:
 
 
 def make_search(name: str, space: Mapping[str, Any], *, seed: int, trials: int, metric: str,
-                mode: str) -> tuple[Any, dict, int]:
-    """(the Tune searcher, the Tuner's `param_space`, its `num_samples`) for one search.
+                mode: str) -> tuple[Searcher, int]:
+    """(the searcher, how many configurations it draws) for one search; it draws every one
+    itself (the Tuner's `param_space` stays empty).
 
     Random keeps Tune's own sampling of the space (a grid is enumerated, `trials // grid`
     draws of each point); TPE takes the whole space itself and draws `trials` one by one,
@@ -56,7 +58,8 @@ def make_search(name: str, space: Mapping[str, Any], *, seed: int, trials: int, 
         grid = 1
         for value in space.values():
             grid *= len(grid_values(value)) if is_grid(value) else 1
-        return BasicVariantGenerator(random_state=seed), dict(space), max(1, trials // grid)
+        draws = max(1, trials // grid)
+        return RandomDraws(space, seed=seed, draws=draws), draws * grid
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -64,7 +67,69 @@ def make_search(name: str, space: Mapping[str, Any], *, seed: int, trials: int, 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP)
     searcher = OptunaSearch(space=DefineByRun(space), metric=metric, mode=mode,
                             sampler=sampler)
-    return searcher, {}, trials
+    return searcher, trials
+
+
+class RandomDraws(Searcher):
+    """Tune's own random sampling as a Searcher, draw for draw what its BasicVariantGenerator
+    gives for the same seed: `draws` samples of the space, a grid enumerated within each.
+    A Searcher, so that `staged.StagedSearch` can follow it with the fold trials. Its state
+    is the seed and how many configurations it handed out (replayed on `--resume`)."""
+
+    def __init__(self, space: Mapping[str, Any], *, seed: int, draws: int) -> None:
+        super().__init__()
+        self.space, self.seed, self.draws, self.handed = dict(space), seed, draws, 0
+        self._configs: Iterator[dict] | None = None
+
+    def _all_configs(self) -> Iterator[dict]:
+        from ray.tune.search.basic_variant import _BackwardsCompatibleNumpyRng
+        from ray.tune.search.variant_generator import generate_variants
+
+        rng = _BackwardsCompatibleNumpyRng(self.seed)
+        for _ in range(self.draws):  # each draw's grid points at once, as Tune draws them
+            for _, spec in list(generate_variants({"config": self.space}, random_state=rng)):
+                yield spec["config"]
+
+    def suggest(self, trial_id: str):
+        if self._configs is None:
+            self._configs = itertools.islice(self._all_configs(), self.handed, None)
+        config = next(self._configs, None)
+        if config is None:
+            return Searcher.FINISHED
+        self.handed += 1
+        return config
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        """Random draws learn nothing from a trial."""
+
+    def save(self, checkpoint_path: str) -> None:
+        import cloudpickle
+
+        with open(checkpoint_path, "wb") as file:  # the space may hold `sample_from` lambdas
+            cloudpickle.dump({"space": self.space, "seed": self.seed, "draws": self.draws,
+                              "handed": self.handed}, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import cloudpickle
+
+        with open(checkpoint_path, "rb") as file:
+            state = cloudpickle.load(file)
+        self.space, self.seed, self.draws, self.handed = (
+            state["space"], state["seed"], state["draws"], state["handed"])
+        self._configs = None
+
+    def __getstate__(self) -> dict:
+        import cloudpickle
+
+        return {**{k: v for k, v in self.__dict__.items() if k not in ("_configs", "space")},
+                "_configs": None, "space_pickled": cloudpickle.dumps(self.space)}
+
+    def __setstate__(self, state: dict) -> None:
+        import cloudpickle
+
+        state = dict(state)
+        state["space"] = cloudpickle.loads(state.pop("space_pickled"))
+        self.__dict__.update(state)
 
 
 class DefineByRun:

@@ -125,7 +125,9 @@ def _write_bytes(location: str, data: bytes) -> None:
         stream.write(data)
 
 
-STATE_VERSION = 2  # 1: the flat dict written before SweepState (no "version" key)
+# 1: the flat dict written before SweepState (no "version" key); 2: the fold trials in a Tune
+# experiment of their own (`-cv`), after the search's; 3: both stages in one experiment
+STATE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,6 @@ class SweepState:
     path: str
     budget: Budget
     space_overrides: dict = field(default_factory=dict)
-    cv_started: bool = False  # the cross-validation stage began: --resume restores it
     search: str = "random"  # how configurations are drawn (older states: random)
 
     def to_json(self) -> str:
@@ -163,7 +164,11 @@ class SweepState:
             flat.update({k: record.pop(k) for k in OVERRIDABLE if k in record})
             record["budget"] = Budget.of(get_profile(record["task"], record["profile"]),
                                          flat).to_dict()
-        elif version != STATE_VERSION:
+        elif version == 2 and (record.get("budget") or {}).get("cv_folds"):
+            raise ConfigError(f"{where} is a sweep with cross-validation started by an earlier "
+                              "MedSweep, which ran the fold trials as a second Tune experiment; "
+                              "resume it with that version, or start a new sweep")
+        elif version not in (2, STATE_VERSION):
             raise ConfigError(f"{where} was written by a newer MedSweep (sweep state version "
                               f"{version}; this one reads up to {STATE_VERSION}): resume it "
                               "with that version, or start a new sweep")

@@ -15,6 +15,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from orchestrator import tracking
 from orchestrator.naming import (cv_description, cv_trial_name, replicate_of, short_trial_name,
                                  trial_description)
+from orchestrator.sweep.staged import FINALIST_KEY, FOLD_KEY, is_fold_trial
 from orchestrator.sweep.trainable import NODE_KEY, PHASE_KEY, SweepContext, run_name, trial_config
 from orchestrator.train.artifacts import CHECKPOINT_FILES, STATE
 
@@ -52,9 +53,9 @@ class TrialTracker(tune.Callback):
         if trial.trial_id not in self._runs:
             ctx = self.context
             kind, tags = tracking.KIND_TRIAL, {}
-            if ctx.is_cv:
-                finalist = ctx.finalists[int(trial.config["finalist"])][0]
-                fold = int(trial.config["cv_fold"])
+            if is_fold_trial(trial.config):
+                finalist = trial.config[FINALIST_KEY]
+                fold = int(trial.config[FOLD_KEY])
                 kind = tracking.KIND_CV_TRIAL
                 replicate = replicate_of(trial.config)
                 tags = {tracking.TAG_FINALIST: short_trial_name(finalist),
@@ -109,7 +110,7 @@ class TrialTracker(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epoch = (trial.last_result or {}).get("epoch", 0)
-        done = self.context.is_cv or epoch >= self.context.max_epochs  # CV runs are never cut
+        done = is_fold_trial(trial.config) or epoch >= self.context.max_epochs  # never cut
         self._close(trial, tracking.STATUS_COMPLETED if done else tracking.STATUS_STOPPED_EARLY,
                     {} if done else {TAG_STOPPED_BY: f"ASHA after epoch {epoch} of "
                                                      f"{self.context.max_epochs}"})
@@ -139,11 +140,11 @@ class TrialTracker(tune.Callback):
         ctx = self.context
         best = self._best.get(trial.trial_id) or self._best_so_far(run_id)
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        if not ctx.is_cv:
+        config = trial.config
+        if not is_fold_trial(config):
             return trial_description(trial.trial_id, ctx.metric, best, epochs, ctx.max_epochs,
                                      status)
-        finalist, config = ctx.finalists[int(trial.config["finalist"])]
-        return cv_description(finalist, replicate_of(trial.config), int(trial.config["cv_fold"]),
+        return cv_description(config[FINALIST_KEY], replicate_of(config), int(config[FOLD_KEY]),
                               int(config.get("cv_folds") or 0), ctx.metric, best, status)
 
     def _log_curves(self, run_id: str, name: str) -> None:

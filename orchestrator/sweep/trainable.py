@@ -19,6 +19,8 @@ from orchestrator.train.artifacts import EpochReport, TrialData
 from orchestrator.train.trial import train_trial
 from orchestrator.sweep.parallel import data_parallel, worker_share
 from orchestrator.sweep.shared_data import SharedData
+from orchestrator.sweep.staged import (FINALIST_KEY, FOLD_KEY, FOLD_TRIAL_KEYS,
+                                       is_fold_trial)
 
 NODE_KEY = "node_id"  # reported with every epoch: where the trial's current attempt runs
 PHASE_KEY = "phase"  # the unfreezing phase of the epoch: logged as a tag
@@ -37,25 +39,20 @@ class SweepContext:
     cpus_per_trial: float
     gpus_per_trial: float
     workers_per_trial: int = 1  # data-parallel workers per trial (`parallel.py`)
-    # The cross-validation stage: each trial samples {"finalist": i, "cv_fold": k} and retrains
-    # finalists[i] (a search trial's config, its `epochs` unchanged) on fold k.
-    finalists: tuple[tuple[str, dict], ...] = ()  # (search trial id, config)
     task_key: str = ""  # e.g. "brain/3class": the `task` param of every run means this
     searched: tuple[str, ...] = ()  # the keys Tune samples: what trial run names show
 
-    @property
-    def is_cv(self) -> bool:
-        return bool(self.finalists)
-
 
 def trial_config(sampled: Mapping[str, Any], context: SweepContext) -> TrialConfig:
-    """The sampled config plus what one worker's resources dictate (threads, GPU share)."""
+    """The sampled config plus what one worker's resources dictate (threads, GPU share). A
+    fold trial (`staged.py`) is its finalist's config with `cv_fold` set; an extra seed
+    (`--replicates`) trains with `replicate_seed`."""
     cpus, gpus = worker_share(context.cpus_per_trial, context.gpus_per_trial,
                               context.workers_per_trial)
-    if context.is_cv:
-        base = context.finalists[int(sampled["finalist"])][1]
-        sampled = {**base, "cv_fold": int(sampled["cv_fold"]),
-                   "seed": replicate_seed(int(base.get("seed", 0)), replicate_of(sampled))}
+    if is_fold_trial(sampled):
+        base = {k: v for k, v in sampled.items() if k not in FOLD_TRIAL_KEYS}
+        sampled = {**base, "seed": replicate_seed(int(base.get("seed", 0)),
+                                                  replicate_of(sampled))}
     return TrialConfig.from_dict({
         **sampled,
         "cpu_threads": max(1, int(cpus)),
@@ -65,17 +62,19 @@ def trial_config(sampled: Mapping[str, Any], context: SweepContext) -> TrialConf
 
 def run_name(trial_id: str, sampled: Mapping[str, Any], context: SweepContext) -> str:
     """What the console and the MLflow runs table call a trial: `t03 three_phase lr x4.042`
-    for a search trial, `cv t03 fold 2/3` for a cross-validation one."""
-    if not context.is_cv:
+    for a search trial, `cv t03 fold 2/3` for a fold trial."""
+    if not is_fold_trial(sampled):
         return trial_run_name(trial_id, sampled, context.searched)
-    finalist, config = context.finalists[int(sampled["finalist"])]
-    return cv_run_name(finalist, int(sampled["cv_fold"]), int(config.get("cv_folds") or 0),
-                       replicate_of(sampled))
+    return cv_run_name(sampled[FINALIST_KEY], int(sampled[FOLD_KEY]),
+                       int(sampled.get("cv_folds") or 0), replicate_of(sampled))
 
 
-def run_tune_trial(config: dict, datasets: SharedData, context: SweepContext) -> None:
-    """One Tune trial: train, report each epoch with its checkpoint, resume from the last one."""
-    _train_reporting(trial_config(config, context), datasets, context.workers_per_trial)
+def run_tune_trial(config: dict, datasets: SharedData, folded: SharedData | None,
+                   context: SweepContext) -> None:
+    """One Tune trial, of the search (on `datasets`) or a fold trial (on `folded`): train,
+    report each epoch with its checkpoint, resume from the last one."""
+    shared = folded if is_fold_trial(config) else datasets
+    _train_reporting(trial_config(config, context), shared, context.workers_per_trial)
 
 
 def _train_reporting(cfg: TrialConfig, shared: SharedData, workers: int) -> None:
@@ -120,9 +119,3 @@ def _fresh_keras() -> None:
     import keras
 
     keras.backend.clear_session(free_memory=True)
-
-
-def run_cv_trial(config: dict, folded: SharedData, context: SweepContext) -> None:
-    """One cross-validation trial: a finalist retrained on every fold but one, predicting it
-    (`folded` holds FoldedData)."""
-    _train_reporting(trial_config(config, context), folded, context.workers_per_trial)

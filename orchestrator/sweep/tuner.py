@@ -1,6 +1,6 @@
-"""The one Tune set-up both stages of a sweep share (the search, then the cross-validation of
-its finalists): the same callbacks (MLflow runs, one console line per trial and epoch),
-checkpoints, retries and progress table, and the same test of which trials really finished."""
+"""The sweep's Tune set-up (the search and its finalists' fold trials, in one experiment): the
+callbacks (MLflow runs, one console line per trial and epoch), checkpoints, retries and progress
+table, and the test of which trials really finished."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -42,14 +42,13 @@ def make_tuner(trainable: Any, *, context: SweepContext, name: str, storage: str
             progress_reporter=ProgressTable(context.metric, list(columns))))
 
 
-def unfinished_trials(grid: tune.ResultGrid, context: SweepContext,
-                      kind: str | None = None) -> list:
-    """The trials of `grid` whose MLflow run our callback did not close: Tune marks trials it
-    stopped for Ctrl+C as TERMINATED too, so only a closed run (completed, stopped early,
-    errored for good) is really done."""
-    runs = tracking.list_trial_runs(context.tracking_uri, context.experiment_id,
-                                    context.parent_run_id,
-                                    **({"kind": kind} if kind else {}))
+def unfinished_trials(grid: tune.ResultGrid, context: SweepContext) -> list:
+    """The trials of `grid` (search and fold trials) whose MLflow run our callback did not
+    close: Tune marks trials it stopped for Ctrl+C as TERMINATED too, so only a closed run
+    (completed, stopped early, errored for good) is really done."""
+    runs = [run for kind in (tracking.KIND_TRIAL, tracking.KIND_CV_TRIAL)
+            for run in tracking.list_trial_runs(context.tracking_uri, context.experiment_id,
+                                                context.parent_run_id, kind=kind)]
     closed = {tracking.tune_trial_id(run) for run in runs
               if run.data.tags.get(tracking.TAG_STATUS) != tracking.STATUS_RUNNING}
     return [r for r in grid if r.metrics.get("trial_id") not in closed]
