@@ -170,8 +170,18 @@ def _promote_cli(uri: str, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_promote_accepts_a_better_candidate_refuses_a_worse_one_and_records_force(tmp_path):
+def test_promote_accepts_a_better_candidate_refuses_a_worse_one_and_records_force(
+        tmp_path, cli_in_process):
+    from orchestrator.ensemble.__main__ import main
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def promote_cli(*extra: str) -> subprocess.CompletedProcess:
+        """The same CLI in this process (the first call, above, is `python -m`'s own)."""
+        code, out, err = cli_in_process(main, ["promote", "brain", "--tracking-uri", uri,
+                                               *extra])
+        return subprocess.CompletedProcess([], code, out, err)
+
     quiet = dict(log=lambda _: None)
     common = dict(profile="smoke", num_samples=1, cv_folds=0, tracking_uri=uri,
                   storage_path=str(tmp_path / "runs"), **quiet)
@@ -190,7 +200,7 @@ def test_promote_accepts_a_better_candidate_refuses_a_worse_one_and_records_forc
         # a trained one on the same data is better, with a paired interval above 0
         good = run_sweep("brain", max_epochs=6, space_overrides={
             **DATA, "epochs": 6, "lr_multiplier": 10.0}, **common)
-        accepted = _promote_cli(uri)
+        accepted = promote_cli()
         assert accepted.returncode == 0, accepted.stdout + accepted.stderr
         assert "promoted:" in accepted.stdout and "candidate - champion accuracy = +" in \
             accepted.stdout
@@ -200,7 +210,7 @@ def test_promote_accepts_a_better_candidate_refuses_a_worse_one_and_records_forc
 
         # the untrained one again as the candidate: refused, the interval printed
         build_ensemble(bad.parent_run_id, tracking_uri=uri, policies=("none",), **quiet)
-        refused = _promote_cli(uri)
+        refused = promote_cli()
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert "refused: the interval does not lie above 0" in refused.stdout
         assert re.search(r"candidate - champion accuracy = [+-]\d\.\d{3} \[[+-]\d\.\d{3}, "
@@ -208,7 +218,7 @@ def test_promote_accepts_a_better_candidate_refuses_a_worse_one_and_records_forc
         assert client.get_model_version_by_alias("medsweep-brain", "champion").run_id == \
             good.ensemble.run_id
 
-        forced = _promote_cli(uri, "--force")
+        forced = promote_cli("--force")
         assert forced.returncode == 0 and "forced:" in forced.stdout
         champion = client.get_model_version_by_alias("medsweep-brain", "champion")
         candidate = client.get_model_version_by_alias("medsweep-brain", "candidate")
