@@ -123,7 +123,9 @@ def trial_reports(storage: Path) -> list[dict]:
     """Every epoch every trial reported (Tune's result.json in the storage folder)."""
     rows = []
     for path in sorted(storage.rglob("result.json")):
-        stage = "cv" if path.parent.parent.name.endswith("-cv") else "search"
+        params = path.parent / "params.json"  # a fold trial's config names its finalist
+        stage = ("cv" if params.exists() and "finalist" in json.loads(params.read_text())
+                 else "search")
         for line in filter(str.strip, path.read_text().splitlines()):
             row = json.loads(line)
             rows.append({"trial": f"{stage} {row.get('trial_id')}", "node": row.get("node_id", "?"),
