@@ -211,9 +211,8 @@ def final_ensemble(context: SweepContext, budget: Budget, log: Log,
                    clinical: ClinicalOptions | None = None):
     """The sweep's last stage: the ensemble of its candidates (`orchestrator.ensemble`). Its
     failure is reported, not fatal: the trials stay in MLflow and `python -m
-    orchestrator.ensemble` can redo it. `sets`: the prediction sets' ClinicalOptions."""
+    orchestrator.ensemble` can redo it. `clinical`: what its evaluation fits and measures."""
     console.import_tensorflow()  # the driver's first TensorFlow, quietly unless --verbose
-    from orchestrator.clinical.evaluate import ClinicalOptions
     from orchestrator.ensemble.build import build_ensemble
 
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 import itertools
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from ray.tune.search import sample as _sample
 from ray.tune.search import Searcher
