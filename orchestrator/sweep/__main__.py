@@ -21,7 +21,8 @@ from orchestrator.data.dicom import (DEFAULT_WINDOW, NO_FRAME, add_dicom_argumen
 from orchestrator.data.phantom_dicom import DEFAULT_FORMAT, FORMATS as PHANTOM_FORMATS
 from orchestrator.errors import ConfigError, MedSweepError, SweepInterrupted
 from orchestrator.sweep.records import LEADERBOARD_COLUMNS
-from orchestrator.sweep.runner import SCHEDULERS, SweepResult, run_sweep
+from orchestrator.sweep.runner import SCHEDULERS, run_sweep
+from orchestrator.sweep.stages import SweepResult
 from orchestrator.sweep.search import MIN_TPE_TRIALS, SEARCHES
 from orchestrator.cluster import disconnect_ray
 from tasks import task_names
