@@ -59,6 +59,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.module.__name__ not in slow)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_ends_with_the_test():
+    """`mlflow.set_tracking_uri` sets a process global and MLFLOW_TRACKING_URI (so that
+    subprocesses inherit it): undone after each test, or a later test in the same worker, a
+    CLI run in process among them, talks to a store or server that is gone."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules and os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)
+
+
 @pytest.fixture
 def private_keras_home(tmp_path, monkeypatch) -> Path:
     """An empty Keras cache of this test's own, offline, no weights folder: whatever weights a
