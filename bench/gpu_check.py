@@ -5,8 +5,8 @@ on ResNet50 at 224 px, input-pipeline throughput against synthetic input. One ta
     bench/gpu_check.sh              # on a GPU machine: about 5-8 minutes, no network
     bench/gpu_check.sh --dry-run    # the same code paths on CPU at tiny sizes (tests run it)
 
-Every check runs in a Ray worker of its own (`max_calls=1`: a fresh TensorFlow per check, as a
-trial gets), the shared-GPU check as a real sweep (`run_sweep`, `gpus_per_trial` 0.5, which caps
+On a GPU every check runs in a Ray worker of its own (`max_calls=1`: a fresh TensorFlow per
+check, as a trial gets; a dry run's checks share one), the shared-GPU check as a real sweep (`run_sweep`, `gpus_per_trial` 0.5, which caps
 each trial's TensorFlow memory). `--dry-run` uses the baseline CNN at 32 px, float32, and CPU
 slots instead of GPU fractions: it proves the script, not the GPU. ImageNet weights are never
 loaded (`weights="none"`: speed does not depend on them, and there is no network).
@@ -311,11 +311,14 @@ def data_parallel_trial(sizes: Sizes, workdir: Path) -> Row:
 
 # ------------------------------------------------------------------------------------- main
 def _on_worker(fn, sizes: Sizes, gpus: float):
-    """Run `fn(sizes)` in a fresh Ray worker holding `gpus` GPUs and every CPU slot."""
+    """Run `fn(sizes)` in a Ray worker holding `gpus` GPUs and every CPU slot: on a GPU a fresh
+    worker per check (its own TensorFlow and device memory, as a trial gets); in a dry run one
+    worker serves every check (float32 on CPU: nothing to keep apart, two TensorFlow starts
+    fewer)."""
     import ray
 
     cpus = max(1.0, ray.cluster_resources().get("CPU", 1.0))
-    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1)(fn)
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1 if sizes.gpu else 0)(fn)
     return ray.get(remote.remote(sizes))
 
 

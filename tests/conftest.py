@@ -59,6 +59,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.module.__name__ not in slow)
 
 
+# Ray: the in-process sweeps of one xdist worker share its local Ray. The first starts it
+# (`connect_ray`), the later ones find it running (a start costs seconds of both cores); no
+# fixture stops it. A test that needs a Ray of its own (its own resources, a cluster by
+# address) or none asks for `own_ray`.
+@pytest.fixture
+def own_ray():
+    """No Ray in this process when the test starts (one left running by an earlier test is
+    stopped), and none when it ends."""
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_tracking_uri_ends_with_the_test():
     """`mlflow.set_tracking_uri` sets a process global and MLFLOW_TRACKING_URI (so that

@@ -122,7 +122,8 @@ def test_two_workers_train_exactly_as_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_two_worker_trial_spans_two_nodes_reports_once_per_epoch_and_resumes(tmp_path):
+def test_a_two_worker_trial_spans_two_nodes_reports_once_per_epoch_and_resumes(tmp_path,
+                                                                               own_ray):
     """One trial of two workers on two one-CPU nodes. Worker 1 is killed (`ray.kill`) once
     epoch 1's checkpoint is stored: worker 0 must not wait in the collective forever; Tune
     retries the trial from its checkpoint, on two workers again, and it completes."""

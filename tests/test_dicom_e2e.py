@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-import ray
 
 from orchestrator.clinical.calibration import apply_temperature
 from orchestrator.data.dataset import prepare_dataset
@@ -89,7 +88,6 @@ def dicom_swept(tmp_path_factory):
                            max_epochs=1, cv_folds=0, storage_path=str(root / "runs"),
                            tracking_uri=uri, space_overrides=OVERRIDES)
     yield result, uri, root, export, console.text
-    ray.shutdown()
 
 
 def _test_split(export: Path):

@@ -23,7 +23,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 
 from orchestrator import tracking
 from orchestrator.clinical.calibration import apply_temperature
@@ -60,7 +59,6 @@ def swept(tmp_path_factory):
                        storage_path=str(root / "runs"), tracking_uri=uri,
                        space_overrides=OVERRIDES, **QUIET)
     yield result, uri, root
-    ray.shutdown()
 
 
 def _member_file(uri: str, result, trial_id: str, dst: Path) -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from orchestrator.data.dataset import prepare_dataset
 from orchestrator.data.dicom_write import Header, write_dicom

@@ -11,7 +11,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 
 from orchestrator import tracking
 from orchestrator.data.splits import read_manifest
@@ -31,7 +30,6 @@ def multihead_sweep(tmp_path_factory):
                                         "frequency_stream": [False, True]},
                        log=lambda _: None)
     yield result, uri, root
-    ray.shutdown()
 
 
 @pytest.mark.slow

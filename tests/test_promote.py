@@ -12,7 +12,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 
 from orchestrator.clinical.bootstrap import paired_difference, resample_indices
 from orchestrator.clinical.weighted_metrics import weighted_metrics
@@ -186,47 +185,44 @@ def test_promote_accepts_a_better_candidate_refuses_a_worse_one_and_records_forc
     common = dict(profile="smoke", num_samples=1, cv_folds=0, tracking_uri=uri,
                   storage_path=str(tmp_path / "runs"), **quiet)
     client = mlflow.MlflowClient(uri)
-    try:
-        # an untrained model (learning rate near zero, one epoch) becomes the first champion
-        bad = run_sweep("brain", max_epochs=1, space_overrides={
-            **DATA, "epochs": 1, "lr_multiplier": 1e-4}, **common)
-        first = _promote_cli(uri)
-        assert first.returncode == 0, first.stderr
-        assert [n for n in TF_START_UP if n in first.stderr] == []  # quiet unless --verbose
-        assert "no champion yet" in first.stdout
-        champion = client.get_model_version_by_alias("medsweep-brain", "champion")
-        assert champion.tags[TAG_PROMOTION] == "first champion"
+    # an untrained model (learning rate near zero, one epoch) becomes the first champion
+    bad = run_sweep("brain", max_epochs=1, space_overrides={
+        **DATA, "epochs": 1, "lr_multiplier": 1e-4}, **common)
+    first = _promote_cli(uri)
+    assert first.returncode == 0, first.stderr
+    assert [n for n in TF_START_UP if n in first.stderr] == []  # quiet unless --verbose
+    assert "no champion yet" in first.stdout
+    champion = client.get_model_version_by_alias("medsweep-brain", "champion")
+    assert champion.tags[TAG_PROMOTION] == "first champion"
 
-        # a trained one on the same data is better, with a paired interval above 0
-        good = run_sweep("brain", max_epochs=6, space_overrides={
-            **DATA, "epochs": 6, "lr_multiplier": 10.0}, **common)
-        accepted = promote_cli()
-        assert accepted.returncode == 0, accepted.stdout + accepted.stderr
-        assert "promoted:" in accepted.stdout and "candidate - champion accuracy = +" in \
-            accepted.stdout
-        champion = client.get_model_version_by_alias("medsweep-brain", "champion")
-        assert champion.run_id == good.ensemble.run_id
-        assert champion.tags[TAG_PROMOTION] == "paired bootstrap"
+    # a trained one on the same data is better, with a paired interval above 0
+    good = run_sweep("brain", max_epochs=6, space_overrides={
+        **DATA, "epochs": 6, "lr_multiplier": 10.0}, **common)
+    accepted = promote_cli()
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "promoted:" in accepted.stdout and "candidate - champion accuracy = +" in \
+        accepted.stdout
+    champion = client.get_model_version_by_alias("medsweep-brain", "champion")
+    assert champion.run_id == good.ensemble.run_id
+    assert champion.tags[TAG_PROMOTION] == "paired bootstrap"
 
-        # the untrained one again as the candidate: refused, the interval printed
-        build_ensemble(bad.parent_run_id, tracking_uri=uri, policies=("none",), **quiet)
-        refused = promote_cli()
-        assert refused.returncode == 1, refused.stdout + refused.stderr
-        assert "refused: the interval does not lie above 0" in refused.stdout
-        assert re.search(r"candidate - champion accuracy = [+-]\d\.\d{3} \[[+-]\d\.\d{3}, "
-                         r"[+-]\d\.\d{3}\]", refused.stdout)
-        assert client.get_model_version_by_alias("medsweep-brain", "champion").run_id == \
-            good.ensemble.run_id
+    # the untrained one again as the candidate: refused, the interval printed
+    build_ensemble(bad.parent_run_id, tracking_uri=uri, policies=("none",), **quiet)
+    refused = promote_cli()
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "refused: the interval does not lie above 0" in refused.stdout
+    assert re.search(r"candidate - champion accuracy = [+-]\d\.\d{3} \[[+-]\d\.\d{3}, "
+                     r"[+-]\d\.\d{3}\]", refused.stdout)
+    assert client.get_model_version_by_alias("medsweep-brain", "champion").run_id == \
+        good.ensemble.run_id
 
-        forced = promote_cli("--force")
-        assert forced.returncode == 0 and "forced:" in forced.stdout
-        champion = client.get_model_version_by_alias("medsweep-brain", "champion")
-        candidate = client.get_model_version_by_alias("medsweep-brain", "candidate")
-        assert champion.version == candidate.version
-        assert champion.tags[TAG_PROMOTION].startswith("forced (the interval")
-        assert champion.tags[TAG_OVER] == str(accepted_version(client, good))
-    finally:
-        ray.shutdown()
+    forced = promote_cli("--force")
+    assert forced.returncode == 0 and "forced:" in forced.stdout
+    champion = client.get_model_version_by_alias("medsweep-brain", "champion")
+    candidate = client.get_model_version_by_alias("medsweep-brain", "candidate")
+    assert champion.version == candidate.version
+    assert champion.tags[TAG_PROMOTION].startswith("forced (the interval")
+    assert champion.tags[TAG_OVER] == str(accepted_version(client, good))
 
 
 def accepted_version(client, result) -> str:

@@ -64,7 +64,7 @@ def test_the_csv_fixed_columns_are_never_offered_whatever_their_case(tmp_path):
     assert sg.layout_columns(get_task("folder"), tmp_path) == ("site", *sg.DICOM_FIELDS)
 
 
-def test_an_unknown_column_is_refused_by_the_sweep_before_ray_starts(tmp_path):
+def test_an_unknown_column_is_refused_by_the_sweep_before_ray_starts(tmp_path, own_ray):
     import ray
 
     from orchestrator.sweep.runner import run_sweep
@@ -239,8 +239,6 @@ def skin_sweep(tmp_path_factory):
     trials at 32 px, the ensemble chosen on the holdout validation split. 100 images per dx
     code give a test split of 100 images, 52 lesions: both sexes hold >= 20 lesions (intervals),
     the age bands 5-19 (points), and several of the 11 sites too few to measure."""
-    import ray
-
     from orchestrator.sweep.runner import run_sweep
 
     root = tmp_path_factory.mktemp("skin-sweep")
@@ -250,7 +248,6 @@ def skin_sweep(tmp_path_factory):
                        cv_folds=0, storage_path=str(root / "runs"), tracking_uri=uri,
                        clinical=ClinicalOptions(subgroups=SKIN_ASKED), log=lambda _: None)
     yield result, uri, root
-    ray.shutdown()
 
 
 def _artifact(uri: str, run_id: str, name: str, dst) -> str:

@@ -60,12 +60,6 @@ def _ensembles(cwd: Path):
             if r.data.tags.get(tracking.TAG_KIND) == tracking.KIND_ENSEMBLE]
 
 
-@pytest.fixture
-def local_ray():
-    yield
-    ray.shutdown()
-
-
 def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(cli_smoke_sweep,
                                                                        tmp_path):
     # the brain phantom in the real layout, with a training image copied into Testing/
@@ -144,7 +138,7 @@ def test_cli_smoke_sweep_records_parent_children_epochs_and_artifacts(cli_smoke_
     assert version.run_id == ensemble.info.run_id
 
 
-def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path, local_ray):
+def test_a_trial_that_crashes_resumes_from_its_checkpoint_with_one_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_sweep("brain", profile="smoke", num_samples=1, max_epochs=3, cv_folds=0,
                        storage_path=str(tmp_path / "runs"), tracking_uri=uri,
@@ -195,7 +189,7 @@ def _session_ray_processes(session: int) -> set[int]:
 
 
 @pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "fresh"])
-def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, local_ray):
+def test_reused_actors_run_trial_after_trial_in_one_process(reuse, tmp_path, own_ray):
     set_driver_defaults()  # as connect_ray does, for the Ray this test starts itself
     # "local": a Ray of its own, never another test's cluster on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False)  # one trial at a time
@@ -332,7 +326,8 @@ def test_an_interrupted_sweep_resumes_without_duplicate_runs(case, tmp_path):
         assert {r.data.tags[tracking.TAG_STATUS] for r in folds} == {"completed"}
 
 
-def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_storage(tmp_path):
+def test_two_node_cluster_spreads_trials_and_tta_actors_and_ensembles_from_storage(tmp_path,
+                                                                                    own_ray):
     """Trials and TTA actors on both nodes; checkpoints in --storage-path; the ensemble's
     actors read the models from those checkpoints, not from files on the driver. Two trials
     and two scoring actors of one CPU each on two one-CPU nodes: one of each on every node."""
@@ -429,7 +424,7 @@ def _refused_before_ray(refused: tuple[int, str, str], needle: str, tmp_path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no runs/, no mlflow/
 
 
-def test_a_request_no_node_meets_is_refused_locally_and_announced_on_a_cluster(local_ray):
+def test_a_request_no_node_meets_is_refused_locally_and_announced_on_a_cluster(own_ray):
     set_driver_defaults()  # as connect_ray does, for the Ray this test starts itself
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
              logging_level="ERROR")

@@ -15,7 +15,6 @@ import mlflow.artifacts
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.entities import Run
@@ -107,7 +106,6 @@ def cv_sweep(cli_smoke_sweep, tmp_path_factory):
     spec = json.loads(Path(spec_file).read_text())
     connect_ray(None, lambda _: None)
     yield RecordedCv(uri, parent.info.run_id, ensemble, spec), cwd
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import ray
 
 from orchestrator import tracking
 from orchestrator.sweep.runner import run_sweep
@@ -59,7 +58,6 @@ def server(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
-        ray.shutdown()
 
 
 @pytest.mark.slow

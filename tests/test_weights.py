@@ -264,7 +264,8 @@ def test_fetch_cli_download_failure_exits_2_naming_the_file(tmp_path, mirror, ca
 # --- the sweep's --weights-dir -------------------------------------------------------------------
 
 
-def test_sweep_cli_refuses_a_missing_weights_dir_before_ray_starts(tmp_path, monkeypatch, capsys):
+def test_sweep_cli_refuses_a_missing_weights_dir_before_ray_starts(tmp_path, monkeypatch, capsys,
+                                                                  own_ray):
     import ray
 
     monkeypatch.chdir(tmp_path)
