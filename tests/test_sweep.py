@@ -438,3 +438,19 @@ def test_a_request_no_node_meets_is_refused_locally_and_announced_on_a_cluster(o
     assert len(lines) == 1
     with pytest.raises(ConfigError, match="one trial needs 3 workers of 1 CPU and 0 GPU each"):
         check_trial_fits(1, 0, lines.append, can_grow=False, workers=3)
+
+
+def test_the_data_decoded_beside_rays_start_never_freezes_a_fork():
+    """`run_sweep` decodes the data in a thread (`one_blas_thread`) while `ray.init` forks
+    Ray's processes. With BLAS threaded, a fork meeting a matrix product in that thread hangs
+    for good (`bench/fork_during_blas.py` shows it); inside `one_blas_thread` it cannot."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from fork_during_blas import child
+
+    answer = child("one", forks=200, timeout=120)
+    assert not answer.startswith(("HUNG", "failed")), answer
+    inside, after = map(int, re.search(r"BLAS threads: (\d+) in the job, (\d+) after", answer)
+                        .groups())
+    if after < 2:
+        pytest.skip("BLAS runs on one thread on this machine anyway: nothing to race")
+    assert inside == 1, answer

@@ -6,12 +6,14 @@ ensemble (`orchestrator.ensemble`), and closes the parent run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable
 
 import ray
+from threadpoolctl import threadpool_limits
 
 from orchestrator import console, tracking
 from orchestrator.clinical.options import ClinicalOptions
@@ -119,7 +121,8 @@ def run_sweep(
     guess = profile or (choose_profile(expected) if expected is not None else None)
     runner = runner_for(guess) if guess else None
     store_opened = in_background(tracking.open_store, uri)
-    prepared = in_background(runner.prepare_data) if runner and not previous else None
+    prepared = (in_background(one_blas_thread(runner.prepare_data)) if runner and not previous
+                else None)
     can_grow = connect_ray(address, log)
     store_opened.result()  # an unreachable server fails here, before any trial
     chosen = profile or choose_profile(ray.cluster_resources())
@@ -148,6 +151,20 @@ def in_background(fn: Callable[..., Any], *args: Any) -> Future:
 
     threading.Thread(target=run, daemon=True, name=f"medsweep-{fn.__name__}").start()
     return future
+
+
+def one_blas_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` with BLAS (numpy's OpenBLAS) on one thread while it runs: for a job in a thread
+    beside a foreground that starts processes (`ray.init`). OpenBLAS's fork handler waits for
+    its worker threads and hangs for good when another thread is inside a threaded BLAS call:
+    the duplicate screen's matrix product once froze a sweep's start that way
+    (`bench/fork_during_blas.py`)."""
+    @functools.wraps(fn)
+    def run(*args: Any) -> Any:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args)
+
+    return run
 
 
 def final_ensemble(context: SweepContext, budget: Budget, log: Log,
