@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-# No command echo: at most 150 lines, 112 of them epoch lines when ASHA stops no trial.
+# No command echo: at most 160 lines, 112 of them epoch lines when ASHA stops no trial.
 demo: $(STAMP)
 	@$(PY) -m orchestrator.sweep brain
 
